@@ -1,0 +1,78 @@
+//! Command-line grammar of `vm-import`: only parsing and validation, no behaviour.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Moves virtual machines from VMware vSphere, OpenStack and OVA files into Harvester.
+///
+/// A drop-in replacement for Harvester's vm-import-controller add-on: same CRDs
+/// (migration.harvesterhci.io/v1beta1), same created objects, faster and safer.
+#[derive(Debug, Parser)]
+#[command(name = "vm-import", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the Kubernetes controller and the image server (port 8080).
+    ///
+    /// Reconciles VmwareSource, OpenstackSource, OvaSource and VirtualMachineImport objects:
+    /// checks sources, powers source VMs off, streams their disks into sparse images served to
+    /// Harvester, and creates the VirtualMachineImage, PVC and KubeVirt VirtualMachine objects.
+    Controller(ControllerArgs),
+    /// Convert a disk image (VMDK of any subformat, qcow2, raw, or every disk of an OVA) to raw or
+    /// qcow2, in one streaming pass, from a file, stdin or an http(s) URL.
+    Convert(ConvertArgs),
+    /// Describe a disk image or OVA as JSON: format, virtual size, allocation, and for an OVA the
+    /// VM it describes and the manifest check.
+    Inspect(InspectArgs),
+    /// vSphere source tools: inspect a VM, export its disks without scratch files, assess an estate.
+    Vsphere(SourceArgs),
+    /// OpenStack source tools: inspect a server, export its volumes and image-backed disks.
+    Openstack(SourceArgs),
+    /// Print the migration.harvesterhci.io CustomResourceDefinitions as YAML.
+    Crds,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ControllerArgs {
+    /// Directory where converted images are written and served from.
+    #[arg(long, env = "VM_IMPORT_IMAGE_DIR", default_value = "/tmp/vm-import-controller")]
+    pub(crate) image_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConvertArgs {
+    /// Input: a file, `-` for stdin, or an http(s):// URL.
+    pub(crate) input: String,
+    /// Output: a file, `-` for raw on stdout, or a directory for an OVA.
+    pub(crate) output: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// Input: a file, `-` for stdin, or an http(s):// URL.
+    pub(crate) input: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SourceArgs {
+    /// Subcommand and its arguments (inspect, export, assess).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub(crate) rest: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

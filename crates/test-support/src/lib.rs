@@ -1,0 +1,1 @@
+//! Test support: starts the local lab (or attaches to a running one) for integration tests.
