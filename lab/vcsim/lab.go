@@ -1,0 +1,167 @@
+// The lab server: govmomi's VPX simulator model behind our TLS certificate and credentials, with the
+// methods vcsim lacks or gets wrong for migration tests (ExportVm, ShutdownGuest without tools) swapped
+// in per call, and the /lab control API mounted on the same listener.
+package main
+
+import (
+	"context"
+	"crypto/sha1"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+const (
+	// defaultDatacenter and defaultDatastore are what simulator.VPX() creates; the inventory tool places
+	// every lab VM there.
+	defaultDatacenter = "DC0"
+	defaultDatastore  = "LocalDS_0"
+	// defaultHost is the standalone host: its resource pool takes lab VMs unless a spec names another host.
+	defaultHost = "DC0_H0"
+	// controlPrefix is where the lab's own HTTP API lives, next to /sdk and /nfc on the same port.
+	controlPrefix = "/lab/"
+)
+
+// Config is everything the command line can set.
+type Config struct {
+	Listen       string // host:port, port 0 picks a free one
+	CertFile     string
+	KeyFile      string
+	Username     string
+	Password     string
+	LeaseTimeout time.Duration // HttpNfcLeaseInfo.leaseTimeout; whole seconds
+	NFCStarHost  bool          // device URLs say https://*/nfc/... like a lease taken directly from ESXi
+}
+
+// Lab is a running simulator with the lab extensions.
+type Lab struct {
+	cfg        Config
+	model      *simulator.Model
+	server     *simulator.Server
+	client     *vim25.Client // in-process client: inventory changes go through the model's own methods
+	thumbprint string        // SHA-1 of our certificate, as HttpNfcLeaseDeviceUrl.sslThumbprint
+
+	SDKURL        *url.URL // https://127.0.0.1:PORT/sdk, without credentials
+	ControlURL    *url.URL // https://127.0.0.1:PORT/lab
+	DatastoreRoot string   // local directory backing LocalDS_0
+
+	mu     sync.Mutex
+	leases []*exportLease          // every lease ever handed out, oldest first; guarded by mu
+	byTick map[string]*exportLease // NFC ticket -> lease; guarded by mu
+	faults []*cutFault             // pending download faults; guarded by mu
+	tools  map[string]bool         // VM moid -> tools run when the VM is on; guarded by mu
+	vmLock sync.Mutex              // serialises inventory shaping (folder creation, VM directories)
+	closed bool
+}
+
+// Start builds the VPX model and serves it.
+func Start(cfg Config) (*Lab, error) {
+	if cfg.Username == "" || cfg.Password == "" {
+		return nil, errors.New("both -username and -password must be non-empty (vcsim would otherwise accept any login)")
+	}
+	if cfg.LeaseTimeout < time.Second {
+		return nil, fmt.Errorf("lease timeout %s is below 1s", cfg.LeaseTimeout)
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load TLS certificate %s and key %s: %w", cfg.CertFile, cfg.KeyFile, err)
+	}
+	sum := sha1.Sum(cert.Certificate[0])
+	hexed := make([]string, len(sum))
+	for i, b := range sum {
+		hexed[i] = fmt.Sprintf("%02X", b)
+	}
+
+	model := simulator.VPX()
+	if err := model.Create(); err != nil {
+		model.Remove()
+		return nil, fmt.Errorf("create simulator inventory: %w", err)
+	}
+	l := &Lab{
+		cfg:        cfg,
+		model:      model,
+		thumbprint: strings.Join(hexed, ":"),
+		byTick:     map[string]*exportLease{},
+		tools:      map[string]bool{},
+	}
+	model.Service.Listen = &url.URL{Host: cfg.Listen, User: url.UserPassword(cfg.Username, cfg.Password)}
+	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	// Our routes go on the mux before NewServer adds vcsim's; "/nfc/{ticket}/{file}" is more specific
+	// than vcsim's "/nfc/", so ours wins and falls back to vcsim's handler for its own leases.
+	mux := http.NewServeMux()
+	mux.HandleFunc("/nfc/{ticket}/{file}", l.serveNFC)
+	mux.Handle(controlPrefix, l.controlHandler())
+	model.Service.ServeMux = mux
+	model.Map().Handler = l.dispatch
+
+	l.server = model.Service.NewServer()
+	l.client, err = vim25.NewClient(context.Background(), model.Service)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("in-process client: %w", err)
+	}
+	l.SDKURL = &url.URL{Scheme: l.server.URL.Scheme, Host: l.server.URL.Host, Path: l.server.URL.Path}
+	l.ControlURL = &url.URL{Scheme: l.server.URL.Scheme, Host: l.server.URL.Host, Path: strings.TrimSuffix(controlPrefix, "/")}
+
+	ds, ok := model.Map().Any("Datastore").(*simulator.Datastore)
+	if !ok || ds.Name != defaultDatastore {
+		l.Close()
+		return nil, fmt.Errorf("simulator model has no datastore %s", defaultDatastore)
+	}
+	l.DatastoreRoot = ds.Summary.Url
+	return l, nil
+}
+
+// Close stops serving, ends every lease's transfers and removes the model's temporary directories.
+func (l *Lab) Close() {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	for _, lease := range l.leases {
+		lease.stopLocked()
+	}
+	l.mu.Unlock()
+	if l.server != nil {
+		l.server.Close()
+	}
+	l.model.Remove()
+}
+
+// lockCtx is a simulator context for changing objects outside a SOAP call (timers, the control API).
+// Each use gets its own, so the simulator's per-context lock re-entrance never spans two of our goroutines.
+func (l *Lab) lockCtx() *simulator.Context {
+	m := l.model.Map()
+	return &simulator.Context{Context: context.Background(), Map: m, Session: &simulator.Session{
+		UserSession: types.UserSession{Key: "vcsim-lab", UserName: l.cfg.Username},
+		Registry:    simulator.NewRegistry(),
+		Map:         m,
+	}}
+}
+
+// dispatch is the registry's per-call hook: for the VirtualMachine methods we change, it hands the
+// simulator a wrapper around the same VM object (same moref, so the same lock).
+func (l *Lab) dispatch(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
+	if m.This.Type != "VirtualMachine" {
+		return nil, nil
+	}
+	switch m.Name {
+	case "ExportVm", "ShutdownGuest", "PowerOnVM_Task", "PowerOffVM_Task":
+		if vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine); ok {
+			return &labVM{VirtualMachine: vm, lab: l}, nil
+		}
+	}
+	return nil, nil
+}
