@@ -151,16 +151,26 @@ func (l *Lab) lockCtx() *simulator.Context {
 	}}
 }
 
-// dispatch is the registry's per-call hook: for the VirtualMachine methods we change, it hands the
-// simulator a wrapper around the same VM object (same moref, so the same lock).
+// dispatch is the registry's per-call hook. The simulator resolves a call's target in the caller's
+// session registry before the global one, so for the VirtualMachine methods we change we place a wrapper
+// around the very same VM object (same moref, hence the same lock) in that session registry. Elsewhere
+// the simulator type-asserts *simulator.VirtualMachine on the global registry, which stays untouched.
 func (l *Lab) dispatch(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
-	if m.This.Type != "VirtualMachine" {
+	if m.This.Type != "VirtualMachine" || ctx.Session == nil || ctx.Session.Registry == nil {
+		return nil, nil
+	}
+	vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine)
+	if !ok {
+		// Destroyed VM: drop our wrapper so the caller gets ManagedObjectNotFound like everyone else.
+		if ctx.Session.Registry.Get(m.This) != nil {
+			ctx.Session.Registry.Remove(ctx, m.This)
+		}
 		return nil, nil
 	}
 	switch m.Name {
 	case "ExportVm", "ShutdownGuest", "PowerOnVM_Task", "PowerOffVM_Task":
-		if vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine); ok {
-			return &labVM{VirtualMachine: vm, lab: l}, nil
+		if w, ok := ctx.Session.Registry.Get(m.This).(*labVM); !ok || w.VirtualMachine != vm {
+			ctx.Session.Registry.Put(&labVM{VirtualMachine: vm, lab: l})
 		}
 	}
 	return nil, nil
