@@ -20,6 +20,7 @@ import (
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/view"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -656,29 +657,25 @@ func (l *Lab) findVM(ctx context.Context, name string) (*object.VirtualMachine, 
 
 var errNotFound = errors.New("not found")
 
-// ListVMs reports every VM of DC0, sorted by inventory path.
+// ListVMs reports every VM in the inventory, sorted by inventory path.
 func (l *Lab) ListVMs(ctx context.Context) ([]VMView, error) {
-	finder := find.NewFinder(l.client, false)
-	dc, err := finder.Datacenter(ctx, defaultDatacenter)
+	m := view.NewManager(l.client)
+	v, err := m.CreateContainerView(ctx, l.client.ServiceContent.RootFolder, []string{"VirtualMachine"}, true)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("container view: %w", err)
 	}
-	finder.SetDatacenter(dc)
-	vms, err := finder.VirtualMachineList(ctx, "...")
+	defer func() { _ = v.Destroy(context.Background()) }()
+	refs, err := v.Find(ctx, []string{"VirtualMachine"}, nil)
 	if err != nil {
-		var nf *find.NotFoundError
-		if errors.As(err, &nf) {
-			return []VMView{}, nil
-		}
-		return nil, err
+		return nil, fmt.Errorf("list VMs: %w", err)
 	}
-	out := make([]VMView, 0, len(vms))
-	for _, vm := range vms {
-		v, err := l.viewVM(ctx, vm.Reference())
+	out := make([]VMView, 0, len(refs))
+	for _, ref := range refs {
+		vm, err := l.viewVM(ctx, ref)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, v)
+		out = append(out, vm)
 	}
 	slices.SortFunc(out, func(a, b VMView) int { return strings.Compare(a.InventoryPath, b.InventoryPath) })
 	return out, nil
