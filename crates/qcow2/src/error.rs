@@ -90,7 +90,9 @@ pub enum Error {
     },
 
     /// A write did not start at or after the end of the previous one.
-    #[error("qcow2 writes must ascend: write at guest offset {offset:#x} starts before the previous write's end {previous_end:#x}")]
+    #[error(
+        "qcow2 writes must ascend: write at guest offset {offset:#x} starts before the previous write's end {previous_end:#x}"
+    )]
     NotAscending {
         /// Start of the rejected write.
         offset: u64,
@@ -174,7 +176,9 @@ pub enum Error {
     },
 
     /// Writing a data cluster failed.
-    #[error("failed to write the data cluster for guest offset {guest_offset:#x} at host offset {host_offset:#x}")]
+    #[error(
+        "failed to write the data cluster for guest offset {guest_offset:#x} at host offset {host_offset:#x}"
+    )]
     WritingCluster {
         /// Guest offset of the cluster.
         guest_offset: u64,

@@ -161,7 +161,9 @@ impl Header {
             reason: "header buffer has the wrong size",
         })?;
         if raw.magic.get() != MAGIC {
-            return Err(Error::BadMagic { found: raw.magic.get() });
+            return Err(Error::BadMagic {
+                found: raw.magic.get(),
+            });
         }
         let version = raw.version.get();
         let min_len = match version {
@@ -205,7 +207,7 @@ impl Header {
             )
         };
         if version == 3 {
-            if (header_length as usize) < V3_HEADER_LEN || header_length % 8 != 0 {
+            if (header_length as usize) < V3_HEADER_LEN || !header_length.is_multiple_of(8) {
                 return Err(Error::InvalidHeader {
                     field: "header_length",
                     value: header_length.into(),
@@ -254,7 +256,7 @@ impl Header {
             });
         }
         let l1_table_offset = raw.l1_table_offset.get();
-        if l1_size > 0 && (l1_table_offset == 0 || l1_table_offset % cluster_size != 0) {
+        if l1_size > 0 && (l1_table_offset == 0 || !l1_table_offset.is_multiple_of(cluster_size)) {
             return Err(Error::InvalidHeader {
                 field: "l1_table_offset",
                 value: l1_table_offset,
@@ -312,7 +314,8 @@ fn check_incompatible_features(bits: u64, header_length: u32, bytes: &[u8]) -> R
     }
     if bits & INCOMPAT_EXTENDED_L2 != 0 {
         return Err(Error::Unsupported {
-            feature: "extended L2 entries (subclusters); convert with `qemu-img convert -O qcow2` first".into(),
+            feature: "extended L2 entries (subclusters); convert with `qemu-img convert -O qcow2` first"
+                .into(),
         });
     }
     if bits & INCOMPAT_COMPRESSION_TYPE != 0 {
@@ -348,7 +351,9 @@ fn check_incompatible_features(bits: u64, header_length: u32, bytes: &[u8]) -> R
     let known = INCOMPAT_DIRTY | INCOMPAT_COMPRESSION_TYPE;
     let unknown = bits & !known;
     if unknown != 0 {
-        return Err(Error::Unsupported { feature: format!("unknown incompatible feature bits {unknown:#x}") });
+        return Err(Error::Unsupported {
+            feature: format!("unknown incompatible feature bits {unknown:#x}"),
+        });
     }
     Ok(())
 }

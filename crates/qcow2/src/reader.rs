@@ -97,12 +97,15 @@ impl<R: Read + Seek> Qcow2Reader<R> {
     /// Any header error (see [`Header::parse`]), [`Error::BackingFile`], an L1 table outside the file,
     /// or an I/O error.
     pub fn new(mut inner: R) -> Result<Self> {
-        let file_len = inner.seek(SeekFrom::End(0)).map_err(|source| Error::ReadingFileLength { source })?;
+        let file_len = inner
+            .seek(SeekFrom::End(0))
+            .map_err(|source| Error::ReadingFileLength { source })?;
         let mut head = [0u8; V3_HEADER_LEN + 8];
         inner
             .seek(SeekFrom::Start(0))
             .map_err(|source| Error::ReadingHeader { offset: 0, source })?;
-        let n = read_up_to(&mut inner, &mut head).map_err(|source| Error::ReadingHeader { offset: 0, source })?;
+        let n =
+            read_up_to(&mut inner, &mut head).map_err(|source| Error::ReadingHeader { offset: 0, source })?;
         let header = Header::parse(&head[..n])?;
 
         if header.backing_file_offset != 0 {
@@ -179,7 +182,11 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         let len = buf.len() as u64;
         let virtual_size = self.header.virtual_size;
         if offset.checked_add(len).is_none_or(|end| end > virtual_size) {
-            return Err(Error::OutOfBounds { offset, len, virtual_size });
+            return Err(Error::OutOfBounds {
+                offset,
+                len,
+                virtual_size,
+            });
         }
         let cluster_size = self.cluster_size();
         let mut done = 0usize;
@@ -214,7 +221,11 @@ impl<R: Read + Seek> Qcow2Reader<R> {
     pub fn extent_at(&mut self, offset: u64) -> Result<Extent> {
         let virtual_size = self.header.virtual_size;
         if offset >= virtual_size {
-            return Err(Error::OutOfBounds { offset, len: 1, virtual_size });
+            return Err(Error::OutOfBounds {
+                offset,
+                len: 1,
+                virtual_size,
+            });
         }
         let bits = self.header.cluster_bits;
         let l2_bits = bits - 3;
@@ -238,12 +249,20 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             cluster += 1;
         }
         let end = (cluster << bits).min(virtual_size);
-        Ok(Extent { offset, len: end - offset, kind })
+        Ok(Extent {
+            offset,
+            len: end - offset,
+            kind,
+        })
     }
 
     /// Iterates the whole disk as maximal extents, in guest order.
     pub fn extents(&mut self) -> Extents<'_, R> {
-        Extents { reader: self, next: 0, failed: false }
+        Extents {
+            reader: self,
+            next: 0,
+            failed: false,
+        }
     }
 
     fn used_l1_entries(&self) -> u64 {
@@ -258,14 +277,17 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             return Ok(0);
         }
         let cluster_size = self.cluster_size();
-        if offset % cluster_size != 0 {
+        if !offset.is_multiple_of(cluster_size) {
             return Err(Error::CorruptL1Entry {
                 index: l1_index,
                 entry,
                 reason: "L2 table offset is not cluster aligned",
             });
         }
-        if offset.checked_add(cluster_size).is_none_or(|end| end > self.file_len) {
+        if offset
+            .checked_add(cluster_size)
+            .is_none_or(|end| end > self.file_len)
+        {
             return Err(Error::CorruptL1Entry {
                 index: l1_index,
                 entry,
@@ -287,7 +309,10 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             let mut raw = vec![0u8; self.cluster_size() as usize];
             self.seek_to(l2_offset)
                 .and_then(|()| self.read_exact_tracked(&mut raw))
-                .map_err(|source| Error::ReadingL2Table { offset: l2_offset, source })?;
+                .map_err(|source| Error::ReadingL2Table {
+                    offset: l2_offset,
+                    source,
+                })?;
             self.l2_cache = Some((l1_index, be_u64s(&raw)));
         }
         let entry = match &self.l2_cache {
@@ -299,7 +324,11 @@ impl<R: Read + Seek> Qcow2Reader<R> {
 
     fn decode_l2(&self, guest_offset: u64, entry: u64) -> Result<Mapping> {
         let bits = self.header.cluster_bits;
-        let corrupt = |reason| Error::CorruptL2Entry { guest_offset, entry, reason };
+        let corrupt = |reason| Error::CorruptL2Entry {
+            guest_offset,
+            entry,
+            reason,
+        };
         if entry & COMPRESSED != 0 {
             // Compressed descriptor: x = 62 - (cluster_bits - 8) bits of byte offset, then the count of
             // additional 512-byte sectors holding the deflate stream.
@@ -322,7 +351,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         if host_offset == 0 {
             return Ok(Mapping::Unallocated);
         }
-        if host_offset % self.cluster_size() != 0 {
+        if !host_offset.is_multiple_of(self.cluster_size()) {
             return Err(corrupt("data cluster offset is not cluster aligned"));
         }
         if host_offset >= self.file_len {
@@ -342,7 +371,11 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         }
         self.seek_to(host_offset)
             .and_then(|()| self.read_exact_tracked(present))
-            .map_err(|source| Error::ReadingCluster { guest_offset, host_offset, source })
+            .map_err(|source| Error::ReadingCluster {
+                guest_offset,
+                host_offset,
+                source,
+            })
     }
 
     fn inflate(&mut self, cluster: u64, host_offset: u64, len: u64) -> Result<&[u8]> {
@@ -357,15 +390,22 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             let read = self
                 .seek_to(host_offset)
                 .and_then(|()| self.read_exact_tracked(&mut input))
-                .map_err(|source| Error::ReadingCluster { guest_offset, host_offset, source });
+                .map_err(|source| Error::ReadingCluster {
+                    guest_offset,
+                    host_offset,
+                    source,
+                });
             let mut out = match self.inflated.take() {
                 Some((_, buf)) => buf,
                 None => Vec::new(),
             };
             out.resize(cluster_size, 0);
             let result = read.and_then(|()| {
-                inflate_cluster(&input, &mut out)
-                    .map_err(|reason| Error::BadCompressedCluster { guest_offset, host_offset, reason })
+                inflate_cluster(&input, &mut out).map_err(|reason| Error::BadCompressedCluster {
+                    guest_offset,
+                    host_offset,
+                    reason,
+                })
             });
             self.compressed_buf = input;
             result?;
@@ -449,9 +489,10 @@ fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<(), Stri
     }
     match status {
         Status::StreamEnd => Err(format!("inflated to {produced} bytes, expected {}", out.len())),
-        Status::Ok | Status::BufError => {
-            Err(format!("deflate stream ended early after {produced} of {} bytes", out.len()))
-        }
+        Status::Ok | Status::BufError => Err(format!(
+            "deflate stream ended early after {produced} of {} bytes",
+            out.len()
+        )),
     }
 }
 

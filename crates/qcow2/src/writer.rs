@@ -30,7 +30,9 @@ use zerocopy::{
 
 use crate::{
     Error, Result,
-    header::{COPIED, MAGIC, MAX_CLUSTER_BITS, MAX_L1_ENTRIES, MAX_VIRTUAL_SIZE, MIN_CLUSTER_BITS, RawHeader},
+    header::{
+        COPIED, MAGIC, MAX_CLUSTER_BITS, MAX_L1_ENTRIES, MAX_VIRTUAL_SIZE, MIN_CLUSTER_BITS, RawHeader,
+    },
 };
 
 /// Default cluster size: 64 KiB, qemu's default and one VMDK grain.
@@ -92,7 +94,11 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         if !cluster_size.is_power_of_two()
             || !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_size.trailing_zeros())
         {
-            return Err(config("cluster_size", cluster_size, "must be a power of two from 512 B to 2 MiB"));
+            return Err(config(
+                "cluster_size",
+                cluster_size,
+                "must be a power of two from 512 B to 2 MiB",
+            ));
         }
         if virtual_size > MAX_VIRTUAL_SIZE {
             return Err(config("virtual_size", virtual_size, "above 64 PiB"));
@@ -100,14 +106,18 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         let cluster_bits = cluster_size.trailing_zeros();
         let l1_size = crate::header::l1_entries_for(virtual_size, cluster_bits);
         if l1_size > MAX_L1_ENTRIES {
-            return Err(config("virtual_size", virtual_size, "needs an L1 table above 32 MiB; use larger clusters"));
+            return Err(config(
+                "virtual_size",
+                virtual_size,
+                "needs an L1 table above 32 MiB; use larger clusters",
+            ));
         }
         let l1_clusters = (l1_size * 8).div_ceil(cluster_size);
         let data_clusters = virtual_size.div_ceil(cluster_size);
         // Worst case: header, L1, every data cluster, every L2 table, then the refcount table and blocks
         // covering all of it including themselves. Grow both until they cover themselves.
         let fixed = 1 + l1_clusters + data_clusters + l1_size;
-        let refcounts_per_block = cluster_size * 8 >> REFCOUNT_ORDER;
+        let refcounts_per_block = (cluster_size * 8) >> REFCOUNT_ORDER;
         let mut table_clusters = 1u64;
         loop {
             let blocks = (fixed + table_clusters).div_ceil(refcounts_per_block - 1);
@@ -174,7 +184,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
     /// [`Qcow2Writer::write_at`].
     pub fn write_cluster(&mut self, guest_offset: u64, data: &[u8]) -> Result<()> {
         let cluster_size = self.cluster_size();
-        if guest_offset % cluster_size != 0 {
+        if !guest_offset.is_multiple_of(cluster_size) {
             return Err(Error::InvalidWriterConfig {
                 field: "guest_offset",
                 value: guest_offset,
@@ -202,12 +212,19 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         let len = data.len() as u64;
         let virtual_size = self.virtual_size;
         if guest_offset < self.write_end {
-            return Err(Error::NotAscending { offset: guest_offset, previous_end: self.write_end });
+            return Err(Error::NotAscending {
+                offset: guest_offset,
+                previous_end: self.write_end,
+            });
         }
         let end = guest_offset
             .checked_add(len)
             .filter(|&end| end <= virtual_size)
-            .ok_or(Error::OutOfBounds { offset: guest_offset, len, virtual_size })?;
+            .ok_or(Error::OutOfBounds {
+                offset: guest_offset,
+                len,
+                virtual_size,
+            })?;
         let cluster_size = self.cluster_size();
         let mut done = 0usize;
         while done < data.len() {
@@ -223,7 +240,9 @@ impl<W: Write + Seek> Qcow2Writer<W> {
             if within == 0 && n == cluster_end && self.partial.is_none() {
                 self.store_cluster(cluster, piece)?;
             } else {
-                let (_, buf) = self.partial.get_or_insert_with(|| (cluster, vec![0; cluster_end]));
+                let (_, buf) = self
+                    .partial
+                    .get_or_insert_with(|| (cluster, vec![0; cluster_end]));
                 buf[within..within + n].copy_from_slice(piece);
                 if within + n == cluster_end {
                     self.flush_partial()?;
@@ -247,7 +266,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
 
         // Refcount blocks go at the end and must count themselves.
         let used = self.next_host >> self.cluster_bits;
-        let per_block = cluster_size * 8 >> REFCOUNT_ORDER;
+        let per_block = (cluster_size * 8) >> REFCOUNT_ORDER;
         let mut blocks = used.div_ceil(per_block);
         while (used + blocks).div_ceil(per_block) > blocks {
             blocks += 1;
@@ -287,8 +306,9 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         let mut b = 0;
         while b < blocks {
             let n = per_piece.min(blocks - b);
-            let piece: Vec<u8> =
-                (b..b + n).flat_map(|i| (first_block + i * cluster_size).to_be_bytes()).collect();
+            let piece: Vec<u8> = (b..b + n)
+                .flat_map(|i| (first_block + i * cluster_size).to_be_bytes())
+                .collect();
             self.inner
                 .write_all(&piece)
                 .map_err(|source| Error::WritingRefcounts { offset, source })?;
@@ -301,7 +321,10 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         self.inner
             .seek(SeekFrom::Start(l1_offset))
             .and_then(|_| self.inner.write_all(&l1))
-            .map_err(|source| Error::WritingL1Table { offset: l1_offset, source })?;
+            .map_err(|source| Error::WritingL1Table {
+                offset: l1_offset,
+                source,
+            })?;
 
         let header = self.raw_header();
         self.inner
@@ -360,7 +383,11 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         self.inner
             .write_all(data)
             .and_then(|()| write_zeros(&mut self.inner, pad as u64))
-            .map_err(|source| Error::WritingCluster { guest_offset, host_offset, source })?;
+            .map_err(|source| Error::WritingCluster {
+                guest_offset,
+                host_offset,
+                source,
+            })?;
         self.l2[(cluster & ((1 << l2_bits) - 1)) as usize] = host_offset | COPIED;
         self.l2_used = true;
         self.next_host += self.cluster_size();

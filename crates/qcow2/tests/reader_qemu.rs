@@ -1,0 +1,313 @@
+//! The reader against images written by the real `qemu-img`/`qemu-io`: every combination of version
+//! and cluster size, compressed images, zero clusters, and the features we must refuse.
+
+// Test helpers outside #[test] fns fail loudly by design.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+mod common;
+
+use std::{fs::File, io::BufReader};
+
+use common::{join, path_str, run, run_ok, sparse_content, tmp, write_file};
+use qcow2::{ErrorKind, ExtentKind, Qcow2Reader};
+
+const MIB: usize = 1 << 20;
+
+fn open(path: &std::path::Path) -> Qcow2Reader<BufReader<File>> {
+    let file = File::open(path).expect("open qcow2");
+    Qcow2Reader::new(BufReader::new(file)).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// Reads the whole disk through `read_at` in odd-sized pieces, and checks the extents are consistent
+/// with the content (no non-zero byte outside a Data extent) and cover the disk exactly.
+fn read_all_and_check_extents(reader: &mut Qcow2Reader<BufReader<File>>, expected: &[u8]) {
+    let size = reader.virtual_size();
+    assert_eq!(size, expected.len() as u64);
+    let mut got = vec![0u8; expected.len()];
+    let mut off = 0usize;
+    let mut step = 1usize;
+    while off < got.len() {
+        let n = (step * 4093).min(got.len() - off);
+        reader
+            .read_at(off as u64, &mut got[off..off + n])
+            .expect("read_at");
+        off += n;
+        step = step % 97 + 13;
+    }
+    assert!(got == expected, "content differs from the raw original");
+
+    let extents: Vec<_> = reader.extents().collect::<Result<_, _>>().expect("extents");
+    let mut pos = 0;
+    for e in &extents {
+        assert_eq!(e.offset, pos, "extents must be contiguous");
+        assert!(e.len > 0);
+        if e.kind.reads_as_zero() {
+            let range = &expected[e.offset as usize..e.end() as usize];
+            assert!(
+                range.iter().all(|&b| b == 0),
+                "non-zero bytes in a {:?} extent at {:#x}",
+                e.kind,
+                e.offset
+            );
+        }
+        pos = e.end();
+    }
+    assert_eq!(pos, size);
+    for pair in extents.windows(2) {
+        assert_ne!(
+            pair[0].kind, pair[1].kind,
+            "adjacent extents of one kind must be merged"
+        );
+    }
+}
+
+#[test]
+fn reads_qemu_images_of_every_version_and_cluster_size() {
+    let dir = tmp();
+    // Not a multiple of any cluster size, so the last cluster is partial.
+    let size = 9 * MIB + 4096 + 512;
+    let content = sparse_content(7, size, 24);
+    let raw = join(&dir, "disk.raw");
+    write_file(&raw, &content);
+    for compat in ["0.10", "1.1"] {
+        for cluster in [4096u32, 65536, 2 << 20] {
+            let out = join(&dir, &format!("disk-{compat}-{cluster}.qcow2"));
+            let opts = format!("compat={compat},cluster_size={cluster}");
+            run_ok(
+                "qemu-img",
+                &[
+                    "convert",
+                    "-f",
+                    "raw",
+                    "-O",
+                    "qcow2",
+                    "-o",
+                    &opts,
+                    path_str(&raw),
+                    path_str(&out),
+                ],
+            );
+            let mut reader = open(&out);
+            assert_eq!(reader.header().version, if compat == "0.10" { 2 } else { 3 });
+            assert_eq!(reader.cluster_size(), u64::from(cluster));
+            read_all_and_check_extents(&mut reader, &content);
+            let data: u64 = reader
+                .extents()
+                .map(|e| e.expect("extent"))
+                .filter(|e| e.kind == ExtentKind::Data)
+                .map(|e| e.len)
+                .sum();
+            // qemu-img convert allocates exactly the clusters holding a non-zero byte.
+            let nonzero: u64 = content
+                .chunks(cluster as usize)
+                .filter(|c| c.iter().any(|&b| b != 0))
+                .map(|c| c.len() as u64)
+                .sum();
+            assert_eq!(
+                data, nonzero,
+                "allocated bytes, compat={compat} cluster={cluster}"
+            );
+        }
+    }
+}
+
+#[test]
+fn reads_compressed_clusters() {
+    let dir = tmp();
+    let size = 6 * MIB + 1024;
+    let content = sparse_content(11, size, 16);
+    let raw = join(&dir, "disk.raw");
+    write_file(&raw, &content);
+    for cluster in [4096u32, 65536, 1 << 20] {
+        let out = join(&dir, &format!("c-{cluster}.qcow2"));
+        let opts = format!("cluster_size={cluster}");
+        run_ok(
+            "qemu-img",
+            &[
+                "convert",
+                "-c",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "-o",
+                &opts,
+                path_str(&raw),
+                path_str(&out),
+            ],
+        );
+        let mut reader = open(&out);
+        read_all_and_check_extents(&mut reader, &content);
+    }
+}
+
+#[test]
+fn reads_zero_clusters_as_zero_extents() {
+    let dir = tmp();
+    let img = join(&dir, "z.qcow2");
+    run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=1.1",
+            path_str(&img),
+            "4M",
+        ],
+    );
+    // Allocate data, then zero part of it (qemu sets the L2 zero flag), and zero an unallocated range.
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 0 2M",
+            "-c",
+            "write -z 512k 512k",
+            "-c",
+            "write -z 3M 64k",
+            path_str(&img),
+        ],
+    );
+    let mut expected = vec![0u8; 4 * MIB];
+    expected[..2 * MIB].fill(0x5a);
+    expected[512 << 10..MIB].fill(0);
+    let mut reader = open(&img);
+    read_all_and_check_extents(&mut reader, &expected);
+    let extents: Vec<_> = reader.extents().collect::<Result<_, _>>().expect("extents");
+    assert!(
+        extents
+            .iter()
+            .any(|e| e.kind == ExtentKind::Zero && e.offset == 512 << 10 && e.len == 512 << 10),
+        "expected a Zero extent at 512 KiB, got {extents:?}"
+    );
+    assert_eq!(extents[0].kind, ExtentKind::Data);
+    assert_eq!(extents.last().map(|e| e.kind), Some(ExtentKind::Unallocated));
+}
+
+#[test]
+fn refuses_backing_file_naming_it() {
+    let dir = tmp();
+    let base = join(&dir, "base.qcow2");
+    let top = join(&dir, "top.qcow2");
+    run_ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", path_str(&base), "1M"],
+    );
+    run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            path_str(&base),
+            "-F",
+            "qcow2",
+            path_str(&top),
+        ],
+    );
+    let err = Qcow2Reader::new(File::open(&top).expect("open")).expect_err("backing file must be refused");
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("backing file") && msg.contains("base.qcow2"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refuses_encrypted_image() {
+    let dir = tmp();
+    let img = join(&dir, "enc.qcow2");
+    run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=sec0,data=secret123",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=sec0",
+            path_str(&img),
+            "1M",
+        ],
+    );
+    let err = Qcow2Reader::new(File::open(&img).expect("open")).expect_err("encryption must be refused");
+    assert!(matches!(err, qcow2::Error::Encrypted { method: 2 }), "{err}");
+}
+
+#[test]
+fn refuses_extended_l2_and_zstd() {
+    let dir = tmp();
+    let ext = join(&dir, "ext.qcow2");
+    run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            path_str(&ext),
+            "1M",
+        ],
+    );
+    let err = Qcow2Reader::new(File::open(&ext).expect("open")).expect_err("extended L2 must be refused");
+    assert!(err.to_string().contains("extended L2"), "{err}");
+
+    let zstd = join(&dir, "zstd.qcow2");
+    let out = run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+            path_str(&zstd),
+            "1M",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "this qemu-img lacks zstd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = Qcow2Reader::new(File::open(&zstd).expect("open")).expect_err("zstd must be refused");
+    assert!(err.to_string().contains("zstd"), "{err}");
+}
+
+#[test]
+fn reads_empty_and_tiny_images() {
+    let dir = tmp();
+    for size in [0usize, 512, 65536 + 512] {
+        let raw = join(&dir, &format!("{size}.raw"));
+        let content = sparse_content(size as u64, size, 1);
+        write_file(&raw, &content);
+        let img = join(&dir, &format!("{size}.qcow2"));
+        run_ok(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                path_str(&raw),
+                path_str(&img),
+            ],
+        );
+        let mut reader = open(&img);
+        read_all_and_check_extents(&mut reader, &content);
+    }
+}
