@@ -729,3 +729,90 @@ func TestInspectVMDK(t *testing.T) {
 		t.Fatalf("absurd capacity accepted: %v", err)
 	}
 }
+
+// TestLabVMScript drives lab/vm (bash, curl, python3) against an in-process lab through a lab.env like
+// the one lab/up writes.
+func TestLabVMScript(t *testing.T) {
+	for _, tool := range []string{"bash", "curl", "python3"} {
+		requireTool(t, tool)
+	}
+	h := startLab(t, 300*time.Second)
+	state := t.TempDir()
+	env := fmt.Sprintf("export VSPHERE_URL='%s'\nexport VSPHERE_USERNAME='%s'\nexport VSPHERE_PASSWORD='%s'\n"+
+		"export VSPHERE_DC='DC0'\nexport VSPHERE_CA_CERT='%s'\nexport VCSIM_CONTROL_URL='%s'\n",
+		h.lab.SDKURL, testUser, strings.ReplaceAll(testPassword, `'`, `'\''`), h.c.caFile, h.lab.ControlURL)
+	if err := os.WriteFile(filepath.Join(state, "lab.env"), []byte(env), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	script, err := filepath.Abs("../vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	labVM := func(args ...string) (string, error) {
+		cmd := exec.Command(script, args...)
+		cmd.Env = append(os.Environ(), "VM_IMPORT_LAB_STATE="+state)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		if err != nil {
+			return stderr.String(), err
+		}
+		return stdout.String(), nil
+	}
+	dir := t.TempDir()
+	d0 := makeVMDK(t, dir, "a", 2, 64<<10, "streamOptimized")
+	d1 := makeVMDK(t, dir, "b", 2, 64<<10, "monolithicSparse")
+	out, err := labVM("create", "sh01", "--cpus", "4", "--cores-per-socket", "2", "--memory-mb", "2048", "--firmware", "efi",
+		"--secure-boot", "--vtpm", "--disk", "pvscsi:"+d0, "--disk", "nvme@1:2:"+d1, "--disk", "ide,capacity=4096:"+d1,
+		"--nic", "e1000:VM Network:00:50:56:aa:bb:01", "--nic", "vmxnet3:DC0_DVPG0",
+		"--power", "on", "--tools", "running", "--folder", "sh/nested", "--guest-id", "otherGuest64", "--hw-version", "vmx-17")
+	if err != nil {
+		t.Fatalf("lab/vm create: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "/DC0/vm/sh/nested/sh01") {
+		t.Fatalf("lab/vm create printed %q", out)
+	}
+	out, err = labVM("show", "sh01")
+	if err != nil {
+		t.Fatalf("lab/vm show: %v\n%s", err, out)
+	}
+	var v VMView
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.NumCPU != 4 || v.CoresPerSock != 2 || v.MemoryMB != 2048 || !v.SecureBoot || !v.TPM || v.HWVersion != "vmx-17" ||
+		v.PowerState != "poweredOn" || v.ToolsRunning != "guestToolsRunning" || len(v.Disks) != 3 || len(v.NICs) != 2 ||
+		v.Disks[1].Controller != "VirtualNVMEController" || v.Disks[1].BusNumber != 1 || v.Disks[1].UnitNumber != 2 ||
+		v.Disks[2].CapacityBytes != 4096 || v.NICs[0].MAC != "00:50:56:aa:bb:01" || v.NICs[0].Network != "VM Network" ||
+		v.NICs[1].AddressType != "generated" || v.NICs[1].PortgroupKey == "" {
+		t.Fatalf("VM made by lab/vm: %+v", v)
+	}
+	if out, err := labVM("create", "sh02", "--disk", "floppy:"+d0); err == nil || !strings.Contains(out, "bus \"floppy\"") {
+		t.Fatalf("bad --disk: %v %q", err, out)
+	}
+	if out, err := labVM("fault", "cut", "512", "--times", "2", "--vm", "sh01"); err != nil {
+		t.Fatalf("lab/vm fault cut: %v %s", err, out)
+	}
+	out, _ = labVM("fault", "list")
+	if !strings.Contains(out, `"cutAfterBytes": 512`) {
+		t.Fatalf("fault list: %s", out)
+	}
+	if out, err := labVM("fault", "clear"); err != nil {
+		t.Fatalf("fault clear: %v %s", err, out)
+	}
+	if out, err := labVM("network", "create", "sh-pg", "--distributed", "--vlan", "12"); err != nil || !strings.Contains(out, "dvportgroup-") {
+		t.Fatalf("network create: %v %s", err, out)
+	}
+	if out, err := labVM("leases", "--json"); err != nil || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("leases: %v %q", err, out)
+	}
+	if out, err := labVM("list"); err != nil || !strings.Contains(out, "sh01") || !strings.Contains(out, "DC0_H0_VM0") {
+		t.Fatalf("list: %v %s", err, out)
+	}
+	if out, err := labVM("delete", "sh01"); err != nil {
+		t.Fatalf("delete: %v %s", err, out)
+	}
+	if out, err := labVM("show", "sh01"); err == nil || !strings.Contains(out, "404") {
+		t.Fatalf("show after delete: %v %s", err, out)
+	}
+}
