@@ -1,2 +1,24 @@
 //! The conversion pipeline: a source of disk bytes, a decoder, and a sink (sparse raw, raw stream
 //! or qcow2), with SHA-256 of the logical content and byte-level progress on the way.
+//!
+//! - [`source`]: format detection and the entry points [`convert_path`] (a file: every VMDK
+//!   subformat, qcow2, raw) and [`convert_reader`] (a pipe or HTTP body: streamOptimized VMDK or
+//!   raw).
+//! - [`pipeline`]: producer → inflate workers → ordered consumer, memory bounded by
+//!   [`pipeline::MAX_IN_FLIGHT`] blocks; [`convert_stream_optimized`] is the one-pass path for
+//!   vCenter exports and OVA entries.
+//! - [`sink`]: sparse RAW file, RAW stream, qcow2.
+//! - [`inspect`]: what an image is, as a serialisable value.
+//!
+//! Synchronous code: async callers run one conversion inside one `spawn_blocking`.
+
+mod error;
+pub mod inspect;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+
+pub use error::Error;
+pub use pipeline::{Options, Progress, ProgressFn, Report, convert_stream_optimized};
+pub use sink::{Output, StreamWriter};
+pub use source::{InputFormat, convert_path, convert_reader, detect};

@@ -1,0 +1,56 @@
+//! The conversion error: which step failed, with the byte offset (in the input, unless said
+//! otherwise) or the format element at fault. Format-level detail is in the source chain.
+
+use std::{io, path::PathBuf};
+
+/// Why a conversion or inspection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input file could not be opened.
+    #[error("cannot open {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the input failed.
+    #[error("failed to read input at byte offset {offset}")]
+    Read {
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    /// The input ended before the first byte of a header.
+    #[error("input is empty")]
+    Empty,
+    /// The streamOptimized stream is invalid (the source names the offset).
+    #[error("invalid streamOptimized VMDK")]
+    Stream(#[source] vmdk::stream::Error),
+    /// A grain did not inflate.
+    #[error("grain record at byte offset {offset} (LBA {lba}) is corrupt")]
+    Inflate {
+        offset: u64,
+        lba: u64,
+        #[source]
+        source: vmdk::grain::InflateError,
+    },
+    /// The VMDK could not be read.
+    #[error("invalid VMDK")]
+    Vmdk(#[source] vmdk::reader::Error),
+    /// The qcow2 image could not be read.
+    #[error("invalid qcow2 image")]
+    Qcow2(#[source] qcow2::Error),
+    /// The format needs random access but the input is a pipe.
+    #[error("{format} input needs random access; give a file, not a pipe or URL")]
+    NeedsSeekable { format: &'static str },
+    /// An OVA was given where a single disk image was expected.
+    #[error("input is an OVA archive; convert it into a directory")]
+    IsOva,
+    /// Writing the output failed.
+    #[error("cannot write output")]
+    Sink(#[source] crate::sink::Error),
+    /// A pipeline thread could not be started.
+    #[error("cannot start a conversion thread")]
+    Spawn(#[source] io::Error),
+}

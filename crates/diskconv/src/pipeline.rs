@@ -1,0 +1,496 @@
+//! The conversion pipeline: a producer (stream decoder or random-access reader) feeds blocks of
+//! logical disk content through an optional pool of inflate workers to one ordered consumer that
+//! hashes the content (SHA-256, zeros included, in order), reports progress and writes the sink.
+//!
+//! ```text
+//!  input ─► producer ──(work, bounded)──► inflate workers ×N ──(blocks, bounded)──► consumer ─► sink
+//!              ▲                                                                      │
+//!              └───────────────────── credits (MAX_IN_FLIGHT) ◄───────────────────────┘
+//! ```
+//!
+//! Memory is bounded by [`MAX_IN_FLIGHT`] blocks whatever the disk size: the producer takes a
+//! credit before emitting a block and the consumer returns it once the block is written, so
+//! out-of-order results waiting for a slow grain cannot pile up. All code here is synchronous; an
+//! async caller runs a whole conversion inside one `spawn_blocking`.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Read},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::Instant,
+};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use sha2::{Digest, Sha256};
+use vmdk::{Event, GrainInflater, StreamDecoder};
+
+use crate::{
+    Error,
+    sink::{Output, Sink, ZEROS},
+};
+
+/// Blocks in flight between producer and consumer. With 64 KiB grains this is at most ~8 MiB of
+/// compressed plus inflated data, which keeps peak RSS far below 64 MiB on any disk size.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Bytes read from the input per `read` call: large enough to amortise syscalls and HTTP chunk
+/// overhead, small against the memory budget.
+pub const READ_CHUNK: usize = 256 * 1024;
+/// Largest block the random-access producer sends (coalesced allocated grains or flat data).
+pub const RANDOM_BLOCK: usize = 1 << 20;
+
+/// Progress of one conversion, reported from the consumer thread after each block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Input bytes consumed so far (compressed bytes for a stream).
+    pub bytes_read: u64,
+    /// Logical disk bytes done so far (position of the end of the last block).
+    pub position: u64,
+    /// Virtual size, when known.
+    pub virtual_size: Option<u64>,
+}
+
+/// A progress callback; called often, so it should be cheap (throttle inside).
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Conversion knobs.
+#[derive(Clone)]
+pub struct Options {
+    /// Inflate workers for compressed input (at least 1).
+    pub threads: usize,
+    /// Progress callback.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            threads: thread::available_parallelism().map_or(2, |n| n.get()),
+            progress: None,
+        }
+    }
+}
+
+/// What one conversion did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Report {
+    /// Input format (`vmdk-streamOptimized`, `vmdk`, `qcow2`, `raw`).
+    pub format: String,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Input bytes read.
+    pub bytes_read: u64,
+    /// Bytes physically written to the output.
+    pub bytes_written: u64,
+    /// SHA-256 of the logical disk content (all `virtual_size` bytes), lowercase hex.
+    pub sha256: String,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// A `Read` that counts bytes into a shared counter (read by the progress reporter).
+pub(crate) struct Counting<R> {
+    pub(crate) inner: R,
+    pub(crate) count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn read_some(input: &mut impl Read, buf: &mut [u8], offset: u64) -> Result<usize, Error> {
+    loop {
+        match input.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(Error::Read { offset, source }),
+        }
+    }
+}
+
+/// A block of logical content on its way to the consumer.
+pub(crate) struct Block {
+    seq: u64,
+    offset: u64,
+    data: Vec<u8>,
+}
+
+struct Work {
+    seq: u64,
+    lba: u64,
+    record_offset: u64,
+    compressed: Bytes,
+}
+
+/// The ordered consumer: hash, progress, sink.
+pub(crate) struct Consumer {
+    sink: Box<dyn Sink>,
+    hasher: Sha256,
+    pos: u64,
+    virtual_size: Option<u64>,
+    progress: Option<ProgressFn>,
+    bytes_read: Arc<AtomicU64>,
+}
+
+impl Consumer {
+    pub(crate) fn new(
+        sink: Box<dyn Sink>,
+        virtual_size: Option<u64>,
+        progress: Option<ProgressFn>,
+        bytes_read: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            sink,
+            hasher: Sha256::new(),
+            pos: 0,
+            virtual_size,
+            progress,
+            bytes_read,
+        }
+    }
+
+    fn hash_zeros_to(&mut self, end: u64) {
+        while self.pos < end {
+            let n = (end - self.pos).min(ZEROS.len() as u64) as usize;
+            self.hasher.update(&ZEROS[..n]);
+            self.pos += n as u64;
+        }
+    }
+
+    fn block(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        self.hash_zeros_to(offset);
+        self.hasher.update(data);
+        self.sink.write_block(offset, data).map_err(Error::Sink)?;
+        self.pos = offset + data.len() as u64;
+        if let Some(progress) = &self.progress {
+            progress(&Progress {
+                bytes_read: self.bytes_read.load(Ordering::Relaxed),
+                position: self.pos,
+                virtual_size: self.virtual_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Processes blocks in sequence order, returning a credit for each.
+    fn run_ordered(
+        mut self,
+        done: Receiver<Result<Block, Error>>,
+        credits: Sender<()>,
+    ) -> Result<Self, Error> {
+        let mut pending = BTreeMap::new();
+        let mut next = 0u64;
+        for item in done {
+            let block = item?;
+            pending.insert(block.seq, block);
+            while let Some(block) = pending.remove(&next) {
+                self.block(block.offset, &block.data)?;
+                next += 1;
+                // The producer may have stopped; a missing receiver is fine.
+                let _ = credits.send(());
+            }
+        }
+        Ok(self)
+    }
+
+    /// Hashes the trailing zeros, finishes the sink and builds the report.
+    pub(crate) fn finish(mut self, format: &str, started: Instant) -> Result<Report, Error> {
+        let virtual_size = self.virtual_size.unwrap_or(self.pos);
+        self.hash_zeros_to(virtual_size);
+        let bytes_written = self.sink.finish(virtual_size).map_err(Error::Sink)?;
+        let bytes_read = self.bytes_read.load(Ordering::Relaxed);
+        if let Some(progress) = &self.progress {
+            progress(&Progress {
+                bytes_read,
+                position: virtual_size,
+                virtual_size: Some(virtual_size),
+            });
+        }
+        Ok(Report {
+            format: format.to_owned(),
+            virtual_size,
+            bytes_read,
+            bytes_written,
+            sha256: hex::encode(self.hasher.finalize()),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Runs `produce` on the calling thread and the consumer on a helper thread, connected by the
+/// credit-bounded block channel; `workers` extra threads may be spawned by `produce` itself.
+fn run_with_consumer<P>(consumer: Consumer, produce: P) -> Result<Consumer, Error>
+where
+    P: FnOnce(&Sender<Result<Block, Error>>, &Receiver<()>) -> Result<(), Error>,
+{
+    let (done_tx, done_rx) = bounded::<Result<Block, Error>>(MAX_IN_FLIGHT);
+    let (credit_tx, credit_rx) = bounded::<()>(MAX_IN_FLIGHT);
+    for _ in 0..MAX_IN_FLIGHT {
+        // The receiver is alive and the channel has room for exactly this many.
+        let _ = credit_tx.send(());
+    }
+    thread::scope(|scope| {
+        let consumer = thread::Builder::new()
+            .name("diskconv-writer".into())
+            .spawn_scoped(scope, move || consumer.run_ordered(done_rx, credit_tx))
+            .map_err(Error::Spawn)?;
+        let produced = produce(&done_tx, &credit_rx);
+        drop(done_tx);
+        drop(credit_rx);
+        let consumed = consumer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        produced?;
+        consumed
+    })
+}
+
+/// Converts a streamOptimized VMDK read sequentially from `input` (file, pipe, HTTP body, tar
+/// entry): one pass, no seeking, no temporary file; grains are inflated on `opts.threads` workers.
+pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options) -> Result<Report, Error> {
+    let started = Instant::now();
+    let count = Arc::new(AtomicU64::new(0));
+    let mut input = Counting {
+        inner: input,
+        count: count.clone(),
+    };
+    let mut decoder = StreamDecoder::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let header = loop {
+        match decoder.next_event().map_err(Error::Stream)? {
+            Some(Event::Header(h)) => break h,
+            Some(_) => continue,
+            None => {
+                let n = read_some(&mut input, &mut chunk, decoder.position())?;
+                if n == 0 {
+                    decoder.finish().map_err(Error::Stream)?;
+                    return Err(Error::Empty);
+                }
+                decoder.feed(&chunk[..n]);
+            }
+        }
+    };
+    let virtual_size = header.capacity_bytes();
+    let grain_bytes = header.grain_bytes() as usize;
+    let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
+    let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), count);
+    let threads = opts.threads.max(1);
+    let consumer = run_with_consumer(consumer, |done, credits| {
+        thread::scope(|scope| {
+            let (work_tx, work_rx) = bounded::<Work>(MAX_IN_FLIGHT);
+            for i in 0..threads {
+                let rx = work_rx.clone();
+                let tx = done.clone();
+                thread::Builder::new()
+                    .name(format!("diskconv-inflate-{i}"))
+                    .spawn_scoped(scope, move || inflate_worker(&rx, &tx, grain_bytes, virtual_size))
+                    .map_err(Error::Spawn)?;
+            }
+            drop(work_rx);
+            let result = produce_grains(&mut decoder, &mut input, &mut chunk, &work_tx, credits);
+            drop(work_tx);
+            result
+        })
+    })?;
+    consumer.finish("vmdk-streamOptimized", started)
+}
+
+fn produce_grains(
+    decoder: &mut StreamDecoder,
+    input: &mut impl Read,
+    chunk: &mut [u8],
+    work: &Sender<Work>,
+    credits: &Receiver<()>,
+) -> Result<(), Error> {
+    let mut seq = 0u64;
+    loop {
+        match decoder.next_event().map_err(Error::Stream)? {
+            Some(Event::Grain(grain)) => {
+                // A closed channel means the consumer or a worker failed; its error wins.
+                if credits.recv().is_err() {
+                    return Ok(());
+                }
+                let item = Work {
+                    seq,
+                    lba: grain.lba,
+                    record_offset: grain.offset,
+                    compressed: grain.compressed,
+                };
+                if work.send(item).is_err() {
+                    return Ok(());
+                }
+                seq += 1;
+            }
+            Some(Event::EndOfStream) => return Ok(()),
+            Some(_) => {}
+            None => {
+                let n = read_some(input, chunk, decoder.position())?;
+                if n == 0 {
+                    decoder.finish().map_err(Error::Stream)?;
+                    return Ok(());
+                }
+                decoder.feed(&chunk[..n]);
+            }
+        }
+    }
+}
+
+fn inflate_worker(
+    work: &Receiver<Work>,
+    done: &Sender<Result<Block, Error>>,
+    grain_bytes: usize,
+    virtual_size: u64,
+) {
+    let mut inflater = GrainInflater::new();
+    for item in work {
+        let offset = item.lba * vmdk::SECTOR_SIZE;
+        // The decoder guarantees lba < capacity, so offset < virtual_size.
+        let len = (virtual_size - offset).min(grain_bytes as u64) as usize;
+        let mut data = vec![0u8; grain_bytes];
+        let result = match inflater.inflate(&item.compressed, &mut data) {
+            Ok(_) => {
+                data.truncate(len);
+                Ok(Block {
+                    seq: item.seq,
+                    offset,
+                    data,
+                })
+            }
+            Err(source) => Err(Error::Inflate {
+                offset: item.record_offset,
+                lba: item.lba,
+                source,
+            }),
+        };
+        let failed = result.is_err();
+        if done.send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Random access to a disk image: allocation map plus reads.
+pub(crate) trait RandomSource {
+    /// Virtual size in bytes.
+    fn size(&self) -> u64;
+    /// `(allocated, len)` of the range at `offset` (len 0 at the end).
+    fn segment(&mut self, offset: u64) -> Result<(bool, u64), Error>;
+    /// Fills `buf` from `offset`.
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
+}
+
+/// Converts a random-access source: allocated ranges are read in blocks of up to
+/// [`RANDOM_BLOCK`], unallocated ones are skipped (the sink leaves them as holes).
+pub(crate) fn convert_random(
+    source: &mut dyn RandomSource,
+    format: &str,
+    output: Output,
+    opts: &Options,
+    bytes_read: Arc<AtomicU64>,
+) -> Result<Report, Error> {
+    let started = Instant::now();
+    let virtual_size = source.size();
+    let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
+    let consumer = Consumer::new(
+        sink,
+        Some(virtual_size),
+        opts.progress.clone(),
+        bytes_read.clone(),
+    );
+    let consumer = run_with_consumer(consumer, |done, credits| {
+        let mut offset = 0u64;
+        let mut seq = 0u64;
+        while offset < virtual_size {
+            let (allocated, len) = source.segment(offset)?;
+            if len == 0 {
+                break;
+            }
+            if !allocated {
+                offset += len;
+                continue;
+            }
+            let start = offset;
+            let mut data = Vec::with_capacity(RANDOM_BLOCK);
+            let (mut allocated, mut len) = (allocated, len);
+            while allocated && len > 0 && data.len() < RANDOM_BLOCK {
+                let n = len.min((RANDOM_BLOCK - data.len()) as u64) as usize;
+                let at = data.len();
+                data.resize(at + n, 0);
+                source.read_exact_at(offset, &mut data[at..])?;
+                bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                offset += n as u64;
+                if offset >= virtual_size || data.len() >= RANDOM_BLOCK {
+                    break;
+                }
+                (allocated, len) = source.segment(offset)?;
+            }
+            if credits.recv().is_err()
+                || done
+                    .send(Ok(Block {
+                        seq,
+                        offset: start,
+                        data,
+                    }))
+                    .is_err()
+            {
+                return Ok(());
+            }
+            seq += 1;
+        }
+        Ok(())
+    })?;
+    consumer.finish(format, started)
+}
+
+/// Converts raw bytes read sequentially (a pipe): the virtual size is whatever length arrives.
+pub(crate) fn convert_raw_stream(input: impl Read, output: Output, opts: &Options) -> Result<Report, Error> {
+    let started = Instant::now();
+    let count = Arc::new(AtomicU64::new(0));
+    let mut input = Counting {
+        inner: input,
+        count: count.clone(),
+    };
+    let sink = output.open(None).map_err(Error::Sink)?;
+    let consumer = Consumer::new(sink, None, opts.progress.clone(), count);
+    let consumer = run_with_consumer(consumer, |done, credits| {
+        let mut offset = 0u64;
+        let mut seq = 0u64;
+        loop {
+            let mut data = vec![0u8; RANDOM_BLOCK];
+            let mut filled = 0;
+            while filled < data.len() {
+                let n = read_some(&mut input, &mut data[filled..], offset + filled as u64)?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            data.truncate(filled);
+            if credits.recv().is_err() || done.send(Ok(Block { seq, offset, data })).is_err() {
+                return Ok(());
+            }
+            offset += filled as u64;
+            seq += 1;
+        }
+    })?;
+    consumer.finish("raw", started)
+}

@@ -1,0 +1,267 @@
+//! Inputs: format detection from the first bytes, and the entry points that pick the right
+//! producer for a file (random access allowed) or a pipe (sequential only).
+
+use std::{
+    fs::File,
+    io::{self, Cursor, Read},
+    path::Path,
+    sync::{Arc, atomic::AtomicU64},
+};
+
+use vmdk::{VmdkReader, header};
+
+use crate::{
+    Error,
+    pipeline::{self, Options, RandomSource, Report},
+    sink::Output,
+};
+
+/// Bytes inspected to detect the format: a tar header's `ustar` magic ends at byte 262, a text
+/// descriptor is recognisable in its first lines.
+pub const SNIFF_LEN: usize = 4096;
+
+/// What the first bytes say the input is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// A streamOptimized VMDK (compressed grains with markers).
+    VmdkStream,
+    /// A hosted sparse VMDK (monolithicSparse or a sparse extent).
+    VmdkSparse,
+    /// A VMDK text descriptor with extents beside it.
+    VmdkDescriptor,
+    /// A qcow2 image.
+    Qcow2,
+    /// A tar archive (OVA).
+    Ova,
+    /// Anything else: raw disk bytes.
+    Raw,
+}
+
+impl InputFormat {
+    /// Name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputFormat::VmdkStream => "vmdk-streamOptimized",
+            InputFormat::VmdkSparse | InputFormat::VmdkDescriptor => "vmdk",
+            InputFormat::Qcow2 => "qcow2",
+            InputFormat::Ova => "ova",
+            InputFormat::Raw => "raw",
+        }
+    }
+}
+
+/// Detects the format from the first bytes (up to [`SNIFF_LEN`]).
+pub fn detect(head: &[u8]) -> InputFormat {
+    if head.len() >= 12 && head[0..4] == header::MAGIC.to_le_bytes() {
+        let flags = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        let stream = header::FLAG_COMPRESSED | header::FLAG_MARKERS;
+        return if flags & stream == stream {
+            InputFormat::VmdkStream
+        } else {
+            InputFormat::VmdkSparse
+        };
+    }
+    if head.starts_with(b"QFI\xfb") {
+        return InputFormat::Qcow2;
+    }
+    if head.len() >= 262 && &head[257..262] == b"ustar" {
+        return InputFormat::Ova;
+    }
+    let text_end = head.iter().position(|&b| b == 0).unwrap_or(head.len());
+    if let Ok(text) = std::str::from_utf8(&head[..text_end])
+        && (text.starts_with("# Disk DescriptorFile")
+            || text.lines().any(|l| l.trim().starts_with("createType")))
+    {
+        return InputFormat::VmdkDescriptor;
+    }
+    InputFormat::Raw
+}
+
+fn read_head(input: &mut impl Read) -> Result<Vec<u8>, Error> {
+    let mut head = vec![0u8; SNIFF_LEN];
+    let mut filled = 0;
+    while filled < head.len() {
+        match input.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Read {
+                    offset: filled as u64,
+                    source,
+                });
+            }
+        }
+    }
+    head.truncate(filled);
+    Ok(head)
+}
+
+fn open(path: &Path) -> Result<File, Error> {
+    File::open(path).map_err(|source| Error::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Detects the format of a file.
+pub fn detect_path(path: &Path) -> Result<InputFormat, Error> {
+    Ok(detect(&read_head(&mut open(path)?)?))
+}
+
+/// Opens a VMDK file, resolving extents next to it (names were checked not to escape).
+pub fn open_vmdk(path: &Path) -> Result<VmdkReader<File>, Error> {
+    let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let name = path.display().to_string();
+    let mut opener = |extent: &str| File::open(dir.join(extent));
+    VmdkReader::open(open(path)?, &name, &mut opener).map_err(Error::Vmdk)
+}
+
+struct VmdkSource(VmdkReader<File>);
+
+impl RandomSource for VmdkSource {
+    fn size(&self) -> u64 {
+        self.0.capacity()
+    }
+    fn segment(&mut self, offset: u64) -> Result<(bool, u64), Error> {
+        let s = self.0.segment(offset).map_err(Error::Vmdk)?;
+        Ok((s.allocated, s.len))
+    }
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self
+                .0
+                .read_at(offset + done as u64, &mut buf[done..])
+                .map_err(Error::Vmdk)?;
+            if n == 0 {
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+struct Qcow2Source(qcow2::Qcow2Reader<File>);
+
+impl RandomSource for Qcow2Source {
+    fn size(&self) -> u64 {
+        self.0.virtual_size()
+    }
+    fn segment(&mut self, offset: u64) -> Result<(bool, u64), Error> {
+        let e = self.0.extent_at(offset).map_err(Error::Qcow2)?;
+        Ok((e.kind == qcow2::ExtentKind::Data, e.end().saturating_sub(offset)))
+    }
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.0.read_at(offset, buf).map_err(Error::Qcow2)
+    }
+}
+
+/// A raw file; holes are found with `SEEK_DATA`/`SEEK_HOLE` so sparse inputs are not read.
+struct RawSource {
+    file: File,
+    size: u64,
+}
+
+impl RandomSource for RawSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn segment(&mut self, offset: u64) -> Result<(bool, u64), Error> {
+        use rustix::fs::{SeekFrom, seek};
+        if offset >= self.size {
+            return Ok((false, 0));
+        }
+        let rest = self.size - offset;
+        let data = match seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(d) => d,
+            // ENXIO: no data after offset. Other errors: the file system cannot tell; read it.
+            Err(rustix::io::Errno::NXIO) => return Ok((false, rest)),
+            Err(_) => return Ok((true, rest)),
+        };
+        if data > offset {
+            return Ok((false, (data - offset).min(rest)));
+        }
+        let hole = seek(&self.file, SeekFrom::Hole(offset)).unwrap_or(self.size);
+        Ok((true, hole.saturating_sub(offset).clamp(1, rest)))
+    }
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|source| Error::Read { offset, source })
+    }
+}
+
+/// Converts the disk image at `path` (VMDK of any hosted subformat, qcow2 or raw).
+pub fn convert_path(path: &Path, output: Output, opts: &Options) -> Result<Report, Error> {
+    let format = detect_path(path)?;
+    let bytes_read = Arc::new(AtomicU64::new(0));
+    match format {
+        InputFormat::VmdkStream => pipeline::convert_stream_optimized(open(path)?, output, opts),
+        InputFormat::VmdkSparse | InputFormat::VmdkDescriptor => {
+            let mut source = VmdkSource(open_vmdk(path)?);
+            pipeline::convert_random(&mut source, format.name(), output, opts, bytes_read)
+        }
+        InputFormat::Qcow2 => {
+            let mut source = Qcow2Source(qcow2::Qcow2Reader::new(open(path)?).map_err(Error::Qcow2)?);
+            pipeline::convert_random(&mut source, format.name(), output, opts, bytes_read)
+        }
+        InputFormat::Raw => {
+            let file = open(path)?;
+            let size = file
+                .metadata()
+                .map_err(|source| Error::Read { offset: 0, source })?
+                .len();
+            let mut source = RawSource { file, size };
+            pipeline::convert_random(&mut source, format.name(), output, opts, bytes_read)
+        }
+        InputFormat::Ova => Err(Error::IsOva),
+    }
+}
+
+/// Converts a disk image read sequentially (stdin, an HTTP body, a tar entry): a streamOptimized
+/// VMDK or raw bytes. Formats that need random access are refused with a clear error.
+pub fn convert_reader(mut input: impl Read, output: Output, opts: &Options) -> Result<Report, Error> {
+    let head = read_head(&mut input)?;
+    let format = detect(&head);
+    let chained = Cursor::new(head).chain(input);
+    match format {
+        InputFormat::VmdkStream => pipeline::convert_stream_optimized(chained, output, opts),
+        InputFormat::Raw => pipeline::convert_raw_stream(chained, output, opts),
+        InputFormat::Ova => Err(Error::IsOva),
+        other => Err(Error::NeedsSeekable { format: other.name() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_qcow2() {
+        assert_eq!(detect(b"QFI\xfb\0\0\0\x03"), InputFormat::Qcow2);
+    }
+
+    #[test]
+    fn detects_descriptor() {
+        assert_eq!(
+            detect(b"# Disk DescriptorFile\nversion=1\n"),
+            InputFormat::VmdkDescriptor
+        );
+    }
+
+    #[test]
+    fn detects_tar() {
+        let mut h = vec![0u8; 512];
+        h[257..262].copy_from_slice(b"ustar");
+        assert_eq!(detect(&h), InputFormat::Ova);
+    }
+
+    #[test]
+    fn zeros_are_raw() {
+        assert_eq!(detect(&[0u8; 512]), InputFormat::Raw);
+    }
+}
