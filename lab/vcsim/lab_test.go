@@ -639,6 +639,14 @@ func TestCommandLineContract(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var stderr bytes.Buffer
+	// On an early failure, still stop the server so its datastore directory is removed.
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+	})
 	go func() {
 		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-tlscert", c.certFile, "-tlskey", c.keyFile,
 			"-username", testUser, "-password", testPassword, "-lease-timeout", "30", "-ready-file", ready, "-nfc-star-host"}, &stderr)
@@ -688,6 +696,7 @@ func TestCommandLineContract(t *testing.T) {
 	cancel()
 	select {
 	case err := <-done:
+		done <- nil // for the cleanup above
 		if err != nil {
 			t.Fatalf("run after cancel: %v", err)
 		}
