@@ -45,7 +45,7 @@ type LeaseRecord struct {
 	Ticket        string            `json:"ticket"` // the /nfc/<ticket>/ path element
 	VM            LeaseVM           `json:"vm"`
 	Created       time.Time         `json:"created"`
-	State         string            `json:"state"` // ready, done or error
+	State         string            `json:"state"` // initializing, ready, done or error
 	LeaseTimeout  int               `json:"leaseTimeout"`
 	ProgressCalls ProgressCalls     `json:"progressCalls"`
 	Completed     bool              `json:"completed"`
@@ -85,7 +85,7 @@ func (l *Lab) Leases() []LeaseRecord {
 	for _, e := range l.leases {
 		r := LeaseRecord{
 			ID: e.Self.Value, Ticket: e.ticket, VM: LeaseVM{MoID: e.vm.Value, Name: e.vmName},
-			Created: e.created.UTC(), State: string(e.state), LeaseTimeout: int(l.cfg.LeaseTimeout / time.Second),
+			Created: e.created.UTC(), State: string(e.state), LeaseTimeout: int(e.timeout / time.Second),
 			ProgressCalls: ProgressCalls{Count: e.progressCalls, LastPercent: e.lastPercent},
 			Completed:     e.completed, Aborted: e.aborted, AbortFault: e.abortFault, Expired: e.expired,
 			BytesServed: map[string]int64{}, Downloads: map[string]int{}, Cuts: e.cuts, Files: []LeaseFileRecord{},

@@ -56,6 +56,9 @@ type exportLease struct {
 	files  map[string]leaseFile // by targetId
 	order  []string             // targetIds in device order
 
+	timeout   time.Duration           // leaseTimeout: the lab's, or the VM's own (VMSpec.LeaseTimeoutSeconds)
+	readyInfo *types.HttpNfcLeaseInfo // info as published once the lease is ready
+
 	created       time.Time
 	lastProgress  time.Time
 	state         types.HttpNfcLeaseState
@@ -142,19 +145,31 @@ func (vm *labVM) ExportVm(ctx *simulator.Context, req *types.ExportVm) soap.HasF
 		totalKB += disk.CapacityInBytes / 1024
 	}
 
-	lease.InitializeProgress = 100
+	l.mu.Lock()
+	opts := l.exportOpts[vm.Self.Value]
+	l.mu.Unlock()
+	lease.timeout = l.cfg.LeaseTimeout
+	if opts.LeaseTimeout > 0 {
+		lease.timeout = opts.LeaseTimeout
+	}
 	lease.Mode = string(types.HttpNfcLeaseModePushOrGet)
 	lease.Capabilities = types.HttpNfcLeaseCapabilities{PullModeSupported: true}
-	lease.State = types.HttpNfcLeaseStateReady
-	lease.Info = &types.HttpNfcLeaseInfo{
+	lease.readyInfo = &types.HttpNfcLeaseInfo{
 		Lease:                 lease.Self,
 		Entity:                vm.Self,
 		DeviceUrl:             urls,
 		TotalDiskCapacityInKB: totalKB,
-		LeaseTimeout:          int32(l.cfg.LeaseTimeout / time.Second),
+		LeaseTimeout:          int32(lease.timeout / time.Second),
 	}
 	now := time.Now()
-	lease.created, lease.lastProgress, lease.state = now, now, types.HttpNfcLeaseStateReady
+	lease.created, lease.lastProgress = now, now
+	if opts.InitDelay > 0 {
+		// A real lease is "initializing" (no info yet) while the host prepares the export.
+		lease.State, lease.state = types.HttpNfcLeaseStateInitializing, types.HttpNfcLeaseStateInitializing
+	} else {
+		lease.State, lease.state = types.HttpNfcLeaseStateReady, types.HttpNfcLeaseStateReady
+		lease.InitializeProgress, lease.Info = 100, lease.readyInfo
+	}
 
 	l.mu.Lock()
 	if l.closed {
@@ -162,11 +177,15 @@ func (vm *labVM) ExportVm(ctx *simulator.Context, req *types.ExportVm) soap.HasF
 		body.Fault_ = simulator.Fault("lab is shutting down", &types.InvalidState{})
 		return body
 	}
+	l.model.Map().Put(lease)
 	l.leases = append(l.leases, lease)
 	l.byTick[lease.ticket] = lease
-	lease.timer = time.AfterFunc(l.cfg.LeaseTimeout, lease.checkExpiry)
+	if opts.InitDelay > 0 {
+		lease.timer = time.AfterFunc(opts.InitDelay, lease.becomeReady)
+	} else {
+		lease.timer = time.AfterFunc(lease.timeout, lease.checkExpiry)
+	}
 	l.mu.Unlock()
-	l.model.Map().Put(lease)
 
 	body.Res = &types.ExportVmResponse{Returnval: lease.Self}
 	return body
@@ -322,7 +341,7 @@ func (e *exportLease) HttpNfcLeaseAbort(ctx *simulator.Context, req *types.HttpN
 		fault = req.Fault
 		e.abortFault = reflect.TypeOf(req.Fault.Fault).Elem().Name()
 	}
-	if e.state == types.HttpNfcLeaseStateReady {
+	if e.state == types.HttpNfcLeaseStateReady || e.state == types.HttpNfcLeaseStateInitializing {
 		e.finishLocked(ctx, types.HttpNfcLeaseStateError, fault)
 	}
 	body.Res = &types.HttpNfcLeaseAbortResponse{}
@@ -392,6 +411,25 @@ func (e *exportLease) stopLocked() {
 	}
 }
 
+// becomeReady ends the initializing phase: info is published and the timeout window starts.
+func (e *exportLease) becomeReady() {
+	ctx := e.lab.lockCtx()
+	ctx.WithLock(e, func() {
+		e.lab.mu.Lock()
+		defer e.lab.mu.Unlock()
+		if e.state != types.HttpNfcLeaseStateInitializing {
+			return
+		}
+		e.state, e.lastProgress = types.HttpNfcLeaseStateReady, time.Now()
+		e.timer = time.AfterFunc(e.timeout, e.checkExpiry)
+		ctx.Update(e, []types.PropertyChange{
+			{Name: "initializeProgress", Val: int32(100)},
+			{Name: "info", Val: e.readyInfo},
+			{Name: "state", Val: types.HttpNfcLeaseStateReady},
+		})
+	})
+}
+
 // checkExpiry runs from the timer: it expires the lease if no Progress came within the timeout,
 // otherwise re-arms for the rest of the window.
 func (e *exportLease) checkExpiry() {
@@ -402,7 +440,7 @@ func (e *exportLease) checkExpiry() {
 		if e.state != types.HttpNfcLeaseStateReady {
 			return
 		}
-		left := e.lab.cfg.LeaseTimeout - time.Since(e.lastProgress)
+		left := e.timeout - time.Since(e.lastProgress)
 		if left > 0 {
 			e.timer.Reset(left)
 			return
@@ -411,7 +449,7 @@ func (e *exportLease) checkExpiry() {
 		e.finishLocked(ctx, types.HttpNfcLeaseStateError, &types.LocalizedMethodFault{
 			Fault: &types.Timedout{},
 			LocalizedMessage: fmt.Sprintf("The lease timed out: no HttpNfcLeaseProgress within %d seconds.",
-				int(e.lab.cfg.LeaseTimeout/time.Second)),
+				int(e.timeout/time.Second)),
 		})
 	})
 }
@@ -444,6 +482,9 @@ func (l *Lab) serveNFC(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case !known:
 		http.Error(w, fmt.Sprintf("lease has no file %q", target), http.StatusNotFound)
+		return
+	case state == types.HttpNfcLeaseStateInitializing:
+		http.Error(w, "lease is initializing: its URLs are not issued yet", http.StatusNotFound)
 		return
 	case state != types.HttpNfcLeaseStateReady:
 		http.Error(w, fmt.Sprintf("lease is %s", state), http.StatusGone)

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -36,6 +37,10 @@ const (
 	ideUnits              = 2
 	maxDisks              = 64 // far above what tests need, low enough to bound copies and work
 	maxNICs               = 10 // vSphere's per-VM limit
+	// maxLeaseTimeoutSeconds is a day: longer only hides a client that never reports progress.
+	maxLeaseTimeoutSeconds = 86400
+	// maxExportInitMillis keeps a misconfigured spec from stalling a test run for long.
+	maxExportInitMillis = 60000
 )
 
 // DiskSpec is one disk of a VMSpec.
@@ -60,22 +65,28 @@ type NICSpec struct {
 
 // VMSpec is the body of POST /lab/vms and of `lab/vm create --spec`.
 type VMSpec struct {
-	Name           string     `json:"name"`
-	Folder         string     `json:"folder,omitempty"` // below DC0/vm, "/"-separated, created as needed
-	Host           string     `json:"host,omitempty"`   // default DC0_H0
-	CPUs           int32      `json:"cpus,omitempty"`
-	CoresPerSocket int32      `json:"coresPerSocket,omitempty"`
-	MemoryMB       int64      `json:"memoryMB,omitempty"`
-	Firmware       string     `json:"firmware,omitempty"` // bios (default) or efi
-	SecureBoot     bool       `json:"secureBoot,omitempty"`
-	VTPM           bool       `json:"vtpm,omitempty"`
-	GuestID        string     `json:"guestId,omitempty"`
-	HWVersion      string     `json:"hwVersion,omitempty"` // vmx-NN
-	Annotation     string     `json:"annotation,omitempty"`
-	Power          string     `json:"power,omitempty"` // off (default) or on
-	Tools          string     `json:"tools,omitempty"` // running or notRunning; default running when on
-	Disks          []DiskSpec `json:"disks,omitempty"`
-	NICs           []NICSpec  `json:"nics,omitempty"`
+	Name           string `json:"name"`
+	Folder         string `json:"folder,omitempty"` // below DC0/vm, "/"-separated, created as needed
+	Host           string `json:"host,omitempty"`   // default DC0_H0
+	CPUs           int32  `json:"cpus,omitempty"`
+	CoresPerSocket int32  `json:"coresPerSocket,omitempty"`
+	MemoryMB       int64  `json:"memoryMB,omitempty"`
+	Firmware       string `json:"firmware,omitempty"` // bios (default) or efi
+	SecureBoot     bool   `json:"secureBoot,omitempty"`
+	VTPM           bool   `json:"vtpm,omitempty"`
+	GuestID        string `json:"guestId,omitempty"`
+	HWVersion      string `json:"hwVersion,omitempty"` // vmx-NN
+	Annotation     string `json:"annotation,omitempty"`
+	Power          string `json:"power,omitempty"` // off (default) or on
+	Tools          string `json:"tools,omitempty"` // running or notRunning; default running when on
+	// LeaseTimeoutSeconds overrides -lease-timeout for this VM's export leases, so one test can watch a
+	// lease expire in seconds while the shared lab keeps a long default.
+	LeaseTimeoutSeconds int `json:"leaseTimeoutSeconds,omitempty"`
+	// ExportInitMillis keeps this VM's new export leases "initializing" (no info) for that long, as a real
+	// host does while it prepares the export; clients must poll until the state is ready.
+	ExportInitMillis int        `json:"exportInitMillis,omitempty"`
+	Disks            []DiskSpec `json:"disks,omitempty"`
+	NICs             []NICSpec  `json:"nics,omitempty"`
 }
 
 // VMView is how GET /lab/vms reports a VM.
@@ -95,6 +106,9 @@ type VMView struct {
 	HWVersion     string     `json:"hwVersion"`
 	Disks         []DiskView `json:"disks"`
 	NICs          []NICView  `json:"nics"`
+	// LeaseTimeoutSeconds is what this VM's export leases get (its own setting or the lab's).
+	LeaseTimeoutSeconds int `json:"leaseTimeoutSeconds"`
+	ExportInitMillis    int `json:"exportInitMillis"`
 }
 
 // DiskView is a VirtualDisk as the export lease will key it.
@@ -285,6 +299,10 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (VMView, error) {
 	toolsOn := spec.Tools == "running"
 	l.mu.Lock()
 	l.tools[ref.Value] = toolsOn
+	l.exportOpts[ref.Value] = exportOptions{
+		LeaseTimeout: time.Duration(spec.LeaseTimeoutSeconds) * time.Second,
+		InitDelay:    time.Duration(spec.ExportInitMillis) * time.Millisecond,
+	}
 	l.mu.Unlock()
 	lctx := l.lockCtx()
 	lctx.WithLock(vmObj, func() {
@@ -378,6 +396,12 @@ func validateSpec(s *VMSpec) error {
 	}
 	if s.Tools == "running" && s.Power != "on" {
 		return badSpec("tools can only be running on a powered-on VM (power %q)", s.Power)
+	}
+	if s.LeaseTimeoutSeconds < 0 || s.LeaseTimeoutSeconds > maxLeaseTimeoutSeconds {
+		return badSpec("leaseTimeoutSeconds %d must be 0 (lab default) or 1..%d", s.LeaseTimeoutSeconds, maxLeaseTimeoutSeconds)
+	}
+	if s.ExportInitMillis < 0 || s.ExportInitMillis > maxExportInitMillis {
+		return badSpec("exportInitMillis %d must be 0..%d", s.ExportInitMillis, maxExportInitMillis)
 	}
 	if len(s.Disks) > maxDisks {
 		return badSpec("%d disks is more than the lab's limit of %d", len(s.Disks), maxDisks)
@@ -696,6 +720,13 @@ func (l *Lab) viewVM(ctx context.Context, ref types.ManagedObjectReference) (VMV
 	if vm.Guest != nil {
 		v.ToolsRunning = vm.Guest.ToolsRunningStatus
 	}
+	l.mu.Lock()
+	opts := l.exportOpts[ref.Value]
+	l.mu.Unlock()
+	v.LeaseTimeoutSeconds, v.ExportInitMillis = int(l.cfg.LeaseTimeout/time.Second), int(opts.InitDelay/time.Millisecond)
+	if opts.LeaseTimeout > 0 {
+		v.LeaseTimeoutSeconds = int(opts.LeaseTimeout / time.Second)
+	}
 	if vm.Summary.Config.TpmPresent != nil {
 		v.TPM = *vm.Summary.Config.TpmPresent
 	}
@@ -792,6 +823,7 @@ func (l *Lab) DeleteVM(ctx context.Context, name string) error {
 	}
 	l.mu.Lock()
 	delete(l.tools, vm.Reference().Value)
+	delete(l.exportOpts, vm.Reference().Value)
 	l.mu.Unlock()
 	if err := os.RemoveAll(filepath.Join(l.DatastoreRoot, name)); err != nil {
 		return fmt.Errorf("remove directory of %s: %w", name, err)

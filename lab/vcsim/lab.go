@@ -60,8 +60,16 @@ type Lab struct {
 	byTick map[string]*exportLease // NFC ticket -> lease; guarded by mu
 	faults []*cutFault             // pending download faults; guarded by mu
 	tools  map[string]bool         // VM moid -> tools run when the VM is on; guarded by mu
-	vmLock sync.Mutex              // serialises inventory shaping (folder creation, VM directories)
-	closed bool
+	// exportOpts are per-VM lease settings by VM moid; guarded by mu.
+	exportOpts map[string]exportOptions
+	vmLock     sync.Mutex // serialises inventory shaping (folder creation, VM directories)
+	closed     bool
+}
+
+// exportOptions are a VM's own export-lease settings (VMSpec.LeaseTimeoutSeconds, ExportInitMillis).
+type exportOptions struct {
+	LeaseTimeout time.Duration // 0: the lab's -lease-timeout
+	InitDelay    time.Duration // how long a new lease stays "initializing"; 0: ready at once
 }
 
 // Start builds the VPX model and serves it.
@@ -93,6 +101,7 @@ func Start(cfg Config) (*Lab, error) {
 		thumbprint: strings.Join(hexed, ":"),
 		byTick:     map[string]*exportLease{},
 		tools:      map[string]bool{},
+		exportOpts: map[string]exportOptions{},
 	}
 	model.Service.Listen = &url.URL{Host: cfg.Listen, User: url.UserPassword(cfg.Username, cfg.Password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}

@@ -774,7 +774,8 @@ func TestLabVMScript(t *testing.T) {
 	out, err := labVM("create", "sh01", "--cpus", "4", "--cores-per-socket", "2", "--memory-mb", "2048", "--firmware", "efi",
 		"--secure-boot", "--vtpm", "--disk", "pvscsi:"+d0, "--disk", "nvme@1:2:"+d1, "--disk", "ide,capacity=4096:"+d1,
 		"--nic", "e1000:VM Network:00:50:56:aa:bb:01", "--nic", "vmxnet3:DC0_DVPG0",
-		"--power", "on", "--tools", "running", "--folder", "sh/nested", "--guest-id", "otherGuest64", "--hw-version", "vmx-17")
+		"--power", "on", "--tools", "running", "--folder", "sh/nested", "--guest-id", "otherGuest64", "--hw-version", "vmx-17",
+		"--lease-timeout", "7", "--export-init-ms", "5")
 	if err != nil {
 		t.Fatalf("lab/vm create: %v\n%s", err, out)
 	}
@@ -793,7 +794,7 @@ func TestLabVMScript(t *testing.T) {
 		v.PowerState != "poweredOn" || v.ToolsRunning != "guestToolsRunning" || len(v.Disks) != 3 || len(v.NICs) != 2 ||
 		v.Disks[1].Controller != "VirtualNVMEController" || v.Disks[1].BusNumber != 1 || v.Disks[1].UnitNumber != 2 ||
 		v.Disks[2].CapacityBytes != 4096 || v.NICs[0].MAC != "00:50:56:aa:bb:01" || v.NICs[0].Network != "VM Network" ||
-		v.NICs[1].AddressType != "generated" || v.NICs[1].PortgroupKey == "" {
+		v.NICs[1].AddressType != "generated" || v.NICs[1].PortgroupKey == "" || v.LeaseTimeoutSeconds != 7 || v.ExportInitMillis != 5 {
 		t.Fatalf("VM made by lab/vm: %+v", v)
 	}
 	if out, err := labVM("create", "sh02", "--disk", "floppy:"+d0); err == nil || !strings.Contains(out, "bus \"floppy\"") {
@@ -823,5 +824,41 @@ func TestLabVMScript(t *testing.T) {
 	}
 	if out, err := labVM("show", "sh01"); err == nil || !strings.Contains(out, "404") {
 		t.Fatalf("show after delete: %v %s", err, out)
+	}
+}
+
+// TestPerVMLeaseSettings: a VM's own leaseTimeoutSeconds and exportInitMillis beat the lab's defaults.
+func TestPerVMLeaseSettings(t *testing.T) {
+	t.Parallel()
+	h := startLab(t, 300*time.Second)
+	ctx := context.Background()
+	d := makeVMDK(t, t.TempDir(), "a", 2, 64<<10, "streamOptimized")
+	v := h.createVM(VMSpec{Name: "slow01", LeaseTimeoutSeconds: 1, ExportInitMillis: 400, Disks: []DiskSpec{{Bus: "pvscsi", Path: d}}})
+	vc := h.mustLogin()
+	lease, err := exportVM(ctx, vc, types.ManagedObjectReference{Type: "VirtualMachine", Value: v.MoID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := leaseState(t, vc, lease); st.State != types.HttpNfcLeaseStateInitializing || st.Info != nil {
+		t.Fatalf("new lease: state %s info %v, want initializing without info", st.State, st.Info)
+	}
+	wantFault(t, lease.Progress(ctx, 0), &types.InvalidState{}, "Progress while initializing")
+	info, err := lease.Wait(ctx, nil)
+	if err != nil || info.LeaseTimeout != 1 || len(info.DeviceUrl) != 1 {
+		t.Fatalf("after initializing: %+v %v", info, err)
+	}
+	if resp, _, err := h.get(info.DeviceUrl[0].Url, nil); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET when ready: %v %v", resp, err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if st := leaseState(t, vc, lease); st.State != types.HttpNfcLeaseStateError {
+		t.Fatalf("1.5 s after ready without progress: %s, want error", st.State)
+	}
+	if rec := h.lease(lease.Reference().Value); !rec.Expired || rec.LeaseTimeout != 1 {
+		t.Fatalf("recording: %+v", rec)
+	}
+	var e map[string]string
+	if st := h.control("POST", "/vms", VMSpec{Name: "slow02", LeaseTimeoutSeconds: -1}, &e); st != http.StatusBadRequest {
+		t.Fatalf("negative leaseTimeoutSeconds: %d %v", st, e)
 	}
 }
