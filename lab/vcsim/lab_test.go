@@ -862,3 +862,25 @@ func TestPerVMLeaseSettings(t *testing.T) {
 		t.Fatalf("negative leaseTimeoutSeconds: %d %v", st, e)
 	}
 }
+
+// TestDescriptorDiskCopiesExtents: a descriptor-only VMDK (monolithicFlat) takes its capacity from the
+// extent lines, and its extent travels into the VM's directory next to the descriptor.
+func TestDescriptorDiskCopiesExtents(t *testing.T) {
+	h := startLab(t, 300*time.Second)
+	requireTool(t, "qemu-img")
+	dir := t.TempDir()
+	desc := filepath.Join(dir, "flat.vmdk")
+	runTool(t, "qemu-img", "create", "-f", "vmdk", "-o", "subformat=monolithicFlat", desc, "3M")
+	v := h.createVM(VMSpec{Name: "flat01", Disks: []DiskSpec{{Bus: "lsilogicsas", Path: desc}}})
+	if len(v.Disks) != 1 || v.Disks[0].CapacityBytes != 3<<20 || v.Disks[0].Controller != "VirtualLsiLogicSASController" {
+		t.Fatalf("disks: %+v", v.Disks)
+	}
+	vmDir := filepath.Dir(v.Disks[0].LocalPath)
+	st, err := os.Stat(filepath.Join(vmDir, "flat-flat.vmdk"))
+	if err != nil || st.Size() != 3<<20 {
+		t.Fatalf("extent next to the descriptor: %v %v", st, err)
+	}
+	if got, want := sha256File(t, v.Disks[0].LocalPath), sha256File(t, desc); got != want {
+		t.Fatal("descriptor copy differs from the source")
+	}
+}
