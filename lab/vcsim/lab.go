@@ -15,9 +15,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vmware/govmomi/session"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -31,6 +33,10 @@ const (
 	// controlPrefix is where the lab's own HTTP API lives, next to /sdk and /nfc on the same port.
 	controlPrefix = "/lab/"
 )
+
+// modelCreateMu serialises simulator model creation: it writes package-level state (the license
+// manager's), which races when tests start two labs at once.
+var modelCreateMu sync.Mutex
 
 // Config is everything the command line can set.
 type Config struct {
@@ -48,7 +54,7 @@ type Lab struct {
 	cfg        Config
 	model      *simulator.Model
 	server     *simulator.Server
-	client     *vim25.Client // in-process client: inventory changes go through the model's own methods
+	client     *vim25.Client // our own SOAP session: inventory changes go through the model's own methods
 	thumbprint string        // SHA-1 of our certificate, as HttpNfcLeaseDeviceUrl.sslThumbprint
 
 	SDKURL        *url.URL // https://127.0.0.1:PORT/sdk, without credentials
@@ -91,7 +97,10 @@ func Start(cfg Config) (*Lab, error) {
 	}
 
 	model := simulator.VPX()
-	if err := model.Create(); err != nil {
+	modelCreateMu.Lock()
+	err = model.Create()
+	modelCreateMu.Unlock()
+	if err != nil {
 		model.Remove()
 		return nil, fmt.Errorf("create simulator inventory: %w", err)
 	}
@@ -114,13 +123,20 @@ func Start(cfg Config) (*Lab, error) {
 	model.Map().Handler = l.dispatch
 
 	l.server = model.Service.NewServer()
-	l.client, err = vim25.NewClient(context.Background(), model.Service)
-	if err != nil {
-		l.Close()
-		return nil, fmt.Errorf("in-process client: %w", err)
-	}
 	l.SDKURL = &url.URL{Scheme: l.server.URL.Scheme, Host: l.server.URL.Host, Path: l.server.URL.Path}
 	l.ControlURL = &url.URL{Scheme: l.server.URL.Scheme, Host: l.server.URL.Host, Path: strings.TrimSuffix(controlPrefix, "/")}
+	// Inventory shaping logs in over HTTPS like any client. vcsim's in-process transport would share one
+	// process-wide session registry between labs (tests run several), and our per-session VM wrappers
+	// would leak from one lab into the next.
+	ctx := context.Background()
+	sc := soap.NewClient(l.SDKURL, true) // loopback to ourselves: no need to verify our own certificate
+	if l.client, err = vim25.NewClient(ctx, sc); err == nil {
+		err = session.NewManager(l.client).Login(ctx, url.UserPassword(cfg.Username, cfg.Password))
+	}
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("lab's own SOAP session: %w", err)
+	}
 
 	ds, ok := model.Map().Any("Datastore").(*simulator.Datastore)
 	if !ok || ds.Name != defaultDatastore {

@@ -461,7 +461,6 @@ func TestAbortIsRecordedAndEndsTheLease(t *testing.T) {
 }
 
 func TestLeaseExpiresWithoutProgress(t *testing.T) {
-	t.Parallel()
 	const timeout = 2 * time.Second
 	h := startLab(t, timeout)
 	ctx := context.Background()
@@ -829,7 +828,6 @@ func TestLabVMScript(t *testing.T) {
 
 // TestPerVMLeaseSettings: a VM's own leaseTimeoutSeconds and exportInitMillis beat the lab's defaults.
 func TestPerVMLeaseSettings(t *testing.T) {
-	t.Parallel()
 	h := startLab(t, 300*time.Second)
 	ctx := context.Background()
 	d := makeVMDK(t, t.TempDir(), "a", 2, 64<<10, "streamOptimized")
