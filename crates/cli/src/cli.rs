@@ -40,20 +40,88 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct ControllerArgs {
     /// Directory where converted images are written and served from.
-    #[arg(long, env = "VM_IMPORT_IMAGE_DIR", default_value = "/tmp/vm-import-controller")]
+    #[arg(
+        long,
+        env = "VM_IMPORT_IMAGE_DIR",
+        default_value = "/tmp/vm-import-controller"
+    )]
     pub(crate) image_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ConvertArgs {
+    /// Output format.
+    #[arg(short = 'O', long = "output-format", value_enum, default_value_t = OutputFormat::Raw)]
+    pub(crate) output_format: OutputFormat,
+    /// Inflate worker threads for compressed input (default: number of CPUs).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) threads: Option<u16>,
+    /// Progress display: a bar on a terminal (auto), JSON lines on stderr (json), or none.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub(crate) progress: ProgressMode,
+    /// Write a JSON report (per disk: virtual size, bytes read and written, SHA-256, seconds).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) report: Option<PathBuf>,
+    /// For an OVA: fail when the archive has no manifest (.mf) instead of warning.
+    #[arg(long)]
+    pub(crate) require_manifest: bool,
+    #[command(flatten)]
+    pub(crate) http: HttpArgs,
     /// Input: a file, `-` for stdin, or an http(s):// URL.
     pub(crate) input: String,
     /// Output: a file, `-` for raw on stdout, or a directory for an OVA.
     pub(crate) output: String,
 }
 
+/// Output formats of `convert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OutputFormat {
+    /// Sparse raw image (holes for zero runs).
+    Raw,
+    /// qcow2 v3 (zero clusters unallocated).
+    Qcow2,
+}
+
+/// How `convert` reports progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ProgressMode {
+    /// A progress bar when stderr is a terminal, nothing otherwise.
+    Auto,
+    /// One JSON object per line on stderr.
+    Json,
+    /// Nothing.
+    None,
+}
+
+/// How to fetch an http(s):// input.
+#[derive(Debug, Args)]
+pub(crate) struct HttpArgs {
+    /// PEM file with the CA certificate(s) to trust for an https:// input (instead of the
+    /// built-in web roots).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// Basic-auth user for an http(s):// input.
+    #[arg(
+        long = "http-username",
+        env = "VM_IMPORT_HTTP_USERNAME",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub(crate) username: Option<String>,
+    /// Basic-auth password for an http(s):// input.
+    #[arg(
+        long = "http-password",
+        env = "VM_IMPORT_HTTP_PASSWORD",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub(crate) password: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct InspectArgs {
+    #[command(flatten)]
+    pub(crate) http: HttpArgs,
     /// Input: a file, `-` for stdin, or an http(s):// URL.
     pub(crate) input: String,
 }

@@ -1,9 +1,16 @@
 //! `vm-import`: one binary for the controller, the local disk tools and the source tools.
 //!
-//! Parsing lives in [`cli`]; each subcommand's behaviour lives in its own crate. Commands whose
-//! issue has not landed yet say so and exit 2, so scripts never mistake them for success.
+//! Parsing lives in [`cli`]; each subcommand's behaviour lives in its own crate or module
+//! (`convert` and `inspect` in [`disk`]). Commands whose issue has not landed yet say so and exit
+//! 2, so scripts never mistake them for success.
+//!
+//! Exit codes: 0 success; 1 bad or unsupported input, or a failed conversion (the message names
+//! the file and the byte offset or element); 2 usage errors. A panic (101) is a bug.
 
 mod cli;
+mod disk;
+mod input;
+mod progress;
 
 use std::process::ExitCode;
 
@@ -13,17 +20,42 @@ use crate::cli::{Cli, Command};
 
 /// Exit code for a command that exists in the plan but is not implemented in this build.
 const EXIT_NOT_IMPLEMENTED: u8 = 2;
+/// Exit code for bad input or a failed operation.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code for usage errors (clap uses the same).
+const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let name = match cli.command {
-        Command::Controller(_) => "controller",
-        Command::Convert(_) => "convert",
-        Command::Inspect(_) => "inspect",
-        Command::Vsphere(_) => "vsphere",
-        Command::Openstack(_) => "openstack",
-        Command::Crds => "crds",
+    let result = match cli.command {
+        Command::Convert(args) => disk::convert(args),
+        Command::Inspect(args) => disk::inspect(args),
+        Command::Controller(_) => not_implemented("controller"),
+        Command::Vsphere(_) => not_implemented("vsphere"),
+        Command::Openstack(_) => not_implemented("openstack"),
+        Command::Crds => not_implemented("crds"),
     };
-    eprintln!("vm-import {name}: not yet implemented in this build");
-    ExitCode::from(EXIT_NOT_IMPLEMENTED)
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<disk::UsageError>().is_some() => {
+            eprintln!("vm-import: usage error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) if e.downcast_ref::<NotImplemented>().is_some() => {
+            eprintln!("vm-import {e}");
+            ExitCode::from(EXIT_NOT_IMPLEMENTED)
+        }
+        Err(e) => {
+            eprintln!("vm-import: error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: not yet implemented in this build")]
+struct NotImplemented(&'static str);
+
+fn not_implemented(name: &'static str) -> anyhow::Result<()> {
+    Err(NotImplemented(name).into())
 }

@@ -210,7 +210,9 @@ fn file_len<R: Seek>(file: &mut R, name: &str) -> Result<u64, Error> {
 }
 
 impl<R: Read + Seek> SparseExtent<R> {
-    fn open(mut file: R, name: &str) -> Result<(Self, Option<Descriptor>), Error> {
+    /// Opens the extent; `with_descriptor` also parses the embedded descriptor (extents listed by
+    /// a standalone descriptor carry an empty one).
+    fn open(mut file: R, name: &str, with_descriptor: bool) -> Result<(Self, Option<Descriptor>), Error> {
         let file_len = file_len(&mut file, name)?;
         let mut sector = [0u8; HEADER_SIZE];
         read_at(&mut file, name, "sparse header", 0, &mut sector)?;
@@ -220,7 +222,7 @@ impl<R: Read + Seek> SparseExtent<R> {
             source,
         };
         let mut header = SparseHeader::parse(&sector).map_err(|e| header_err(0, e))?;
-        let descriptor = match header.descriptor {
+        let descriptor = match header.descriptor.filter(|_| with_descriptor) {
             Some((offset, size)) => {
                 let start = offset * SECTOR_SIZE;
                 let len = (size * SECTOR_SIZE).min(file_len.saturating_sub(start));
@@ -562,7 +564,7 @@ impl<R: Read + Seek> VmdkReader<R> {
 
     /// Opens a single hosted sparse file (monolithicSparse or streamOptimized).
     pub fn open_sparse(file: R, name: &str) -> Result<Self, Error> {
-        let (extent, descriptor) = SparseExtent::open(file, name)?;
+        let (extent, descriptor) = SparseExtent::open(file, name, true)?;
         let capacity = extent.header.capacity_bytes();
         let grain_size = Some(extent.header.grain_bytes());
         Ok(Self {
@@ -627,7 +629,7 @@ impl<R: Read + Seek> VmdkReader<R> {
                 }
                 ExtentKind::Sparse => {
                     let file = open(open_extent)?;
-                    let (sparse, _) = SparseExtent::open(file, &file_name)?;
+                    let (sparse, _) = SparseExtent::open(file, &file_name, false)?;
                     if sparse.header.capacity_sectors < extent.sectors {
                         return Err(Error::ExtentSizeMismatch {
                             file: file_name,
