@@ -75,6 +75,7 @@ type LeaseFileRecord struct {
 	TargetID string `json:"targetId"`
 	Key      string `json:"key"`
 	Path     string `json:"path"`
+	Disk     bool   `json:"disk"`
 }
 
 // Leases snapshots the recording.
@@ -93,7 +94,7 @@ func (l *Lab) Leases() []LeaseRecord {
 		for _, t := range e.order {
 			r.BytesServed[t] = e.bytesServed[t]
 			r.Downloads[t] = e.downloads[t]
-			r.Files = append(r.Files, LeaseFileRecord{TargetID: t, Key: e.files[t].Key, Path: e.files[t].Path})
+			r.Files = append(r.Files, LeaseFileRecord{TargetID: t, Key: e.files[t].Key, Path: e.files[t].Path, Disk: e.files[t].Disk})
 		}
 		out = append(out, r)
 	}

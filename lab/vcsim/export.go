@@ -43,6 +43,7 @@ type leaseFile struct {
 	Key      string
 	Path     string
 	Capacity int64
+	Disk     bool // false for the NVRAM entry
 }
 
 // exportLease is the HttpNfcLease managed object. The embedded mo.HttpNfcLease is what the property
@@ -140,7 +141,7 @@ func (vm *labVM) ExportVm(ctx *simulator.Context, req *types.ExportVm) soap.HasF
 			TargetId:      target,
 			FileSize:      0, // like vSAN/thin exports: the streamed size is not known up front
 		})
-		lease.files[target] = leaseFile{TargetID: target, Key: key, Path: local, Capacity: disk.CapacityInBytes}
+		lease.files[target] = leaseFile{TargetID: target, Key: key, Path: local, Capacity: disk.CapacityInBytes, Disk: true}
 		lease.order = append(lease.order, target)
 		totalKB += disk.CapacityInBytes / 1024
 	}
@@ -148,6 +149,23 @@ func (vm *labVM) ExportVm(ctx *simulator.Context, req *types.ExportVm) soap.HasF
 	l.mu.Lock()
 	opts := l.exportOpts[vm.Self.Value]
 	l.mu.Unlock()
+	if opts.Nvram && vm.Config.Files.VmPathName != "" {
+		// Real leases of EFI VMs also list the NVRAM file, with disk=false; clients must skip it.
+		name := vm.Name + ".nvram"
+		local, fault := l.resolveDatastorePath(path.Dir(vm.Config.Files.VmPathName) + "/" + name)
+		if fault != nil {
+			body.Fault_ = simulator.Fault("", fault)
+			return body
+		}
+		key := fmt.Sprintf("/%s/nvram", vm.Self.Value)
+		u.Path = path.Join("/nfc", lease.ticket, name)
+		urls = append(urls, types.HttpNfcLeaseDeviceUrl{
+			Key: key, ImportKey: fmt.Sprintf("/%s/nvram", vm.Name), Url: u.String(), SslThumbprint: l.thumbprint,
+			Disk: types.NewBool(false), TargetId: name,
+		})
+		lease.files[name] = leaseFile{TargetID: name, Key: key, Path: local}
+		lease.order = append(lease.order, name)
+	}
 	lease.timeout = l.cfg.LeaseTimeout
 	if opts.LeaseTimeout > 0 {
 		lease.timeout = opts.LeaseTimeout
@@ -367,7 +385,7 @@ func (e *exportLease) HttpNfcLeaseGetManifest(ctx *simulator.Context, req *types
 			return body
 		}
 		entries = append(entries, types.HttpNfcLeaseManifestEntry{
-			Key: f.Key, Sha1: sum, Size: size, Disk: true, Capacity: f.Capacity,
+			Key: f.Key, Sha1: sum, Size: size, Disk: f.Disk, Capacity: f.Capacity,
 		})
 	}
 	body.Res = &types.HttpNfcLeaseGetManifestResponse{Returnval: entries}

@@ -84,9 +84,12 @@ type VMSpec struct {
 	LeaseTimeoutSeconds int `json:"leaseTimeoutSeconds,omitempty"`
 	// ExportInitMillis keeps this VM's new export leases "initializing" (no info) for that long, as a real
 	// host does while it prepares the export; clients must poll until the state is ready.
-	ExportInitMillis int        `json:"exportInitMillis,omitempty"`
-	Disks            []DiskSpec `json:"disks,omitempty"`
-	NICs             []NICSpec  `json:"nics,omitempty"`
+	ExportInitMillis int `json:"exportInitMillis,omitempty"`
+	// ExportNvram adds the VM's NVRAM file to its export leases as a disk=false device URL, as real
+	// vCenter leases of EFI VMs do.
+	ExportNvram bool       `json:"exportNvram,omitempty"`
+	Disks       []DiskSpec `json:"disks,omitempty"`
+	NICs        []NICSpec  `json:"nics,omitempty"`
 }
 
 // VMView is how GET /lab/vms reports a VM.
@@ -107,8 +110,9 @@ type VMView struct {
 	Disks         []DiskView `json:"disks"`
 	NICs          []NICView  `json:"nics"`
 	// LeaseTimeoutSeconds is what this VM's export leases get (its own setting or the lab's).
-	LeaseTimeoutSeconds int `json:"leaseTimeoutSeconds"`
-	ExportInitMillis    int `json:"exportInitMillis"`
+	LeaseTimeoutSeconds int  `json:"leaseTimeoutSeconds"`
+	ExportInitMillis    int  `json:"exportInitMillis"`
+	ExportNvram         bool `json:"exportNvram"`
 }
 
 // DiskView is a VirtualDisk as the export lease will key it.
@@ -302,6 +306,7 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (VMView, error) {
 	l.exportOpts[ref.Value] = exportOptions{
 		LeaseTimeout: time.Duration(spec.LeaseTimeoutSeconds) * time.Second,
 		InitDelay:    time.Duration(spec.ExportInitMillis) * time.Millisecond,
+		Nvram:        spec.ExportNvram,
 	}
 	l.mu.Unlock()
 	lctx := l.lockCtx()
@@ -724,6 +729,7 @@ func (l *Lab) viewVM(ctx context.Context, ref types.ManagedObjectReference) (VMV
 	opts := l.exportOpts[ref.Value]
 	l.mu.Unlock()
 	v.LeaseTimeoutSeconds, v.ExportInitMillis = int(l.cfg.LeaseTimeout/time.Second), int(opts.InitDelay/time.Millisecond)
+	v.ExportNvram = opts.Nvram
 	if opts.LeaseTimeout > 0 {
 		v.LeaseTimeoutSeconds = int(opts.LeaseTimeout / time.Second)
 	}

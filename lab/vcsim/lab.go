@@ -76,6 +76,7 @@ type Lab struct {
 type exportOptions struct {
 	LeaseTimeout time.Duration // 0: the lab's -lease-timeout
 	InitDelay    time.Duration // how long a new lease stays "initializing"; 0: ready at once
+	Nvram        bool          // list the VM's NVRAM file as a non-disk device URL
 }
 
 // Start builds the VPX model and serves it.

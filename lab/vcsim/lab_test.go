@@ -425,7 +425,7 @@ func TestAbortIsRecordedAndEndsTheLease(t *testing.T) {
 	h := startLab(t, 300*time.Second)
 	ctx := context.Background()
 	d := makeVMDK(t, t.TempDir(), "a", 2, 64<<10, "streamOptimized")
-	v := h.createVM(VMSpec{Name: "abort01", Disks: []DiskSpec{{Bus: "nvme", Path: d}, {Bus: "lsilogic", Path: d}, {Bus: "ide", Path: d}}})
+	v := h.createVM(VMSpec{Name: "abort01", ExportNvram: true, Disks: []DiskSpec{{Bus: "nvme", Path: d}, {Bus: "lsilogic", Path: d}, {Bus: "ide", Path: d}}})
 	vc := h.mustLogin()
 	vmRef := types.ManagedObjectReference{Type: "VirtualMachine", Value: v.MoID}
 	lease, err := exportVM(ctx, vc, vmRef)
@@ -436,11 +436,19 @@ func TestAbortIsRecordedAndEndsTheLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"VirtualNVMEController0:0", "VirtualLsiLogicController0:0", "VirtualIDEController0:0"}
+	want := []string{"VirtualNVMEController0:0", "VirtualLsiLogicController0:0", "VirtualIDEController0:0", "nvram"}
+	if len(info.DeviceUrl) != len(want) {
+		t.Fatalf("%d device URLs, want %d", len(info.DeviceUrl), len(want))
+	}
 	for i, du := range info.DeviceUrl {
-		if du.Key != "/"+v.MoID+"/"+want[i] {
-			t.Fatalf("device %d key %s, want suffix %s", i, du.Key, want[i])
+		if du.Key != "/"+v.MoID+"/"+want[i] || *du.Disk != (i < 3) {
+			t.Fatalf("device %d key %s disk %v, want suffix %s", i, du.Key, *du.Disk, want[i])
 		}
+	}
+	if nv := info.DeviceUrl[3]; nv.TargetId != "abort01.nvram" {
+		t.Fatalf("nvram entry %+v", nv)
+	} else if resp, _, err := h.get(nv.Url, nil); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET nvram: %v %v", resp, err)
 	}
 	if err := lease.Abort(ctx, nil); err != nil {
 		t.Fatalf("HttpNfcLeaseAbort: %v", err)
@@ -774,7 +782,7 @@ func TestLabVMScript(t *testing.T) {
 		"--secure-boot", "--vtpm", "--disk", "pvscsi:"+d0, "--disk", "nvme@1:2:"+d1, "--disk", "ide,capacity=4096:"+d1,
 		"--nic", "e1000:VM Network:00:50:56:aa:bb:01", "--nic", "vmxnet3:DC0_DVPG0",
 		"--power", "on", "--tools", "running", "--folder", "sh/nested", "--guest-id", "otherGuest64", "--hw-version", "vmx-17",
-		"--lease-timeout", "7", "--export-init-ms", "5")
+		"--lease-timeout", "7", "--export-init-ms", "5", "--export-nvram")
 	if err != nil {
 		t.Fatalf("lab/vm create: %v\n%s", err, out)
 	}
@@ -793,7 +801,7 @@ func TestLabVMScript(t *testing.T) {
 		v.PowerState != "poweredOn" || v.ToolsRunning != "guestToolsRunning" || len(v.Disks) != 3 || len(v.NICs) != 2 ||
 		v.Disks[1].Controller != "VirtualNVMEController" || v.Disks[1].BusNumber != 1 || v.Disks[1].UnitNumber != 2 ||
 		v.Disks[2].CapacityBytes != 4096 || v.NICs[0].MAC != "00:50:56:aa:bb:01" || v.NICs[0].Network != "VM Network" ||
-		v.NICs[1].AddressType != "generated" || v.NICs[1].PortgroupKey == "" || v.LeaseTimeoutSeconds != 7 || v.ExportInitMillis != 5 {
+		v.NICs[1].AddressType != "generated" || v.NICs[1].PortgroupKey == "" || v.LeaseTimeoutSeconds != 7 || v.ExportInitMillis != 5 || !v.ExportNvram {
 		t.Fatalf("VM made by lab/vm: %+v", v)
 	}
 	if out, err := labVM("create", "sh02", "--disk", "floppy:"+d0); err == nil || !strings.Contains(out, "bus \"floppy\"") {
