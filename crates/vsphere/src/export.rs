@@ -1,0 +1,739 @@
+//! Disk export through `ExportVm` and its `HttpNfcLease`:
+//!
+//! ```text
+//! ExportVm ─► lease ─► poll state until ready | error ─► info.deviceUrl[disk=true]
+//!    │                                                      │ key → VirtualDisk (controller class/family + bus + unit)
+//!    │        keep-alive task: HttpNfcLeaseProgress every ≤ leaseTimeout/4
+//!    │                                                      ▼
+//!    │        GET every disk URL concurrently ('*' host replaced) ─► DiskSink per disk
+//!    ▼
+//! all disks ok ─► HttpNfcLeaseComplete      any failure ─► HttpNfcLeaseAbort
+//!                                           transfer failure ─► fresh lease for the failed disks, backoff, bounded
+//! ```
+//!
+//! Bytes are handed to the caller's [`DiskSink`] as they arrive; nothing is written here. A sink
+//! sees [`DiskSink::begin`] before every attempt, so partial output from a broken attempt is
+//! discarded by the sink, never kept. A lease that is not released normally (error, panic, future
+//! dropped) is aborted by a guard.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use reqwest::{StatusCode, Url, header};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    client::{self, Client},
+    inventory,
+    proto::{
+        Fault, MoRef, envelope,
+        envelope::{ObjectSpec, PropertySpec},
+        response::{self, LeaseInfo, LeaseState},
+        vm::{DeviceKey, DeviceKeyError, Disk, VmDescription},
+    },
+};
+
+/// How often the lease state is polled while it initializes.
+const LEASE_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Keep-alive never waits longer than this between progress calls, whatever the lease timeout:
+/// govmomi ticks every 2 s, others every 30 s; 30 s keeps the load negligible.
+const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Nor more often than this, so a tiny lease timeout cannot turn into a busy loop.
+const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Error from a sink; the sink decides what it carries.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Where one disk's exported bytes go (e.g. a streamOptimized decoder writing a raw image, or a hasher).
+///
+/// Calls come in order `begin, write*, finish` per attempt; after a failed attempt `begin` comes
+/// again and the sink must drop whatever it received before.
+pub trait DiskSink: Send + 'static {
+    /// A (new) attempt starts at byte 0: discard anything received so far.
+    fn begin(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// The next bytes of the stream.
+    fn write(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// The server ended the stream normally; validate and flush.
+    fn finish(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// A sink that only counts and hashes: what tests compare against the source files.
+#[derive(Debug, Clone, Default)]
+pub struct HashingSink {
+    hasher: Sha256,
+    /// Bytes received in the current attempt.
+    pub bytes: u64,
+    /// Hex SHA-256 of the finished stream.
+    pub sha256: Option<String>,
+    /// How many attempts were started.
+    pub attempts: u32,
+    /// Pause after every chunk, to simulate a slow consumer.
+    pub delay_per_chunk: Duration,
+}
+
+impl DiskSink for HashingSink {
+    async fn begin(&mut self) -> Result<(), SinkError> {
+        self.hasher = Sha256::new();
+        self.bytes = 0;
+        self.sha256 = None;
+        self.attempts += 1;
+        Ok(())
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
+        self.hasher.update(&chunk);
+        self.bytes += chunk.len() as u64;
+        if !self.delay_per_chunk.is_zero() {
+            tokio::time::sleep(self.delay_per_chunk).await;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), SinkError> {
+        self.sha256 = Some(hex::encode(std::mem::take(&mut self.hasher).finalize()));
+        Ok(())
+    }
+}
+
+/// Export tuning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportOptions {
+    /// Leases tried at most (the first plus retries after transfer failures).
+    pub max_attempts: u32,
+    /// Pause before the first retry; doubles each time up to [`ExportOptions::max_backoff`].
+    pub backoff: Duration,
+    /// Longest pause between retries.
+    pub max_backoff: Duration,
+    /// How long a lease may stay `initializing`.
+    pub lease_ready_timeout: Duration,
+    /// A download that delivers no byte for this long is broken.
+    pub idle_timeout: Duration,
+    /// Override of the keep-alive period (default: leaseTimeout/4 clamped to 0.2 s..30 s).
+    pub keepalive_interval: Option<Duration>,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(30),
+            lease_ready_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(120),
+            keepalive_interval: None,
+        }
+    }
+}
+
+/// What one disk's transfer did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskTransfer {
+    /// The disk's device key.
+    pub disk_key: i32,
+    /// The disk's label.
+    pub label: String,
+    /// The lease device key it came from (last attempt).
+    pub device_key: String,
+    /// Bytes received in the successful attempt.
+    pub bytes: u64,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// Wall time of the successful attempt.
+    pub elapsed: Duration,
+}
+
+/// What an export did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportReport {
+    /// Per disk, in device order.
+    pub disks: Vec<DiskTransfer>,
+    /// Leases taken (1 when nothing failed).
+    pub leases: u32,
+    /// `HttpNfcLeaseProgress` calls made over all leases.
+    pub progress_calls: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Whether TLS verification was off for the transfer.
+    pub tls_insecure: bool,
+}
+
+/// A finished export: the report and the sinks, handed back.
+#[derive(Debug)]
+pub struct Exported<S> {
+    /// What happened.
+    pub report: ExportReport,
+    /// The sinks by disk key, each finished.
+    pub sinks: BTreeMap<i32, S>,
+}
+
+/// Why a disk download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// Connection, TLS or body error (including a cut connection).
+    #[error("transfer of {url} failed")]
+    Transport {
+        /// The URL (lease ticket included; it is single-use and dies with the lease).
+        url: String,
+        /// What reqwest saw.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered something other than 200.
+    #[error("GET {url} answered HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: StatusCode,
+    },
+    /// No byte arrived for the idle timeout.
+    #[error("no data from {url} for {timeout:?} after {bytes} bytes")]
+    Stalled {
+        /// The URL.
+        url: String,
+        /// The limit.
+        timeout: Duration,
+        /// Bytes received before stalling.
+        bytes: u64,
+    },
+    /// The body ended before its announced length.
+    #[error("{url} ended after {got} of {expected} announced bytes")]
+    Truncated {
+        /// The URL.
+        url: String,
+        /// Bytes received.
+        got: u64,
+        /// `Content-Length`.
+        expected: u64,
+    },
+    /// The sink refused the data; not retried.
+    #[error("the sink for disk {disk_key} failed")]
+    Sink {
+        /// The disk.
+        disk_key: i32,
+        /// The sink's error.
+        #[source]
+        source: SinkError,
+    },
+}
+
+impl DownloadError {
+    fn retryable(&self) -> bool {
+        !matches!(self, Self::Sink { .. })
+    }
+}
+
+/// Why an export failed. The lease, if any, has been aborted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No sink was given for a disk of the VM.
+    #[error("no sink for disk {disk_key} ({label})")]
+    MissingSink {
+        /// The disk.
+        disk_key: i32,
+        /// Its label.
+        label: String,
+    },
+    /// The VM has no disk to export.
+    #[error("VM {vm} has no disks to export")]
+    NoDisks {
+        /// The VM.
+        vm: MoRef,
+    },
+    /// A SOAP call failed.
+    #[error("{step}")]
+    Call {
+        /// What we were doing.
+        step: &'static str,
+        /// Why.
+        #[source]
+        source: client::Error,
+    },
+    /// Reading the lease failed.
+    #[error("reading lease {lease}")]
+    ReadLease {
+        /// The lease.
+        lease: MoRef,
+        /// Why.
+        #[source]
+        source: inventory::Error,
+    },
+    /// The lease went to `error`.
+    #[error("lease {lease} failed")]
+    LeaseFailed {
+        /// The lease.
+        lease: MoRef,
+        /// The server's fault.
+        #[source]
+        fault: Fault,
+    },
+    /// The lease did not become ready in time.
+    #[error("lease {lease} still initializing after {timeout:?}")]
+    LeaseNotReady {
+        /// The lease.
+        lease: MoRef,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// A device URL's key matches no disk, or a disk got no URL.
+    #[error("lease {lease}: cannot match device URLs to disks")]
+    DeviceMatch {
+        /// The lease.
+        lease: MoRef,
+        /// Why.
+        #[source]
+        source: DeviceKeyError,
+    },
+    /// A disk of the VM has no device URL in the lease.
+    #[error("lease {lease} has no device URL for disk {disk_key} ({label})")]
+    NoUrlForDisk {
+        /// The lease.
+        lease: MoRef,
+        /// The disk.
+        disk_key: i32,
+        /// Its label.
+        label: String,
+    },
+    /// A device URL is not a URL.
+    #[error("lease {lease}: device URL '{url}' is invalid")]
+    BadUrl {
+        /// The lease.
+        lease: MoRef,
+        /// The URL.
+        url: String,
+    },
+    /// A download failed and was not (or no longer) retried.
+    #[error("disk {disk_key} ({label}) failed after {attempts} attempt(s)")]
+    Download {
+        /// The disk.
+        disk_key: i32,
+        /// Its label.
+        label: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        source: DownloadError,
+    },
+    /// A download task panicked or was cancelled.
+    #[error("download task for disk {disk_key} did not finish")]
+    TaskJoin {
+        /// The disk.
+        disk_key: i32,
+    },
+}
+
+/// Releases the lease on every path: `complete`/`abort` explicitly, or abort from `Drop` when the
+/// export future is dropped or unwinds.
+struct LeaseGuard {
+    client: Client,
+    lease: MoRef,
+    released: bool,
+}
+
+impl LeaseGuard {
+    async fn complete(mut self) -> Result<(), client::Error> {
+        self.released = true;
+        self.client.call(&envelope::lease_complete(&self.lease)).await.map(|_| ())
+    }
+
+    async fn abort(mut self, reason: &str) {
+        self.released = true;
+        if let Err(e) = self.client.call(&envelope::lease_abort(&self.lease, Some(reason))).await {
+            tracing::warn!(lease = %self.lease, error = %e, "HttpNfcLeaseAbort failed; the lease will time out");
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let client = self.client.clone();
+        let lease = self.lease.clone();
+        handle.spawn(async move {
+            let _ = client.call(&envelope::lease_abort(&lease, Some("export cancelled"))).await;
+        });
+    }
+}
+
+/// Stops the keep-alive task when dropped.
+struct KeepAlive {
+    task: tokio::task::JoinHandle<()>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn keepalive_period(info: &LeaseInfo, options: &ExportOptions) -> Duration {
+    options.keepalive_interval.unwrap_or_else(|| {
+        (Duration::from_secs(u64::from(info.lease_timeout_secs)) / 4).clamp(MIN_KEEPALIVE_INTERVAL, MAX_KEEPALIVE_INTERVAL)
+    })
+}
+
+/// Replaces a `*` host (ESXi answering directly) by the host we connected to; a URL without a port
+/// takes the SDK's port too.
+fn resolve_url(raw: &str, sdk: &Url) -> Option<Url> {
+    let starred = raw.contains("://*/") || raw.contains("://*:");
+    let text = if starred { raw.replacen("://*", "://placeholder.invalid", 1) } else { raw.to_owned() };
+    let mut url = Url::parse(&text).ok()?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return None;
+    }
+    if starred {
+        url.set_host(sdk.host_str()).ok()?;
+        if url.port().is_none() {
+            url.set_port(sdk.port()).ok()?;
+        }
+    }
+    Some(url)
+}
+
+struct Planned {
+    disk: Disk,
+    device_key: String,
+    url: Url,
+}
+
+impl Client {
+    async fn lease_props(&self, lease: &MoRef, paths: &[&str]) -> Result<response::ObjectContent, Error> {
+        let read = |source| Error::ReadLease { lease: lease.clone(), source };
+        let spec = PropertySpec::new("HttpNfcLease", paths);
+        let mut objects = self
+            .retrieve("reading the lease", &[spec], &[ObjectSpec::Object(lease.clone())])
+            .await
+            .map_err(read)?;
+        if objects.is_empty() {
+            return Err(read(inventory::Error::VmGone { vm: lease.clone() }));
+        }
+        Ok(objects.swap_remove(0))
+    }
+
+    async fn wait_lease_ready(&self, lease: &MoRef, timeout: Duration) -> Result<LeaseInfo, Error> {
+        let start = Instant::now();
+        let shape = |e: response::Error| Error::ReadLease {
+            lease: lease.clone(),
+            source: inventory::Error::Call { step: "reading the lease", source: e.into() },
+        };
+        loop {
+            let object = self.lease_props(lease, &["state", "error"]).await?;
+            let state = object.prop("state").map(response::lease_state).transpose().map_err(shape)?;
+            match state {
+                Some(LeaseState::Ready) => break,
+                Some(LeaseState::Error) | Some(LeaseState::Done) => {
+                    let fault = object.prop("error").map(crate::proto::fault::from_localized).unwrap_or(Fault {
+                        kind: crate::proto::FaultKind::Other { name: "LeaseError".into() },
+                        message: format!("lease ended in state {state:?} without a fault"),
+                    });
+                    return Err(Error::LeaseFailed { lease: lease.clone(), fault });
+                }
+                Some(LeaseState::Initializing) | None => {}
+            }
+            if start.elapsed() >= timeout {
+                return Err(Error::LeaseNotReady { lease: lease.clone(), timeout });
+            }
+            tokio::time::sleep(LEASE_POLL_INTERVAL).await;
+        }
+        let object = self.lease_props(lease, &["info"]).await?;
+        let info = object.prop("info").ok_or_else(|| {
+            shape(response::Error::Shape { method: "RetrievePropertiesEx", what: "lease has no info".into() })
+        })?;
+        response::lease_info(info).map_err(shape)
+    }
+
+    fn plan(&self, lease: &MoRef, info: &LeaseInfo, disks: &[&Disk]) -> Result<Vec<Planned>, Error> {
+        let all: Vec<Disk> = disks.iter().map(|d| (*d).clone()).collect();
+        let mut by_disk: BTreeMap<i32, Planned> = BTreeMap::new();
+        for device in info.device_urls.iter().filter(|d| d.disk || d.url.ends_with(".vmdk")) {
+            let key = DeviceKey::parse(&device.key).map_err(|source| Error::DeviceMatch { lease: lease.clone(), source })?;
+            let disk = match key.find_disk(&device.key, &all) {
+                Ok(disk) => disk,
+                // A disk we are not asked for this time (already done in an earlier attempt).
+                Err(DeviceKeyError::NoDisk { .. }) => continue,
+                Err(source) => return Err(Error::DeviceMatch { lease: lease.clone(), source }),
+            };
+            let url = resolve_url(&device.url, self.sdk_url())
+                .ok_or_else(|| Error::BadUrl { lease: lease.clone(), url: device.url.chars().take(300).collect() })?;
+            by_disk.insert(disk.key, Planned { disk: disk.clone(), device_key: device.key.clone(), url });
+        }
+        disks
+            .iter()
+            .map(|d| {
+                by_disk.remove(&d.key).ok_or_else(|| Error::NoUrlForDisk {
+                    lease: lease.clone(),
+                    disk_key: d.key,
+                    label: d.label.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn start_keepalive(&self, lease: &MoRef, period: Duration, received: Arc<AtomicU64>, total: u64, calls: Arc<AtomicU64>) -> KeepAlive {
+        let client = self.clone();
+        let lease = lease.clone();
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            loop {
+                ticker.tick().await;
+                let done = received.load(Ordering::Relaxed);
+                // Streams are compressed, so bytes/capacity under-reports; clamp below 100 until complete.
+                let percent = if total == 0 { 0 } else { (done.saturating_mul(100) / total).min(99) };
+                let percent = u8::try_from(percent).unwrap_or(99);
+                match client.call(&envelope::lease_progress(&lease, percent)).await {
+                    Ok(_) => {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(lease = %lease, error = %e, "HttpNfcLeaseProgress failed");
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        KeepAlive { task, failed }
+    }
+
+    /// Exports every disk of `vm` into its sink (by disk key), retrying broken transfers with a
+    /// fresh lease. The VM must be powered off (see [`Client::ensure_powered_off`]).
+    ///
+    /// # Errors
+    /// [`Error`]; on error every lease taken has been aborted and the sinks are dropped (a sink
+    /// that writes files should remove unfinished output on drop).
+    pub async fn export_vm<S: DiskSink>(
+        &self,
+        vm: &VmDescription,
+        mut sinks: BTreeMap<i32, S>,
+        options: &ExportOptions,
+    ) -> Result<Exported<S>, Error> {
+        let start = Instant::now();
+        if vm.disks.is_empty() {
+            return Err(Error::NoDisks { vm: vm.moref.clone() });
+        }
+        for disk in &vm.disks {
+            if !sinks.contains_key(&disk.key) {
+                return Err(Error::MissingSink { disk_key: disk.key, label: disk.label.clone() });
+            }
+        }
+        let mut pending: Vec<&Disk> = vm.disks.iter().collect();
+        let mut finished: BTreeMap<i32, S> = BTreeMap::new();
+        let mut transfers: BTreeMap<i32, DiskTransfer> = BTreeMap::new();
+        let mut attempts_by_disk: BTreeMap<i32, u32> = BTreeMap::new();
+        let progress_calls = Arc::new(AtomicU64::new(0));
+        let mut leases = 0u32;
+        let mut backoff = options.backoff;
+        let max_attempts = options.max_attempts.max(1);
+        loop {
+            leases += 1;
+            let request = envelope::export_vm(&vm.moref);
+            let body = self.call(&request).await.map_err(|source| Error::Call { step: "ExportVm", source })?;
+            let lease = response::moref(request.method, &body)
+                .map_err(|e| Error::Call { step: "ExportVm", source: e.into() })?;
+            let guard = LeaseGuard { client: self.clone(), lease: lease.clone(), released: false };
+            tracing::info!(vm = %vm.moref, lease = %lease, attempt = leases, disks = pending.len(), "export lease taken");
+
+            let prepared = async {
+                let info = self.wait_lease_ready(&lease, options.lease_ready_timeout).await?;
+                let plan = self.plan(&lease, &info, &pending)?;
+                Ok::<_, Error>((info, plan))
+            }
+            .await;
+            let (info, plan) = match prepared {
+                Ok(v) => v,
+                Err(e) => {
+                    guard.abort(&e.to_string()).await;
+                    return Err(e);
+                }
+            };
+
+            let received = Arc::new(AtomicU64::new(0));
+            let total: u64 = plan.iter().map(|p| p.disk.capacity_bytes).fold(0, u64::saturating_add);
+            let keepalive = self.start_keepalive(
+                &lease,
+                keepalive_period(&info, options),
+                received.clone(),
+                total,
+                progress_calls.clone(),
+            );
+
+            let cookie = self.session_cookie().await;
+            let mut tasks = Vec::with_capacity(plan.len());
+            for planned in plan {
+                let Some(sink) = sinks.remove(&planned.disk.key) else {
+                    return Err(Error::MissingSink { disk_key: planned.disk.key, label: planned.disk.label.clone() });
+                };
+                *attempts_by_disk.entry(planned.disk.key).or_default() += 1;
+                let http = self.http().clone();
+                let cookie = cookie.clone();
+                let received = received.clone();
+                let idle = options.idle_timeout;
+                tasks.push(tokio::spawn(async move {
+                    let mut sink = sink;
+                    let started = Instant::now();
+                    let result = download(&http, &planned, cookie.as_deref(), &mut sink, received, idle).await;
+                    (planned, sink, result, started.elapsed())
+                }));
+            }
+
+            let mut failures: Vec<(Disk, DownloadError)> = Vec::new();
+            let mut fatal: Option<Error> = None;
+            for task in tasks {
+                match task.await {
+                    Ok((planned, sink, Ok(bytes), elapsed)) => {
+                        let key = planned.disk.key;
+                        transfers.insert(key, DiskTransfer {
+                            disk_key: key,
+                            label: planned.disk.label.clone(),
+                            device_key: planned.device_key,
+                            bytes,
+                            attempts: attempts_by_disk.get(&key).copied().unwrap_or(1),
+                            elapsed,
+                        });
+                        finished.insert(key, sink);
+                    }
+                    Ok((planned, sink, Err(e), _)) => {
+                        tracing::warn!(disk = planned.disk.key, error = %e, "disk download failed");
+                        sinks.insert(planned.disk.key, sink);
+                        failures.push((planned.disk, e));
+                    }
+                    Err(join) => {
+                        tracing::error!(error = %join, "download task did not finish");
+                        fatal.get_or_insert(Error::TaskJoin { disk_key: 0 });
+                    }
+                }
+            }
+            let keepalive_failed = keepalive.failed.load(Ordering::Relaxed);
+            drop(keepalive);
+
+            if failures.is_empty() && fatal.is_none() {
+                if let Err(e) = guard.complete().await {
+                    // The data is all here; a lease we could not complete just times out server-side.
+                    tracing::warn!(lease = %lease, error = %e, keepalive_failed, "HttpNfcLeaseComplete failed");
+                }
+                let report = ExportReport {
+                    disks: vm.disks.iter().filter_map(|d| transfers.remove(&d.key)).collect(),
+                    leases,
+                    progress_calls: progress_calls.load(Ordering::Relaxed),
+                    elapsed: start.elapsed(),
+                    tls_insecure: self.tls_insecure(),
+                };
+                return Ok(Exported { report, sinks: finished });
+            }
+
+            let reason = failures.first().map_or_else(|| "download task failed".to_owned(), |(_, e)| e.to_string());
+            guard.abort(&reason).await;
+            if let Some(e) = fatal {
+                return Err(e);
+            }
+            let exhausted = leases >= max_attempts;
+            if let Some(pos) = failures.iter().position(|(_, e)| !e.retryable() || exhausted) {
+                let (disk, source) = failures.swap_remove(pos);
+                return Err(Error::Download {
+                    attempts: attempts_by_disk.get(&disk.key).copied().unwrap_or(1),
+                    disk_key: disk.key,
+                    label: disk.label,
+                    source,
+                });
+            }
+            pending = vm.disks.iter().filter(|d| failures.iter().any(|(f, _)| f.key == d.key)).collect();
+            tracing::info!(?backoff, retry = leases + 1, "retrying failed disks with a fresh lease");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(options.max_backoff);
+        }
+    }
+}
+
+async fn download<S: DiskSink>(
+    http: &reqwest::Client,
+    planned: &Planned,
+    cookie: Option<&str>,
+    sink: &mut S,
+    received: Arc<AtomicU64>,
+    idle: Duration,
+) -> Result<u64, DownloadError> {
+    let url = planned.url.to_string();
+    let disk_key = planned.disk.key;
+    let sink_err = |source| DownloadError::Sink { disk_key, source };
+    sink.begin().await.map_err(sink_err)?;
+    let mut request = http.get(planned.url.clone());
+    if let Some(cookie) = cookie {
+        // Harmless for ESXi's NFC (the ticket in the path authorises) and needed by some proxies.
+        request = request.header(header::COOKIE, cookie);
+    }
+    let stalled = |bytes| DownloadError::Stalled { url: url.clone(), timeout: idle, bytes };
+    let mut response = tokio::time::timeout(idle, request.send())
+        .await
+        .map_err(|_| stalled(0))?
+        .map_err(|e| DownloadError::Transport { url: url.clone(), source: e.without_url() })?;
+    if response.status() != StatusCode::OK {
+        return Err(DownloadError::Status { url, status: response.status() });
+    }
+    let expected = response.content_length();
+    let mut bytes = 0u64;
+    loop {
+        let chunk = tokio::time::timeout(idle, response.chunk())
+            .await
+            .map_err(|_| stalled(bytes))?
+            .map_err(|e| DownloadError::Transport { url: url.clone(), source: e.without_url() })?;
+        let Some(chunk) = chunk else { break };
+        bytes = bytes.saturating_add(chunk.len() as u64);
+        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        sink.write(chunk).await.map_err(sink_err)?;
+    }
+    if let Some(expected) = expected
+        && expected != bytes
+    {
+        return Err(DownloadError::Truncated { url, got: bytes, expected });
+    }
+    sink.finish().await.map_err(sink_err)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn star_host_takes_the_sdk_host_and_port() {
+        let sdk = Url::parse("https://127.0.0.1:8989/sdk").unwrap();
+        assert_eq!(
+            resolve_url("https://*/nfc/abc/disk-0.vmdk", &sdk).unwrap().as_str(),
+            "https://127.0.0.1:8989/nfc/abc/disk-0.vmdk"
+        );
+        assert_eq!(
+            resolve_url("https://esx1.example/nfc/abc/disk-0.vmdk", &sdk).unwrap().as_str(),
+            "https://esx1.example/nfc/abc/disk-0.vmdk"
+        );
+        assert!(resolve_url("file:///etc/passwd", &sdk).is_none());
+    }
+
+    #[test]
+    fn keepalive_period_is_a_quarter_of_the_timeout_within_bounds() {
+        let info = |secs| LeaseInfo { device_urls: vec![], lease_timeout_secs: secs, total_disk_capacity_kb: None };
+        let o = ExportOptions::default();
+        assert_eq!(keepalive_period(&info(300), &o), Duration::from_secs(30));
+        assert_eq!(keepalive_period(&info(8), &o), Duration::from_secs(2));
+        assert_eq!(keepalive_period(&info(1), &o), Duration::from_millis(250));
+    }
+}
