@@ -228,6 +228,8 @@ func statusOf(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, errNotFound):
 		return http.StatusNotFound
+	case errors.As(err, new(*conflictError)):
+		return http.StatusConflict
 	default:
 		return http.StatusInternalServerError
 	}

@@ -235,8 +235,40 @@ func (vm *labVM) ShutdownGuest(ctx *simulator.Context, req *types.ShutdownGuest)
 	return body
 }
 
-// PowerOnVMTask starts the guest's tools once the VM is on, if it was created with tools running.
+// leaseHeld reports whether an export lease of the VM is still initializing or ready. Caller must not
+// hold Lab.mu.
+func (l *Lab) leaseHeld(vm types.ManagedObjectReference) (string, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.leases {
+		if e.vm == vm && (e.state == types.HttpNfcLeaseStateReady || e.state == types.HttpNfcLeaseStateInitializing) {
+			return e.Self.Value, true
+		}
+	}
+	return "", false
+}
+
+// leaseHeldFault is what an operation that would change a leased VM gets: vCenter blocks PowerOn,
+// Destroy and the like while an export lease is held.
+func leaseHeldFault(lease string) *soap.Fault {
+	return simulator.Fault(fmt.Sprintf("The operation is not allowed in the current state: export lease %s is held.", lease),
+		&types.InvalidState{})
+}
+
+// DestroyTask is refused while an export lease is held.
+func (vm *labVM) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soap.HasFault {
+	if lease, held := vm.lab.leaseHeld(vm.Self); held {
+		return &methods.Destroy_TaskBody{Fault_: leaseHeldFault(lease)}
+	}
+	return vm.VirtualMachine.DestroyTask(ctx, req)
+}
+
+// PowerOnVMTask is refused while an export lease is held, and starts the guest's tools once the VM is
+// on, if it was created with tools running.
 func (vm *labVM) PowerOnVMTask(ctx *simulator.Context, req *types.PowerOnVM_Task) soap.HasFault {
+	if lease, held := vm.lab.leaseHeld(vm.Self); held {
+		return &methods.PowerOnVM_TaskBody{Fault_: leaseHeldFault(lease)}
+	}
 	res := vm.VirtualMachine.PowerOnVMTask(ctx, req)
 	vm.lab.mu.Lock()
 	running := vm.lab.tools[vm.Self.Value]

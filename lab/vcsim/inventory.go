@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/property"
@@ -143,6 +144,11 @@ type specError struct{ msg string }
 func (e *specError) Error() string { return e.msg }
 
 func badSpec(format string, args ...any) error { return &specError{fmt.Sprintf(format, args...)} }
+
+// conflictError is a request the inventory's current state refuses (409), e.g. deleting a leased VM.
+type conflictError struct{ msg string }
+
+func (e *conflictError) Error() string { return e.msg }
 
 var (
 	vmNameRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$`)
@@ -825,6 +831,9 @@ func (l *Lab) DeleteVM(ctx context.Context, name string) error {
 		err = t.Wait(ctx)
 	}
 	if err != nil {
+		if fault.Is(err, &types.InvalidState{}) {
+			return &conflictError{fmt.Sprintf("destroy %s: %v", name, err)}
+		}
 		return fmt.Errorf("destroy %s: %w", name, err)
 	}
 	l.mu.Lock()

@@ -194,7 +194,7 @@ func (l *Lab) dispatch(ctx *simulator.Context, m *simulator.Method) (mo.Referenc
 		return nil, nil
 	}
 	switch m.Name {
-	case "ExportVm", "ShutdownGuest", "PowerOnVM_Task", "PowerOffVM_Task":
+	case "ExportVm", "ShutdownGuest", "PowerOnVM_Task", "PowerOffVM_Task", "Destroy_Task":
 		if w, ok := ctx.Session.Registry.Get(m.This).(*labVM); !ok || w.VirtualMachine != vm {
 			ctx.Session.Registry.Put(&labVM{VirtualMachine: vm, lab: l})
 		}

@@ -450,6 +450,17 @@ func TestAbortIsRecordedAndEndsTheLease(t *testing.T) {
 	} else if resp, _, err := h.get(nv.Url, nil); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET nvram: %v %v", resp, err)
 	}
+	// While the lease is held the VM may not be powered on or destroyed, as on vCenter.
+	vmObj := object.NewVirtualMachine(vc, vmRef)
+	if _, err := vmObj.PowerOn(ctx); err == nil {
+		t.Fatal("PowerOn while an export lease is held succeeded")
+	} else {
+		wantFault(t, err, &types.InvalidState{}, "PowerOn while leased")
+	}
+	var e map[string]string
+	if st := h.control("DELETE", "/vms/abort01", nil, &e); st != http.StatusConflict || !strings.Contains(e["error"], "export lease") {
+		t.Fatalf("DELETE while leased: %d %v", st, e)
+	}
 	if err := lease.Abort(ctx, nil); err != nil {
 		t.Fatalf("HttpNfcLeaseAbort: %v", err)
 	}
@@ -465,6 +476,9 @@ func TestAbortIsRecordedAndEndsTheLease(t *testing.T) {
 	rec := h.lease(lease.Reference().Value)
 	if !rec.Aborted || rec.Completed || rec.Expired || rec.State != "error" {
 		t.Fatalf("recording: %+v", rec)
+	}
+	if task, err := vmObj.PowerOn(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("PowerOn after the lease ended: %v", err)
 	}
 }
 
