@@ -88,6 +88,8 @@ pub struct Qcow2Reader<R> {
     compressed_buf: Vec<u8>,
     /// Known position of `inner`, to skip redundant seeks (they flush a `BufReader`).
     pos: Option<u64>,
+    /// The last result of `extent_at`.
+    last_extent: Option<Extent>,
 }
 
 impl<R: Read + Seek> Qcow2Reader<R> {
@@ -140,6 +142,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             inflated: None,
             compressed_buf: Vec::new(),
             pos: None,
+            last_extent: None,
         };
         // Only the entries that map the virtual size matter; validate them up front so corruption is
         // reported at open time, naming the entry.
@@ -211,9 +214,13 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         Ok(())
     }
 
-    /// The maximal extent of one kind that starts at `offset` (merging clusters across L2 tables).
+    /// A run of one kind starting at `offset`.
     ///
-    /// Unlike [`Qcow2Reader::extents`] this does not borrow the reader across calls, so a converter can
+    /// Bounded so that one call reads at most one L2 table: a data or zero run stops at the end of the
+    /// L2 table's span (512 MiB with 64 KiB clusters); an unallocated run also covers the following
+    /// unallocated L1 entries (no table reads needed). The last result is cached, so calling this
+    /// again from inside it (as a converter reading a run in blocks does) costs nothing. Unlike
+    /// [`Qcow2Reader::extents`] this does not borrow the reader across calls, so a converter can
     /// alternate `extent_at` and [`Qcow2Reader::read_at`].
     ///
     /// # Errors
@@ -227,33 +234,46 @@ impl<R: Read + Seek> Qcow2Reader<R> {
                 virtual_size,
             });
         }
+        if let Some(last) = self.last_extent
+            && last.offset <= offset
+            && offset < last.end()
+        {
+            return Ok(Extent {
+                offset,
+                len: last.end() - offset,
+                kind: last.kind,
+            });
+        }
         let bits = self.header.cluster_bits;
         let l2_bits = bits - 3;
         let first = offset >> bits;
-        let last = (virtual_size - 1) >> bits;
+        let last_cluster = (virtual_size - 1) >> bits;
+        let l1_index = first >> l2_bits;
+        let region_end = (l1_index + 1) << l2_bits;
         let kind = self.mapping(first)?.kind();
         let mut cluster = first + 1;
-        while cluster <= last {
-            let l1_index = cluster >> l2_bits;
-            if self.l2_offset(l1_index)? == 0 {
-                // A whole L2 table's range is unallocated; skip it without per-cluster work.
-                if kind != ExtentKind::Unallocated {
-                    break;
-                }
-                cluster = (l1_index + 1) << l2_bits;
-                continue;
+        if self.l2_offset(l1_index)? == 0 {
+            cluster = region_end;
+        } else {
+            while cluster <= last_cluster && cluster < region_end && self.mapping(cluster)?.kind() == kind {
+                cluster += 1;
             }
-            if self.mapping(cluster)?.kind() != kind {
-                break;
+        }
+        if kind == ExtentKind::Unallocated && cluster == region_end {
+            let mut next = l1_index + 1;
+            while (next << l2_bits) <= last_cluster && self.l2_offset(next)? == 0 {
+                next += 1;
             }
-            cluster += 1;
+            cluster = next << l2_bits;
         }
         let end = (cluster << bits).min(virtual_size);
-        Ok(Extent {
+        let extent = Extent {
             offset,
             len: end - offset,
             kind,
-        })
+        };
+        self.last_extent = Some(extent);
+        Ok(extent)
     }
 
     /// Iterates the whole disk as maximal extents, in guest order.
@@ -455,6 +475,21 @@ pub struct Extents<'a, R> {
     failed: bool,
 }
 
+impl<R: Read + Seek> Extents<'_, R> {
+    /// `extent_at` results joined while the kind stays the same, so extents are maximal.
+    fn merged(&mut self) -> Result<Extent> {
+        let mut extent = self.reader.extent_at(self.next)?;
+        while extent.end() < self.reader.virtual_size() {
+            let next = self.reader.extent_at(extent.end())?;
+            if next.kind != extent.kind {
+                break;
+            }
+            extent.len += next.len;
+        }
+        Ok(extent)
+    }
+}
+
 impl<R: Read + Seek> Iterator for Extents<'_, R> {
     type Item = Result<Extent>;
 
@@ -462,7 +497,7 @@ impl<R: Read + Seek> Iterator for Extents<'_, R> {
         if self.failed || self.next >= self.reader.virtual_size() {
             return None;
         }
-        match self.reader.extent_at(self.next) {
+        match self.merged() {
             Ok(extent) => {
                 self.next = extent.end();
                 Some(Ok(extent))
