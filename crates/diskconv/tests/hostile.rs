@@ -1,0 +1,155 @@
+//! Hostile streams through the whole pipeline: every rejection ends in an error that names the
+//! byte offset, never a panic, a hang or a huge allocation, and no output is finished.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use vmdk::{
+    grain::deflate_grain,
+    header::{FLAG_COMPRESSED, FLAG_MARKERS, FLAG_VALID_NEWLINE_TEST, GD_AT_END, MAGIC, RawSparseHeader},
+};
+use vmi_diskconv::{self as diskconv, Error, Options, Output};
+
+fn header(capacity: u64) -> Vec<u8> {
+    RawSparseHeader {
+        magic: MAGIC,
+        version: 3,
+        flags: FLAG_VALID_NEWLINE_TEST | FLAG_COMPRESSED | FLAG_MARKERS,
+        capacity,
+        grain_size: 128,
+        descriptor_offset: 0,
+        descriptor_size: 0,
+        num_gtes_per_gt: 512,
+        rgd_offset: 0,
+        gd_offset: GD_AT_END,
+        overhead: 1,
+        unclean_shutdown: 0,
+        newline_check: *b"\n \r\n",
+        compress_algorithm: 1,
+    }
+    .to_bytes()
+    .to_vec()
+}
+
+fn grain(out: &mut Vec<u8>, lba: u64, z: &[u8]) {
+    out.extend_from_slice(&lba.to_le_bytes());
+    out.extend_from_slice(&(z.len() as u32).to_le_bytes());
+    out.extend_from_slice(z);
+    out.resize(out.len().next_multiple_of(512), 0);
+}
+
+fn convert(stream: Vec<u8>) -> Result<diskconv::Report, Error> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.raw");
+    diskconv::convert_reader(
+        std::io::Cursor::new(stream),
+        Output::RawFile(out),
+        &Options {
+            threads: 2,
+            progress: None,
+        },
+    )
+}
+
+#[test]
+fn grain_inflating_past_grain_size_is_rejected_with_offset() {
+    let mut s = header(1024);
+    grain(&mut s, 0, &deflate_grain(&vec![1u8; 65536 * 2]));
+    let err = convert(s).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Inflate {
+                offset: 512,
+                lba: 0,
+                source: vmdk::grain::InflateError::TooLarge { .. }
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn garbage_zlib_is_rejected_with_offset() {
+    let mut s = header(1024);
+    grain(&mut s, 0, &deflate_grain(&[1u8; 4096]));
+    grain(&mut s, 128, b"\x78\x9c this is not deflate data at all");
+    let err = convert(s).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Inflate {
+                offset: 1024,
+                lba: 128,
+                source: vmdk::grain::InflateError::Corrupt
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn truncated_stream_is_rejected_with_offset() {
+    let mut s = header(1024);
+    grain(&mut s, 0, &deflate_grain(&[1u8; 65536]));
+    s.truncate(s.len() - 1);
+    let err = convert(s).unwrap_err();
+    let Error::Stream(inner) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        inner.to_string(),
+        "stream truncated at offset 512 (inside a grain or marker)"
+    );
+}
+
+#[test]
+fn grain_past_capacity_is_rejected() {
+    let mut s = header(128);
+    grain(&mut s, 128, &deflate_grain(&[1u8; 512]));
+    let err = convert(s).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Stream(vmdk::stream::Error::GrainPastCapacity { offset: 512, .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn absurd_capacity_is_rejected_before_any_allocation() {
+    let s = header(u64::MAX / 512);
+    let err = convert(s).unwrap_err();
+    assert!(
+        matches!(err, Error::Stream(vmdk::stream::Error::Header(_))),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn huge_compressed_size_is_rejected_without_buffering() {
+    let mut s = header(1024);
+    s.extend_from_slice(&0u64.to_le_bytes());
+    s.extend_from_slice(&u32::MAX.to_le_bytes());
+    s.resize(1024, 0);
+    let err = convert(s).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Stream(vmdk::stream::Error::GrainTooLarge { offset: 512, .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn clean_stream_hashes_zeros_and_data() {
+    let mut s = header(256);
+    grain(&mut s, 128, &deflate_grain(&[7u8; 65536]));
+    let report = convert(s).unwrap();
+    let mut content = vec![0u8; 65536];
+    content.extend_from_slice(&[7u8; 65536]);
+    use sha2::Digest;
+    assert_eq!(report.sha256, hex::encode(sha2::Sha256::digest(&content)));
+    assert_eq!(report.virtual_size, 131072);
+    assert_eq!(report.bytes_written, 65536);
+}
