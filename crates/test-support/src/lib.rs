@@ -161,7 +161,8 @@ impl Lab {
             kubeconfig: self.kubeconfig.clone(),
             source,
         };
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).map_err(|e| to_err(e.into()))?;
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).map_err(|e| to_err(e.into()))?;
         let config =
             kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
                 .await
@@ -174,7 +175,9 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if let Some(state) = &self.owned_state {
             // Best effort: a failure here leaves processes the watchdog-less lab cannot reap, so say so.
-            let status = Command::new(lab_script("down")).env("VM_IMPORT_LAB_STATE", state).status();
+            let status = Command::new(lab_script("down"))
+                .env("VM_IMPORT_LAB_STATE", state)
+                .status();
             if !matches!(status, Ok(s) if s.success()) {
                 eprintln!("lab/down failed for {}: {status:?}", state.display());
             }

@@ -1,6 +1,9 @@
 //! The lab's kube-apiserver serves the real CRDs with their real validation: what Harvester, KubeVirt
 //! and Multus would accept or refuse, the lab accepts or refuses too.
 
+// Test helpers outside #[test] functions fail loudly on purpose.
+#![allow(clippy::expect_used, clippy::panic)]
+
 use kube::{
     Api, Client,
     api::{DynamicObject, PostParams},
@@ -30,7 +33,7 @@ async fn kubevirt_virtual_machine_schema_is_enforced() {
 
     let valid = object(json!({
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": "schema-valid"},
+        "metadata": {"generateName": "schema-valid-"},
         "spec": {
             "runStrategy": "Halted",
             "template": {"spec": {
@@ -43,8 +46,17 @@ async fn kubevirt_virtual_machine_schema_is_enforced() {
             }}
         }
     }));
-    let created = vms.create(&PostParams::default(), &valid).await.expect("a valid VM is accepted");
-    assert_eq!(created.metadata.name.as_deref(), Some("schema-valid"));
+    let created = vms
+        .create(&PostParams::default(), &valid)
+        .await
+        .expect("a valid VM is accepted");
+    assert!(
+        created
+            .metadata
+            .name
+            .expect("generated name")
+            .starts_with("schema-valid-")
+    );
     assert!(created.metadata.uid.is_some(), "the apiserver assigned a uid");
 
     // `cores` must be an integer, and a VirtualMachine needs a template: the real schema says so.
@@ -59,7 +71,9 @@ async fn kubevirt_virtual_machine_schema_is_enforced() {
         .create(&PostParams::default(), &invalid)
         .await
         .expect_err("a VM that violates the KubeVirt schema is refused");
-    let kube::Error::Api(status) = err else { panic!("expected an API error, got {err:?}") };
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API error, got {err:?}")
+    };
     assert_eq!(status.code, 422, "refused as Invalid: {status:?}");
     assert!(
         status.message.contains("spec.template.spec.domain.cpu.cores"),
@@ -72,8 +86,13 @@ async fn kubevirt_virtual_machine_schema_is_enforced() {
         "metadata": {"name": "schema-no-template"},
         "spec": {"runStrategy": "Halted"}
     }));
-    let err = vms.create(&PostParams::default(), &no_template).await.expect_err("template is required");
-    let kube::Error::Api(status) = err else { panic!("expected an API error, got {err:?}") };
+    let err = vms
+        .create(&PostParams::default(), &no_template)
+        .await
+        .expect_err("template is required");
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API error, got {err:?}")
+    };
     assert_eq!(status.code, 422);
     assert!(status.message.contains("spec.template"), "{}", status.message);
 }
@@ -81,7 +100,13 @@ async fn kubevirt_virtual_machine_schema_is_enforced() {
 #[tokio::test]
 async fn harvester_image_and_network_attachment_can_be_created() {
     let client = client().await;
-    let images = api(&client, "harvesterhci.io", "v1beta1", "VirtualMachineImage", "virtualmachineimages");
+    let images = api(
+        &client,
+        "harvesterhci.io",
+        "v1beta1",
+        "VirtualMachineImage",
+        "virtualmachineimages",
+    );
     let image = object(json!({
         "apiVersion": "harvesterhci.io/v1beta1", "kind": "VirtualMachineImage",
         "metadata": {"generateName": "image-", "labels": {"migration.harvesterhci.io/imported": "true"}},
@@ -91,25 +116,48 @@ async fn harvester_image_and_network_attachment_can_be_created() {
             "url": "http://harvester-vm-import-controller.harvester-system.svc:8080/vm-disk-0.img"
         }
     }));
-    let created = images.create(&PostParams::default(), &image).await.expect("image accepted");
-    assert!(created.metadata.name.expect("generated name").starts_with("image-"));
+    let created = images
+        .create(&PostParams::default(), &image)
+        .await
+        .expect("image accepted");
+    assert!(
+        created
+            .metadata
+            .name
+            .expect("generated name")
+            .starts_with("image-")
+    );
 
     let bad_image = object(json!({
         "apiVersion": "harvesterhci.io/v1beta1", "kind": "VirtualMachineImage",
         "metadata": {"name": "bad-source"},
         "spec": {"displayName": "x", "sourceType": "carrier-pigeon"}
     }));
-    let err = images.create(&PostParams::default(), &bad_image).await.expect_err("enum enforced");
+    let err = images
+        .create(&PostParams::default(), &bad_image)
+        .await
+        .expect_err("enum enforced");
     assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422), "{err:?}");
 
-    let nads = api(&client, "k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition", "network-attachment-definitions");
+    let nads = api(
+        &client,
+        "k8s.cni.cncf.io",
+        "v1",
+        "NetworkAttachmentDefinition",
+        "network-attachment-definitions",
+    );
     let nad = object(json!({
         "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-        "metadata": {"name": "vlan100"},
+        "metadata": {"generateName": "vlan100-"},
         "spec": {"config": "{\"cniVersion\":\"0.3.1\",\"type\":\"bridge\",\"bridge\":\"mgmt-br\",\"vlan\":100}"}
     }));
-    nads.create(&PostParams::default(), &nad).await.expect("NAD accepted");
-    assert!(nads.get("vlan100").await.is_ok());
+    let created = nads
+        .create(&PostParams::default(), &nad)
+        .await
+        .expect("NAD accepted");
+    let name = created.metadata.name.expect("generated name");
+    let fetched = nads.get(&name).await.expect("NAD readable");
+    assert_eq!(fetched.data["spec"]["config"], nad.data["spec"]["config"]);
 }
 
 #[tokio::test]

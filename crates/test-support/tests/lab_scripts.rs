@@ -1,6 +1,9 @@
 //! `lab/up` is idempotent and `lab/down` leaves nothing behind. This test starts a lab of its own so
 //! it never disturbs a shared one.
 
+// Test helpers outside #[test] functions fail loudly on purpose.
+#![allow(clippy::expect_used, clippy::panic)]
+
 use std::{fs, path::Path};
 
 use test_support::{Lab, run_lab_up};
@@ -41,7 +44,11 @@ fn up_twice_is_harmless_and_down_leaves_no_process() {
 
     let env_again = run_lab_up(&state, None).expect("second lab/up succeeds");
     assert_eq!(env_again, lab.env_file, "the second up reports the same lab");
-    assert_eq!(daemon_pids(&state), pids_before, "the second up started nothing new");
+    assert_eq!(
+        daemon_pids(&state),
+        pids_before,
+        "the second up started nothing new"
+    );
 
     drop(lab);
     let left = processes_mentioning(&needle);
