@@ -62,6 +62,10 @@ pub(crate) struct ConvertArgs {
     /// Write a JSON report (per disk: virtual size, bytes read and written, SHA-256, seconds).
     #[arg(long, value_name = "FILE")]
     pub(crate) report: Option<PathBuf>,
+    /// Flush the output to stable storage (fdatasync) before reporting success. Off by default,
+    /// like qemu-img convert: the data is in the page cache and written back by the kernel.
+    #[arg(long)]
+    pub(crate) sync: bool,
     /// For an OVA: fail when the archive has no manifest (.mf) instead of warning.
     #[arg(long)]
     pub(crate) require_manifest: bool,

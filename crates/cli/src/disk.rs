@@ -44,6 +44,7 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         progress: progress_mode,
         report: report_path,
         require_manifest,
+        sync,
         http,
         input,
         output,
@@ -60,6 +61,7 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     let opts = Options {
         threads,
         progress: progress::reporter(progress_mode, 0, &input.display()),
+        sync,
     };
     let out = OutputTarget::parse(&output, output_format);
     let result = run_convert(&input, &http, out.open()?, &opts);

@@ -31,7 +31,7 @@ use vmdk::{Event, GrainInflater, StreamDecoder};
 
 use crate::{
     Error,
-    sink::{Output, Sink, ZEROS},
+    sink::{ConcurrentWriter, Output, Sink, ZEROS},
 };
 
 /// Blocks in flight between producer and consumer. With 64 KiB grains this is at most ~8 MiB of
@@ -64,6 +64,9 @@ pub struct Options {
     pub threads: usize,
     /// Progress callback.
     pub progress: Option<ProgressFn>,
+    /// Sync the output to stable storage before reporting success (`fdatasync`). qemu-img does
+    /// not by default; a controller that serves the image right away should.
+    pub sync: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -79,6 +82,7 @@ impl Default for Options {
         Self {
             threads: thread::available_parallelism().map_or(2, |n| n.get()),
             progress: None,
+            sync: true,
         }
     }
 }
@@ -129,6 +133,8 @@ pub(crate) struct Block {
     seq: u64,
     offset: u64,
     data: Vec<u8>,
+    /// Already written through the sink's concurrent writer; the consumer only hashes it.
+    written: bool,
 }
 
 struct Work {
@@ -173,10 +179,12 @@ impl Consumer {
         }
     }
 
-    fn block(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+    fn block(&mut self, offset: u64, data: &[u8], written: bool) -> Result<(), Error> {
         self.hash_zeros_to(offset);
         self.hasher.update(data);
-        self.sink.write_block(offset, data).map_err(Error::Sink)?;
+        if !written {
+            self.sink.write_block(offset, data).map_err(Error::Sink)?;
+        }
         self.pos = offset + data.len() as u64;
         if let Some(progress) = &self.progress {
             progress(&Progress {
@@ -200,7 +208,7 @@ impl Consumer {
             let block = item?;
             pending.insert(block.seq, block);
             while let Some(block) = pending.remove(&next) {
-                self.block(block.offset, &block.data)?;
+                self.block(block.offset, &block.data, block.written)?;
                 next += 1;
                 // The producer may have stopped; a missing receiver is fine.
                 let _ = credits.send(());
@@ -210,10 +218,10 @@ impl Consumer {
     }
 
     /// Hashes the trailing zeros, finishes the sink and builds the report.
-    pub(crate) fn finish(mut self, format: &str, started: Instant) -> Result<Report, Error> {
+    pub(crate) fn finish(mut self, format: &str, started: Instant, sync: bool) -> Result<Report, Error> {
         let virtual_size = self.virtual_size.unwrap_or(self.pos);
         self.hash_zeros_to(virtual_size);
-        let bytes_written = self.sink.finish(virtual_size).map_err(Error::Sink)?;
+        let bytes_written = self.sink.finish(virtual_size, sync).map_err(Error::Sink)?;
         let bytes_read = self.bytes_read.load(Ordering::Relaxed);
         if let Some(progress) = &self.progress {
             progress(&Progress {
@@ -289,6 +297,7 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
     let virtual_size = header.capacity_bytes();
     let grain_bytes = header.grain_bytes() as usize;
     let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
+    let writer = sink.concurrent();
     let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), count);
     let threads = opts.threads.max(1);
     let consumer = run_with_consumer(consumer, |done, credits| {
@@ -297,9 +306,12 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
             for i in 0..threads {
                 let rx = work_rx.clone();
                 let tx = done.clone();
+                let writer = writer.clone();
                 thread::Builder::new()
                     .name(format!("diskconv-inflate-{i}"))
-                    .spawn_scoped(scope, move || inflate_worker(&rx, &tx, grain_bytes, virtual_size))
+                    .spawn_scoped(scope, move || {
+                        inflate_worker(&rx, &tx, writer.as_deref(), grain_bytes, virtual_size)
+                    })
                     .map_err(Error::Spawn)?;
             }
             drop(work_rx);
@@ -308,7 +320,7 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
             result
         })
     })?;
-    consumer.finish("vmdk-streamOptimized", started)
+    consumer.finish("vmdk-streamOptimized", started, opts.sync)
 }
 
 fn produce_grains(
@@ -351,9 +363,12 @@ fn produce_grains(
     }
 }
 
+/// Inflates grains; when the sink takes concurrent writes, also writes them, so that the ordered
+/// consumer only hashes.
 fn inflate_worker(
     work: &Receiver<Work>,
     done: &Sender<Result<Block, Error>>,
+    writer: Option<&dyn ConcurrentWriter>,
     grain_bytes: usize,
     virtual_size: u64,
 ) {
@@ -366,11 +381,15 @@ fn inflate_worker(
         let result = match inflater.inflate(&item.compressed, &mut data) {
             Ok(_) => {
                 data.truncate(len);
-                Ok(Block {
-                    seq: item.seq,
-                    offset,
-                    data,
-                })
+                match writer.map(|w| w.write_block(offset, &data)) {
+                    Some(Err(e)) => Err(Error::Sink(e)),
+                    written => Ok(Block {
+                        seq: item.seq,
+                        offset,
+                        data,
+                        written: written.is_some(),
+                    }),
+                }
             }
             Err(source) => Err(Error::Inflate {
                 offset: item.record_offset,
@@ -407,6 +426,7 @@ pub(crate) fn convert_random(
     let started = Instant::now();
     let virtual_size = source.size();
     let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
+    let writer = sink.concurrent();
     let consumer = Consumer::new(
         sink,
         Some(virtual_size),
@@ -440,14 +460,22 @@ pub(crate) fn convert_random(
                 }
                 (allocated, len) = source.segment(offset)?;
             }
-            if credits.recv().is_err()
-                || done
-                    .send(Ok(Block {
-                        seq,
-                        offset: start,
-                        data,
-                    }))
-                    .is_err()
+            if credits.recv().is_err() {
+                return Ok(());
+            }
+            // The producer writes and the consumer hashes: two cores busy on one input.
+            if let Some(w) = &writer {
+                w.write_block(start, &data).map_err(Error::Sink)?;
+            }
+            let written = writer.is_some();
+            if done
+                .send(Ok(Block {
+                    seq,
+                    offset: start,
+                    data,
+                    written,
+                }))
+                .is_err()
             {
                 return Ok(());
             }
@@ -455,7 +483,7 @@ pub(crate) fn convert_random(
         }
         Ok(())
     })?;
-    consumer.finish(format, started)
+    consumer.finish(format, started, opts.sync)
 }
 
 /// Converts raw bytes read sequentially (a pipe): the virtual size is whatever length arrives.
@@ -485,12 +513,21 @@ pub(crate) fn convert_raw_stream(input: impl Read, output: Output, opts: &Option
                 return Ok(());
             }
             data.truncate(filled);
-            if credits.recv().is_err() || done.send(Ok(Block { seq, offset, data })).is_err() {
+            if credits.recv().is_err()
+                || done
+                    .send(Ok(Block {
+                        seq,
+                        offset,
+                        data,
+                        written: false,
+                    }))
+                    .is_err()
+            {
                 return Ok(());
             }
             offset += filled as u64;
             seq += 1;
         }
     })?;
-    consumer.finish("raw", started)
+    consumer.finish("raw", started, opts.sync)
 }

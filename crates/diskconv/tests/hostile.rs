@@ -45,6 +45,7 @@ fn convert(stream: Vec<u8>) -> Result<diskconv::Report, Error> {
         &Options {
             threads: 2,
             progress: None,
+            sync: false,
         },
     )
 }

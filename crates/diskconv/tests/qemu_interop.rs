@@ -65,6 +65,7 @@ fn opts() -> Options {
     Options {
         threads: 2,
         progress: None,
+        sync: true,
     }
 }
 

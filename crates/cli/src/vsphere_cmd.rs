@@ -1,0 +1,221 @@
+//! `vm-import vsphere inspect|export`: the vSphere source tools, independent of Kubernetes.
+//!
+//! Credentials come from `VSPHERE_USERNAME`/`VSPHERE_PASSWORD` or a credentials file, never from
+//! argv (argv is world-readable in `ps`). TLS is verified unless `--insecure` is given, and an
+//! insecure connection is said so on stderr and in the export report.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use vsphere::{
+    Client, Config, Password, TlsMode,
+    convert::ImageFormat,
+    export::ExportOptions,
+    power::PowerOffMode,
+};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum VsphereCommand {
+    /// Describe a VM as JSON: hardware, firmware, disks with controllers, NICs with networks.
+    Inspect(InspectArgs),
+    /// Export every disk of a VM into DIR as sparse raw or qcow2 images, streamed and decoded on the
+    /// fly through an ExportVm lease (no VMDK is stored), plus vm.json and report.json.
+    Export(ExportArgs),
+}
+
+/// Where the VM is and how to reach and trust vCenter.
+#[derive(Debug, Args)]
+pub(crate) struct SourceArgs {
+    /// vCenter or ESXi SDK endpoint, e.g. https://vcenter.example/sdk.
+    #[arg(long, env = "VSPHERE_URL")]
+    endpoint: String,
+    /// Datacenter name (a standalone ESXi host's is `ha-datacenter`).
+    #[arg(long, env = "VSPHERE_DC")]
+    dc: String,
+    /// Folder path under `<dc>/vm`, e.g. `prod/web`; without it the VM name must be unique in the datacenter.
+    #[arg(long)]
+    folder: Option<String>,
+    /// The VM's name.
+    #[arg(long)]
+    vm: String,
+    /// File with `username=…` and `password=…` lines; otherwise VSPHERE_USERNAME and VSPHERE_PASSWORD.
+    #[arg(long)]
+    credentials_file: Option<PathBuf>,
+    /// PEM CA bundle to verify vCenter's certificate with (default: the system trust store).
+    #[arg(long, conflicts_with_all = ["fingerprint", "insecure"])]
+    ca_cert: Option<PathBuf>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint (hex, `:` separators allowed).
+    #[arg(long, conflicts_with = "insecure")]
+    fingerprint: Option<String>,
+    /// Do not verify vCenter's certificate at all (reported as insecure).
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Directory receiving `disk-<N>.img` (raw) or `disk-<N>.qcow2`, `vm.json` and `report.json`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Output image format.
+    #[arg(short = 'O', long = "format", value_enum, default_value_t = OutputFormat::Raw)]
+    format: OutputFormat,
+    /// How to power the VM off first: ask the guest (then force after the timeout), pull the plug,
+    /// or never (a VM that is on is then an error).
+    #[arg(long, value_enum, default_value_t = PowerOff::Never)]
+    power_off: PowerOff,
+    /// Seconds the guest gets to shut down with `--power-off graceful`.
+    #[arg(long, default_value_t = 60)]
+    shutdown_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Raw,
+    Qcow2,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PowerOff {
+    Graceful,
+    Force,
+    Never,
+}
+
+pub(crate) fn run(command: VsphereCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async {
+        match command {
+            VsphereCommand::Inspect(args) => inspect(args).await,
+            VsphereCommand::Export(args) => export(args).await,
+        }
+    })
+}
+
+async fn connect(source: &SourceArgs) -> anyhow::Result<Client> {
+    let (username, password) = credentials(source.credentials_file.as_deref())?;
+    let tls = if source.insecure {
+        eprintln!("vm-import: warning: TLS verification is off (--insecure); the connection can be intercepted");
+        TlsMode::Insecure
+    } else if let Some(fingerprint) = &source.fingerprint {
+        TlsMode::pinned_from_hex(fingerprint).context("--fingerprint is not a SHA-256 fingerprint")?
+    } else if let Some(path) = &source.ca_cert {
+        let pem = std::fs::read(path).with_context(|| format!("failed to read --ca-cert {}", path.display()))?;
+        TlsMode::CaBundle(pem)
+    } else {
+        TlsMode::SystemRoots
+    };
+    let config = Config::new(source.endpoint.clone(), username, password).with_tls(tls);
+    Client::connect(config)
+        .await
+        .with_context(|| format!("failed to log in to {}", source.endpoint))
+}
+
+/// Username and password from the credentials file, else from the environment.
+fn credentials(file: Option<&Path>) -> anyhow::Result<(String, Password)> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read credentials file {}", path.display()))?;
+        let value = |key: &str| {
+            text.lines()
+                .filter_map(|line| line.split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().to_owned())
+        };
+        let (Some(username), Some(password)) = (value("username"), value("password")) else {
+            bail!("credentials file {} needs `username=` and `password=` lines", path.display());
+        };
+        return Ok((username, Password::new(password)));
+    }
+    let username = std::env::var("VSPHERE_USERNAME")
+        .context("no credentials: set VSPHERE_USERNAME and VSPHERE_PASSWORD, or pass --credentials-file")?;
+    let password = std::env::var("VSPHERE_PASSWORD")
+        .context("no credentials: VSPHERE_PASSWORD is not set (or pass --credentials-file)")?;
+    Ok((username, Password::new(password)))
+}
+
+async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let source = &args.source;
+    let client = connect(source).await?;
+    let described = client.inspect(&source.dc, source.folder.as_deref(), &source.vm).await;
+    let logged_out = client.logout().await;
+    let vm = described.with_context(|| format!("failed to describe VM {:?}", source.vm))?;
+    logged_out.context("failed to log out")?;
+    println!("{}", serde_json::to_string_pretty(&vm)?);
+    Ok(())
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let source = &args.source;
+    let client = connect(source).await?;
+    let result = export_with(&client, &args).await;
+    let logged_out = client.logout().await;
+    result?;
+    logged_out.context("failed to log out")
+}
+
+async fn export_with(client: &Client, args: &ExportArgs) -> anyhow::Result<()> {
+    let source = &args.source;
+    let vm = client
+        .inspect(&source.dc, source.folder.as_deref(), &source.vm)
+        .await
+        .with_context(|| format!("failed to describe VM {:?}", source.vm))?;
+    let mode = match args.power_off {
+        PowerOff::Graceful => PowerOffMode::Graceful {
+            timeout: Duration::from_secs(args.shutdown_timeout),
+        },
+        PowerOff::Force => PowerOffMode::Force,
+        PowerOff::Never => PowerOffMode::Never,
+    };
+    let power = client
+        .ensure_powered_off(&vm.moref, mode)
+        .await
+        .with_context(|| format!("VM {:?} cannot be exported while it runs", vm.name))?;
+    let format = match args.format {
+        OutputFormat::Raw => ImageFormat::Raw,
+        OutputFormat::Qcow2 => ImageFormat::Qcow2,
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("failed to create {}", args.out.display()))?;
+    write_json(&args.out.join("vm.json"), &vm)?;
+    let exported = client
+        .export_to_dir(&vm, &args.out, format, &ExportOptions::default())
+        .await?;
+    let report = serde_json::json!({
+        "vm": vm.name,
+        "tlsInsecure": client.tls_insecure(),
+        "powerOff": power,
+        "export": exported.export,
+        "images": exported.images,
+    });
+    write_json(&args.out.join("report.json"), &report)?;
+    for image in &exported.images {
+        eprintln!(
+            "{}: {} bytes virtual, {} bytes written, sha256 {}",
+            image.path.display(),
+            image.conversion.virtual_size,
+            image.conversion.bytes_written,
+            image.conversion.sha256
+        );
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("failed to write {}", path.display()))
+}
