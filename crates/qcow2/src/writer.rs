@@ -238,7 +238,8 @@ impl<W: Write + Seek> Qcow2Writer<W> {
                 self.flush_partial()?;
             }
             if within == 0 && n == cluster_end && self.partial.is_none() {
-                self.store_cluster(cluster, piece)?;
+                done += self.store_whole_clusters(cluster, &data[done..])?;
+                continue;
             } else {
                 let (_, buf) = self
                     .partial
@@ -366,32 +367,77 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         Ok(())
     }
 
+    /// Stores the whole clusters at the start of `data` (the first one is whole), up to the end of the
+    /// current L2 table's span; each run of non-zero clusters goes out in one write. Returns the bytes
+    /// consumed.
+    fn store_whole_clusters(&mut self, first: u64, data: &[u8]) -> Result<usize> {
+        let bits = self.cluster_bits;
+        let cluster_size = self.cluster_size() as usize;
+        let region_end = ((first >> (bits - 3)) + 1) << (bits - 3);
+        let mut consumed = 0usize;
+        let mut run: Option<(u64, usize)> = None; // (first cluster, byte offset in data)
+        let mut cluster = first;
+        while cluster < region_end {
+            let len = cluster_size.min((self.virtual_size - (cluster << bits)) as usize);
+            if consumed + len > data.len() {
+                break;
+            }
+            if is_zero(&data[consumed..consumed + len]) {
+                if let Some((start, at)) = run.take() {
+                    self.store_run(start, &data[at..consumed])?;
+                }
+            } else if run.is_none() {
+                run = Some((cluster, consumed));
+            }
+            consumed += len;
+            cluster += 1;
+            if len < cluster_size {
+                break; // the short last cluster of the disk
+            }
+        }
+        if let Some((start, at)) = run {
+            self.store_run(start, &data[at..consumed])?;
+        }
+        Ok(consumed)
+    }
+
     /// Appends one cluster's data (unless all zero) and maps it in the current L2 table.
     fn store_cluster(&mut self, cluster: u64, data: &[u8]) -> Result<()> {
         if is_zero(data) {
             return Ok(());
         }
+        self.store_run(cluster, data)
+    }
+
+    /// Appends consecutive non-zero clusters starting at `first` (all in one L2 table's span; the last
+    /// may be short and is padded) with one write, and maps them.
+    fn store_run(&mut self, first: u64, data: &[u8]) -> Result<()> {
         let l2_bits = self.cluster_bits - 3;
-        let l1_index = cluster >> l2_bits;
+        let l1_index = first >> l2_bits;
         if l1_index != self.l2_index {
             self.flush_l2()?;
             self.l2_index = l1_index;
         }
+        let cluster_size = self.cluster_size();
         let host_offset = self.next_host;
-        let guest_offset = cluster << self.cluster_bits;
-        let pad = self.cluster_size() as usize - data.len();
+        let guest_offset = first << self.cluster_bits;
+        let clusters = (data.len() as u64).div_ceil(cluster_size);
+        let pad = clusters * cluster_size - data.len() as u64;
         self.inner
             .write_all(data)
-            .and_then(|()| write_zeros(&mut self.inner, pad as u64))
+            .and_then(|()| write_zeros(&mut self.inner, pad))
             .map_err(|source| Error::WritingCluster {
                 guest_offset,
                 host_offset,
                 source,
             })?;
-        self.l2[(cluster & ((1 << l2_bits) - 1)) as usize] = host_offset | COPIED;
+        for i in 0..clusters {
+            let index = ((first + i) & ((1 << l2_bits) - 1)) as usize;
+            self.l2[index] = (host_offset + i * cluster_size) | COPIED;
+        }
         self.l2_used = true;
-        self.next_host += self.cluster_size();
-        self.data_clusters += 1;
+        self.next_host += clusters * cluster_size;
+        self.data_clusters += clusters;
         Ok(())
     }
 
