@@ -78,6 +78,21 @@ pub struct FileReference {
     pub chunk_size: Option<u64>,
 }
 
+impl FileReference {
+    /// Whether the archive member `name` holds (part of) this file: `Some(0)` for `href` itself, or
+    /// `Some(i)` for chunk `href.<i as 9 digits>` when the file is split with `ovf:chunkSize`.
+    pub fn chunk_index(&self, name: &str) -> Option<u64> {
+        if self.chunk_size.is_none() {
+            return (name == self.href).then_some(0);
+        }
+        let suffix = name.strip_prefix(self.href.as_str())?.strip_prefix('.')?;
+        if suffix.len() != 9 || !suffix.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        suffix.parse().ok()
+    }
+}
+
 /// Compression of a referenced file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -180,4 +195,28 @@ pub struct CdRom {
     pub unit: Option<u32>,
     /// The ISO in the archive, if the drive is backed by a referenced file.
     pub file: Option<FileReference>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_index_matches_plain_and_split_members() {
+        let mut f = FileReference {
+            id: "file1".into(),
+            href: "disk1.vmdk".into(),
+            size: None,
+            compression: None,
+            chunk_size: None,
+        };
+        assert_eq!(f.chunk_index("disk1.vmdk"), Some(0));
+        assert_eq!(f.chunk_index("disk1.vmdk.000000000"), None);
+        f.chunk_size = Some(1 << 30);
+        assert_eq!(f.chunk_index("disk1.vmdk"), None);
+        assert_eq!(f.chunk_index("disk1.vmdk.000000000"), Some(0));
+        assert_eq!(f.chunk_index("disk1.vmdk.000000012"), Some(12));
+        assert_eq!(f.chunk_index("disk1.vmdk.12"), None);
+        assert_eq!(f.chunk_index("disk1.vmdkx000000001"), None);
+    }
 }
