@@ -24,7 +24,6 @@ use std::{
     time::Instant,
 };
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use sha2::{Digest, Sha256};
 use vmdk::{Event, GrainInflater, StreamDecoder};
@@ -118,6 +117,33 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// Recycles block buffers: in steady state a conversion allocates nothing, because a fresh
+/// 64 KiB–1 MiB allocation costs page faults every time (and glibc returns freed memory to the
+/// kernel when another thread frees it).
+#[derive(Clone)]
+pub(crate) struct Pool {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+}
+
+impl Pool {
+    fn new() -> Self {
+        // Every buffer in flight can come back, plus a few held by workers.
+        let (tx, rx) = bounded(MAX_IN_FLIGHT * 2 + 16);
+        Self { tx, rx }
+    }
+
+    /// A buffer of some earlier length (callers resize; contents are stale).
+    fn take(&self) -> Vec<u8> {
+        self.rx.try_recv().unwrap_or_default()
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        // A full pool just drops the buffer.
+        let _ = self.tx.try_send(buf);
+    }
+}
+
 fn read_some(input: &mut impl Read, buf: &mut [u8], offset: u64) -> Result<usize, Error> {
     loop {
         match input.read(buf) {
@@ -141,7 +167,7 @@ struct Work {
     seq: u64,
     lba: u64,
     record_offset: u64,
-    compressed: Bytes,
+    compressed: Vec<u8>,
 }
 
 /// The ordered consumer: hash, progress, sink.
@@ -152,6 +178,7 @@ pub(crate) struct Consumer {
     virtual_size: Option<u64>,
     progress: Option<ProgressFn>,
     bytes_read: Arc<AtomicU64>,
+    pool: Pool,
 }
 
 impl Consumer {
@@ -168,6 +195,7 @@ impl Consumer {
             virtual_size,
             progress,
             bytes_read,
+            pool: Pool::new(),
         }
     }
 
@@ -209,6 +237,7 @@ impl Consumer {
             pending.insert(block.seq, block);
             while let Some(block) = pending.remove(&next) {
                 self.block(block.offset, &block.data, block.written)?;
+                self.pool.put(block.data);
                 next += 1;
                 // The producer may have stopped; a missing receiver is fine.
                 let _ = credits.send(());
@@ -299,6 +328,8 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
     let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
     let writer = sink.concurrent();
     let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), count);
+    let pool = consumer.pool.clone();
+    let zpool = Pool::new();
     let threads = opts.threads.max(1);
     let consumer = run_with_consumer(consumer, |done, credits| {
         thread::scope(|scope| {
@@ -307,15 +338,16 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
                 let rx = work_rx.clone();
                 let tx = done.clone();
                 let writer = writer.clone();
+                let (pool, zpool) = (pool.clone(), zpool.clone());
                 thread::Builder::new()
                     .name(format!("diskconv-inflate-{i}"))
                     .spawn_scoped(scope, move || {
-                        inflate_worker(&rx, &tx, writer.as_deref(), grain_bytes, virtual_size)
+                        inflate_worker(&rx, &tx, writer.as_deref(), (&pool, &zpool), grain_bytes, virtual_size)
                     })
                     .map_err(Error::Spawn)?;
             }
             drop(work_rx);
-            let result = produce_grains(&mut decoder, &mut input, &mut chunk, &work_tx, credits);
+            let result = produce_grains(&mut decoder, &mut input, &mut chunk, (&work_tx, &zpool), credits);
             drop(work_tx);
             result
         })
@@ -327,23 +359,25 @@ fn produce_grains(
     decoder: &mut StreamDecoder,
     input: &mut impl Read,
     chunk: &mut [u8],
-    work: &Sender<Work>,
+    (work, zpool): (&Sender<Work>, &Pool),
     credits: &Receiver<()>,
 ) -> Result<(), Error> {
     let mut seq = 0u64;
     loop {
         match decoder.next_event().map_err(Error::Stream)? {
             Some(Event::Grain(grain)) => {
+                let (grain_lba, record_offset) = (grain.lba, grain.offset);
                 // A closed channel means the consumer or a worker failed; its error wins.
                 if credits.recv().is_err() {
                     return Ok(());
                 }
-                let item = Work {
-                    seq,
-                    lba: grain.lba,
-                    record_offset: grain.offset,
-                    compressed: grain.compressed,
-                };
+                // Copy out of the decoder's buffer so that it stays unshared and is reused in
+                // place instead of reallocated on every read.
+                let mut compressed = zpool.take();
+                compressed.clear();
+                compressed.extend_from_slice(&grain.compressed);
+                drop(grain);
+                let item = Work { seq, lba: grain_lba, record_offset, compressed };
                 if work.send(item).is_err() {
                     return Ok(());
                 }
@@ -369,6 +403,7 @@ fn inflate_worker(
     work: &Receiver<Work>,
     done: &Sender<Result<Block, Error>>,
     writer: Option<&dyn ConcurrentWriter>,
+    (pool, zpool): (&Pool, &Pool),
     grain_bytes: usize,
     virtual_size: u64,
 ) {
@@ -377,9 +412,15 @@ fn inflate_worker(
         let offset = item.lba * vmdk::SECTOR_SIZE;
         // The decoder guarantees lba < capacity, so offset < virtual_size.
         let len = (virtual_size - offset).min(grain_bytes as u64) as usize;
-        let mut data = vec![0u8; grain_bytes];
-        let result = match inflater.inflate(&item.compressed, &mut data) {
-            Ok(_) => {
+        // Pooled buffers keep their length, so the steady state does no memset: inflate
+        // overwrites what it produces and only a short grain's tail is cleared.
+        let mut data = pool.take();
+        data.resize(grain_bytes, 0);
+        let inflated = inflater.inflate(&item.compressed, &mut data);
+        zpool.put(item.compressed);
+        let result = match inflated {
+            Ok(n) => {
+                data[n..].fill(0);
                 data.truncate(len);
                 match writer.map(|w| w.write_block(offset, &data)) {
                     Some(Err(e)) => Err(Error::Sink(e)),
@@ -427,12 +468,8 @@ pub(crate) fn convert_random(
     let virtual_size = source.size();
     let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
     let writer = sink.concurrent();
-    let consumer = Consumer::new(
-        sink,
-        Some(virtual_size),
-        opts.progress.clone(),
-        bytes_read.clone(),
-    );
+    let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), bytes_read.clone());
+    let pool = consumer.pool.clone();
     let consumer = run_with_consumer(consumer, |done, credits| {
         let mut offset = 0u64;
         let mut seq = 0u64;
@@ -446,7 +483,8 @@ pub(crate) fn convert_random(
                 continue;
             }
             let start = offset;
-            let mut data = Vec::with_capacity(RANDOM_BLOCK);
+            let mut data = pool.take();
+            data.clear();
             let (mut allocated, mut len) = (allocated, len);
             while allocated && len > 0 && data.len() < RANDOM_BLOCK {
                 let n = len.min((RANDOM_BLOCK - data.len()) as u64) as usize;
@@ -496,11 +534,13 @@ pub(crate) fn convert_raw_stream(input: impl Read, output: Output, opts: &Option
     };
     let sink = output.open(None).map_err(Error::Sink)?;
     let consumer = Consumer::new(sink, None, opts.progress.clone(), count);
+    let pool = consumer.pool.clone();
     let consumer = run_with_consumer(consumer, |done, credits| {
         let mut offset = 0u64;
         let mut seq = 0u64;
         loop {
-            let mut data = vec![0u8; RANDOM_BLOCK];
+            let mut data = pool.take();
+            data.resize(RANDOM_BLOCK, 0);
             let mut filled = 0;
             while filled < data.len() {
                 let n = read_some(&mut input, &mut data[filled..], offset + filled as u64)?;
