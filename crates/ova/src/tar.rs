@@ -346,21 +346,35 @@ impl<R: Read> TarWalker<R> {
     }
 
     fn read_metadata_body(&mut self, size: u64, kind: &'static str) -> Result<Vec<u8>> {
-        // `size` is bounded by MAX_METADATA_SIZE by the caller.
-        let mut body = vec![0u8; size as usize];
-        let mut pad = vec![0u8; padding(size) as usize];
-        for buf in [&mut body, &mut pad] {
-            let mut filled = 0;
-            while filled < buf.len() {
-                let n = self.read_some(&mut buf[filled..])?;
-                if n == 0 {
-                    return Err(Error::Truncated {
-                        offset: self.offset,
-                        what: format!("a {kind}"),
-                    });
-                }
-                filled += n;
+        // Grown as bytes arrive, so a header claiming more than the input holds allocates only what
+        // is really there (`size` is also capped by the caller).
+        let mut body = Vec::new();
+        let start = self.offset;
+        let read = (&mut self.inner)
+            .take(size)
+            .read_to_end(&mut body)
+            .map_err(|source| Error::Reading {
+                offset: start,
+                source,
+            })?;
+        self.offset += read as u64;
+        if (read as u64) < size {
+            return Err(Error::Truncated {
+                offset: self.offset,
+                what: format!("a {kind}"),
+            });
+        }
+        let mut pad = [0u8; BLOCK];
+        let mut pad_left = padding(size) as usize;
+        while pad_left > 0 {
+            let n = self.read_some(&mut pad[..pad_left])?;
+            if n == 0 {
+                return Err(Error::Truncated {
+                    offset: self.offset,
+                    what: format!("the padding of a {kind}"),
+                });
             }
+            pad_left -= n;
         }
         Ok(body)
     }
