@@ -10,7 +10,7 @@
 //!
 //! Items are matched by local name, so `rasd:` (`Item`), `sasd:` (`StorageItem`) and `epasd:`
 //! (`EthernetPortItem`) children read alike. Firmware, secure boot and the vTPM come from `vmw:Config`
-//! keys and items (VMware) or the embedded `vbox:Machine` (VirtualBox).
+//! keys and items (VMware) or the embedded `vbox:Machine` (VirtualBox), which also gives NIC MACs.
 //!
 //! Safety: any DTD (`<!DOCTYPE`, `<!ENTITY`) is refused before parsing, so entity expansion cannot
 //! happen; the document size and node count are capped.
@@ -43,6 +43,7 @@ pub const MAX_CAPACITY: u64 = 1 << 56;
 const OVF1_NS: &str = "http://schemas.dmtf.org/ovf/envelope/1";
 const OVF2_NS: &str = "http://schemas.dmtf.org/ovf/envelope/2";
 const VMW_NS: &str = "http://www.vmware.com/schema/ovf";
+const VBOX_NS: &str = "http://www.virtualbox.org/ovf/machine";
 
 /// An OVF parsing failure; `line` is 1-based in the descriptor.
 #[derive(Debug, thiserror::Error)]
@@ -371,7 +372,7 @@ impl<'a, 'input> Parser<'a, 'input> {
             }
         }
         self.vmware_config(hardware, &mut description);
-        self.virtualbox_firmware(system, &mut description);
+        self.virtualbox_machine(system, &mut description);
         Ok(description)
     }
 
@@ -696,10 +697,17 @@ impl<'a, 'input> Parser<'a, 'input> {
         }
     }
 
-    /// VirtualBox embeds its machine config; `<Firmware type="EFI…"/>` (under `Hardware`, or
-    /// `Platform` in 7.1+) means UEFI.
-    fn virtualbox_firmware(&self, system: Node<'_, '_>, description: &mut VmDescription) {
-        let firmware = system
+    /// VirtualBox embeds its own machine config (`vbox:Machine`): `<Firmware type="EFI…"/>` (under
+    /// `Hardware`, or `Platform` in 7.1+) means UEFI, a `TrustedPlatformModule` other than `None` a
+    /// TPM, and the enabled network `Adapter`s, in slot order, carry the MACs the `EthernetPortItem`s
+    /// (one per enabled adapter, same order) lack.
+    fn virtualbox_machine(&self, system: Node<'_, '_>, description: &mut VmDescription) {
+        let Some(machine) = system.children().find(|n| {
+            n.is_element() && n.tag_name().name() == "Machine" && n.tag_name().namespace() == Some(VBOX_NS)
+        }) else {
+            return;
+        };
+        let firmware = machine
             .descendants()
             .find(|n| n.is_element() && n.tag_name().name() == "Firmware" && n.attribute("type").is_some());
         if let Some(kind) = firmware.and_then(|n| n.attribute("type"))
@@ -707,13 +715,37 @@ impl<'a, 'input> Parser<'a, 'input> {
         {
             description.firmware = Firmware::Efi;
         }
-        let tpm = system
+        let tpm = machine
             .descendants()
             .find(|n| n.is_element() && n.tag_name().name() == "TrustedPlatformModule");
         if let Some(kind) = tpm.and_then(|n| n.attribute("type"))
             && !kind.eq_ignore_ascii_case("none")
         {
             description.tpm = true;
+        }
+        let mut adapters: Vec<(u32, Option<String>)> = machine
+            .descendants()
+            .filter(|n| {
+                n.is_element()
+                    && n.tag_name().name() == "Adapter"
+                    && n.parent_element()
+                        .is_some_and(|p| p.tag_name().name() == "Network")
+                    && n.attribute("enabled")
+                        .is_some_and(|e| e.eq_ignore_ascii_case("true"))
+            })
+            .map(|n| {
+                let slot = n
+                    .attribute("slot")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(u32::MAX);
+                (slot, n.attribute("MACAddress").and_then(normalize_mac))
+            })
+            .collect();
+        adapters.sort_by_key(|(slot, _)| *slot);
+        if adapters.len() == description.nics.len() && description.nics.iter().all(|n| n.mac.is_none()) {
+            for (nic, (_, mac)) in description.nics.iter_mut().zip(adapters) {
+                nic.mac = mac;
+            }
         }
     }
 

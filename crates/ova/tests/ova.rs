@@ -214,6 +214,16 @@ fn virtualbox_ovf2_ova_by_gnu_tar() {
         (vm.nics[1].network.as_deref(), &vm.nics[1].model),
         (Some("HostOnly"), &NicModel::E1000)
     );
+    assert_eq!(
+        vm.nics[0].mac.as_deref(),
+        Some("08:00:27:a1:b2:c3"),
+        "from vbox:Machine slot 0"
+    );
+    assert_eq!(
+        vm.nics[1].mac.as_deref(),
+        Some("08:00:27:d4:e5:f6"),
+        "from vbox:Machine slot 1"
+    );
     assert_eq!(vm.cdroms.len(), 1);
     assert_eq!(
         vm.cdroms[0].controller.as_ref().map(|c| c.kind),

@@ -242,6 +242,8 @@ pub const VIRTUALBOX_OVF: &str = r#"<?xml version="1.0"?>
         <Firmware type="EFI"/>
         <Network>
           <Adapter slot="0" enabled="true" MACAddress="080027A1B2C3" type="virtio"><NAT/></Adapter>
+          <Adapter slot="2" enabled="false" MACAddress="080027000000" type="82540EM"/>
+          <Adapter slot="1" enabled="true" MACAddress="080027D4E5F6" type="82540EM"><HostOnlyInterface name="vboxnet0"/></Adapter>
         </Network>
       </Hardware>
     </vbox:Machine>
