@@ -145,7 +145,7 @@ impl Manifest {
             });
         }
         let mut entries: Vec<ManifestEntry> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
             let line = line.trim();
