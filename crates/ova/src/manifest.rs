@@ -145,7 +145,7 @@ impl Manifest {
             });
         }
         let mut entries: Vec<ManifestEntry> = Vec::new();
-        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::new();
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
             let line = line.trim();
@@ -156,7 +156,7 @@ impl Manifest {
                 line: line_no,
                 reason,
             })?;
-            if entries.iter().any(|e| e.file == entry.file) {
+            if !seen.insert(entry.file.clone()) {
                 return Err(Error::Duplicate {
                     line: line_no,
                     file: entry.file,
