@@ -137,7 +137,7 @@ pub struct Header {
 impl Header {
     /// Parses and validates a header from the first bytes of an image.
     ///
-    /// `bytes` should hold at least [`V3_HEADER_LEN`] bytes when available (a v2 image may be shorter
+    /// `bytes` should hold at least 104 bytes (a v3 header) when available (a v2 image may be shorter
     /// than that only if it is nearly empty). Backing files are reported by the reader, which can read
     /// the name; everything else this implementation cannot read is rejected here.
     ///
