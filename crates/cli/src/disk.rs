@@ -3,17 +3,17 @@
 
 use std::{
     fs,
-    io::{self, Write},
+    io::{self, Read, Write},
     path::{Path, PathBuf},
     thread,
 };
 
 use anyhow::Context;
-use diskconv::{Options, Output, Report, StreamWriter, inspect};
+use diskconv::{InputFormat, Options, Output, Report, StreamWriter, archive, inspect};
 use serde::Serialize;
 
 use crate::{
-    cli::{ConvertArgs, InspectArgs, OutputFormat},
+    cli::{ConvertArgs, HttpArgs, InspectArgs, OutputFormat},
     input::{self, Input},
     progress,
 };
@@ -49,7 +49,6 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         input,
         output,
     } = args;
-    let _ = require_manifest;
     let input = Input::parse(&input);
     if output == "-" && output_format == OutputFormat::Qcow2 {
         return Err(UsageError("-O qcow2 cannot write to stdout (`-`); give an output file".into()).into());
@@ -63,20 +62,35 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         progress: progress::reporter(progress_mode, 0, &input.display()),
         sync,
     };
-    let out = OutputTarget::parse(&output, output_format);
-    let result = run_convert(&input, &http, out.open()?, &opts);
-    let report = match result {
-        Ok(report) => report,
-        Err(e) => {
-            out.remove_partial();
-            return Err(e);
+    let name = input.display();
+    let opened = open_input(&input, &http)?;
+    let disks = if opened.format() == InputFormat::Ova {
+        if output == "-" {
+            return Err(UsageError("an OVA converts into a directory, not to stdout".into()).into());
+        }
+        let format = match output_format {
+            OutputFormat::Raw => archive::DiskFormat::Raw,
+            OutputFormat::Qcow2 => archive::DiskFormat::Qcow2,
+        };
+        convert_ova(opened, &name, Path::new(&output), format, &opts, require_manifest)?
+    } else {
+        let out = OutputTarget::parse(&output, output_format);
+        let result = match opened {
+            Opened::File(path, _) => diskconv::convert_path(&path, out.open()?, &opts),
+            Opened::Stream(reader, _) => diskconv::convert_reader(reader, out.open()?, &opts),
+        };
+        match result {
+            Ok(report) => vec![DiskReport {
+                input: name,
+                output: out.display(),
+                report,
+            }],
+            Err(e) => {
+                out.remove_partial();
+                return Err(anyhow::Error::new(e).context(name));
+            }
         }
     };
-    let disks = vec![DiskReport {
-        input: input.display(),
-        output: out.display(),
-        report,
-    }];
     summarise(&disks);
     if let Some(path) = report_path.as_ref() {
         write_report(path, &disks)?;
@@ -84,24 +98,91 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_convert(
-    input: &Input,
-    http: &crate::cli::HttpArgs,
-    output: Output,
-    opts: &Options,
-) -> anyhow::Result<Report> {
+/// An input, opened far enough to know its format.
+enum Opened {
+    /// A file: random access allowed.
+    File(PathBuf, InputFormat),
+    /// A pipe or HTTP body, with the sniffed head put back in front.
+    Stream(Box<dyn Read + Send>, InputFormat),
+}
+
+impl Opened {
+    fn format(&self) -> InputFormat {
+        match self {
+            Opened::File(_, f) | Opened::Stream(_, f) => *f,
+        }
+    }
+}
+
+fn open_input(input: &Input, http: &HttpArgs) -> anyhow::Result<Opened> {
     let name = input.display();
-    let report = match input {
+    let mut reader: Box<dyn Read + Send> = match input {
         Input::File(path) => {
             if path.is_dir() {
-                anyhow::bail!("{name}: is a directory, not a disk image");
+                anyhow::bail!("{name}: is a directory, not a disk image or OVA");
             }
-            diskconv::convert_path(path, output, opts)
+            let format = diskconv::source::detect_path(path).with_context(|| name.clone())?;
+            return Ok(Opened::File(path.clone(), format));
         }
-        Input::Stdin => diskconv::convert_reader(io::stdin().lock(), output, opts),
-        Input::Url(url) => diskconv::convert_reader(input::open_url(url, http)?, output, opts),
+        Input::Stdin => Box::new(io::stdin()),
+        Input::Url(url) => input::open_url(url, http)?,
     };
-    report.with_context(|| name.clone())
+    let mut head = Vec::with_capacity(diskconv::source::SNIFF_LEN);
+    (&mut reader)
+        .take(diskconv::source::SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+        .with_context(|| format!("{name}: cannot read"))?;
+    let format = diskconv::detect(&head);
+    Ok(Opened::Stream(
+        Box::new(io::Cursor::new(head).chain(reader)),
+        format,
+    ))
+}
+
+fn convert_ova(
+    opened: Opened,
+    name: &str,
+    dir: &Path,
+    format: archive::DiskFormat,
+    opts: &Options,
+    require_manifest: bool,
+) -> anyhow::Result<Vec<DiskReport>> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "{}: exists and is not a directory (an OVA converts into a directory)",
+            dir.display()
+        );
+    }
+    fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let result = match opened {
+        Opened::File(path, _) => {
+            let file = fs::File::open(&path).with_context(|| format!("cannot open {name}"))?;
+            archive::convert_ova(file, dir, format, opts, require_manifest)
+        }
+        Opened::Stream(reader, _) => archive::convert_ova(reader, dir, format, opts, require_manifest),
+    }
+    .with_context(|| name.to_owned())?;
+    let vm_json = dir.join("vm.json");
+    let mut json = serde_json::to_vec_pretty(&result.vm)?;
+    json.push(b'\n');
+    fs::write(&vm_json, json).with_context(|| format!("cannot write {}", vm_json.display()))?;
+    if result.manifest == archive::ManifestCheck::Missing {
+        eprintln!(
+            "vm-import: warning: {name}: the OVA has no manifest (.mf); member digests were not checked"
+        );
+    }
+    Ok(result
+        .disks
+        .into_iter()
+        .filter_map(|d| {
+            let output = d.output?.display().to_string();
+            Some(DiskReport {
+                input: format!("{name}:{}", d.member),
+                output,
+                report: d.report?,
+            })
+        })
+        .collect())
 }
 
 enum OutputTarget {
@@ -181,14 +262,24 @@ pub(crate) fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let InspectArgs { http, input } = args;
     let input = Input::parse(&input);
     let name = input.display();
-    let info = match &input {
-        Input::File(path) => inspect::inspect_path(path),
-        Input::Stdin => inspect::inspect_reader(io::stdin().lock()),
-        Input::Url(url) => inspect::inspect_reader(input::open_url(url, &http)?),
-    }
-    .with_context(|| name.clone())?;
+    let opened = open_input(&input, &http)?;
+    let json = match opened {
+        Opened::File(path, InputFormat::Ova) => {
+            let file = fs::File::open(&path).with_context(|| format!("cannot open {name}"))?;
+            serde_json::to_value(archive::inspect_ova(file, false).with_context(|| name.clone())?)?
+        }
+        Opened::Stream(reader, InputFormat::Ova) => {
+            serde_json::to_value(archive::inspect_ova(reader, false).with_context(|| name.clone())?)?
+        }
+        Opened::File(path, _) => {
+            serde_json::to_value(inspect::inspect_path(&path).with_context(|| name.clone())?)?
+        }
+        Opened::Stream(reader, _) => {
+            serde_json::to_value(inspect::inspect_reader(reader).with_context(|| name.clone())?)?
+        }
+    };
     let mut out = io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &info)?;
+    serde_json::to_writer_pretty(&mut out, &json)?;
     writeln!(out)?;
     Ok(())
 }

@@ -121,7 +121,10 @@ fn convert_stdin_to_qcow2_with_json_progress() {
         String::from_utf8_lossy(&result.stderr)
     );
     let stderr = String::from_utf8_lossy(&result.stderr);
-    let last_progress = stderr.lines().rfind(|l| l.starts_with('{')).expect("a JSON progress line");
+    let last_progress = stderr
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .expect("a JSON progress line");
     let progress: serde_json::Value = serde_json::from_str(last_progress).unwrap();
     assert_eq!(progress["event"], "progress");
     assert_eq!(progress["position"], progress["virtual_size"]);

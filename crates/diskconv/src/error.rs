@@ -50,6 +50,25 @@ pub enum Error {
     /// Writing the output failed.
     #[error("cannot write output")]
     Sink(#[source] crate::sink::Error),
+    /// The OVA's tar structure is invalid.
+    #[error("invalid OVA archive")]
+    Tar(#[source] ova::tar::Error),
+    /// The OVF descriptor is invalid.
+    #[error("invalid OVF descriptor")]
+    Ovf(#[source] ova::ovf::Error),
+    /// The manifest is invalid or a digest does not match.
+    #[error("manifest check failed")]
+    Manifest(#[source] ova::manifest::Error),
+    /// The archive's members are not what the OVF promises.
+    #[error("OVA member {member:?} {reason}")]
+    OvaLayout { member: String, reason: &'static str },
+    /// Converting or reading one OVA member failed.
+    #[error("in OVA member {member:?}")]
+    OvaMember {
+        member: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// A pipeline thread could not be started.
     #[error("cannot start a conversion thread")]
     Spawn(#[source] io::Error),

@@ -9,9 +9,11 @@
 //!   vCenter exports and OVA entries.
 //! - [`sink`]: sparse RAW file, RAW stream, qcow2.
 //! - [`inspect`]: what an image is, as a serialisable value.
+//! - [`archive`]: OVA in one pass: OVF, manifest check, each disk converted as it streams by.
 //!
 //! Synchronous code: async callers run one conversion inside one `spawn_blocking`.
 
+pub mod archive;
 mod error;
 pub mod inspect;
 pub mod pipeline;

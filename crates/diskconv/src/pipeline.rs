@@ -342,7 +342,14 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
                 thread::Builder::new()
                     .name(format!("diskconv-inflate-{i}"))
                     .spawn_scoped(scope, move || {
-                        inflate_worker(&rx, &tx, writer.as_deref(), (&pool, &zpool), grain_bytes, virtual_size)
+                        inflate_worker(
+                            &rx,
+                            &tx,
+                            writer.as_deref(),
+                            (&pool, &zpool),
+                            grain_bytes,
+                            virtual_size,
+                        )
                     })
                     .map_err(Error::Spawn)?;
             }
@@ -377,7 +384,12 @@ fn produce_grains(
                 compressed.clear();
                 compressed.extend_from_slice(&grain.compressed);
                 drop(grain);
-                let item = Work { seq, lba: grain_lba, record_offset, compressed };
+                let item = Work {
+                    seq,
+                    lba: grain_lba,
+                    record_offset,
+                    compressed,
+                };
                 if work.send(item).is_err() {
                     return Ok(());
                 }
@@ -468,7 +480,12 @@ pub(crate) fn convert_random(
     let virtual_size = source.size();
     let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
     let writer = sink.concurrent();
-    let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), bytes_read.clone());
+    let consumer = Consumer::new(
+        sink,
+        Some(virtual_size),
+        opts.progress.clone(),
+        bytes_read.clone(),
+    );
     let pool = consumer.pool.clone();
     let consumer = run_with_consumer(consumer, |done, credits| {
         let mut offset = 0u64;
