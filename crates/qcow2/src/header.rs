@@ -58,6 +58,12 @@ pub(crate) const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
 /// Incompatible feature bit 4: 128-bit L2 entries with subcluster bitmaps.
 pub(crate) const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
 
+/// log2 of the subclusters per cluster with extended L2 entries (32).
+pub(crate) const SUBCLUSTER_BITS: u32 = 5;
+
+/// qemu refuses extended L2 entries below 16 KiB clusters (subclusters would be under 512 bytes).
+const MIN_EXTENDED_L2_CLUSTER_BITS: u32 = 14;
+
 /// The header exactly as stored: big-endian, no padding, 104 bytes (a v2 header is the first 72).
 #[derive(Debug, Clone, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -247,7 +253,15 @@ impl Header {
                 reason: "L1 table larger than 32 MiB",
             });
         }
-        let needed = l1_entries_for(virtual_size, cluster_bits);
+        let extended_l2 = incompatible_features & INCOMPAT_EXTENDED_L2 != 0;
+        if extended_l2 && cluster_bits < MIN_EXTENDED_L2_CLUSTER_BITS {
+            return Err(Error::InvalidHeader {
+                field: "cluster_bits",
+                value: cluster_bits.into(),
+                reason: "extended L2 entries need clusters of at least 16 KiB",
+            });
+        }
+        let needed = l1_entries_for(virtual_size, cluster_bits + l2_bits(cluster_bits, extended_l2));
         if l1_size < needed {
             return Err(Error::InvalidHeader {
                 field: "l1_size",
@@ -295,6 +309,16 @@ impl Header {
         1 << self.cluster_bits
     }
 
+    /// Whether L2 entries are 128 bits with 32 subclusters per cluster (`extended_l2=on`).
+    pub fn has_extended_l2(&self) -> bool {
+        self.incompatible_features & INCOMPAT_EXTENDED_L2 != 0
+    }
+
+    /// log2 of the entries in one L2 table.
+    pub(crate) fn l2_bits(&self) -> u32 {
+        l2_bits(self.cluster_bits, self.has_extended_l2())
+    }
+
     /// Whether the image was not closed cleanly (refcounts may be stale; data is still readable).
     pub fn is_dirty(&self) -> bool {
         self.incompatible_features & INCOMPAT_DIRTY != 0
@@ -310,12 +334,6 @@ fn check_incompatible_features(bits: u64, header_length: u32, bytes: &[u8]) -> R
     if bits & INCOMPAT_EXTERNAL_DATA != 0 {
         return Err(Error::Unsupported {
             feature: "external data file (guest data is not inside this file)".into(),
-        });
-    }
-    if bits & INCOMPAT_EXTENDED_L2 != 0 {
-        return Err(Error::Unsupported {
-            feature: "extended L2 entries (subclusters); convert with `qemu-img convert -O qcow2` first"
-                .into(),
         });
     }
     if bits & INCOMPAT_COMPRESSION_TYPE != 0 {
@@ -348,7 +366,7 @@ fn check_incompatible_features(bits: u64, header_length: u32, bytes: &[u8]) -> R
             }
         }
     }
-    let known = INCOMPAT_DIRTY | INCOMPAT_COMPRESSION_TYPE;
+    let known = INCOMPAT_DIRTY | INCOMPAT_COMPRESSION_TYPE | INCOMPAT_EXTENDED_L2;
     let unknown = bits & !known;
     if unknown != 0 {
         return Err(Error::Unsupported {
@@ -358,10 +376,13 @@ fn check_incompatible_features(bits: u64, header_length: u32, bytes: &[u8]) -> R
     Ok(())
 }
 
-/// L1 entries needed to map `virtual_size` bytes with `2^cluster_bits` clusters; one L2 table holds
-/// `cluster_size / 8` entries. `virtual_size <= MAX_VIRTUAL_SIZE` keeps this free of overflow.
-pub(crate) fn l1_entries_for(virtual_size: u64, cluster_bits: u32) -> u64 {
-    let l2_bits = cluster_bits - 3;
-    let per_l1 = cluster_bits + l2_bits;
-    virtual_size.div_ceil(1u64 << per_l1)
+/// log2 of the entries in one L2 table: a table is one cluster of 8-byte (16-byte extended) entries.
+pub(crate) fn l2_bits(cluster_bits: u32, extended_l2: bool) -> u32 {
+    cluster_bits - if extended_l2 { 4 } else { 3 }
+}
+
+/// L1 entries needed to map `virtual_size` bytes when one L1 entry maps `2^l1_entry_bits` bytes
+/// (cluster bits + L2 bits). `virtual_size <= MAX_VIRTUAL_SIZE` keeps this free of overflow.
+pub(crate) fn l1_entries_for(virtual_size: u64, l1_entry_bits: u32) -> u64 {
+    virtual_size.div_ceil(1u64 << l1_entry_bits)
 }

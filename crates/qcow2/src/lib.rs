@@ -9,8 +9,8 @@
 //! ```
 //!
 //! * [`Qcow2Reader`] reads the active layer of a standalone image: plain, zero and compressed
-//!   (deflate) clusters. It rejects backing files, encryption, external data files, extended L2
-//!   entries and zstd with an [`Error`] that says so. [`Qcow2Reader::extents`] /
+//!   (deflate) clusters, and extended L2 entries (32 subclusters per cluster). It rejects backing
+//!   files, encryption, external data files and zstd with an [`Error`] that says so. [`Qcow2Reader::extents`] /
 //!   [`Qcow2Reader::extent_at`] report data / zero / unallocated runs so a converter skips holes.
 //! * [`Qcow2Writer`] takes data in ascending guest order and writes a v3 image with 16-bit refcounts
 //!   that `qemu-img check` accepts; all-zero clusters are left unallocated. Memory is one L2 table, one

@@ -1,7 +1,8 @@
 //! [`Qcow2Reader`]: random access to the active layer of a standalone qcow2 image over any
 //! `Read + Seek`, plus an extent walk that tells allocated data from zeros and holes.
 //!
-//! Owns L1/L2 lookup, compressed-cluster inflation and bounds checks of every host offset against the
+//! Owns L1/L2 lookup (standard 64-bit and extended 128-bit entries, whose subclusters are the lookup
+//! unit), compressed-cluster inflation and bounds checks of every host offset against the
 //! file length. Does not read refcounts or snapshots (neither changes what the guest sees).
 //!
 //! Memory: the L1 table (8 bytes per `cluster_size^2 / 8` bytes of virtual disk, at most 32 MiB, and
@@ -13,7 +14,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 
 use crate::{
     Error, Result,
-    header::{COMPRESSED, Header, OFFSET_MASK, V3_HEADER_LEN, ZERO},
+    header::{COMPRESSED, Header, OFFSET_MASK, SUBCLUSTER_BITS, V3_HEADER_LEN, ZERO},
 };
 
 /// What a run of guest bytes is backed by.
@@ -74,8 +75,9 @@ impl Mapping {
 
 /// Reader for a standalone qcow2 image (v2 or v3).
 ///
-/// Rejects, with a clear error: backing files, encryption, external data files, extended L2 entries,
-/// zstd compression, the `corrupt` bit. The `dirty` bit is accepted (only refcounts are stale).
+/// Reads plain, zero, compressed (deflate) clusters and extended L2 entries (subclusters). Rejects,
+/// with a clear error: backing files, encryption, external data files, zstd compression, the
+/// `corrupt` bit. The `dirty` bit is accepted (only refcounts are stale).
 pub struct Qcow2Reader<R> {
     inner: R,
     header: Header,
@@ -90,6 +92,13 @@ pub struct Qcow2Reader<R> {
     pos: Option<u64>,
     /// The last result of `extent_at`.
     last_extent: Option<Extent>,
+    /// log2 of the guest bytes one L2 entry (or, with extended L2, one subcluster bit) maps: the unit
+    /// of every lookup.
+    unit_bits: u32,
+    /// log2 of units per cluster: 0, or 5 with extended L2 (32 subclusters).
+    sub_bits: u32,
+    /// log2 of entries per L2 table.
+    l2_bits: u32,
 }
 
 impl<R: Read + Seek> Qcow2Reader<R> {
@@ -133,9 +142,14 @@ impl<R: Read + Seek> Qcow2Reader<R> {
                 .map_err(|source| Error::ReadingL1Table { offset, source })?;
         }
         let l1 = be_u64s(&raw);
+        let sub_bits = if header.has_extended_l2() {
+            SUBCLUSTER_BITS
+        } else {
+            0
+        };
         let reader = Qcow2Reader {
             inner,
-            header,
+            header: header.clone(),
             file_len,
             l1,
             l2_cache: None,
@@ -143,6 +157,9 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             compressed_buf: Vec::new(),
             pos: None,
             last_extent: None,
+            unit_bits: header.cluster_bits - sub_bits,
+            sub_bits,
+            l2_bits: header.l2_bits(),
         };
         // Only the entries that map the virtual size matter; validate them up front so corruption is
         // reported at open time, naming the entry.
@@ -191,22 +208,25 @@ impl<R: Read + Seek> Qcow2Reader<R> {
                 virtual_size,
             });
         }
-        let cluster_size = self.cluster_size();
+        let unit_size = 1u64 << self.unit_bits;
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let cluster = pos >> self.header.cluster_bits;
-            let within = pos & (cluster_size - 1);
-            let n = (cluster_size - within).min((buf.len() - done) as u64) as usize;
+            let unit = pos >> self.unit_bits;
+            let within = pos & (unit_size - 1);
+            let n = (unit_size - within).min((buf.len() - done) as u64) as usize;
             let out = &mut buf[done..done + n];
-            match self.mapping(cluster)? {
+            match self.mapping(unit)? {
                 Mapping::Unallocated | Mapping::Zero => out.fill(0),
                 Mapping::Data { host_offset } => {
-                    self.read_host(cluster << self.header.cluster_bits, host_offset + within, out)?;
+                    self.read_host(unit << self.unit_bits, host_offset + within, out)?;
                 }
                 Mapping::Compressed { host_offset, len } => {
+                    // The whole cluster is compressed; find this unit inside it.
+                    let cluster = unit >> self.sub_bits;
+                    let at = (pos - (cluster << self.header.cluster_bits)) as usize;
                     let data = self.inflate(cluster, host_offset, len)?;
-                    out.copy_from_slice(&data[within as usize..within as usize + n]);
+                    out.copy_from_slice(&data[at..at + n]);
                 }
             }
             done += n;
@@ -244,29 +264,30 @@ impl<R: Read + Seek> Qcow2Reader<R> {
                 kind: last.kind,
             });
         }
-        let bits = self.header.cluster_bits;
-        let l2_bits = bits - 3;
+        let bits = self.unit_bits;
+        // Units mapped by one L1 entry.
+        let region_bits = self.l2_bits + self.sub_bits;
         let first = offset >> bits;
-        let last_cluster = (virtual_size - 1) >> bits;
-        let l1_index = first >> l2_bits;
-        let region_end = (l1_index + 1) << l2_bits;
+        let last_unit = (virtual_size - 1) >> bits;
+        let l1_index = first >> region_bits;
+        let region_end = (l1_index + 1) << region_bits;
         let kind = self.mapping(first)?.kind();
-        let mut cluster = first + 1;
+        let mut unit = first + 1;
         if self.l2_offset(l1_index)? == 0 {
-            cluster = region_end;
+            unit = region_end;
         } else {
-            while cluster <= last_cluster && cluster < region_end && self.mapping(cluster)?.kind() == kind {
-                cluster += 1;
+            while unit <= last_unit && unit < region_end && self.mapping(unit)?.kind() == kind {
+                unit += 1;
             }
         }
-        if kind == ExtentKind::Unallocated && cluster == region_end {
+        if kind == ExtentKind::Unallocated && unit == region_end {
             let mut next = l1_index + 1;
-            while (next << l2_bits) <= last_cluster && self.l2_offset(next)? == 0 {
+            while (next << region_bits) <= last_unit && self.l2_offset(next)? == 0 {
                 next += 1;
             }
-            cluster = next << l2_bits;
+            unit = next << region_bits;
         }
-        let end = (cluster << bits).min(virtual_size);
+        let end = (unit << bits).min(virtual_size);
         let extent = Extent {
             offset,
             len: end - offset,
@@ -286,7 +307,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
     }
 
     fn used_l1_entries(&self) -> u64 {
-        crate::header::l1_entries_for(self.header.virtual_size, self.header.cluster_bits)
+        crate::header::l1_entries_for(self.header.virtual_size, self.header.cluster_bits + self.l2_bits)
     }
 
     /// Host offset of the L2 table for `l1_index`, 0 if unallocated; validated.
@@ -317,10 +338,10 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         Ok(offset)
     }
 
-    fn mapping(&mut self, cluster: u64) -> Result<Mapping> {
-        let bits = self.header.cluster_bits;
-        let l2_bits = bits - 3;
-        let l1_index = cluster >> l2_bits;
+    /// Where lookup unit `unit` (a cluster, or a subcluster with extended L2) lives.
+    fn mapping(&mut self, unit: u64) -> Result<Mapping> {
+        let cluster = unit >> self.sub_bits;
+        let l1_index = cluster >> self.l2_bits;
         let l2_offset = self.l2_offset(l1_index)?;
         if l2_offset == 0 {
             return Ok(Mapping::Unallocated);
@@ -335,11 +356,52 @@ impl<R: Read + Seek> Qcow2Reader<R> {
                 })?;
             self.l2_cache = Some((l1_index, be_u64s(&raw)));
         }
-        let entry = match &self.l2_cache {
-            Some((_, table)) => table[(cluster & ((1 << l2_bits) - 1)) as usize],
-            None => 0,
+        let index = (cluster & ((1 << self.l2_bits) - 1)) as usize;
+        let words = 1 + usize::from(self.sub_bits > 0);
+        let (entry, bitmap) = match &self.l2_cache {
+            Some((_, table)) => (
+                table[index * words],
+                if words == 2 { table[index * words + 1] } else { 0 },
+            ),
+            None => (0, 0),
         };
-        self.decode_l2(cluster << bits, entry)
+        let guest_offset = cluster << self.header.cluster_bits;
+        if self.sub_bits == 0 {
+            return self.decode_l2(guest_offset, entry);
+        }
+        self.decode_extended_l2(guest_offset, entry, bitmap, unit & ((1 << self.sub_bits) - 1))
+    }
+
+    /// A 128-bit entry: the standard descriptor, then 32 "allocated" bits and 32 "reads as zero" bits,
+    /// one pair per subcluster.
+    fn decode_extended_l2(&self, guest_offset: u64, entry: u64, bitmap: u64, sub: u64) -> Result<Mapping> {
+        if entry & COMPRESSED != 0 {
+            return self.decode_l2(guest_offset, entry);
+        }
+        let corrupt = |reason| Error::CorruptL2Entry {
+            guest_offset,
+            entry,
+            reason,
+        };
+        let allocated = bitmap >> sub & 1 != 0;
+        let zero = bitmap >> (32 + sub) & 1 != 0;
+        match (allocated, zero) {
+            (true, true) => Err(corrupt("subcluster is marked both allocated and zero")),
+            (false, true) => Ok(Mapping::Zero),
+            (false, false) => Ok(Mapping::Unallocated),
+            (true, false) => {
+                let host_offset = entry & OFFSET_MASK;
+                if host_offset == 0 {
+                    return Err(corrupt("allocated subcluster in a cluster without a host offset"));
+                }
+                match self.decode_l2(guest_offset, host_offset)? {
+                    Mapping::Data { host_offset } => Ok(Mapping::Data {
+                        host_offset: host_offset + (sub << self.unit_bits),
+                    }),
+                    other => Ok(other),
+                }
+            }
+        }
     }
 
     fn decode_l2(&self, guest_offset: u64, entry: u64) -> Result<Mapping> {

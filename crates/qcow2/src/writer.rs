@@ -107,7 +107,10 @@ impl<W: Write + Seek> Qcow2Writer<W> {
             return Err(config("virtual_size", virtual_size, "above 64 PiB"));
         }
         let cluster_bits = cluster_size.trailing_zeros();
-        let l1_size = crate::header::l1_entries_for(virtual_size, cluster_bits);
+        let l1_size = crate::header::l1_entries_for(
+            virtual_size,
+            cluster_bits + crate::header::l2_bits(cluster_bits, false),
+        );
         if l1_size > MAX_L1_ENTRIES {
             return Err(config(
                 "virtual_size",

@@ -244,3 +244,36 @@ fn reads_past_virtual_size_are_refused() {
     assert!(matches!(err, Error::OutOfBounds { .. }), "{err}");
     assert!(matches!(r.extent_at(4 << 20), Err(Error::OutOfBounds { .. })));
 }
+
+#[test]
+fn extended_l2_subcluster_both_allocated_and_zero_is_corrupt() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let img = dir.path().join("ext.qcow2");
+    let img_str = img.to_str().expect("utf8");
+    common::run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            img_str,
+            "1M",
+        ],
+    );
+    common::run_ok("qemu-io", &["-f", "qcow2", "-c", "write -P 0x7 0 4k", img_str]);
+    let mut bytes = std::fs::read(&img).expect("read");
+    let l1 = u64::from_be_bytes(bytes[40..48].try_into().expect("8")) as usize;
+    let l2 = (get_u64(&bytes, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    let bitmap = get_u64(&bytes, l2 + 8);
+    assert_eq!(
+        bitmap & 0b11,
+        0b11,
+        "qemu-io allocated subclusters 0 and 1 (2 KiB each)"
+    );
+    put_u64(&mut bytes, l2 + 8, bitmap | 1 << 32);
+    let err = read_everything(bytes).expect_err("alloc + zero");
+    assert!(err.to_string().contains("both allocated and zero"), "{err}");
+}
