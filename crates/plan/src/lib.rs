@@ -1,0 +1,1 @@
+//! Pure import domain (being written).
