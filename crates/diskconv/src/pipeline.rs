@@ -36,6 +36,9 @@ use crate::{
 /// Blocks in flight between producer and consumer. With 64 KiB grains this is at most ~8 MiB of
 /// compressed plus inflated data, which keeps peak RSS far below 64 MiB on any disk size.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Blocks in flight for the random-access and raw paths, whose blocks are up to
+/// [`RANDOM_BLOCK`]: 8 MiB of buffers is plenty to keep reader and hasher overlapped.
+pub const MAX_IN_FLIGHT_LARGE: usize = 8;
 /// Bytes read from the input per `read` call: large enough to amortise syscalls and HTTP chunk
 /// overhead, small against the memory budget.
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -272,13 +275,13 @@ impl Consumer {
 
 /// Runs `produce` on the calling thread and the consumer on a helper thread, connected by the
 /// credit-bounded block channel; `workers` extra threads may be spawned by `produce` itself.
-fn run_with_consumer<P>(consumer: Consumer, produce: P) -> Result<Consumer, Error>
+fn run_with_consumer<P>(consumer: Consumer, in_flight: usize, produce: P) -> Result<Consumer, Error>
 where
     P: FnOnce(&Sender<Result<Block, Error>>, &Receiver<()>) -> Result<(), Error>,
 {
-    let (done_tx, done_rx) = bounded::<Result<Block, Error>>(MAX_IN_FLIGHT);
-    let (credit_tx, credit_rx) = bounded::<()>(MAX_IN_FLIGHT);
-    for _ in 0..MAX_IN_FLIGHT {
+    let (done_tx, done_rx) = bounded::<Result<Block, Error>>(in_flight);
+    let (credit_tx, credit_rx) = bounded::<()>(in_flight);
+    for _ in 0..in_flight {
         // The receiver is alive and the channel has room for exactly this many.
         let _ = credit_tx.send(());
     }
@@ -331,7 +334,7 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
     let pool = consumer.pool.clone();
     let zpool = Pool::new();
     let threads = opts.threads.max(1);
-    let consumer = run_with_consumer(consumer, |done, credits| {
+    let consumer = run_with_consumer(consumer, MAX_IN_FLIGHT, |done, credits| {
         thread::scope(|scope| {
             let (work_tx, work_rx) = bounded::<Work>(MAX_IN_FLIGHT);
             for i in 0..threads {
@@ -487,7 +490,7 @@ pub(crate) fn convert_random(
         bytes_read.clone(),
     );
     let pool = consumer.pool.clone();
-    let consumer = run_with_consumer(consumer, |done, credits| {
+    let consumer = run_with_consumer(consumer, MAX_IN_FLIGHT_LARGE, |done, credits| {
         let mut offset = 0u64;
         let mut seq = 0u64;
         while offset < virtual_size {
@@ -552,7 +555,7 @@ pub(crate) fn convert_raw_stream(input: impl Read, output: Output, opts: &Option
     let sink = output.open(None).map_err(Error::Sink)?;
     let consumer = Consumer::new(sink, None, opts.progress.clone(), count);
     let pool = consumer.pool.clone();
-    let consumer = run_with_consumer(consumer, |done, credits| {
+    let consumer = run_with_consumer(consumer, MAX_IN_FLIGHT_LARGE, |done, credits| {
         let mut offset = 0u64;
         let mut seq = 0u64;
         loop {
