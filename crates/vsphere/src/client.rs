@@ -187,8 +187,12 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let Some(cookie) = self.cookie.get_mut().take() else { return };
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let Some(cookie) = self.cookie.get_mut().take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let http = self.http.clone();
         let sdk = self.sdk.clone();
         let action = self.soap_action.clone();
@@ -227,7 +231,10 @@ impl std::fmt::Debug for Client {
 }
 
 fn sdk_url(endpoint: &str) -> Result<Url, Error> {
-    let invalid = |reason: &str| Error::InvalidEndpoint { endpoint: endpoint.to_owned(), reason: reason.to_owned() };
+    let invalid = |reason: &str| Error::InvalidEndpoint {
+        endpoint: endpoint.to_owned(),
+        reason: reason.to_owned(),
+    };
     let mut url = Url::parse(endpoint).map_err(|e| invalid(&e.to_string()))?;
     if url.scheme() != "https" && url.scheme() != "http" {
         return Err(invalid("scheme must be https"));
@@ -247,7 +254,10 @@ fn sdk_url(endpoint: &str) -> Result<Url, Error> {
 
 fn snippet(body: &[u8]) -> String {
     let cut = &body[..body.len().min(ERROR_SNIPPET_BYTES)];
-    String::from_utf8_lossy(cut).chars().filter(|c| !c.is_control() || *c == ' ').collect()
+    String::from_utf8_lossy(cut)
+        .chars()
+        .filter(|c| !c.is_control() || *c == ' ')
+        .collect()
 }
 
 impl Client {
@@ -258,8 +268,10 @@ impl Client {
     /// response errors otherwise.
     pub async fn connect(config: Config) -> Result<Self, Error> {
         let sdk = sdk_url(&config.endpoint)?;
-        let tls = tls::client_config(&config.tls)
-            .map_err(|source| Error::Tls { endpoint: sdk.to_string(), source })?;
+        let tls = tls::client_config(&config.tls).map_err(|source| Error::Tls {
+            endpoint: sdk.to_string(),
+            source,
+        })?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(config.connect_timeout)
@@ -268,16 +280,30 @@ impl Client {
             .build()
             .map_err(Error::BuildHttpClient)?;
         // The version is unknown before this call; every vim25 release answers it under "urn:vim25".
-        let body = post(&http, &sdk, "urn:vim25", None, &envelope::retrieve_service_content(), config.call_timeout)
-            .await?
-            .0;
+        let body = post(
+            &http,
+            &sdk,
+            "urn:vim25",
+            None,
+            &envelope::retrieve_service_content(),
+            config.call_timeout,
+        )
+        .await?
+        .0;
         let service = response::service_content(&body)?;
         let soap_action = format!("urn:vim25/{}", service.api_version);
         if config.tls.is_insecure() {
             tracing::warn!(endpoint = %sdk, "TLS certificate verification is disabled (insecure)");
         }
         let client = Self {
-            inner: Arc::new(Inner { http, sdk, config, service, soap_action, cookie: Mutex::new(None) }),
+            inner: Arc::new(Inner {
+                http,
+                sdk,
+                config,
+                service,
+                soap_action,
+                cookie: Mutex::new(None),
+            }),
         };
         client.login().await?;
         Ok(client)
@@ -313,18 +339,30 @@ impl Client {
 
     async fn login(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        let request = envelope::login(&inner.service.session_manager, &inner.config.username, &inner.config.password);
+        let request = envelope::login(
+            &inner.service.session_manager,
+            &inner.config.username,
+            &inner.config.password,
+        );
         let wrap = |source: Error| Error::Login {
             endpoint: inner.sdk.to_string(),
             username: inner.config.username.clone(),
             source: Box::new(source),
         };
         let mut cookie = inner.cookie.lock().await;
-        let (_, set_cookie) =
-            post(&inner.http, &inner.sdk, &inner.soap_action, None, &request, inner.config.call_timeout)
-                .await
-                .map_err(wrap)?;
-        let value = set_cookie.ok_or_else(|| Error::NoSessionCookie { endpoint: inner.sdk.to_string() })?;
+        let (_, set_cookie) = post(
+            &inner.http,
+            &inner.sdk,
+            &inner.soap_action,
+            None,
+            &request,
+            inner.config.call_timeout,
+        )
+        .await
+        .map_err(wrap)?;
+        let value = set_cookie.ok_or_else(|| Error::NoSessionCookie {
+            endpoint: inner.sdk.to_string(),
+        })?;
         *cookie = Some(value);
         Ok(())
     }
@@ -336,7 +374,10 @@ impl Client {
     pub async fn call(&self, request: &Request) -> Result<Element, Error> {
         match self.call_once(request).await {
             Err(e) if e.fault().is_some_and(|f| f.kind == FaultKind::NotAuthenticated) => {
-                tracing::info!(method = request.method, "session not authenticated; logging in again");
+                tracing::info!(
+                    method = request.method,
+                    "session not authenticated; logging in again"
+                );
                 self.login().await?;
                 self.call_once(request).await
             }
@@ -347,9 +388,16 @@ impl Client {
     async fn call_once(&self, request: &Request) -> Result<Element, Error> {
         let inner = &self.inner;
         let cookie = inner.cookie.lock().await.clone();
-        post(&inner.http, &inner.sdk, &inner.soap_action, cookie.as_deref(), request, inner.config.call_timeout)
-            .await
-            .map(|(body, _)| body)
+        post(
+            &inner.http,
+            &inner.sdk,
+            &inner.soap_action,
+            cookie.as_deref(),
+            request,
+            inner.config.call_timeout,
+        )
+        .await
+        .map(|(body, _)| body)
     }
 
     /// Logs out. Later calls fail with `NotAuthenticated` and re-login, so call this last.
@@ -358,11 +406,20 @@ impl Client {
     /// Transport or response errors of the `Logout` call; the session is forgotten either way.
     pub async fn logout(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        let Some(cookie) = inner.cookie.lock().await.take() else { return Ok(()) };
+        let Some(cookie) = inner.cookie.lock().await.take() else {
+            return Ok(());
+        };
         let request = envelope::logout(&inner.service.session_manager);
-        post(&inner.http, &inner.sdk, &inner.soap_action, Some(&cookie), &request, inner.config.call_timeout)
-            .await
-            .map(|_| ())
+        post(
+            &inner.http,
+            &inner.sdk,
+            &inner.soap_action,
+            Some(&cookie),
+            &request,
+            inner.config.call_timeout,
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -413,17 +470,32 @@ async fn post(
         }
         Ok((status, set_cookie, Bytes::from(body)))
     };
-    let (status, set_cookie, body) = tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| Error::Timeout { method, endpoint: endpoint(), timeout })??;
+    let (status, set_cookie, body) =
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| Error::Timeout {
+                method,
+                endpoint: endpoint(),
+                timeout,
+            })??;
     match status {
         StatusCode::OK => Ok((response::body(method, &body)?, set_cookie)),
         StatusCode::INTERNAL_SERVER_ERROR => match response::body(method, &body) {
             // A 500 must carry a fault; one that parses as a plain body is still a failure.
             Err(e @ response::Error::Fault { .. }) => Err(e.into()),
-            _ => Err(Error::HttpStatus { method, endpoint: endpoint(), status, snippet: snippet(&body) }),
+            _ => Err(Error::HttpStatus {
+                method,
+                endpoint: endpoint(),
+                status,
+                snippet: snippet(&body),
+            }),
         },
-        _ => Err(Error::HttpStatus { method, endpoint: endpoint(), status, snippet: snippet(&body) }),
+        _ => Err(Error::HttpStatus {
+            method,
+            endpoint: endpoint(),
+            status,
+            snippet: snippet(&body),
+        }),
     }
 }
 
@@ -433,11 +505,26 @@ mod tests {
 
     #[test]
     fn endpoint_gets_sdk_path_and_refuses_credentials() {
-        assert_eq!(sdk_url("https://vc.example").unwrap().as_str(), "https://vc.example/sdk");
-        assert_eq!(sdk_url("https://vc.example:8443/sdk").unwrap().as_str(), "https://vc.example:8443/sdk");
-        assert!(matches!(sdk_url("https://u:p@vc.example/sdk"), Err(Error::InvalidEndpoint { .. })));
-        assert!(matches!(sdk_url("ftp://vc.example"), Err(Error::InvalidEndpoint { .. })));
-        assert!(matches!(sdk_url("vc.example"), Err(Error::InvalidEndpoint { .. })));
+        assert_eq!(
+            sdk_url("https://vc.example").unwrap().as_str(),
+            "https://vc.example/sdk"
+        );
+        assert_eq!(
+            sdk_url("https://vc.example:8443/sdk").unwrap().as_str(),
+            "https://vc.example:8443/sdk"
+        );
+        assert!(matches!(
+            sdk_url("https://u:p@vc.example/sdk"),
+            Err(Error::InvalidEndpoint { .. })
+        ));
+        assert!(matches!(
+            sdk_url("ftp://vc.example"),
+            Err(Error::InvalidEndpoint { .. })
+        ));
+        assert!(matches!(
+            sdk_url("vc.example"),
+            Err(Error::InvalidEndpoint { .. })
+        ));
     }
 
     #[test]

@@ -348,12 +348,19 @@ struct LeaseGuard {
 impl LeaseGuard {
     async fn complete(mut self) -> Result<(), client::Error> {
         self.released = true;
-        self.client.call(&envelope::lease_complete(&self.lease)).await.map(|_| ())
+        self.client
+            .call(&envelope::lease_complete(&self.lease))
+            .await
+            .map(|_| ())
     }
 
     async fn abort(mut self, reason: &str) {
         self.released = true;
-        if let Err(e) = self.client.call(&envelope::lease_abort(&self.lease, Some(reason))).await {
+        if let Err(e) = self
+            .client
+            .call(&envelope::lease_abort(&self.lease, Some(reason)))
+            .await
+        {
             tracing::warn!(lease = %self.lease, error = %e, "HttpNfcLeaseAbort failed; the lease will time out");
         }
     }
@@ -364,11 +371,15 @@ impl Drop for LeaseGuard {
         if self.released {
             return;
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let client = self.client.clone();
         let lease = self.lease.clone();
         handle.spawn(async move {
-            let _ = client.call(&envelope::lease_abort(&lease, Some("export cancelled"))).await;
+            let _ = client
+                .call(&envelope::lease_abort(&lease, Some("export cancelled")))
+                .await;
         });
     }
 }
@@ -387,7 +398,8 @@ impl Drop for KeepAlive {
 
 fn keepalive_period(info: &LeaseInfo, options: &ExportOptions) -> Duration {
     options.keepalive_interval.unwrap_or_else(|| {
-        (Duration::from_secs(u64::from(info.lease_timeout_secs)) / 4).clamp(MIN_KEEPALIVE_INTERVAL, MAX_KEEPALIVE_INTERVAL)
+        (Duration::from_secs(u64::from(info.lease_timeout_secs)) / 4)
+            .clamp(MIN_KEEPALIVE_INTERVAL, MAX_KEEPALIVE_INTERVAL)
     })
 }
 
@@ -395,7 +407,11 @@ fn keepalive_period(info: &LeaseInfo, options: &ExportOptions) -> Duration {
 /// takes the SDK's port too.
 fn resolve_url(raw: &str, sdk: &Url) -> Option<Url> {
     let starred = raw.contains("://*/") || raw.contains("://*:");
-    let text = if starred { raw.replacen("://*", "://placeholder.invalid", 1) } else { raw.to_owned() };
+    let text = if starred {
+        raw.replacen("://*", "://placeholder.invalid", 1)
+    } else {
+        raw.to_owned()
+    };
     let mut url = Url::parse(&text).ok()?;
     if url.scheme() != "https" && url.scheme() != "http" {
         return None;
@@ -417,7 +433,10 @@ struct Planned {
 
 impl Client {
     async fn lease_props(&self, lease: &MoRef, paths: &[&str]) -> Result<response::ObjectContent, Error> {
-        let read = |source| Error::ReadLease { lease: lease.clone(), source };
+        let read = |source| Error::ReadLease {
+            lease: lease.clone(),
+            source,
+        };
         let spec = PropertySpec::new("HttpNfcLease", paths);
         let mut objects = self
             .retrieve("reading the lease", &[spec], &[ObjectSpec::Object(lease.clone())])
@@ -433,30 +452,51 @@ impl Client {
         let start = Instant::now();
         let shape = |e: response::Error| Error::ReadLease {
             lease: lease.clone(),
-            source: inventory::Error::Call { step: "reading the lease", source: e.into() },
+            source: inventory::Error::Call {
+                step: "reading the lease",
+                source: e.into(),
+            },
         };
         loop {
             let object = self.lease_props(lease, &["state", "error"]).await?;
-            let state = object.prop("state").map(response::lease_state).transpose().map_err(shape)?;
+            let state = object
+                .prop("state")
+                .map(response::lease_state)
+                .transpose()
+                .map_err(shape)?;
             match state {
                 Some(LeaseState::Ready) => break,
                 Some(LeaseState::Error) | Some(LeaseState::Done) => {
-                    let fault = object.prop("error").map(crate::proto::fault::from_localized).unwrap_or(Fault {
-                        kind: crate::proto::FaultKind::Other { name: "LeaseError".into() },
-                        message: format!("lease ended in state {state:?} without a fault"),
+                    let fault = object
+                        .prop("error")
+                        .map(crate::proto::fault::from_localized)
+                        .unwrap_or(Fault {
+                            kind: crate::proto::FaultKind::Other {
+                                name: "LeaseError".into(),
+                            },
+                            message: format!("lease ended in state {state:?} without a fault"),
+                        });
+                    return Err(Error::LeaseFailed {
+                        lease: lease.clone(),
+                        fault,
                     });
-                    return Err(Error::LeaseFailed { lease: lease.clone(), fault });
                 }
                 Some(LeaseState::Initializing) | None => {}
             }
             if start.elapsed() >= timeout {
-                return Err(Error::LeaseNotReady { lease: lease.clone(), timeout });
+                return Err(Error::LeaseNotReady {
+                    lease: lease.clone(),
+                    timeout,
+                });
             }
             tokio::time::sleep(LEASE_POLL_INTERVAL).await;
         }
         let object = self.lease_props(lease, &["info"]).await?;
         let info = object.prop("info").ok_or_else(|| {
-            shape(response::Error::Shape { method: "RetrievePropertiesEx", what: "lease has no info".into() })
+            shape(response::Error::Shape {
+                method: "RetrievePropertiesEx",
+                what: "lease has no info".into(),
+            })
         })?;
         response::lease_info(info).map_err(shape)
     }
@@ -464,17 +504,38 @@ impl Client {
     fn plan(&self, lease: &MoRef, info: &LeaseInfo, disks: &[&Disk]) -> Result<Vec<Planned>, Error> {
         let all: Vec<Disk> = disks.iter().map(|d| (*d).clone()).collect();
         let mut by_disk: BTreeMap<i32, Planned> = BTreeMap::new();
-        for device in info.device_urls.iter().filter(|d| d.disk || d.url.ends_with(".vmdk")) {
-            let key = DeviceKey::parse(&device.key).map_err(|source| Error::DeviceMatch { lease: lease.clone(), source })?;
+        for device in info
+            .device_urls
+            .iter()
+            .filter(|d| d.disk || d.url.ends_with(".vmdk"))
+        {
+            let key = DeviceKey::parse(&device.key).map_err(|source| Error::DeviceMatch {
+                lease: lease.clone(),
+                source,
+            })?;
             let disk = match key.find_disk(&device.key, &all) {
                 Ok(disk) => disk,
                 // A disk we are not asked for this time (already done in an earlier attempt).
                 Err(DeviceKeyError::NoDisk { .. }) => continue,
-                Err(source) => return Err(Error::DeviceMatch { lease: lease.clone(), source }),
+                Err(source) => {
+                    return Err(Error::DeviceMatch {
+                        lease: lease.clone(),
+                        source,
+                    });
+                }
             };
-            let url = resolve_url(&device.url, self.sdk_url())
-                .ok_or_else(|| Error::BadUrl { lease: lease.clone(), url: device.url.chars().take(300).collect() })?;
-            by_disk.insert(disk.key, Planned { disk: disk.clone(), device_key: device.key.clone(), url });
+            let url = resolve_url(&device.url, self.sdk_url()).ok_or_else(|| Error::BadUrl {
+                lease: lease.clone(),
+                url: device.url.chars().take(300).collect(),
+            })?;
+            by_disk.insert(
+                disk.key,
+                Planned {
+                    disk: disk.clone(),
+                    device_key: device.key.clone(),
+                    url,
+                },
+            );
         }
         disks
             .iter()
@@ -488,7 +549,14 @@ impl Client {
             .collect()
     }
 
-    fn start_keepalive(&self, lease: &MoRef, period: Duration, received: Arc<AtomicU64>, total: u64, calls: Arc<AtomicU64>) -> KeepAlive {
+    fn start_keepalive(
+        &self,
+        lease: &MoRef,
+        period: Duration,
+        received: Arc<AtomicU64>,
+        total: u64,
+        calls: Arc<AtomicU64>,
+    ) -> KeepAlive {
         let client = self.clone();
         let lease = lease.clone();
         let failed = Arc::new(AtomicBool::new(false));
@@ -499,7 +567,11 @@ impl Client {
                 ticker.tick().await;
                 let done = received.load(Ordering::Relaxed);
                 // Streams are compressed, so bytes/capacity under-reports; clamp below 100 until complete.
-                let percent = if total == 0 { 0 } else { (done.saturating_mul(100) / total).min(99) };
+                let percent = if total == 0 {
+                    0
+                } else {
+                    (done.saturating_mul(100) / total).min(99)
+                };
                 let percent = u8::try_from(percent).unwrap_or(99);
                 match client.call(&envelope::lease_progress(&lease, percent)).await {
                     Ok(_) => {
@@ -533,7 +605,10 @@ impl Client {
         }
         for disk in &vm.disks {
             if !sinks.contains_key(&disk.key) {
-                return Err(Error::MissingSink { disk_key: disk.key, label: disk.label.clone() });
+                return Err(Error::MissingSink {
+                    disk_key: disk.key,
+                    label: disk.label.clone(),
+                });
             }
         }
         let mut pending: Vec<&Disk> = vm.disks.iter().collect();
@@ -547,10 +622,19 @@ impl Client {
         loop {
             leases += 1;
             let request = envelope::export_vm(&vm.moref);
-            let body = self.call(&request).await.map_err(|source| Error::Call { step: "ExportVm", source })?;
-            let lease = response::moref(request.method, &body)
-                .map_err(|e| Error::Call { step: "ExportVm", source: e.into() })?;
-            let guard = LeaseGuard { client: self.clone(), lease: lease.clone(), released: false };
+            let body = self.call(&request).await.map_err(|source| Error::Call {
+                step: "ExportVm",
+                source,
+            })?;
+            let lease = response::moref(request.method, &body).map_err(|e| Error::Call {
+                step: "ExportVm",
+                source: e.into(),
+            })?;
+            let guard = LeaseGuard {
+                client: self.clone(),
+                lease: lease.clone(),
+                released: false,
+            };
             tracing::info!(vm = %vm.moref, lease = %lease, attempt = leases, disks = pending.len(), "export lease taken");
 
             let prepared = async {
@@ -568,7 +652,10 @@ impl Client {
             };
 
             let received = Arc::new(AtomicU64::new(0));
-            let total: u64 = plan.iter().map(|p| p.disk.capacity_bytes).fold(0, u64::saturating_add);
+            let total: u64 = plan
+                .iter()
+                .map(|p| p.disk.capacity_bytes)
+                .fold(0, u64::saturating_add);
             let keepalive = self.start_keepalive(
                 &lease,
                 keepalive_period(&info, options),
@@ -581,7 +668,10 @@ impl Client {
             let mut tasks = Vec::with_capacity(plan.len());
             for planned in plan {
                 let Some(sink) = sinks.remove(&planned.disk.key) else {
-                    return Err(Error::MissingSink { disk_key: planned.disk.key, label: planned.disk.label.clone() });
+                    return Err(Error::MissingSink {
+                        disk_key: planned.disk.key,
+                        label: planned.disk.label.clone(),
+                    });
                 };
                 *attempts_by_disk.entry(planned.disk.key).or_default() += 1;
                 let http = self.http().clone();
@@ -591,7 +681,8 @@ impl Client {
                 tasks.push(tokio::spawn(async move {
                     let mut sink = sink;
                     let started = Instant::now();
-                    let result = download(&http, &planned, cookie.as_deref(), &mut sink, received, idle).await;
+                    let result =
+                        download(&http, &planned, cookie.as_deref(), &mut sink, received, idle).await;
                     (planned, sink, result, started.elapsed())
                 }));
             }
@@ -602,14 +693,17 @@ impl Client {
                 match task.await {
                     Ok((planned, sink, Ok(bytes), elapsed)) => {
                         let key = planned.disk.key;
-                        transfers.insert(key, DiskTransfer {
-                            disk_key: key,
-                            label: planned.disk.label.clone(),
-                            device_key: planned.device_key,
-                            bytes,
-                            attempts: attempts_by_disk.get(&key).copied().unwrap_or(1),
-                            elapsed,
-                        });
+                        transfers.insert(
+                            key,
+                            DiskTransfer {
+                                disk_key: key,
+                                label: planned.disk.label.clone(),
+                                device_key: planned.device_key,
+                                bytes,
+                                attempts: attempts_by_disk.get(&key).copied().unwrap_or(1),
+                                elapsed,
+                            },
+                        );
                         finished.insert(key, sink);
                     }
                     Ok((planned, sink, Err(e), _)) => {
@@ -638,10 +732,15 @@ impl Client {
                     elapsed: start.elapsed(),
                     tls_insecure: self.tls_insecure(),
                 };
-                return Ok(Exported { report, sinks: finished });
+                return Ok(Exported {
+                    report,
+                    sinks: finished,
+                });
             }
 
-            let reason = failures.first().map_or_else(|| "download task failed".to_owned(), |(_, e)| e.to_string());
+            let reason = failures
+                .first()
+                .map_or_else(|| "download task failed".to_owned(), |(_, e)| e.to_string());
             guard.abort(&reason).await;
             if let Some(e) = fatal {
                 return Err(e);
@@ -656,8 +755,16 @@ impl Client {
                     source,
                 });
             }
-            pending = vm.disks.iter().filter(|d| failures.iter().any(|(f, _)| f.key == d.key)).collect();
-            tracing::info!(?backoff, retry = leases + 1, "retrying failed disks with a fresh lease");
+            pending = vm
+                .disks
+                .iter()
+                .filter(|d| failures.iter().any(|(f, _)| f.key == d.key))
+                .collect();
+            tracing::info!(
+                ?backoff,
+                retry = leases + 1,
+                "retrying failed disks with a fresh lease"
+            );
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(options.max_backoff);
         }
@@ -681,13 +788,23 @@ async fn download<S: DiskSink>(
         // Harmless for ESXi's NFC (the ticket in the path authorises) and needed by some proxies.
         request = request.header(header::COOKIE, cookie);
     }
-    let stalled = |bytes| DownloadError::Stalled { url: url.clone(), timeout: idle, bytes };
+    let stalled = |bytes| DownloadError::Stalled {
+        url: url.clone(),
+        timeout: idle,
+        bytes,
+    };
     let mut response = tokio::time::timeout(idle, request.send())
         .await
         .map_err(|_| stalled(0))?
-        .map_err(|e| DownloadError::Transport { url: url.clone(), source: e.without_url() })?;
+        .map_err(|e| DownloadError::Transport {
+            url: url.clone(),
+            source: e.without_url(),
+        })?;
     if response.status() != StatusCode::OK {
-        return Err(DownloadError::Status { url, status: response.status() });
+        return Err(DownloadError::Status {
+            url,
+            status: response.status(),
+        });
     }
     let expected = response.content_length();
     let mut bytes = 0u64;
@@ -695,7 +812,10 @@ async fn download<S: DiskSink>(
         let chunk = tokio::time::timeout(idle, response.chunk())
             .await
             .map_err(|_| stalled(bytes))?
-            .map_err(|e| DownloadError::Transport { url: url.clone(), source: e.without_url() })?;
+            .map_err(|e| DownloadError::Transport {
+                url: url.clone(),
+                source: e.without_url(),
+            })?;
         let Some(chunk) = chunk else { break };
         bytes = bytes.saturating_add(chunk.len() as u64);
         received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -704,7 +824,11 @@ async fn download<S: DiskSink>(
     if let Some(expected) = expected
         && expected != bytes
     {
-        return Err(DownloadError::Truncated { url, got: bytes, expected });
+        return Err(DownloadError::Truncated {
+            url,
+            got: bytes,
+            expected,
+        });
     }
     sink.finish().await.map_err(sink_err)?;
     Ok(bytes)
@@ -718,11 +842,15 @@ mod tests {
     fn star_host_takes_the_sdk_host_and_port() {
         let sdk = Url::parse("https://127.0.0.1:8989/sdk").unwrap();
         assert_eq!(
-            resolve_url("https://*/nfc/abc/disk-0.vmdk", &sdk).unwrap().as_str(),
+            resolve_url("https://*/nfc/abc/disk-0.vmdk", &sdk)
+                .unwrap()
+                .as_str(),
             "https://127.0.0.1:8989/nfc/abc/disk-0.vmdk"
         );
         assert_eq!(
-            resolve_url("https://esx1.example/nfc/abc/disk-0.vmdk", &sdk).unwrap().as_str(),
+            resolve_url("https://esx1.example/nfc/abc/disk-0.vmdk", &sdk)
+                .unwrap()
+                .as_str(),
             "https://esx1.example/nfc/abc/disk-0.vmdk"
         );
         assert!(resolve_url("file:///etc/passwd", &sdk).is_none());
@@ -730,7 +858,11 @@ mod tests {
 
     #[test]
     fn keepalive_period_is_a_quarter_of_the_timeout_within_bounds() {
-        let info = |secs| LeaseInfo { device_urls: vec![], lease_timeout_secs: secs, total_disk_capacity_kb: None };
+        let info = |secs| LeaseInfo {
+            device_urls: vec![],
+            lease_timeout_secs: secs,
+            total_disk_capacity_kb: None,
+        };
         let o = ExportOptions::default();
         assert_eq!(keepalive_period(&info(300), &o), Duration::from_secs(30));
         assert_eq!(keepalive_period(&info(8), &o), Duration::from_secs(2));

@@ -127,20 +127,26 @@ impl Client {
         let pc = &self.service().property_collector;
         let request = envelope::retrieve_properties_ex(pc, props, objects);
         let body = self.call(&request).await.map_err(call_err(step))?;
-        let mut page = response::retrieve_result(request.method, &body)
-            .map_err(|e| Error::Call { step, source: e.into() })?;
+        let mut page = response::retrieve_result(request.method, &body).map_err(|e| Error::Call {
+            step,
+            source: e.into(),
+        })?;
         let mut all = std::mem::take(&mut page.objects);
         let mut pages = 1usize;
         while let Some(token) = page.token.take() {
             pages += 1;
             if pages > MAX_PAGES {
-                let _ = self.call(&envelope::cancel_retrieve_properties_ex(pc, &token)).await;
+                let _ = self
+                    .call(&envelope::cancel_retrieve_properties_ex(pc, &token))
+                    .await;
                 return Err(Error::TooManyPages { step });
             }
             let request = envelope::continue_retrieve_properties_ex(pc, &token);
             let body = self.call(&request).await.map_err(call_err(step))?;
-            page = response::retrieve_result(request.method, &body)
-                .map_err(|e| Error::Call { step, source: e.into() })?;
+            page = response::retrieve_result(request.method, &body).map_err(|e| Error::Call {
+                step,
+                source: e.into(),
+            })?;
             all.append(&mut page.objects);
         }
         Ok(all)
@@ -160,8 +166,13 @@ impl Client {
     ) -> Result<Vec<ObjectContent>, Error> {
         let request = envelope::create_container_view(&self.service().view_manager, container, types, true);
         let body = self.call(&request).await.map_err(call_err(step))?;
-        let view = response::moref(request.method, &body).map_err(|e| Error::Call { step, source: e.into() })?;
-        let result = self.retrieve(step, props, &[ObjectSpec::View(view.clone())]).await;
+        let view = response::moref(request.method, &body).map_err(|e| Error::Call {
+            step,
+            source: e.into(),
+        })?;
+        let result = self
+            .retrieve(step, props, &[ObjectSpec::View(view.clone())])
+            .await;
         if let Err(e) = self.call(&envelope::destroy_view(&view)).await {
             tracing::warn!(view = %view, error = %e, "DestroyView failed; the view ends with the session");
         }
@@ -175,7 +186,9 @@ impl Client {
     pub async fn datacenters(&self) -> Result<Vec<Datacenter>, Error> {
         let root = self.service().root_folder.clone();
         let spec = PropertySpec::new("Datacenter", &["name", "vmFolder", "networkFolder"]);
-        let objects = self.retrieve_in_container("listing datacenters", &root, &["Datacenter"], &[spec]).await?;
+        let objects = self
+            .retrieve_in_container("listing datacenters", &root, &["Datacenter"], &[spec])
+            .await?;
         Ok(objects
             .iter()
             .filter_map(|o| {
@@ -198,11 +211,18 @@ impl Client {
         if let Some(dc) = all.iter().find(|d| d.name == name) {
             return Ok(dc.clone());
         }
-        let mut names: Vec<&str> = all.iter().map(|d| d.name.as_str()).take(MAX_NAMES_IN_ERROR).collect();
+        let mut names: Vec<&str> = all
+            .iter()
+            .map(|d| d.name.as_str())
+            .take(MAX_NAMES_IN_ERROR)
+            .collect();
         if names.is_empty() {
             names.push("none");
         }
-        Err(Error::DatacenterNotFound { name: name.to_owned(), available: names.join(", ") })
+        Err(Error::DatacenterNotFound {
+            name: name.to_owned(),
+            available: names.join(", "),
+        })
     }
 
     /// The VM named `name` in `dc`, under `folder` (a `/`-separated path below `<dc>/vm`) when given.
@@ -216,16 +236,29 @@ impl Client {
             return self.find_vm_anywhere(dc, name).await;
         };
         let folder_segments: Vec<&str> = folder.split('/').filter(|s| !s.is_empty()).collect();
-        let folder_path = envelope::inventory_path([dc.name.as_str(), "vm"].into_iter().chain(folder_segments.iter().copied()));
+        let folder_path = envelope::inventory_path(
+            [dc.name.as_str(), "vm"]
+                .into_iter()
+                .chain(folder_segments.iter().copied()),
+        );
         if self.find_by_path(&folder_path).await?.is_none() {
-            return Err(Error::FolderNotFound { datacenter: dc.name.clone(), folder: folder.to_owned() });
+            return Err(Error::FolderNotFound {
+                datacenter: dc.name.clone(),
+                folder: folder.to_owned(),
+            });
         }
         let vm_path = envelope::inventory_path(
-            [dc.name.as_str(), "vm"].into_iter().chain(folder_segments.iter().copied()).chain([name]),
+            [dc.name.as_str(), "vm"]
+                .into_iter()
+                .chain(folder_segments.iter().copied())
+                .chain([name]),
         );
         match self.find_by_path(&vm_path).await? {
             Some(moref) if moref.kind == "VirtualMachine" => Ok(moref),
-            Some(moref) => Err(Error::NotAVm { path: vm_path, kind: moref.kind }),
+            Some(moref) => Err(Error::NotAVm {
+                path: vm_path,
+                kind: moref.kind,
+            }),
             None => Err(Error::VmNotFound {
                 datacenter: dc.name.clone(),
                 folder: Some(folder.to_owned()),
@@ -236,14 +269,21 @@ impl Client {
 
     async fn find_by_path(&self, path: &str) -> Result<Option<MoRef>, Error> {
         let request = envelope::find_by_inventory_path(&self.service().search_index, path);
-        let body = self.call(&request).await.map_err(call_err("searching the inventory"))?;
-        response::optional_moref(request.method, &body)
-            .map_err(|e| Error::Call { step: "searching the inventory", source: e.into() })
+        let body = self
+            .call(&request)
+            .await
+            .map_err(call_err("searching the inventory"))?;
+        response::optional_moref(request.method, &body).map_err(|e| Error::Call {
+            step: "searching the inventory",
+            source: e.into(),
+        })
     }
 
     async fn find_vm_anywhere(&self, dc: &Datacenter, name: &str) -> Result<MoRef, Error> {
         let spec = PropertySpec::new("VirtualMachine", &["name"]);
-        let objects = self.retrieve_in_container("listing VMs", &dc.vm_folder, &["VirtualMachine"], &[spec]).await?;
+        let objects = self
+            .retrieve_in_container("listing VMs", &dc.vm_folder, &["VirtualMachine"], &[spec])
+            .await?;
         let mut matches = objects.into_iter().filter(|o| o.text("name") == Some(name));
         match (matches.next(), matches.next()) {
             (Some(vm), None) => Ok(vm.obj),
@@ -252,7 +292,11 @@ impl Client {
                 name: name.to_owned(),
                 count: 2 + matches.count(),
             }),
-            (None, _) => Err(Error::VmNotFound { datacenter: dc.name.clone(), folder: None, name: name.to_owned() }),
+            (None, _) => Err(Error::VmNotFound {
+                datacenter: dc.name.clone(),
+                folder: None,
+                name: name.to_owned(),
+            }),
         }
     }
 
@@ -261,7 +305,10 @@ impl Client {
     /// # Errors
     /// [`Error::Call`].
     pub async fn networks(&self, dc: &Datacenter) -> Result<NetworkInventory, Error> {
-        let specs: Vec<PropertySpec> = NETWORK_PROPERTIES.iter().map(|(kind, paths)| PropertySpec::new(kind, paths)).collect();
+        let specs: Vec<PropertySpec> = NETWORK_PROPERTIES
+            .iter()
+            .map(|(kind, paths)| PropertySpec::new(kind, paths))
+            .collect();
         let objects = self
             .retrieve_in_container(
                 "listing networks",
@@ -279,8 +326,13 @@ impl Client {
     /// [`Error::VmGone`], [`Error::Describe`], or [`Error::Call`].
     pub async fn describe_vm(&self, vm: &MoRef, networks: &NetworkInventory) -> Result<VmDescription, Error> {
         let spec = PropertySpec::new("VirtualMachine", VM_PROPERTIES);
-        let objects = self.retrieve("reading the VM", &[spec], &[ObjectSpec::Object(vm.clone())]).await?;
-        let object = objects.into_iter().find(|o| &o.obj == vm).ok_or_else(|| Error::VmGone { vm: vm.clone() })?;
+        let objects = self
+            .retrieve("reading the VM", &[spec], &[ObjectSpec::Object(vm.clone())])
+            .await?;
+        let object = objects
+            .into_iter()
+            .find(|o| &o.obj == vm)
+            .ok_or_else(|| Error::VmGone { vm: vm.clone() })?;
         VmDescription::from_object(&object, networks).map_err(Error::Describe)
     }
 
@@ -288,7 +340,12 @@ impl Client {
     ///
     /// # Errors
     /// Any lookup [`Error`].
-    pub async fn inspect(&self, datacenter: &str, folder: Option<&str>, name: &str) -> Result<VmDescription, Error> {
+    pub async fn inspect(
+        &self,
+        datacenter: &str,
+        folder: Option<&str>,
+        name: &str,
+    ) -> Result<VmDescription, Error> {
         let dc = self.datacenter(datacenter).await?;
         let vm = self.find_vm(&dc, folder, name).await?;
         let networks = self.networks(&dc).await?;

@@ -6,7 +6,8 @@
 //!   response parsers, [`proto::vm::VmDescription`] and lease device-key matching. No IO.
 //! - behind the default `client` feature: [`client::Client`] (session over reqwest + rustls/ring),
 //!   [`tls`] (CA bundle / system roots / pinned SHA-256 / insecure), [`inventory`], [`power`] and
-//!   [`export`].
+//!   [`export`] (per-disk byte streams into caller sinks), [`convert`] (`export_to_dir`: streams
+//!   decoded by `diskconv` into RAW/qcow2 images, no VMDK stored).
 //!
 //! Typical use (what `vm-import vsphere inspect|export` does):
 //!
@@ -40,6 +41,8 @@ pub mod proto;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "client")]
+pub mod convert;
 #[cfg(feature = "client")]
 pub mod export;
 #[cfg(feature = "client")]

@@ -123,18 +123,31 @@ impl Client {
     /// # Errors
     /// [`inventory::Error`] when the properties cannot be read.
     pub async fn power_state(&self, vm: &MoRef) -> Result<(PowerState, Option<String>), inventory::Error> {
-        let spec = PropertySpec::new("VirtualMachine", &["runtime.powerState", "guest.toolsRunningStatus"]);
-        let objects = self.retrieve("reading the power state", &[spec], &[ObjectSpec::Object(vm.clone())]).await?;
-        let object = objects.first().ok_or_else(|| inventory::Error::VmGone { vm: vm.clone() })?;
+        let spec = PropertySpec::new(
+            "VirtualMachine",
+            &["runtime.powerState", "guest.toolsRunningStatus"],
+        );
+        let objects = self
+            .retrieve(
+                "reading the power state",
+                &[spec],
+                &[ObjectSpec::Object(vm.clone())],
+            )
+            .await?;
+        let object = objects
+            .first()
+            .ok_or_else(|| inventory::Error::VmGone { vm: vm.clone() })?;
         let state = match object.text("runtime.powerState") {
             Some("poweredOn") => PowerState::PoweredOn,
             Some("poweredOff") => PowerState::PoweredOff,
             Some("suspended") => PowerState::Suspended,
             _ => {
-                return Err(inventory::Error::Describe(crate::proto::vm::Error::MissingProperty {
-                    vm: vm.clone(),
-                    path: "runtime.powerState",
-                }));
+                return Err(inventory::Error::Describe(
+                    crate::proto::vm::Error::MissingProperty {
+                        vm: vm.clone(),
+                        path: "runtime.powerState",
+                    },
+                ));
             }
         };
         Ok((state, object.text("guest.toolsRunningStatus").map(str::to_owned)))
@@ -156,15 +169,19 @@ impl Client {
                 .first()
                 .and_then(|o| o.prop("info"))
                 .ok_or_else(|| WaitError::Read(inventory::Error::VmGone { vm: task.clone() }))?;
-            let info = response::task_info(info).map_err(|e| WaitError::Read(inventory::Error::Call {
-                step: "reading task info",
-                source: e.into(),
-            }))?;
+            let info = response::task_info(info).map_err(|e| {
+                WaitError::Read(inventory::Error::Call {
+                    step: "reading task info",
+                    source: e.into(),
+                })
+            })?;
             match info.state {
                 TaskState::Success => return Ok(Ok(())),
                 TaskState::Error => {
                     return Ok(Err(info.error.unwrap_or(Fault {
-                        kind: crate::proto::FaultKind::Other { name: "TaskError".into() },
+                        kind: crate::proto::FaultKind::Other {
+                            name: "TaskError".into(),
+                        },
                         message: "task failed without a fault".into(),
                     })));
                 }
@@ -179,17 +196,31 @@ impl Client {
 
     async fn hard_power_off(&self, vm: &MoRef) -> Result<(), Error> {
         let request = envelope::power_off(vm);
-        let body = self
-            .call(&request)
-            .await
-            .map_err(|source| Error::Call { step: "PowerOffVM_Task", vm: vm.clone(), source })?;
-        let task = response::moref(request.method, &body)
-            .map_err(|e| Error::Call { step: "PowerOffVM_Task", vm: vm.clone(), source: e.into() })?;
+        let body = self.call(&request).await.map_err(|source| Error::Call {
+            step: "PowerOffVM_Task",
+            vm: vm.clone(),
+            source,
+        })?;
+        let task = response::moref(request.method, &body).map_err(|e| Error::Call {
+            step: "PowerOffVM_Task",
+            vm: vm.clone(),
+            source: e.into(),
+        })?;
         match self.wait_task(&task, DEFAULT_TASK_TIMEOUT).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(fault)) => Err(Error::TaskFailed { vm: vm.clone(), task, fault }),
-            Err(WaitError::Timeout) => Err(Error::TaskTimeout { task, timeout: DEFAULT_TASK_TIMEOUT }),
-            Err(WaitError::Read(source)) => Err(Error::ReadState { vm: vm.clone(), source }),
+            Ok(Err(fault)) => Err(Error::TaskFailed {
+                vm: vm.clone(),
+                task,
+                fault,
+            }),
+            Err(WaitError::Timeout) => Err(Error::TaskTimeout {
+                task,
+                timeout: DEFAULT_TASK_TIMEOUT,
+            }),
+            Err(WaitError::Read(source)) => Err(Error::ReadState {
+                vm: vm.clone(),
+                source,
+            }),
         }
     }
 
@@ -199,14 +230,23 @@ impl Client {
     /// [`Error::ToolsNotRunning`] for `Graceful` without Tools, [`Error::NotOff`] for `Never` on a
     /// running VM, task and call failures otherwise.
     pub async fn ensure_powered_off(&self, vm: &MoRef, mode: PowerOffMode) -> Result<PowerOffOutcome, Error> {
-        let read = |source| Error::ReadState { vm: vm.clone(), source };
+        let read = |source| Error::ReadState {
+            vm: vm.clone(),
+            source,
+        };
         let (state, tools) = self.power_state(vm).await.map_err(read)?;
         if state == PowerState::PoweredOff {
             return Ok(PowerOffOutcome::AlreadyOff);
         }
         match mode {
-            PowerOffMode::Never => Err(Error::NotOff { vm: vm.clone(), state }),
-            PowerOffMode::Force => self.hard_power_off(vm).await.map(|()| PowerOffOutcome::PoweredOff),
+            PowerOffMode::Never => Err(Error::NotOff {
+                vm: vm.clone(),
+                state,
+            }),
+            PowerOffMode::Force => self
+                .hard_power_off(vm)
+                .await
+                .map(|()| PowerOffOutcome::PoweredOff),
             PowerOffMode::Graceful { timeout } => {
                 if state != PowerState::PoweredOn || tools.as_deref() != Some("guestToolsRunning") {
                     return Err(Error::ToolsNotRunning {
@@ -215,9 +255,11 @@ impl Client {
                     });
                 }
                 let request = envelope::shutdown_guest(vm);
-                self.call(&request)
-                    .await
-                    .map_err(|source| Error::Call { step: "ShutdownGuest", vm: vm.clone(), source })?;
+                self.call(&request).await.map_err(|source| Error::Call {
+                    step: "ShutdownGuest",
+                    vm: vm.clone(),
+                    source,
+                })?;
                 let start = Instant::now();
                 while start.elapsed() < timeout {
                     tokio::time::sleep(POLL_INTERVAL.min(timeout)).await;
@@ -226,7 +268,9 @@ impl Client {
                     }
                 }
                 tracing::warn!(vm = %vm, ?timeout, "guest did not shut down in time; powering off");
-                self.hard_power_off(vm).await.map(|()| PowerOffOutcome::ForcedAfterTimeout)
+                self.hard_power_off(vm)
+                    .await
+                    .map(|()| PowerOffOutcome::ForcedAfterTimeout)
             }
         }
     }

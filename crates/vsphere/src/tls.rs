@@ -94,7 +94,11 @@ fn provider() -> Arc<CryptoProvider> {
 /// The SHA-256 of a DER certificate, as colon-separated upper-case hex (how vSphere shows it).
 pub fn fingerprint_sha256(der: &[u8]) -> String {
     let digest = Sha256::digest(der);
-    digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Builds the rustls client configuration for `mode`.
@@ -109,14 +113,19 @@ pub fn client_config(mode: &TlsMode) -> Result<ClientConfig, Error> {
     let config = match mode {
         TlsMode::SystemRoots => {
             let verifier = rustls_platform_verifier::Verifier::new(provider).map_err(Error::SystemRoots)?;
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
         }
         TlsMode::CaBundle(pem) => {
             let mut roots = rustls::RootCertStore::empty();
             let mut count = 0usize;
             for (index, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
                 let cert = cert.map_err(|_| Error::NoCaCertificates)?;
-                roots.add(cert).map_err(|source| Error::BadCaCertificate { index, source })?;
+                roots
+                    .add(cert)
+                    .map_err(|source| Error::BadCaCertificate { index, source })?;
                 count += 1;
             }
             if count == 0 {
@@ -126,11 +135,17 @@ pub fn client_config(mode: &TlsMode) -> Result<ClientConfig, Error> {
         }
         TlsMode::PinnedSha256(fp) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint: Some(*fp), provider }))
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                fingerprint: Some(*fp),
+                provider,
+            }))
             .with_no_client_auth(),
         TlsMode::Insecure => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint: None, provider }))
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                fingerprint: None,
+                provider,
+            }))
             .with_no_client_auth(),
     };
     Ok(config)
@@ -176,7 +191,12 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -185,11 +205,18 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -202,7 +229,11 @@ mod tests {
         let hex64 = "ab".repeat(32);
         let colons = vec!["AB"; 32].join(":");
         for text in [hex64.clone(), colons, format!("sha256:{hex64}")] {
-            assert_eq!(TlsMode::pinned_from_hex(&text).unwrap(), TlsMode::PinnedSha256([0xab; 32]), "{text}");
+            assert_eq!(
+                TlsMode::pinned_from_hex(&text).unwrap(),
+                TlsMode::PinnedSha256([0xab; 32]),
+                "{text}"
+            );
         }
         assert!(TlsMode::pinned_from_hex("abcd").is_err());
         assert!(TlsMode::pinned_from_hex(&"zz".repeat(32)).is_err());
@@ -210,7 +241,10 @@ mod tests {
 
     #[test]
     fn empty_ca_bundle_is_refused() {
-        assert!(matches!(client_config(&TlsMode::CaBundle(b"not pem".to_vec())), Err(Error::NoCaCertificates)));
+        assert!(matches!(
+            client_config(&TlsMode::CaBundle(b"not pem".to_vec())),
+            Err(Error::NoCaCertificates)
+        ));
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! Shared helpers for the tests against the lab's vCenter simulator: a `vsphere::Config` for the
+//! lab, the `/lab` control API (create VMs, read lease records, inject cuts), and real VMDKs made
+//! by `qemu-img` from random raw images.
+
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use test_support::Lab;
+use vsphere::{Client, Config, Password, TlsMode};
+
+pub(crate) fn lab() -> &'static Lab {
+    Lab::get()
+}
+
+pub(crate) fn ca_pem() -> Vec<u8> {
+    let path = &lab().vsphere_ca_cert;
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading lab CA {}: {e}", path.display()))
+}
+
+pub(crate) fn config_with_password(password: &str) -> Config {
+    let lab = lab();
+    Config::new(
+        lab.vsphere_url.clone(),
+        lab.vsphere_username.clone(),
+        Password::new(password),
+    )
+    .with_tls(TlsMode::CaBundle(ca_pem()))
+}
+
+pub(crate) fn config() -> Config {
+    config_with_password(&lab().vsphere_password)
+}
+
+pub(crate) async fn client() -> Client {
+    Client::connect(config())
+        .await
+        .expect("login to the lab simulator")
+}
+
+/// A name unique in this lab across test binaries and runs.
+pub(crate) fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+pub(crate) struct Control {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Control {
+    pub(crate) fn new() -> Self {
+        let tls = vsphere::tls::client_config(&TlsMode::CaBundle(ca_pem())).unwrap();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        Self {
+            http,
+            base: lab().vcsim_control_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        // VCSIM_CONTROL_URL ends in /lab; paths here are given relative to it.
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Value {
+        let lab = lab();
+        let resp = req
+            .basic_auth(&lab.vsphere_username, Some(&lab.vsphere_password))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "control API answered {status}: {text}");
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        }
+    }
+
+    pub(crate) async fn create_vm(&self, spec: Value) -> Value {
+        self.send(self.http.post(self.url("vms")).json_body(&spec)).await
+    }
+
+    pub(crate) async fn leases(&self) -> Vec<Value> {
+        match self.send(self.http.get(self.url("leases"))).await {
+            Value::Array(v) => v,
+            other => panic!("leases is not an array: {other}"),
+        }
+    }
+
+    /// Lease records of one VM (by name), oldest first.
+    pub(crate) async fn leases_of(&self, vm: &str) -> Vec<Value> {
+        self.leases()
+            .await
+            .into_iter()
+            .filter(|l| l["vm"]["name"] == vm)
+            .collect()
+    }
+
+    pub(crate) async fn add_fault(&self, cut_after_bytes: u64, times: u32, vm: &str) {
+        self.send(self.http.post(self.url("faults")).json_body(&json!({
+            "cutAfterBytes": cut_after_bytes, "times": times, "vm": vm
+        })))
+        .await;
+    }
+}
+
+trait JsonBody {
+    fn json_body(self, v: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, v: &Value) -> Self {
+        self.header("Content-Type", "application/json")
+            .body(v.to_string())
+    }
+}
+
+pub(crate) fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (is qemu-utils installed?): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A streamOptimized VMDK of `size` bytes made by qemu-img from a raw image holding random data in
+/// a few places (and holes elsewhere). Returns the VMDK path and the raw source path.
+pub(crate) fn make_vmdk(dir: &Path, name: &str, size: u64, seed: u64) -> (PathBuf, PathBuf) {
+    let raw = dir.join(format!("{name}.raw"));
+    let vmdk = dir.join(format!("{name}.vmdk"));
+    let mut data = vec![0u8; usize::try_from(size).unwrap()];
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    // Random 1 MiB runs at a few offsets, zeros elsewhere: both compressed grains and absent ones.
+    let mib = 1usize << 20;
+    for (i, chunk) in data.chunks_mut(mib).enumerate() {
+        if i % 3 == 1 {
+            continue;
+        }
+        for b in chunk.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+    }
+    std::fs::write(&raw, &data).unwrap();
+    run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+        ])
+        .arg(&raw)
+        .arg(&vmdk));
+    (vmdk, raw)
+}
+
+pub(crate) fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}

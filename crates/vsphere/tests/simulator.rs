@@ -1,0 +1,635 @@
+//! The vSphere client against the lab's vCenter simulator (govmomi + ExportVm), over real HTTPS
+//! with the lab CA: login, lookups, the VM description, export byte-for-byte, lease completion,
+//! abort, retries after a cut connection, keep-alive, and power-off.
+
+mod lab;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde_json::json;
+use vsphere::{
+    Client,
+    export::{ExportOptions, HashingSink},
+    inventory,
+    power::{self, PowerOffMode, PowerOffOutcome},
+    proto::{
+        FaultKind, envelope, response,
+        vm::{BusFamily, Firmware, NicNetwork, PowerState, Provisioning},
+    },
+};
+
+use lab::{Control, client, config_with_password, lab, make_vmdk, sha256_file, unique};
+
+fn sinks(vm: &vsphere::VmDescription) -> BTreeMap<i32, HashingSink> {
+    vm.disks.iter().map(|d| (d.key, HashingSink::default())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_with_right_and_wrong_password() {
+    let ok = client().await;
+    assert!(!ok.service().api_version.is_empty());
+    assert!(!ok.tls_insecure());
+    ok.logout().await.unwrap();
+
+    let wrong = format!("{}-wrong-Zq9", lab().vsphere_password);
+    let err = Client::connect(config_with_password(&wrong)).await.unwrap_err();
+    assert!(err.is_invalid_login(), "expected InvalidLogin, got {err:?}");
+    let mut texts = vec![format!("{err}"), format!("{err:?}")];
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&err);
+    while let Some(s) = source {
+        texts.push(s.to_string());
+        source = s.source();
+    }
+    for text in &texts {
+        assert!(!text.contains(&wrong), "password leaked into error text: {text}");
+    }
+    assert!(texts.iter().any(|t| t.contains("InvalidLogin")), "{texts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vm_in_nested_folder_is_found_and_unknown_names_are_named() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "d0", 2 << 20, 1);
+    let name = unique("nested");
+    let folder = format!("{}/inner", unique("outer"));
+    control
+        .create_vm(json!({"name": name, "folder": folder, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
+        .await;
+
+    let c = client().await;
+    let dc = c.datacenter(&lab().vsphere_dc).await.unwrap();
+    let in_folder = c.find_vm(&dc, Some(&folder), &name).await.unwrap();
+    let anywhere = c.find_vm(&dc, None, &name).await.unwrap();
+    assert_eq!(in_folder, anywhere);
+    assert_eq!(in_folder.kind, "VirtualMachine");
+
+    let err = c.datacenter("NoSuchDC").await.unwrap_err();
+    assert!(matches!(err, inventory::Error::DatacenterNotFound { .. }));
+    assert!(
+        err.to_string().contains("NoSuchDC") && err.to_string().contains(&lab().vsphere_dc),
+        "{err}"
+    );
+
+    let err = c.find_vm(&dc, Some("no/such/folder"), &name).await.unwrap_err();
+    assert!(matches!(err, inventory::Error::FolderNotFound { .. }), "{err:?}");
+    assert!(err.to_string().contains("no/such/folder"), "{err}");
+
+    let err = c.find_vm(&dc, Some(&folder), "no-such-vm").await.unwrap_err();
+    assert!(matches!(err, inventory::Error::VmNotFound { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-vm"), "{err}");
+    c.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn description_export_and_completed_lease_of_a_three_disk_vm() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [6u64 << 20, 4 << 20, 3 << 20];
+    let disks: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| make_vmdk(dir.path(), &format!("d{i}"), *s, i as u64 + 7))
+        .collect();
+    let name = unique("full");
+    control
+        .create_vm(json!({
+            "name": name, "folder": "imports",
+            "cpus": 8, "coresPerSocket": 8, "memoryMB": 4096,
+            "firmware": "efi", "secureBoot": true, "vtpm": true,
+            "guestId": "otherGuest64", "hwVersion": "vmx-19",
+            "disks": [
+                {"bus": "lsilogic", "path": disks[0].0},
+                {"bus": "sata", "path": disks[1].0},
+                {"bus": "nvme", "path": disks[2].0}
+            ],
+            "nics": [
+                {"type": "e1000", "network": "VM Network", "mac": "00:50:56:aa:bb:01"},
+                {"type": "vmxnet3", "network": "DC0_DVPG0", "mac": "00:50:56:aa:bb:02"}
+            ]
+        }))
+        .await;
+
+    let c = client().await;
+    let vm = c
+        .inspect(&lab().vsphere_dc, Some("imports"), &name)
+        .await
+        .unwrap();
+    assert_eq!(vm.name, name);
+    assert_eq!(vm.power_state, PowerState::PoweredOff);
+    assert_eq!((vm.num_cpu, vm.num_cores_per_socket, vm.memory_mb), (8, 8, 4096));
+    assert_eq!(vm.firmware, Firmware::Efi);
+    assert!(vm.secure_boot && vm.vtpm && !vm.snapshot_present);
+    assert_eq!(vm.guest_id.as_deref(), Some("otherGuest64"));
+    assert_eq!(vm.hardware_version.as_deref(), Some("vmx-19"));
+    assert_eq!(vm.disks.len(), 3);
+    let families: Vec<_> = vm.disks.iter().map(|d| d.controller.family).collect();
+    assert_eq!(families, [BusFamily::Scsi, BusFamily::Sata, BusFamily::Nvme]);
+    let classes: Vec<_> = vm.disks.iter().map(|d| d.controller.class.as_str()).collect();
+    assert_eq!(
+        classes,
+        [
+            "VirtualLsiLogicController",
+            "VirtualAHCIController",
+            "VirtualNVMEController"
+        ]
+    );
+    for (disk, size) in vm.disks.iter().zip(sizes) {
+        assert_eq!(disk.capacity_bytes, size, "{disk:?}");
+        assert_eq!(disk.provisioning, Provisioning::Thin);
+        assert!(!disk.independent && !disk.shared && disk.rdm.is_none());
+        assert!(
+            disk.backing_file.as_deref().is_some_and(|f| f.contains(&name)),
+            "{disk:?}"
+        );
+    }
+    assert_eq!(vm.nics.len(), 2);
+    assert_eq!(vm.nics[0].device_type, "VirtualE1000");
+    assert_eq!(vm.nics[0].mac_address.as_deref(), Some("00:50:56:aa:bb:01"));
+    assert!(
+        matches!(&vm.nics[0].network, NicNetwork::Standard { name, .. } if name == "VM Network"),
+        "{:?}",
+        vm.nics[0]
+    );
+    assert_eq!(vm.nics[1].device_type, "VirtualVmxnet3");
+    assert_eq!(vm.nics[1].mac_address.as_deref(), Some("00:50:56:aa:bb:02"));
+    match &vm.nics[1].network {
+        NicNetwork::Distributed {
+            name,
+            switch_name,
+            portgroup_key,
+            ..
+        } => {
+            assert_eq!(name.as_deref(), Some("DC0_DVPG0"));
+            assert_eq!(switch_name.as_deref(), Some("DVS0"));
+            assert!(portgroup_key.starts_with("dvportgroup-"), "{portgroup_key}");
+        }
+        other => panic!("second NIC should be on a distributed port group: {other:?}"),
+    }
+    // The description is what `vm-import vsphere inspect` prints.
+    let json = serde_json::to_value(&vm).unwrap();
+    assert_eq!(json["numCoresPerSocket"], 8);
+
+    let started = std::time::Instant::now();
+    let exported = c
+        .export_vm(&vm, sinks(&vm), &ExportOptions::default())
+        .await
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    for (disk, (vmdk, _)) in vm.disks.iter().zip(&disks) {
+        let sink = &exported.sinks[&disk.key];
+        assert_eq!(
+            sink.sha256.as_deref(),
+            Some(sha256_file(vmdk).as_str()),
+            "disk {} differs",
+            disk.label
+        );
+        assert_eq!(sink.attempts, 1);
+    }
+    let total: u64 = exported.report.disks.iter().map(|d| d.bytes).sum();
+    eprintln!(
+        "exported {total} bytes over 3 concurrent disks in {secs:.3}s ({:.1} MB/s)",
+        total as f64 / secs / 1e6
+    );
+    assert_eq!(exported.report.leases, 1);
+
+    let records = control.leases_of(&name).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["completed"], true, "{:?}", records[0]);
+    assert_eq!(records[0]["aborted"], false);
+    assert!(
+        records[0]["progressCalls"]["count"].as_u64().unwrap() >= 1,
+        "{:?}",
+        records[0]
+    );
+    c.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_urls_serve_the_vmdk_bytes_and_abort_is_recorded() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "a", 3 << 20, 3);
+    let name = unique("abort");
+    control
+        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
+        .await;
+
+    let c = client().await;
+    let dc = c.datacenter(&lab().vsphere_dc).await.unwrap();
+    let vm = c.find_vm(&dc, None, &name).await.unwrap();
+    // Raw protocol steps, so the test sees exactly what the lease hands out.
+    let req = envelope::export_vm(&vm);
+    let lease = response::moref(req.method, &c.call(&req).await.unwrap()).unwrap();
+    let spec = envelope::PropertySpec::new("HttpNfcLease", &["state", "info"]);
+    let objects = c
+        .retrieve("lease", &[spec], &[envelope::ObjectSpec::Object(lease.clone())])
+        .await
+        .unwrap();
+    let info = response::lease_info(objects[0].prop("info").unwrap()).unwrap();
+    assert_eq!(info.device_urls.len(), 1);
+    let url = info.device_urls[0]
+        .url
+        .replace("://*", &format!("://{}", c.sdk_url().host_str().unwrap()));
+    let tls = vsphere::tls::client_config(&vsphere::TlsMode::CaBundle(lab::ca_pem())).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    let body = http.get(&url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
+        sha256_file(&vmdk)
+    );
+
+    c.call(&envelope::lease_abort(&lease, Some("test abort")))
+        .await
+        .unwrap();
+    let records = control.leases_of(&name).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["aborted"], true, "{:?}", records[0]);
+    assert_eq!(records[0]["completed"], false);
+    c.logout().await.unwrap();
+}
+
+/// A sink that refuses data: the export fails without retry and its lease is aborted.
+#[derive(Debug)]
+struct FailingSink;
+
+impl vsphere::export::DiskSink for FailingSink {
+    async fn begin(&mut self) -> Result<(), vsphere::export::SinkError> {
+        Ok(())
+    }
+    async fn write(&mut self, _chunk: bytes::Bytes) -> Result<(), vsphere::export::SinkError> {
+        Err("disk full (test)".into())
+    }
+    async fn finish(&mut self) -> Result<(), vsphere::export::SinkError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_export_aborts_its_lease() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "f", 2 << 20, 5);
+    let name = unique("failing");
+    control
+        .create_vm(json!({"name": name, "disks": [{"bus": "sata", "path": vmdk}]}))
+        .await;
+    let c = client().await;
+    let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
+    let sinks: BTreeMap<i32, FailingSink> = vm.disks.iter().map(|d| (d.key, FailingSink)).collect();
+    let err = c
+        .export_vm(&vm, sinks, &ExportOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, vsphere::export::Error::Download { attempts: 1, .. }),
+        "{err:?}"
+    );
+    let records = control.leases_of(&name).await;
+    assert_eq!(
+        records.len(),
+        1,
+        "a sink failure must not be retried: {records:?}"
+    );
+    assert_eq!(records[0]["aborted"], true, "{:?}", records[0]);
+    c.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cut_connection_is_retried_with_a_fresh_lease() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "c", 8 << 20, 9);
+    let name = unique("cut");
+    control
+        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
+        .await;
+    control.add_fault(200_000, 1, &name).await;
+    let c = client().await;
+    let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
+    let options = ExportOptions {
+        backoff: Duration::from_millis(200),
+        ..ExportOptions::default()
+    };
+    let exported = c.export_vm(&vm, sinks(&vm), &options).await.unwrap();
+    let sink = &exported.sinks[&vm.disks[0].key];
+    assert_eq!(sink.sha256.as_deref(), Some(sha256_file(&vmdk).as_str()));
+    assert_eq!(sink.attempts, 2);
+    assert_eq!(exported.report.leases, 2);
+    assert_eq!(exported.report.disks[0].attempts, 2);
+    let records = control.leases_of(&name).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["cuts"], 1);
+    assert_eq!(records[0]["aborted"], true, "{:?}", records[0]);
+    assert_eq!(records[1]["completed"], true, "{:?}", records[1]);
+    c.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_cuts_give_up_after_max_attempts_and_abort_every_lease() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "r", 4 << 20, 11);
+    let name = unique("cuts");
+    control
+        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
+        .await;
+    control.add_fault(100_000, 5, &name).await;
+    let c = client().await;
+    let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
+    let options = ExportOptions {
+        max_attempts: 2,
+        backoff: Duration::from_millis(100),
+        ..ExportOptions::default()
+    };
+    let err = c.export_vm(&vm, sinks(&vm), &options).await.unwrap_err();
+    assert!(
+        matches!(err, vsphere::export::Error::Download { attempts: 2, .. }),
+        "{err:?}"
+    );
+    let records = control.leases_of(&name).await;
+    assert_eq!(records.len(), 2);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["aborted"] == true && r["completed"] == false),
+        "{records:?}"
+    );
+    c.logout().await.unwrap();
+}
+
+/// A consumer that takes in about 3.3 µs per byte (300 kB/s), whatever the chunk sizes.
+#[derive(Debug, Default)]
+struct SlowSink(HashingSink);
+
+impl vsphere::export::DiskSink for SlowSink {
+    async fn begin(&mut self) -> Result<(), vsphere::export::SinkError> {
+        self.0.begin().await
+    }
+    async fn write(&mut self, chunk: bytes::Bytes) -> Result<(), vsphere::export::SinkError> {
+        tokio::time::sleep(Duration::from_micros(chunk.len() as u64 * 10 / 3)).await;
+        self.0.write(chunk).await
+    }
+    async fn finish(&mut self) -> Result<(), vsphere::export::SinkError> {
+        self.0.finish().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_consumer_keeps_a_short_lease_alive() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    // 3 MiB with 2 MiB of random data: a ~2 MiB stream, about 7 s at 300 kB/s.
+    let (vmdk, _) = make_vmdk(dir.path(), "s", 3 << 20, 13);
+    let name = unique("slow");
+    control
+        .create_vm(
+            json!({"name": name, "leaseTimeoutSeconds": 2, "exportInitMillis": 700,
+                          "disks": [{"bus": "pvscsi", "path": vmdk}]}),
+        )
+        .await;
+    let c = client().await;
+    let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
+    let sinks: BTreeMap<i32, SlowSink> = vm.disks.iter().map(|d| (d.key, SlowSink::default())).collect();
+    let started = std::time::Instant::now();
+    let exported = c.export_vm(&vm, sinks, &ExportOptions::default()).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_secs(4),
+        "the consumer was not slow enough to test anything: {took:?}"
+    );
+    assert_eq!(
+        exported.sinks[&vm.disks[0].key].0.sha256.as_deref(),
+        Some(sha256_file(&vmdk).as_str())
+    );
+    assert_eq!(
+        exported.report.leases, 1,
+        "the lease must survive, not be replaced"
+    );
+    let records = control.leases_of(&name).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["expired"], false, "{:?}", records[0]);
+    assert_eq!(records[0]["completed"], true, "{:?}", records[0]);
+    let calls = records[0]["progressCalls"]["count"].as_u64().unwrap();
+    assert!(calls >= 4, "only {calls} progress calls in {took:?}");
+    // One call may have been in flight when the keep-alive stopped.
+    assert!(
+        calls.abs_diff(exported.report.progress_calls) <= 1,
+        "{calls} vs {}",
+        exported.report.progress_calls
+    );
+    c.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_with_tools_and_clear_error_without() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "p", 1 << 20, 17);
+    let with_tools = unique("tools");
+    let without_tools = unique("notools");
+    control.create_vm(json!({"name": with_tools, "power": "on", "tools": "running", "disks": [{"bus": "pvscsi", "path": vmdk}]})).await;
+    control.create_vm(json!({"name": without_tools, "power": "on", "tools": "notRunning", "disks": [{"bus": "pvscsi", "path": vmdk}]})).await;
+    let c = client().await;
+    let dc = c.datacenter(&lab().vsphere_dc).await.unwrap();
+    let graceful = PowerOffMode::Graceful {
+        timeout: Duration::from_secs(30),
+    };
+
+    let vm = c.find_vm(&dc, None, &with_tools).await.unwrap();
+    assert_eq!(
+        c.ensure_powered_off(&vm, graceful).await.unwrap(),
+        PowerOffOutcome::ShutDown
+    );
+    assert_eq!(c.power_state(&vm).await.unwrap().0, PowerState::PoweredOff);
+    assert_eq!(
+        c.ensure_powered_off(&vm, graceful).await.unwrap(),
+        PowerOffOutcome::AlreadyOff
+    );
+
+    let vm = c.find_vm(&dc, None, &without_tools).await.unwrap();
+    let err = c.ensure_powered_off(&vm, graceful).await.unwrap_err();
+    assert!(matches!(err, power::Error::ToolsNotRunning { .. }), "{err:?}");
+    assert!(err.to_string().contains("VMware Tools are not running"), "{err}");
+    assert_eq!(
+        c.power_state(&vm).await.unwrap().0,
+        PowerState::PoweredOn,
+        "a refused graceful stop must not power off"
+    );
+    let err = c.ensure_powered_off(&vm, PowerOffMode::Never).await.unwrap_err();
+    assert!(matches!(err, power::Error::NotOff { .. }), "{err:?}");
+    // Exporting a running VM fails with the server's InvalidPowerState, typed.
+    let described = c.describe_vm(&vm, &Default::default()).await.unwrap();
+    let err = c
+        .export_vm(&described, sinks(&described), &ExportOptions::default())
+        .await
+        .unwrap_err();
+    let fault = match &err {
+        vsphere::export::Error::Call { source, .. } => source.fault().cloned(),
+        _ => None,
+    };
+    assert!(
+        matches!(fault.map(|f| f.kind), Some(FaultKind::InvalidPowerState { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        c.ensure_powered_off(&vm, PowerOffMode::Force).await.unwrap(),
+        PowerOffOutcome::PoweredOff
+    );
+    assert_eq!(c.power_state(&vm).await.unwrap().0, PowerState::PoweredOff);
+    c.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pinned_fingerprint_and_wrong_ca() {
+    // The lab's server certificate, read over TLS with verification off, then pinned.
+    let insecure = Client::connect(lab::config().with_tls(vsphere::TlsMode::Insecure))
+        .await
+        .unwrap();
+    assert!(insecure.tls_insecure());
+    insecure.logout().await.unwrap();
+
+    let wrong_pin = vsphere::TlsMode::PinnedSha256([0u8; 32]);
+    let err = Client::connect(lab::config().with_tls(wrong_pin))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, vsphere::client::Error::Transport { .. }), "{err:?}");
+
+    let err = Client::connect(lab::config().with_tls(vsphere::TlsMode::SystemRoots))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, vsphere::client::Error::Transport { .. }),
+        "lab CA is not a system root: {err:?}"
+    );
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_to_dir_decodes_streams_into_identical_images() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [24u64 << 20, 16 << 20, 8 << 20];
+    let disks: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| make_vmdk(dir.path(), &format!("x{i}"), *s, i as u64 + 21))
+        .collect();
+    let name = unique("todir");
+    control
+        .create_vm(json!({"name": name, "disks": [
+            {"bus": "pvscsi", "path": disks[0].0}, {"bus": "sata", "path": disks[1].0}, {"bus": "nvme", "path": disks[2].0}
+        ]}))
+        .await;
+    let c = client().await;
+    let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
+
+    let out = dir.path().join("raw-out");
+    let started = std::time::Instant::now();
+    let result = c
+        .export_to_dir(
+            &vm,
+            &out,
+            vsphere::convert::ImageFormat::Raw,
+            &ExportOptions::default(),
+        )
+        .await
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    for (image, (_, raw)) in result.images.iter().zip(&disks) {
+        assert_eq!(
+            sha256_file(&image.path),
+            sha256_file(raw),
+            "{} differs from its source",
+            image.path.display()
+        );
+        assert_eq!(image.conversion.sha256, sha256_file(raw));
+        assert_eq!(image.conversion.virtual_size, image.capacity_bytes);
+    }
+    let wire: u64 = result.export.disks.iter().map(|d| d.bytes).sum();
+    let logical: u64 = sizes.iter().sum();
+    eprintln!(
+        "export_to_dir raw, 3 disks in parallel: {wire} stream bytes / {logical} disk bytes in {secs:.2}s \
+         = {:.1} MB/s stream, {:.1} MB/s disk; per disk {:?}; peak RSS {} KiB",
+        wire as f64 / secs / 1e6,
+        logical as f64 / secs / 1e6,
+        result
+            .export
+            .disks
+            .iter()
+            .map(|d| format!("{:.1} MB/s", d.bytes as f64 / d.elapsed.as_secs_f64() / 1e6))
+            .collect::<Vec<_>>(),
+        peak_rss_kib()
+    );
+    // Nothing but the images in the output directory: no VMDK, no scratch file.
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["disk-0.img", "disk-1.img", "disk-2.img"]);
+
+    let out = dir.path().join("qcow2-out");
+    let result = c
+        .export_to_dir(
+            &vm,
+            &out,
+            vsphere::convert::ImageFormat::Qcow2,
+            &ExportOptions::default(),
+        )
+        .await
+        .unwrap();
+    for (image, (_, raw)) in result.images.iter().zip(&disks) {
+        lab::run(
+            std::process::Command::new("qemu-img")
+                .args(["compare", "-q", "-f", "qcow2", "-F", "raw"])
+                .arg(&image.path)
+                .arg(raw),
+        );
+    }
+    c.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_to_dir_leaves_nothing_behind_when_it_fails() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "n", 4 << 20, 31);
+    let name = unique("nothing");
+    control
+        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
+        .await;
+    control.add_fault(150_000, 5, &name).await;
+    let c = client().await;
+    let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
+    let out = dir.path().join("out");
+    let options = ExportOptions {
+        max_attempts: 2,
+        backoff: Duration::from_millis(100),
+        ..ExportOptions::default()
+    };
+    let err = c
+        .export_to_dir(&vm, &out, vsphere::convert::ImageFormat::Raw, &options)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, vsphere::convert::DirError::Export { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "partial images must be removed"
+    );
+    c.logout().await.unwrap();
+}
