@@ -215,18 +215,34 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             let unit = pos >> self.unit_bits;
             let within = pos & (unit_size - 1);
             let n = (unit_size - within).min((buf.len() - done) as u64) as usize;
-            let out = &mut buf[done..done + n];
+            let mut n = n;
             match self.mapping(unit)? {
-                Mapping::Unallocated | Mapping::Zero => out.fill(0),
+                Mapping::Unallocated | Mapping::Zero => buf[done..done + n].fill(0),
                 Mapping::Data { host_offset } => {
-                    self.read_host(unit << self.unit_bits, host_offset + within, out)?;
+                    // Extend over following units stored right after this one, so a large read of a
+                    // contiguous image is one read call, not one per cluster.
+                    let mut next = unit + 1;
+                    while done + n + unit_size as usize <= buf.len()
+                        && self.mapping(next)?
+                            == (Mapping::Data {
+                                host_offset: host_offset + ((next - unit) << self.unit_bits),
+                            })
+                    {
+                        n += unit_size as usize;
+                        next += 1;
+                    }
+                    self.read_host(
+                        unit << self.unit_bits,
+                        host_offset + within,
+                        &mut buf[done..done + n],
+                    )?;
                 }
                 Mapping::Compressed { host_offset, len } => {
                     // The whole cluster is compressed; find this unit inside it.
                     let cluster = unit >> self.sub_bits;
                     let at = (pos - (cluster << self.header.cluster_bits)) as usize;
                     let data = self.inflate(cluster, host_offset, len)?;
-                    out.copy_from_slice(&data[at..at + n]);
+                    buf[done..done + n].copy_from_slice(&data[at..at + n]);
                 }
             }
             done += n;
