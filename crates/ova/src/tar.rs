@@ -30,6 +30,9 @@ pub const MAX_METADATA_SIZE: u64 = 1 << 20;
 /// is not something a tar writer produces.
 pub const MAX_METADATA_CHAIN: usize = 16;
 
+/// Bytes read (and dropped) per call when skipping an unread body.
+const SKIP_CHUNK: usize = 64 << 10;
+
 /// What a tar member is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -328,7 +331,7 @@ impl<R: Read> TarWalker<R> {
 
     /// Reads and discards what is left of the current member and its padding.
     fn skip_rest(&mut self) -> Result<()> {
-        let mut scratch = [0u8; 8192];
+        let mut scratch = vec![0u8; SKIP_CHUNK];
         while self.body_left + self.pad_left > 0 {
             let want = (self.body_left + self.pad_left).min(scratch.len() as u64) as usize;
             let n = self.read_some(&mut scratch[..want])?;

@@ -208,3 +208,61 @@ fn hostile_manifests() {
         Err(ova::manifest::Error::BadLine { line: 1, .. })
     ));
 }
+
+/// A member larger than the 8 GiB octal size field can hold: a GNU base-256 size, or a pax `size`
+/// record, followed by 9 GiB of body streamed from memory. The walker skips it by reading.
+#[test]
+fn members_above_8_gib_via_base256_and_pax_sizes() {
+    const SIZE: u64 = 9 << 30;
+    let tail = |archive: &mut Vec<u8>| {
+        let mut next = raw_member(b"after.txt", 2, b"ok");
+        next.extend(end_marker());
+        archive.extend(next);
+    };
+
+    let mut gnu = tar::Header::new_gnu();
+    gnu.as_old_mut().name[..9].copy_from_slice(b"disk.vmdk");
+    gnu.set_mode(0o644);
+    gnu.set_size(SIZE);
+    gnu.set_entry_type(tar::EntryType::Regular);
+    gnu.set_cksum();
+    assert_eq!(
+        gnu.as_bytes()[124] & 0x80,
+        0x80,
+        "the tar crate wrote a base-256 size"
+    );
+    let head = gnu.as_bytes().to_vec();
+
+    // "<len> size=<n>\n" where <len> (two digits here) counts the whole record.
+    let body = format!(" size={SIZE}\n");
+    let record = format!("{}{body}", body.len() + 2);
+    let mut pax = tar::Header::new_ustar();
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_size(record.len() as u64);
+    pax.set_cksum();
+    let mut pax_head = pax.as_bytes().to_vec();
+    pax_head.extend_from_slice(record.as_bytes());
+    pax_head.resize(1024, 0);
+    let mut ustar = tar::Header::new_ustar();
+    ustar.set_path("disk.vmdk").expect("path");
+    ustar.set_size(0);
+    ustar.set_mode(0o644);
+    ustar.set_cksum();
+    pax_head.extend_from_slice(ustar.as_bytes());
+
+    for head in [head, pax_head] {
+        let mut after = Vec::new();
+        tail(&mut after);
+        let stream = std::io::Read::chain(
+            std::io::Read::chain(&head[..], std::io::repeat(0x5a).take(SIZE)),
+            &after[..],
+        );
+        let mut walker = TarWalker::new(stream);
+        let entry = walker.next_entry().expect("big entry").expect("entry");
+        assert_eq!((entry.name(), entry.size()), ("disk.vmdk", SIZE));
+        let next = walker.next_entry().expect("skip 9 GiB").expect("next");
+        assert_eq!(next.name(), "after.txt");
+        assert!(walker.next_entry().expect("end").is_none());
+        assert_eq!(walker.offset(), head.len() as u64 + SIZE + after.len() as u64);
+    }
+}
