@@ -146,6 +146,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Walks a tar archive front to back. Use as
 /// `while let Some(mut entry) = walker.next_entry()? { ... }`; an entry's unread bytes are skipped
 /// (read and discarded) when the next one is requested.
+///
+/// After an error the position in the stream is unknown; drop the walker (a stream cannot be
+/// resynchronised without seeking).
 #[derive(Debug)]
 pub struct TarWalker<R> {
     inner: R,
