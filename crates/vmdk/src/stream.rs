@@ -154,9 +154,7 @@ enum State {
         end: u64,
     },
     Record,
-    Footer {
-        marker_offset: u64,
-    },
+    Footer,
     Ended,
     Failed,
 }
@@ -267,7 +265,7 @@ impl StreamDecoder {
                 offset,
                 context: "before the first grain",
             }),
-            State::Footer { .. } => Err(Error::Truncated {
+            State::Footer => Err(Error::Truncated {
                 offset,
                 context: "inside the footer",
             }),
@@ -294,7 +292,7 @@ impl StreamDecoder {
                 }
                 State::Descriptor { end } => return self.read_descriptor(end),
                 State::Record => return self.read_record(),
-                State::Footer { marker_offset } => return self.read_footer(marker_offset),
+                State::Footer => return self.read_footer(),
                 State::Ended => {
                     // Bytes after EOS (tar or HTTP padding) are ignored.
                     self.offset += self.buf.len() as u64;
@@ -468,16 +466,14 @@ impl StreamDecoder {
                     });
                 }
                 self.consume(SECTOR);
-                self.state = State::Footer {
-                    marker_offset: offset,
-                };
-                self.read_footer(offset)
+                self.state = State::Footer;
+                self.read_footer()
             }
             kind => Err(Error::UnknownMarker { offset, kind }),
         }
     }
 
-    fn read_footer(&mut self, marker_offset: u64) -> Result<Option<Event>, Error> {
+    fn read_footer(&mut self) -> Result<Option<Event>, Error> {
         if self.buf.len() < HEADER_SIZE {
             return Ok(None);
         }
@@ -496,7 +492,6 @@ impl StreamDecoder {
                 return Err(Error::FooterMismatch { offset, field });
             }
         }
-        let _ = marker_offset;
         self.consume(HEADER_SIZE);
         self.state = State::Record;
         Ok(Some(Event::Footer(footer)))
