@@ -79,8 +79,8 @@ pub struct Qcow2Writer<W> {
 }
 
 impl<W: Write + Seek> Qcow2Writer<W> {
-    /// Starts an image of `virtual_size` bytes with 64 KiB clusters, writing from the current start
-    /// of `inner` (offset 0).
+    /// Starts an image of `virtual_size` bytes with 64 KiB clusters, written from offset 0 of `inner`,
+    /// which should be empty (a new file): a longer existing file is not truncated.
     ///
     /// # Errors
     /// [`Error::InvalidWriterConfig`] for sizes we cannot represent; I/O errors reserving table space.
