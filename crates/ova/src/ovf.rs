@@ -276,6 +276,28 @@ impl<'a, 'input> Parser<'a, 'input> {
                 controllers.insert(c.instance_id.clone(), c);
             }
         }
+        // A drive may hang on a device we do not classify (USB, a vendor type); keep it attached as
+        // `Other` rather than calling a defined parent undefined. CPUs, memory, NICs and drives
+        // themselves are never parents.
+        for item in &items {
+            if matches!(item.resource_type, Some(3 | 4 | 10 | 15 | 16 | 17))
+                || item.element == "EthernetPortItem"
+            {
+                continue;
+            }
+            if let Some(instance_id) = item_text(item.node, "InstanceID").filter(|id| !id.is_empty()) {
+                controllers
+                    .entry(instance_id.clone())
+                    .or_insert_with(|| Controller {
+                        kind: ControllerKind::Other,
+                        model: item_text(item.node, "ResourceSubType")
+                            .map(|s| s.to_ascii_lowercase())
+                            .filter(|s| !s.is_empty()),
+                        bus: None,
+                        instance_id,
+                    });
+            }
+        }
 
         let mut description = VmDescription {
             name,

@@ -320,6 +320,19 @@ fn ovf_errors_name_the_element_and_line() {
         "{err}"
     );
 
+    // A disk on a USB controller (ResourceType 23) stays attached, as an `Other` controller.
+    let usb = fixtures::VIRTUALBOX_OVF.replace(
+        "<rasd:ResourceSubType>AHCI</rasd:ResourceSubType>\n        <rasd:ResourceType>20</rasd:ResourceType>",
+        "<rasd:ResourceSubType>vmware.usb.xhci</rasd:ResourceSubType>\n        <rasd:ResourceType>23</rasd:ResourceType>",
+    );
+    assert_ne!(usb, fixtures::VIRTUALBOX_OVF);
+    let vm = ovf::parse(&usb).expect("usb parent");
+    let c = vm.disks[0].controller.as_ref().expect("controller");
+    assert_eq!(
+        (c.kind, c.model.as_deref()),
+        (ControllerKind::Other, Some("vmware.usb.xhci"))
+    );
+
     let huge = fixtures::VIRTUALBOX_OVF.replace("10737418240", "99999999999999999999");
     assert!(matches!(ovf::parse(&huge), Err(ovf::Error::InvalidValue { .. })));
 
