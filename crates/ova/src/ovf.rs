@@ -80,6 +80,13 @@ pub enum Error {
         context: &'static str,
     },
 
+    /// A `VirtualSystemCollection` with several VMs; one import creates one VM.
+    #[error("OVF describes {count} virtual systems; only single-VM OVAs are supported")]
+    MultipleVirtualSystems {
+        /// How many `VirtualSystem` elements there are.
+        count: usize,
+    },
+
     /// The root element is not an OVF `Envelope`.
     #[error("not an OVF envelope: root element is {root:?} in namespace {namespace:?}")]
     NotAnEnvelope {
@@ -153,8 +160,8 @@ pub fn read_envelope<R: Read>(reader: R) -> Result<VmDescription> {
     parse(&text)
 }
 
-/// Parses an OVF descriptor. The first `VirtualSystem` (also inside a `VirtualSystemCollection`) is
-/// described.
+/// Parses an OVF descriptor with one `VirtualSystem` (also when wrapped in a
+/// `VirtualSystemCollection`).
 ///
 /// # Errors
 /// [`Error::DtdRefused`], [`Error::Xml`], [`Error::NotAnEnvelope`], [`Error::Missing`],
@@ -230,13 +237,17 @@ impl<'a, 'input> Parser<'a, 'input> {
             }
         }
 
-        let system = root
+        let mut systems = root
             .descendants()
-            .find(|n| n.is_element() && n.tag_name().name() == "VirtualSystem")
-            .ok_or(Error::Missing {
-                what: "VirtualSystem",
-                context: "Envelope",
-            })?;
+            .filter(|n| n.is_element() && n.tag_name().name() == "VirtualSystem");
+        let system = systems.next().ok_or(Error::Missing {
+            what: "VirtualSystem",
+            context: "Envelope",
+        })?;
+        let others = systems.count();
+        if others > 0 {
+            return Err(Error::MultipleVirtualSystems { count: others + 1 });
+        }
         let name = child(system, "Name")
             .and_then(|n| n.text())
             .map(|t| t.trim().to_owned())

@@ -333,6 +333,23 @@ fn ovf_errors_name_the_element_and_line() {
         (ControllerKind::Other, Some("vmware.usb.xhci"))
     );
 
+    // Two VMs in a collection: refused, not silently reduced to the first.
+    let start = fixtures::VIRTUALBOX_OVF.find("<VirtualSystem ").expect("vs");
+    let end = fixtures::VIRTUALBOX_OVF.find("</VirtualSystem>").expect("end") + "</VirtualSystem>".len();
+    let system = &fixtures::VIRTUALBOX_OVF[start..end];
+    let two = fixtures::VIRTUALBOX_OVF.replacen(
+        system,
+        &format!(
+            "<VirtualSystemCollection ovf:id=\"c\"><Info>x</Info>{system}{}</VirtualSystemCollection>",
+            system.replace("debian12", "debian12b")
+        ),
+        1,
+    );
+    assert!(matches!(
+        ovf::parse(&two),
+        Err(ovf::Error::MultipleVirtualSystems { count: 2 })
+    ));
+
     let huge = fixtures::VIRTUALBOX_OVF.replace("10737418240", "99999999999999999999");
     assert!(matches!(ovf::parse(&huge), Err(ovf::Error::InvalidValue { .. })));
 
