@@ -179,9 +179,8 @@ fn walk(input: impl Read, mode: Mode<'_>, require_manifest: bool) -> Result<OvaR
             checked.push(name.clone());
         }
     }
-    let vm = vm.ok_or(Error::OvaLayout {
-        member: String::new(),
-        reason: "archive has no .ovf descriptor",
+    let vm = vm.ok_or(Error::OvaIncomplete {
+        missing: "an .ovf descriptor",
     })?;
     for (index, disk) in vm.disks.iter().enumerate() {
         if let Some(file) = &disk.file
@@ -209,9 +208,8 @@ fn walk(input: impl Read, mode: Mode<'_>, require_manifest: bool) -> Result<OvaR
             ManifestCheck::Verified { files: checked }
         }
         None if require_manifest => {
-            return Err(Error::OvaLayout {
-                member: String::new(),
-                reason: "archive has no manifest (.mf)",
+            return Err(Error::OvaIncomplete {
+                missing: "a manifest (.mf), and --require-manifest is set",
             });
         }
         None => ManifestCheck::Missing,

@@ -62,6 +62,9 @@ pub enum Error {
     /// The archive's members are not what the OVF promises.
     #[error("OVA member {member:?} {reason}")]
     OvaLayout { member: String, reason: &'static str },
+    /// The archive lacks a member it must have.
+    #[error("OVA archive has no {missing}")]
+    OvaIncomplete { missing: &'static str },
     /// Converting or reading one OVA member failed.
     #[error("in OVA member {member:?}")]
     OvaMember {
