@@ -268,18 +268,18 @@ pub enum Error {
     ReadLease {
         /// The lease.
         lease: MoRef,
-        /// Why.
+        /// Why (boxed: keeps the error small on the happy path).
         #[source]
-        source: inventory::Error,
+        source: Box<inventory::Error>,
     },
     /// The lease went to `error`.
     #[error("lease {lease} failed")]
     LeaseFailed {
         /// The lease.
         lease: MoRef,
-        /// The server's fault.
+        /// The server's fault (boxed: keeps the error small on the happy path).
         #[source]
-        fault: Fault,
+        fault: Box<Fault>,
     },
     /// The lease did not become ready in time.
     #[error("lease {lease} still initializing after {timeout:?}")]
@@ -435,7 +435,7 @@ impl Client {
     async fn lease_props(&self, lease: &MoRef, paths: &[&str]) -> Result<response::ObjectContent, Error> {
         let read = |source| Error::ReadLease {
             lease: lease.clone(),
-            source,
+            source: Box::new(source),
         };
         let spec = PropertySpec::new("HttpNfcLease", paths);
         let mut objects = self
@@ -452,10 +452,10 @@ impl Client {
         let start = Instant::now();
         let shape = |e: response::Error| Error::ReadLease {
             lease: lease.clone(),
-            source: inventory::Error::Call {
+            source: Box::new(inventory::Error::Call {
                 step: "reading the lease",
                 source: e.into(),
-            },
+            }),
         };
         loop {
             let object = self.lease_props(lease, &["state", "error"]).await?;
@@ -478,7 +478,7 @@ impl Client {
                         });
                     return Err(Error::LeaseFailed {
                         lease: lease.clone(),
-                        fault,
+                        fault: Box::new(fault),
                     });
                 }
                 Some(LeaseState::Initializing) | None => {}
@@ -567,11 +567,7 @@ impl Client {
                 ticker.tick().await;
                 let done = received.load(Ordering::Relaxed);
                 // Streams are compressed, so bytes/capacity under-reports; clamp below 100 until complete.
-                let percent = if total == 0 {
-                    0
-                } else {
-                    (done.saturating_mul(100) / total).min(99)
-                };
+                let percent = done.saturating_mul(100).checked_div(total).unwrap_or(0).min(99);
                 let percent = u8::try_from(percent).unwrap_or(99);
                 match client.call(&envelope::lease_progress(&lease, percent)).await {
                     Ok(_) => {

@@ -2,7 +2,8 @@
 //! lab, the `/lab` control API (create VMs, read lease records, inject cuts), and real VMDKs made
 //! by `qemu-img` from random raw images.
 
-#![allow(dead_code)]
+// Test helpers: a failed step must fail the test loudly, so unwrap/expect/panic are the point here.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
     path::{Path, PathBuf},
