@@ -40,11 +40,12 @@ if [[ ! -f disk.raw ]]; then
 fi
 [[ -f stream.vmdk ]] || qemu-img convert -f raw -O vmdk -o subformat=streamOptimized disk.raw stream.vmdk
 [[ -f sparse.vmdk ]] || qemu-img convert -f raw -O vmdk -o subformat=monolithicSparse disk.raw sparse.vmdk
+[[ -f flat.vmdk ]] || qemu-img convert -f raw -O vmdk -o subformat=monolithicFlat disk.raw flat.vmdk
 [[ -f disk.sha256 ]] || sha256sum disk.raw | cut -d' ' -f1 > disk.sha256
 want_sha=$(cat disk.sha256)
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-echo "disk.raw $(stat -c %s disk.raw) bytes ($(du -k disk.raw | cut -f1) KiB allocated); stream.vmdk $(stat -c %s stream.vmdk) bytes; sparse.vmdk $(stat -c %s sparse.vmdk) bytes" >&2
+echo "disk.raw $(stat -c %s disk.raw) bytes ($(du -k disk.raw | cut -f1) KiB allocated); stream.vmdk $(stat -c %s stream.vmdk) bytes; sparse.vmdk $(stat -c %s sparse.vmdk) bytes; flat-flat.vmdk $(du -k flat-flat.vmdk | cut -f1) KiB allocated" >&2
 
 # measure NAME CMD... : best wall time of $runs runs; prints "wall user+sys rss_kib".
 measure() {
@@ -52,7 +53,7 @@ measure() {
     local best="" line
     for _ in $(seq "$runs"); do
         rm -f out.*
-        cat stream.vmdk sparse.vmdk > /dev/null   # same warm page cache for everyone
+        cat stream.vmdk sparse.vmdk flat-flat.vmdk > /dev/null   # same warm page cache for everyone
         /usr/bin/time -f '%e %U %S %M' -o time.txt "$@" > /dev/null 2> err.txt || { cat err.txt >&2; exit 1; }
         read -r wall user sys rss < time.txt
         line="$wall $(echo "$user + $sys" | bc) $rss"
@@ -76,6 +77,8 @@ r=$(measure ours-sparse-raw "$bin" convert --progress none sparse.vmdk out.o.raw
 r=$(measure qemu-sparse-qcow2 qemu-img convert -m 16 -W -f vmdk -O qcow2 sparse.vmdk out.q.qcow2); results+=("$r")
 r=$(measure ours-sparse-qcow2 "$bin" convert -O qcow2 --progress none sparse.vmdk out.o.qcow2); results+=("$r")
 qemu-img check -q out.o.qcow2 && qemu-img compare -q -f raw -F qcow2 disk.raw out.o.qcow2 || { echo "qcow2 output differs" >&2; exit 1; }
+r=$(measure qemu-flat-raw qemu-img convert -m 16 -W -f vmdk -O raw flat.vmdk out.q.raw); results+=("$r")
+r=$(measure ours-flat-raw "$bin" convert --progress none flat.vmdk out.o.raw); results+=("$r"); check_raw out.o.raw
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo
@@ -89,6 +92,7 @@ for r in "${results[@]}"; do
         ours-stream*) base=${wall[qemu-stream]} ;;
         ours-sparse-raw) base=${wall[qemu-sparse-raw]} ;;
         ours-sparse-qcow2) base=${wall[qemu-sparse-qcow2]} ;;
+        ours-flat-raw) base=${wall[qemu-flat-raw]} ;;
         *) base="" ;;
     esac
     ratio=$([[ -n $base ]] && echo "scale=2; $base / $w" | bc || echo "")

@@ -125,6 +125,12 @@ impl RandomSource for VmdkSource {
     }
     fn segment(&mut self, offset: u64) -> Result<(bool, u64), Error> {
         let s = self.0.segment(offset).map_err(Error::Vmdk)?;
+        // A thin flat extent (monolithicFlat, vmfs) is a sparse file: skip its holes.
+        if s.allocated
+            && let Some((file, file_offset, left)) = self.0.flat_file_at(offset)
+        {
+            return Ok(data_or_hole(file, file_offset, left.min(s.len)));
+        }
         Ok((s.allocated, s.len))
     }
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
@@ -159,6 +165,23 @@ impl RandomSource for Qcow2Source {
     }
 }
 
+/// `(allocated, len)` of the run at `offset` in `file`, at most `limit` bytes, from the file
+/// system's `SEEK_DATA`/`SEEK_HOLE` (a file system that cannot tell reports all data).
+fn data_or_hole(file: &File, offset: u64, limit: u64) -> (bool, u64) {
+    use rustix::fs::{SeekFrom, seek};
+    let data = match seek(file, SeekFrom::Data(offset)) {
+        Ok(d) => d,
+        // ENXIO: no data after offset.
+        Err(rustix::io::Errno::NXIO) => return (false, limit),
+        Err(_) => return (true, limit),
+    };
+    if data > offset {
+        return (false, (data - offset).min(limit));
+    }
+    let hole = seek(file, SeekFrom::Hole(offset)).unwrap_or(offset.saturating_add(limit));
+    (true, hole.saturating_sub(offset).clamp(1, limit))
+}
+
 /// A raw file; holes are found with `SEEK_DATA`/`SEEK_HOLE` so sparse inputs are not read.
 struct RawSource {
     file: File,
@@ -170,22 +193,10 @@ impl RandomSource for RawSource {
         self.size
     }
     fn segment(&mut self, offset: u64) -> Result<(bool, u64), Error> {
-        use rustix::fs::{SeekFrom, seek};
         if offset >= self.size {
             return Ok((false, 0));
         }
-        let rest = self.size - offset;
-        let data = match seek(&self.file, SeekFrom::Data(offset)) {
-            Ok(d) => d,
-            // ENXIO: no data after offset. Other errors: the file system cannot tell; read it.
-            Err(rustix::io::Errno::NXIO) => return Ok((false, rest)),
-            Err(_) => return Ok((true, rest)),
-        };
-        if data > offset {
-            return Ok((false, (data - offset).min(rest)));
-        }
-        let hole = seek(&self.file, SeekFrom::Hole(offset)).unwrap_or(self.size);
-        Ok((true, hole.saturating_sub(offset).clamp(1, rest)))
+        Ok(data_or_hole(&self.file, offset, self.size - offset))
     }
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         use std::os::unix::fs::FileExt;

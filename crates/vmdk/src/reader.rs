@@ -708,6 +708,19 @@ impl<R: Read + Seek> VmdkReader<R> {
         (i < self.extents.len()).then_some(i)
     }
 
+    /// For an offset inside a flat extent: the extent's file, the file offset holding that byte,
+    /// and the bytes left in the extent. Lets a caller ask the file system where the holes of a
+    /// thin flat file are (`SEEK_DATA`), which this pure reader cannot.
+    pub fn flat_file_at(&mut self, offset: u64) -> Option<(&mut R, u64, u64)> {
+        let i = self.extent_index(offset)?;
+        let extent = &mut self.extents[i];
+        let within = offset - extent.start;
+        match &mut extent.backend {
+            Backend::Flat { file, offset: base } => Some((file, *base + within, extent.len - within)),
+            Backend::Zero | Backend::Sparse(_) => None,
+        }
+    }
+
     /// The allocation status of the range starting at `offset`, up to the next change the reader
     /// can cheaply know about (grain, grain table or extent boundary). `len == 0` at the end.
     pub fn segment(&mut self, offset: u64) -> Result<Segment, Error> {
