@@ -633,3 +633,101 @@ async fn export_to_dir_leaves_nothing_behind_when_it_fails() {
     );
     c.logout().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_session_is_renewed_by_one_login() {
+    let c = client().await;
+    let before = c.datacenters().await.unwrap();
+    // Logging out makes the server answer NotAuthenticated; the next call must log in again once.
+    c.logout().await.unwrap();
+    let req = envelope::retrieve_properties_ex(
+        &c.service().property_collector,
+        &[envelope::PropertySpec::new("Folder", &["name"])],
+        &[envelope::ObjectSpec::Object(c.service().root_folder.clone())],
+    );
+    let body = c.call(&req).await.unwrap();
+    assert!(
+        response::retrieve_result(req.method, &body)
+            .unwrap()
+            .objects
+            .len()
+            == 1
+    );
+    assert_eq!(c.datacenters().await.unwrap(), before);
+    c.logout().await.unwrap();
+}
+
+/// Export throughput from the simulator, one disk alone and three in parallel, plus decode into RAW.
+/// Prints the numbers (run with `--nocapture`); asserts only correctness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_throughput_single_and_parallel() {
+    const MIB: u64 = 1 << 20;
+    let size = 96 * MIB;
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let disks: Vec<_> = (0..3)
+        .map(|i| make_vmdk(dir.path(), &format!("t{i}"), size, 40 + i))
+        .collect();
+    let one = unique("tput1");
+    let three = unique("tput3");
+    control
+        .create_vm(json!({"name": one, "disks": [{"bus": "pvscsi", "path": disks[0].0}]}))
+        .await;
+    control
+        .create_vm(json!({"name": three, "disks": [
+            {"bus": "pvscsi", "path": disks[0].0}, {"bus": "pvscsi", "path": disks[1].0}, {"bus": "pvscsi", "path": disks[2].0}
+        ]}))
+        .await;
+    let c = client().await;
+    for name in [&one, &three] {
+        let vm = c.inspect(&lab().vsphere_dc, None, name).await.unwrap();
+        let started = std::time::Instant::now();
+        let exported = c
+            .export_vm(&vm, sinks(&vm), &ExportOptions::default())
+            .await
+            .unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let wire: u64 = exported.report.disks.iter().map(|d| d.bytes).sum();
+        for (disk, (vmdk, _)) in vm.disks.iter().zip(&disks) {
+            assert_eq!(
+                exported.sinks[&disk.key].sha256.as_deref(),
+                Some(sha256_file(vmdk).as_str())
+            );
+        }
+        eprintln!(
+            "THROUGHPUT hash-only {} disk(s): {:.1} MB/s total stream ({} bytes in {secs:.2}s); per disk {:?}",
+            vm.disks.len(),
+            wire as f64 / secs / 1e6,
+            wire,
+            exported
+                .report
+                .disks
+                .iter()
+                .map(|d| format!("{:.1} MB/s", d.bytes as f64 / d.elapsed.as_secs_f64() / 1e6))
+                .collect::<Vec<_>>()
+        );
+        let out = dir.path().join(format!("out-{}", vm.disks.len()));
+        let started = std::time::Instant::now();
+        let result = c
+            .export_to_dir(
+                &vm,
+                &out,
+                vsphere::convert::ImageFormat::Raw,
+                &ExportOptions::default(),
+            )
+            .await
+            .unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        for (image, (_, raw)) in result.images.iter().zip(&disks) {
+            assert_eq!(image.conversion.sha256, sha256_file(raw));
+        }
+        eprintln!(
+            "THROUGHPUT decode-to-raw {} disk(s): {:.1} MB/s stream, {:.1} MB/s disk content, in {secs:.2}s; peak RSS {} KiB",
+            vm.disks.len(),
+            result.export.disks.iter().map(|d| d.bytes).sum::<u64>() as f64 / secs / 1e6,
+            (size * vm.disks.len() as u64) as f64 / secs / 1e6,
+            peak_rss_kib()
+        );
+    }
+    c.logout().await.unwrap();
+}
