@@ -492,6 +492,31 @@ async fn pinned_fingerprint_and_wrong_ca() {
     assert!(insecure.tls_insecure());
     insecure.logout().await.unwrap();
 
+    // The certificate the server really presents, as openssl sees it, pinned by its SHA-256.
+    let url = reqwest::Url::parse(&lab().vsphere_url).unwrap();
+    let addr = format!(
+        "{}:{}",
+        url.host_str().unwrap(),
+        url.port_or_known_default().unwrap()
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -outform DER"
+        ))
+        .output()
+        .expect("openssl is needed for this test");
+    assert!(
+        out.status.success() && !out.stdout.is_empty(),
+        "could not read the server certificate with openssl"
+    );
+    let pin = vsphere::tls::fingerprint_sha256(&out.stdout);
+    let pinned = Client::connect(lab::config().with_tls(vsphere::TlsMode::pinned_from_hex(&pin).unwrap()))
+        .await
+        .unwrap();
+    assert!(!pinned.tls_insecure());
+    pinned.logout().await.unwrap();
+
     let wrong_pin = vsphere::TlsMode::PinnedSha256([0u8; 32]);
     let err = Client::connect(lab::config().with_tls(wrong_pin))
         .await
