@@ -237,3 +237,36 @@ fn inspect_ova_reports_vm_disks_and_manifest() {
     assert_eq!(json["disks"][0]["image"]["virtual_size"], 3 << 20);
     assert_eq!(json["disks"][1]["image"]["subformat"], "streamOptimized");
 }
+
+#[test]
+fn manifest_after_the_disks_is_refused_not_silently_skipped() {
+    let ova = build(true, false);
+    let d = ova.dir.path();
+    let late = d.join("late.ova");
+    tool(
+        Command::new("tar")
+            .args(["--format=ustar", "-cf"])
+            .arg(&late)
+            .arg("-C")
+            .arg(d)
+            .args([
+                "web-01.ovf",
+                "web-01-disk1.vmdk",
+                "web-01-disk2.vmdk.gz",
+                "tools.iso",
+                "web-01.mf",
+            ]),
+    );
+    let result = bin()
+        .args(["convert", "--progress", "none"])
+        .arg(&late)
+        .arg(d.join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(result.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("web-01-disk1.vmdk") && stderr.contains("precedes the manifest"),
+        "{stderr}"
+    );
+}

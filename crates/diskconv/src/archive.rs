@@ -205,6 +205,13 @@ fn walk(input: impl Read, mode: Mode<'_>, require_manifest: bool) -> Result<OvaR
                     reason: "is listed in the manifest but missing",
                 });
             }
+            // A member that came before the manifest streamed by unhashed.
+            if let Some(unchecked) = m.entries.iter().find(|e| !checked.contains(&e.file)) {
+                return Err(Error::OvaLayout {
+                    member: unchecked.file.clone(),
+                    reason: "precedes the manifest, so its digest could not be checked in one pass",
+                });
+            }
             ManifestCheck::Verified { files: checked }
         }
         None if require_manifest => {
