@@ -166,10 +166,17 @@ fn convert_ova(
     let mut json = serde_json::to_vec_pretty(&result.vm)?;
     json.push(b'\n');
     fs::write(&vm_json, json).with_context(|| format!("cannot write {}", vm_json.display()))?;
-    if result.manifest == archive::ManifestCheck::Missing {
-        eprintln!(
-            "vm-import: warning: {name}: the OVA has no manifest (.mf); member digests were not checked"
-        );
+    match &result.manifest {
+        archive::ManifestCheck::Missing => {
+            eprintln!(
+                "vm-import: warning: {name}: the OVA has no manifest (.mf); member digests were not checked"
+            );
+        }
+        archive::ManifestCheck::Partial { unverified, .. } => eprintln!(
+            "vm-import: warning: {name}: the manifest comes after {}; their digests were not checked",
+            unverified.join(", ")
+        ),
+        archive::ManifestCheck::Verified { .. } => {}
     }
     Ok(result
         .disks

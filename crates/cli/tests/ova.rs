@@ -239,7 +239,7 @@ fn inspect_ova_reports_vm_disks_and_manifest() {
 }
 
 #[test]
-fn manifest_after_the_disks_is_refused_not_silently_skipped() {
+fn manifest_after_the_disks_warns_or_fails_when_required() {
     let ova = build(true, false);
     let d = ova.dir.path();
     let late = d.join("late.ova");
@@ -257,16 +257,28 @@ fn manifest_after_the_disks_is_refused_not_silently_skipped() {
                 "web-01.mf",
             ]),
     );
-    let result = bin()
+    let lenient = bin()
         .args(["convert", "--progress", "none"])
         .arg(&late)
         .arg(d.join("out"))
         .output()
         .unwrap();
-    assert_eq!(result.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(
-        stderr.contains("web-01-disk1.vmdk") && stderr.contains("precedes the manifest"),
+        lenient.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lenient.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&lenient.stderr);
+    assert!(
+        stderr.contains("manifest comes after") && stderr.contains("web-01-disk1.vmdk"),
         "{stderr}"
     );
+    let strict = bin()
+        .args(["convert", "--require-manifest", "--progress", "none"])
+        .arg(&late)
+        .arg(d.join("out2"))
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("precedes the manifest"));
 }

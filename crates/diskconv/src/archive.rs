@@ -40,6 +40,13 @@ pub enum ManifestCheck {
     },
     /// The archive has no manifest.
     Missing,
+    /// The manifest came after some of the members it lists, which were not checked.
+    Partial {
+        /// Members checked.
+        files: Vec<String>,
+        /// Members listed but not checked.
+        unverified: Vec<String>,
+    },
 }
 
 /// One converted (or inspected) disk of an OVA.
@@ -205,14 +212,27 @@ fn walk(input: impl Read, mode: Mode<'_>, require_manifest: bool) -> Result<OvaR
                     reason: "is listed in the manifest but missing",
                 });
             }
-            // A member that came before the manifest streamed by unhashed.
-            if let Some(unchecked) = m.entries.iter().find(|e| !checked.contains(&e.file)) {
-                return Err(Error::OvaLayout {
-                    member: unchecked.file.clone(),
-                    reason: "precedes the manifest, so its digest could not be checked in one pass",
-                });
+            // Members that came before the manifest (against the OVF packaging rules) streamed
+            // by unhashed: a warning, or an error when the manifest is required.
+            let unverified: Vec<String> = m
+                .entries
+                .iter()
+                .filter(|e| !checked.contains(&e.file))
+                .map(|e| e.file.clone())
+                .collect();
+            match unverified.first() {
+                None => ManifestCheck::Verified { files: checked },
+                Some(first) if require_manifest => {
+                    return Err(Error::OvaLayout {
+                        member: first.clone(),
+                        reason: "precedes the manifest, so its digest could not be checked in one pass",
+                    });
+                }
+                Some(_) => ManifestCheck::Partial {
+                    files: checked,
+                    unverified,
+                },
             }
-            ManifestCheck::Verified { files: checked }
         }
         None if require_manifest => {
             return Err(Error::OvaIncomplete {
