@@ -398,7 +398,8 @@ fn produce_grains(
                 }
                 seq += 1;
             }
-            Some(Event::EndOfStream) => return Ok(()),
+            // Keep reading after EOS: the decoder checks that only padding follows.
+            Some(Event::EndOfStream) => {}
             Some(_) => {}
             None => {
                 let n = read_some(input, chunk, decoder.position())?;

@@ -97,6 +97,9 @@ pub enum Error {
     /// The input ended inside a record.
     #[error("stream truncated at offset {offset} ({context})")]
     Truncated { offset: u64, context: &'static str },
+    /// Non-zero bytes follow the end-of-stream marker (an all-zero sector).
+    #[error("non-zero data at offset {offset} after the end-of-stream marker")]
+    DataAfterEnd { offset: u64 },
     /// `feed` after the decoder failed or finished.
     #[error("decoder already failed or finished")]
     Finished,
@@ -294,7 +297,14 @@ impl StreamDecoder {
                 State::Record => return self.read_record(),
                 State::Footer => return self.read_footer(),
                 State::Ended => {
-                    // Bytes after EOS (tar or HTTP padding) are ignored.
+                    // Zero padding after EOS is normal (qemu pads to a cluster). Anything else
+                    // means the "EOS" was a stray zero sector inside the stream: stopping there
+                    // would silently drop the rest of the disk.
+                    if let Some(i) = self.buf.iter().position(|&b| b != 0) {
+                        return Err(Error::DataAfterEnd {
+                            offset: self.offset + i as u64,
+                        });
+                    }
                     self.offset += self.buf.len() as u64;
                     self.buf.clear();
                     return Ok(None);
@@ -780,6 +790,27 @@ pub(crate) mod tests {
             decode_all(&[0u8; 1024], 512),
             Err(Error::Header(header::Error::BadMagic { found: 0 }))
         ));
+    }
+
+    #[test]
+    fn zero_padding_after_eos_is_accepted() {
+        let mut stream = StreamBuilder::new(256)
+            .grain(0, &[1u8; 512])
+            .marker(0, MARKER_EOS);
+        stream.bytes.extend_from_slice(&[0u8; 4096]);
+        assert_eq!(grains(&decode_all(&stream.bytes, 1000).unwrap()), vec![0]);
+    }
+
+    #[test]
+    fn rejects_grain_after_stray_zero_sector() {
+        let stream = StreamBuilder::new(1024)
+            .grain(0, &[1u8; 512])
+            .marker(0, MARKER_EOS)
+            .grain(128, &[2u8; 512]);
+        assert_eq!(
+            decode_all(&stream.bytes, 512),
+            Err(Error::DataAfterEnd { offset: 2048 })
+        );
     }
 
     #[test]
