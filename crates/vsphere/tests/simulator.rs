@@ -98,6 +98,8 @@ async fn description_export_and_completed_lease_of_a_three_disk_vm() {
             "cpus": 8, "coresPerSocket": 8, "memoryMB": 4096,
             "firmware": "efi", "secureBoot": true, "vtpm": true,
             "guestId": "otherGuest64", "hwVersion": "vmx-19",
+            // A disk=false NVRAM item in the lease, as real vCenter lists: must be ignored.
+            "exportNvram": true,
             "disks": [
                 {"bus": "lsilogic", "path": disks[0].0},
                 {"bus": "sata", "path": disks[1].0},
@@ -201,6 +203,14 @@ async fn description_export_and_completed_lease_of_a_three_disk_vm() {
         records[0]["progressCalls"]["count"].as_u64().unwrap() >= 1,
         "{:?}",
         records[0]
+    );
+    let files = records[0]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 4, "3 disks and the NVRAM item: {files:?}");
+    let downloads = records[0]["downloads"].as_object().unwrap();
+    assert_eq!(
+        downloads.values().filter(|n| n.as_u64() > Some(0)).count(),
+        3,
+        "only the disks are fetched: {downloads:?}"
     );
     c.logout().await.unwrap();
 }
