@@ -220,6 +220,12 @@ pub enum DownloadError {
         /// `Content-Length`.
         expected: u64,
     },
+    /// The lease was no longer `ready` when the transfer ended, so the data is not trusted.
+    #[error("the lease was no longer ready after the transfer (state {state})")]
+    LeaseLost {
+        /// The state read (or `None` when it could not be read).
+        state: String,
+    },
     /// The sink refused the data; not retried.
     #[error("the sink for disk {disk_key} failed")]
     Sink {
@@ -715,6 +721,31 @@ impl Client {
             }
             let keepalive_failed = keepalive.failed.load(Ordering::Relaxed);
             drop(keepalive);
+
+            if failures.is_empty() && fatal.is_none() {
+                // A lease that died during the transfer (expired, aborted elsewhere) may have ended
+                // bodies early but cleanly; only data read under a live lease is trusted.
+                let state = self
+                    .lease_props(&lease, &["state"])
+                    .await
+                    .ok()
+                    .and_then(|o| o.prop("state").and_then(|v| response::lease_state(v).ok()));
+                if state != Some(LeaseState::Ready) {
+                    tracing::warn!(lease = %lease, ?state, keepalive_failed, "lease not ready after the transfer; redoing its disks");
+                    for disk in &pending {
+                        transfers.remove(&disk.key);
+                        if let Some(sink) = finished.remove(&disk.key) {
+                            sinks.insert(disk.key, sink);
+                        }
+                        failures.push((
+                            (*disk).clone(),
+                            DownloadError::LeaseLost {
+                                state: format!("{state:?}"),
+                            },
+                        ));
+                    }
+                }
+            }
 
             if failures.is_empty() && fatal.is_none() {
                 if let Err(e) = guard.complete().await {

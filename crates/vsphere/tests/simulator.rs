@@ -766,3 +766,33 @@ async fn export_throughput_single_and_parallel() {
     }
     c.logout().await.unwrap();
 }
+
+/// The counterpart of the keep-alive test: without progress calls the same short lease expires
+/// mid-transfer, and the export fails instead of returning data read under a dead lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_without_keepalive_expires_and_export_fails() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "e", 3 << 20, 51);
+    let name = unique("expire");
+    control
+        .create_vm(
+            json!({"name": name, "leaseTimeoutSeconds": 1, "disks": [{"bus": "pvscsi", "path": vmdk}]}),
+        )
+        .await;
+    let c = client().await;
+    let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
+    let sinks: BTreeMap<i32, SlowSink> = vm.disks.iter().map(|d| (d.key, SlowSink::default())).collect();
+    let options = ExportOptions {
+        max_attempts: 1,
+        keepalive_interval: Some(Duration::from_secs(3600)),
+        ..ExportOptions::default()
+    };
+    let err = c.export_vm(&vm, sinks, &options).await.unwrap_err();
+    assert!(matches!(err, vsphere::export::Error::Download { .. }), "{err:?}");
+    let records = control.leases_of(&name).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["expired"], true, "{:?}", records[0]);
+    assert_eq!(records[0]["completed"], false, "{:?}", records[0]);
+    c.logout().await.unwrap();
+}
