@@ -90,15 +90,21 @@ pub fn parse_any_response(bytes: &[u8]) -> usize {
 }
 
 #[cfg(test)]
+mod golden;
+
+#[cfg(test)]
 mod tests {
     /// Cheap deterministic fuzzing on every build: every prefix and a spread of byte flips of the
     /// recorded bodies must parse or fail cleanly, never panic.
     #[test]
     fn truncated_and_flipped_recorded_bodies_never_panic() {
-        let bodies: [&[u8]; 3] = [
+        let bodies: [&[u8]; 6] = [
             include_bytes!("../../tests/data/service_content.xml"),
             include_bytes!("../../tests/data/fault_invalid_login.xml"),
             include_bytes!("../../tests/data/vm_properties_vcsim_default.xml"),
+            include_bytes!("../../tests/data/vm_properties_lab_efi_nvme.xml"),
+            include_bytes!("../../tests/data/lease_state_info_lab.xml"),
+            include_bytes!("../../tests/data/task_info_error_lab.xml"),
         ];
         for body in bodies {
             assert!(super::parse_any_response(body) > 0);
