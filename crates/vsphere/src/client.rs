@@ -333,6 +333,10 @@ impl Client {
         &self.inner.http
     }
 
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.inner.config.connect_timeout
+    }
+
     pub(crate) async fn session_cookie(&self) -> Option<String> {
         self.inner.cookie.lock().await.clone()
     }

@@ -40,6 +40,7 @@ use crate::{
         response::{self, LeaseInfo, LeaseState},
         vm::{DeviceKey, DeviceKeyError, Disk, VmDescription},
     },
+    tls,
 };
 
 /// How often the lease state is polled while it initializes.
@@ -147,6 +148,8 @@ pub struct DiskTransfer {
     pub label: String,
     /// The lease device key it came from (last attempt).
     pub device_key: String,
+    /// How the disk URL's certificate was checked.
+    pub tls: NfcTls,
     /// Bytes received in the successful attempt.
     pub bytes: u64,
     /// Attempts it took.
@@ -314,6 +317,14 @@ pub enum Error {
         /// Its label.
         label: String,
     },
+    /// A device URL's `sslThumbprint` is not a SHA-1.
+    #[error("lease {lease}: sslThumbprint '{thumbprint}' is not a SHA-1 fingerprint")]
+    BadThumbprint {
+        /// The lease.
+        lease: MoRef,
+        /// The thumbprint as given.
+        thumbprint: String,
+    },
     /// A device URL is not a URL.
     #[error("lease {lease}: device URL '{url}' is invalid")]
     BadUrl {
@@ -435,6 +446,19 @@ struct Planned {
     disk: Disk,
     device_key: String,
     url: Url,
+    http: reqwest::Client,
+    tls: NfcTls,
+}
+
+/// How the TLS certificate of a disk URL was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NfcTls {
+    /// Same host as the SDK: the session's own TLS policy.
+    Session,
+    /// Another host (an ESXi behind vCenter): pinned to the lease's `sslThumbprint`, which came
+    /// over the verified SOAP session.
+    LeaseThumbprint,
 }
 
 impl Client {
@@ -507,6 +531,23 @@ impl Client {
         response::lease_info(info).map_err(shape)
     }
 
+    fn nfc_client(&self, lease: &MoRef, thumbprint: &str) -> Result<reqwest::Client, Error> {
+        let bad = |_| Error::BadThumbprint {
+            lease: lease.clone(),
+            thumbprint: thumbprint.chars().take(100).collect(),
+        };
+        let pin = tls::parse_sha1_thumbprint(thumbprint).map_err(bad)?;
+        let config = tls::client_config_sha1_pin(pin).map_err(bad)?;
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .connect_timeout(self.connect_timeout())
+            .build()
+            .map_err(|source| Error::Call {
+                step: "building the NFC HTTP client",
+                source: client::Error::BuildHttpClient(source),
+            })
+    }
+
     fn plan(&self, lease: &MoRef, info: &LeaseInfo, disks: &[&Disk]) -> Result<Vec<Planned>, Error> {
         let all: Vec<Disk> = disks.iter().map(|d| (*d).clone()).collect();
         let mut by_disk: BTreeMap<i32, Planned> = BTreeMap::new();
@@ -530,16 +571,25 @@ impl Client {
                     });
                 }
             };
-            let url = resolve_url(&device.url, self.sdk_url()).ok_or_else(|| Error::BadUrl {
+            let bad_url = || Error::BadUrl {
                 lease: lease.clone(),
                 url: device.url.chars().take(300).collect(),
-            })?;
+            };
+            let url = resolve_url(&device.url, self.sdk_url()).ok_or_else(bad_url)?;
+            let same_host = url.host_str() == self.sdk_url().host_str()
+                && url.port_or_known_default() == self.sdk_url().port_or_known_default();
+            let (http, tls) = match (&device.ssl_thumbprint, same_host || self.tls_insecure()) {
+                (Some(thumbprint), false) => (self.nfc_client(lease, thumbprint)?, NfcTls::LeaseThumbprint),
+                _ => (self.http().clone(), NfcTls::Session),
+            };
             by_disk.insert(
                 disk.key,
                 Planned {
                     disk: disk.clone(),
                     device_key: device.key.clone(),
                     url,
+                    http,
+                    tls,
                 },
             );
         }
@@ -676,15 +726,13 @@ impl Client {
                     });
                 };
                 *attempts_by_disk.entry(planned.disk.key).or_default() += 1;
-                let http = self.http().clone();
                 let cookie = cookie.clone();
                 let received = received.clone();
                 let idle = options.idle_timeout;
                 tasks.push(tokio::spawn(async move {
                     let mut sink = sink;
                     let started = Instant::now();
-                    let result =
-                        download(&http, &planned, cookie.as_deref(), &mut sink, received, idle).await;
+                    let result = download(&planned, cookie.as_deref(), &mut sink, received, idle).await;
                     (planned, sink, result, started.elapsed())
                 }));
             }
@@ -701,6 +749,7 @@ impl Client {
                                 disk_key: key,
                                 label: planned.disk.label.clone(),
                                 device_key: planned.device_key,
+                                tls: planned.tls,
                                 bytes,
                                 attempts: attempts_by_disk.get(&key).copied().unwrap_or(1),
                                 elapsed,
@@ -799,7 +848,6 @@ impl Client {
 }
 
 async fn download<S: DiskSink>(
-    http: &reqwest::Client,
     planned: &Planned,
     cookie: Option<&str>,
     sink: &mut S,
@@ -810,7 +858,7 @@ async fn download<S: DiskSink>(
     let disk_key = planned.disk.key;
     let sink_err = |source| DownloadError::Sink { disk_key, source };
     sink.begin().await.map_err(sink_err)?;
-    let mut request = http.get(planned.url.clone());
+    let mut request = planned.http.get(planned.url.clone());
     if let Some(cookie) = cookie {
         // Harmless for ESXi's NFC (the ticket in the path authorises) and needed by some proxies.
         request = request.header(header::COOKIE, cookie);

@@ -136,14 +136,14 @@ pub fn client_config(mode: &TlsMode) -> Result<ClientConfig, Error> {
         TlsMode::PinnedSha256(fp) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {
-                fingerprint: Some(*fp),
+                pin: Pin::Sha256(*fp),
                 provider,
             }))
             .with_no_client_auth(),
         TlsMode::Insecure => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {
-                fingerprint: None,
+                pin: Pin::Any,
                 provider,
             }))
             .with_no_client_auth(),
@@ -151,11 +151,47 @@ pub fn client_config(mode: &TlsMode) -> Result<ClientConfig, Error> {
     Ok(config)
 }
 
-/// Accepts the end-entity certificate by fingerprint (or any, when `fingerprint` is `None`), but
-/// still checks the handshake signatures so the peer must hold the certificate's key.
+/// Parses an `HttpNfcLeaseDeviceUrl.sslThumbprint` (SHA-1, `AA:BB:…`, 20 bytes).
+///
+/// # Errors
+/// [`Error::BadFingerprint`].
+pub fn parse_sha1_thumbprint(text: &str) -> Result<[u8; 20], Error> {
+    let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(&digits).map_err(|_| Error::BadFingerprint)?;
+    bytes.try_into().map_err(|_| Error::BadFingerprint)
+}
+
+/// A client configuration that accepts exactly the certificate whose SHA-1 is `thumbprint`: for
+/// ESXi NFC hosts, whose thumbprint the lease delivered over the already-verified SOAP session.
+/// SHA-1 is what vSphere hands out; a second preimage on a live certificate is not practical.
+///
+/// # Errors
+/// [`Error::Versions`] (cannot happen with ring's defaults).
+pub fn client_config_sha1_pin(thumbprint: [u8; 20]) -> Result<ClientConfig, Error> {
+    let provider = provider();
+    Ok(ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Versions)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            pin: Pin::Sha1(thumbprint),
+            provider,
+        }))
+        .with_no_client_auth())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pin {
+    Any,
+    Sha256([u8; 32]),
+    Sha1([u8; 20]),
+}
+
+/// Accepts the end-entity certificate by fingerprint (or any, for [`Pin::Any`]), but still checks
+/// the handshake signatures so the peer must hold the certificate's key.
 #[derive(Debug)]
 struct Pinned {
-    fingerprint: Option<[u8; 32]>,
+    pin: Pin,
     provider: Arc<CryptoProvider>,
 }
 
@@ -168,20 +204,23 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.fingerprint {
-            None => Ok(ServerCertVerified::assertion()),
-            Some(expected) => {
-                let actual: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-                // Not secret, so no constant-time compare needed: the certificate is public.
-                if actual == expected {
-                    Ok(ServerCertVerified::assertion())
-                } else {
-                    Err(rustls::Error::General(format!(
-                        "server certificate SHA-256 {} does not match the pinned fingerprint",
-                        fingerprint_sha256(end_entity.as_ref())
-                    )))
-                }
+        let der = end_entity.as_ref();
+        let matches = match self.pin {
+            Pin::Any => true,
+            // Certificates are public, so no constant-time compare is needed.
+            Pin::Sha256(expected) => <[u8; 32]>::from(Sha256::digest(der)) == expected,
+            Pin::Sha1(expected) => {
+                ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref()
+                    == expected.as_slice()
             }
+        };
+        if matches {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "server certificate (SHA-256 {}) does not match the pinned fingerprint",
+                fingerprint_sha256(der)
+            )))
         }
     }
 
@@ -237,6 +276,14 @@ mod tests {
         }
         assert!(TlsMode::pinned_from_hex("abcd").is_err());
         assert!(TlsMode::pinned_from_hex(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn sha1_thumbprints_parse_as_vsphere_writes_them() {
+        let text = vec!["F4"; 20].join(":");
+        assert_eq!(parse_sha1_thumbprint(&text).unwrap(), [0xf4; 20]);
+        assert!(parse_sha1_thumbprint("F4:8B").is_err());
+        assert!(client_config_sha1_pin([0; 20]).is_ok());
     }
 
     #[test]

@@ -796,3 +796,50 @@ async fn lease_without_keepalive_expires_and_export_fails() {
     assert_eq!(records[0]["completed"], false, "{:?}", records[0]);
     c.logout().await.unwrap();
 }
+
+/// Disk URLs on another host than the SDK (an ESXi behind vCenter) are checked against the lease's
+/// `sslThumbprint`: connecting as `localhost` makes the lab's `127.0.0.1` URLs "another host".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_urls_on_another_host_are_pinned_to_the_lease_thumbprint() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "h", 2 << 20, 61);
+    let name = unique("otherhost");
+    control
+        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
+        .await;
+
+    let mut config = lab::config();
+    let mut url = reqwest::Url::parse(&config.endpoint).unwrap();
+    assert_eq!(
+        url.host_str(),
+        Some("127.0.0.1"),
+        "the test assumes the lab listens on 127.0.0.1"
+    );
+    url.set_host(Some("localhost")).unwrap();
+    config.endpoint = url.to_string();
+    let c = Client::connect(config).await.unwrap();
+    let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
+    let exported = c
+        .export_vm(&vm, sinks(&vm), &ExportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        exported.report.disks[0].tls,
+        vsphere::export::NfcTls::LeaseThumbprint
+    );
+    assert_eq!(
+        exported.sinks[&vm.disks[0].key].sha256.as_deref(),
+        Some(sha256_file(&vmdk).as_str())
+    );
+    c.logout().await.unwrap();
+
+    // Same host: the session's own TLS policy.
+    let c = client().await;
+    let exported = c
+        .export_vm(&vm, sinks(&vm), &ExportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(exported.report.disks[0].tls, vsphere::export::NfcTls::Session);
+    c.logout().await.unwrap();
+}
