@@ -155,24 +155,34 @@ pub(crate) fn run(cmd: &mut Command) {
 pub(crate) fn make_vmdk(dir: &Path, name: &str, size: u64, seed: u64) -> (PathBuf, PathBuf) {
     let raw = dir.join(format!("{name}.raw"));
     let vmdk = dir.join(format!("{name}.vmdk"));
-    let mut data = vec![0u8; usize::try_from(size).unwrap()];
+    // Written 1 MiB at a time so a big test disk does not inflate the test's own peak RSS.
+    let mib = 1usize << 20;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&raw).unwrap());
     let mut state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
-    // Random 1 MiB runs at a few offsets, zeros elsewhere: both compressed grains and absent ones.
-    let mib = 1usize << 20;
-    for (i, chunk) in data.chunks_mut(mib).enumerate() {
-        if i % 3 == 1 {
-            continue;
+    let mut chunk = vec![0u8; mib];
+    let mut left = size;
+    let mut i = 0usize;
+    // Random 1 MiB runs with every third MiB left zero: both compressed grains and absent ones.
+    while left > 0 {
+        let n = usize::try_from(left.min(mib as u64)).unwrap();
+        for b in chunk[..n].iter_mut() {
+            if i % 3 == 1 {
+                *b = 0;
+            } else {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = state as u8;
+            }
         }
-        for b in chunk.iter_mut() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            *b = state as u8;
-        }
+        std::io::Write::write_all(&mut file, &chunk[..n]).unwrap();
+        left -= n as u64;
+        i += 1;
     }
-    std::fs::write(&raw, &data).unwrap();
+    std::io::Write::flush(&mut file).unwrap();
+    drop(file);
     run(Command::new("qemu-img")
         .args([
             "convert",
@@ -190,5 +200,7 @@ pub(crate) fn make_vmdk(dir: &Path, name: &str, size: u64, seed: u64) -> (PathBu
 }
 
 pub(crate) fn sha256_file(path: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
 }
