@@ -235,28 +235,24 @@ impl Client {
         let Some(folder) = folder else {
             return self.find_vm_anywhere(dc, name).await;
         };
-        let folder_segments: Vec<&str> = folder.split('/').filter(|s| !s.is_empty()).collect();
-        let folder_path = envelope::inventory_path(
-            [dc.name.as_str(), "vm"]
-                .into_iter()
-                .chain(folder_segments.iter().copied()),
-        );
-        if self.find_by_path(&folder_path).await?.is_none() {
-            return Err(Error::FolderNotFound {
-                datacenter: dc.name.clone(),
-                folder: folder.to_owned(),
-            });
+        // Walk down from the datacenter's VM folder one name at a time (FindChild), which also works
+        // for datacenters nested in folders, where `<dc>/vm/...` inventory paths do not.
+        let mut parent = dc.vm_folder.clone();
+        for segment in folder.split('/').filter(|s| !s.is_empty()) {
+            match self.find_child(&parent, segment).await? {
+                Some(child) if child.kind == "Folder" => parent = child,
+                _ => {
+                    return Err(Error::FolderNotFound {
+                        datacenter: dc.name.clone(),
+                        folder: folder.to_owned(),
+                    });
+                }
+            }
         }
-        let vm_path = envelope::inventory_path(
-            [dc.name.as_str(), "vm"]
-                .into_iter()
-                .chain(folder_segments.iter().copied())
-                .chain([name]),
-        );
-        match self.find_by_path(&vm_path).await? {
+        match self.find_child(&parent, name).await? {
             Some(moref) if moref.kind == "VirtualMachine" => Ok(moref),
             Some(moref) => Err(Error::NotAVm {
-                path: vm_path,
+                path: format!("{}/vm/{folder}/{name}", dc.name),
                 kind: moref.kind,
             }),
             None => Err(Error::VmNotFound {
@@ -267,7 +263,24 @@ impl Client {
         }
     }
 
-    async fn find_by_path(&self, path: &str) -> Result<Option<MoRef>, Error> {
+    async fn find_child(&self, parent: &MoRef, name: &str) -> Result<Option<MoRef>, Error> {
+        let request = envelope::find_child(&self.service().search_index, parent, name);
+        let body = self
+            .call(&request)
+            .await
+            .map_err(call_err("searching the inventory"))?;
+        response::optional_moref(request.method, &body).map_err(|e| Error::Call {
+            step: "searching the inventory",
+            source: e.into(),
+        })
+    }
+
+    /// `FindByInventoryPath`: the object at a `/`-separated path from the root folder (build it
+    /// with [`envelope::inventory_path`]), `None` when nothing is there.
+    ///
+    /// # Errors
+    /// [`Error::Call`].
+    pub async fn find_by_inventory_path(&self, path: &str) -> Result<Option<MoRef>, Error> {
         let request = envelope::find_by_inventory_path(&self.service().search_index, path);
         let body = self
             .call(&request)

@@ -133,6 +133,14 @@ pub fn find_by_inventory_path(search_index: &MoRef, path: &str) -> Request {
     call("FindByInventoryPath", search_index, &rest)
 }
 
+/// `FindChild(entity, name)`: one level below a folder (or datacenter), by exact name.
+pub fn find_child(search_index: &MoRef, entity: &MoRef, name: &str) -> Request {
+    let mut rest = String::new();
+    push_moref(&mut rest, "entity", entity);
+    push_text(&mut rest, "name", name);
+    call("FindChild", search_index, &rest)
+}
+
 /// Joins inventory names into a `FindByInventoryPath` path: a literal `/` inside a name is `%2f`
 /// and `%` itself is `%25`, as vSphere escapes them in inventory names.
 pub fn inventory_path<'a>(segments: impl IntoIterator<Item = &'a str>) -> String {
@@ -336,6 +344,21 @@ mod tests {
     #[test]
     fn inventory_path_escapes_slash_and_percent() {
         assert_eq!(inventory_path(["DC0", "vm", "a/b", "50%"]), "DC0/vm/a%2fb/50%25");
+    }
+
+    #[test]
+    fn find_child_names_entity_then_escaped_name() {
+        let req = find_child(
+            &MoRef::new("SearchIndex", "SearchIndex"),
+            &MoRef::new("Folder", "group-v3"),
+            "a&b",
+        );
+        assert!(
+            req.body
+                .contains(r#"<entity type="Folder">group-v3</entity><name>a&amp;b</name>"#),
+            "{}",
+            req.body
+        );
     }
 
     #[test]
