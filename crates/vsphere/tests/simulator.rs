@@ -843,3 +843,22 @@ async fn disk_urls_on_another_host_are_pinned_to_the_lease_thumbprint() {
     assert_eq!(exported.report.disks[0].tls, vsphere::export::NfcTls::Session);
     c.logout().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn non_soap_answers_and_timeouts_are_typed_errors() {
+    // The lab's control API is not SOAP and wants basic auth: a 401 page, not a fault.
+    let mut config = lab::config();
+    config.endpoint = lab().vcsim_control_url.clone();
+    let err = Client::connect(config).await.unwrap_err();
+    match &err {
+        vsphere::client::Error::HttpStatus { method, status, .. } => {
+            assert_eq!(*method, "RetrieveServiceContent");
+            assert_eq!(status.as_u16(), 401, "{err}");
+        }
+        other => panic!("expected HttpStatus, got {other:?}"),
+    }
+    let err = Client::connect(lab::config().with_call_timeout(Duration::from_micros(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, vsphere::client::Error::Timeout { .. }), "{err:?}");
+}
