@@ -82,7 +82,7 @@ pub fn cpu_topology(cpus: u32, cores_per_socket: u32) -> Result<CpuTopology, Bui
         return Err(BuildError::NoCpus);
     }
     let cores = cores_per_socket.clamp(1, cpus);
-    let (sockets, cores) = if cpus % cores == 0 {
+    let (sockets, cores) = if cpus.is_multiple_of(cores) {
         (cpus / cores, cores)
     } else {
         (cpus, 1)
