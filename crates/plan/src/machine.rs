@@ -282,6 +282,36 @@ pub enum Decision {
     Done,
 }
 
+impl Decision {
+    /// Low-cardinality PascalCase word for the Event reason, logs and the metric label of this step.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Observe(_) => "Observing",
+            Self::Wait { reason, .. } => reason,
+            Self::Validated { .. } => "PreflightPassed",
+            Self::Named(_) => "Named",
+            Self::RequestShutdown => "ShutdownRequested",
+            Self::ForcePowerOff => "PowerOffForced",
+            Self::MarkPoweredOff => "PoweredOff",
+            Self::StartExport { .. } => "ExportStarted",
+            Self::Exported => "Exported",
+            Self::SubmitImages { .. } => "ImagesSubmitting",
+            Self::ImagesSubmitted => "ImagesSubmitted",
+            Self::ImagesFailed { .. } => "ImagesFailed",
+            Self::ResubmitImages { .. } => "ImagesResubmitting",
+            Self::ImagesReady => "ImagesReady",
+            Self::CreateVirtualMachine => "VirtualMachineCreating",
+            Self::VirtualMachineCreated => "VirtualMachineCreated",
+            Self::Running => "VirtualMachineRunning",
+            Self::TidyUp => "TidyingUp",
+            Self::CleanUp => "CleaningUp",
+            Self::Finalize => "Finalizing",
+            Self::Fail(failure) => failure.reason,
+            Self::Done => "Done",
+        }
+    }
+}
+
 fn fail(terminal: Terminal, reason: &'static str, message: impl Into<String>) -> Decision {
     Decision::Fail(Failure {
         terminal,

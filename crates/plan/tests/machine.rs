@@ -823,3 +823,22 @@ fn an_unknown_phase_is_left_alone() {
         }
     );
 }
+
+#[test]
+fn decisions_name_a_pascal_case_reason() {
+    let (spec, status) = (spec(), source_ready(vec![ConditionType::VmPoweredOff]));
+    let observed = Observed {
+        export: Some(ExportFact::Failed { message: "x".into() }),
+        ..Observed::new(&spec, &status)
+    };
+    assert_eq!(next(&observed).reason(), "ExportFailed");
+    assert_eq!(Decision::StartExport { skip: vec![] }.reason(), "ExportStarted");
+    assert_eq!(
+        Decision::Wait {
+            reason: "SourceNotReady",
+            after: None
+        }
+        .reason(),
+        "SourceNotReady"
+    );
+}
