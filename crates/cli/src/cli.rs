@@ -30,7 +30,8 @@ pub(crate) enum Command {
     /// VM it describes and the manifest check.
     Inspect(InspectArgs),
     /// vSphere source tools: inspect a VM, export its disks without scratch files, assess an estate.
-    Vsphere(SourceArgs),
+    #[command(subcommand)]
+    Vsphere(crate::vsphere_cmd::VsphereCommand),
     /// OpenStack source tools: inspect a server, export its volumes and image-backed disks.
     Openstack(SourceArgs),
     /// Print the migration.harvesterhci.io CustomResourceDefinitions as YAML.

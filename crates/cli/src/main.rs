@@ -11,6 +11,7 @@ mod cli;
 mod disk;
 mod input;
 mod progress;
+mod vsphere_cmd;
 
 use std::process::ExitCode;
 
@@ -31,9 +32,9 @@ fn main() -> ExitCode {
         Command::Convert(args) => disk::convert(args),
         Command::Inspect(args) => disk::inspect(args),
         Command::Controller(_) => not_implemented("controller"),
-        Command::Vsphere(_) => not_implemented("vsphere"),
+        Command::Vsphere(command) => vsphere_cmd::run(command),
         Command::Openstack(_) => not_implemented("openstack"),
-        Command::Crds => not_implemented("crds"),
+        Command::Crds => print_crds(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,6 +51,13 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// `vm-import crds`: the migration.harvesterhci.io CRDs, exactly as checked into `deploy/crds`.
+fn print_crds() -> anyhow::Result<()> {
+    use std::io::Write;
+    std::io::stdout().lock().write_all(api::crds_yaml().as_bytes())?;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

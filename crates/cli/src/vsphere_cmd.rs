@@ -5,6 +5,7 @@
 //! insecure connection is said so on stderr and in the export report.
 
 use std::{
+    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -12,10 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use vsphere::{
-    Client, Config, Password, TlsMode,
-    convert::ImageFormat,
-    export::ExportOptions,
-    power::PowerOffMode,
+    Client, Config, Password, TlsMode, convert::ImageFormat, export::ExportOptions, power::PowerOffMode,
 };
 
 #[derive(Debug, Subcommand)]
@@ -110,12 +108,15 @@ pub(crate) fn run(command: VsphereCommand) -> anyhow::Result<()> {
 async fn connect(source: &SourceArgs) -> anyhow::Result<Client> {
     let (username, password) = credentials(source.credentials_file.as_deref())?;
     let tls = if source.insecure {
-        eprintln!("vm-import: warning: TLS verification is off (--insecure); the connection can be intercepted");
+        eprintln!(
+            "vm-import: warning: TLS verification is off (--insecure); the connection can be intercepted"
+        );
         TlsMode::Insecure
     } else if let Some(fingerprint) = &source.fingerprint {
         TlsMode::pinned_from_hex(fingerprint).context("--fingerprint is not a SHA-256 fingerprint")?
     } else if let Some(path) = &source.ca_cert {
-        let pem = std::fs::read(path).with_context(|| format!("failed to read --ca-cert {}", path.display()))?;
+        let pem =
+            std::fs::read(path).with_context(|| format!("failed to read --ca-cert {}", path.display()))?;
         TlsMode::CaBundle(pem)
     } else {
         TlsMode::SystemRoots
@@ -138,7 +139,10 @@ fn credentials(file: Option<&Path>) -> anyhow::Result<(String, Password)> {
                 .map(|(_, v)| v.trim().to_owned())
         };
         let (Some(username), Some(password)) = (value("username"), value("password")) else {
-            bail!("credentials file {} needs `username=` and `password=` lines", path.display());
+            bail!(
+                "credentials file {} needs `username=` and `password=` lines",
+                path.display()
+            );
         };
         return Ok((username, Password::new(password)));
     }
@@ -152,11 +156,15 @@ fn credentials(file: Option<&Path>) -> anyhow::Result<(String, Password)> {
 async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let source = &args.source;
     let client = connect(source).await?;
-    let described = client.inspect(&source.dc, source.folder.as_deref(), &source.vm).await;
+    let described = client
+        .inspect(&source.dc, source.folder.as_deref(), &source.vm)
+        .await;
     let logged_out = client.logout().await;
     let vm = described.with_context(|| format!("failed to describe VM {:?}", source.vm))?;
     logged_out.context("failed to log out")?;
-    println!("{}", serde_json::to_string_pretty(&vm)?);
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &vm)?;
+    writeln!(out)?;
     Ok(())
 }
 

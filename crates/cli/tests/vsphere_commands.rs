@@ -1,0 +1,93 @@
+//! `vm-import vsphere …` and `vm-import crds` as a user runs them: real binary, real lab simulator.
+
+// Test helpers outside #[test] functions fail loudly on purpose.
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Output};
+
+use test_support::Lab;
+
+fn vm_import(lab: &Lab, password: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vm-import"))
+        .args(args)
+        .env("VSPHERE_USERNAME", &lab.vsphere_username)
+        .env("VSPHERE_PASSWORD", password)
+        .output()
+        .expect("run vm-import")
+}
+
+fn source_args(lab: &Lab, vm: &str) -> Vec<String> {
+    [
+        "--endpoint",
+        &lab.vsphere_url,
+        "--dc",
+        &lab.vsphere_dc,
+        "--vm",
+        vm,
+        "--ca-cert",
+        lab.vsphere_ca_cert.to_str().expect("utf-8 path"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[test]
+fn inspect_describes_a_vm_over_verified_tls() {
+    let lab = Lab::get();
+    let mut args = vec!["vsphere".to_owned(), "inspect".to_owned()];
+    args.extend(source_args(lab, "DC0_H0_VM0"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = vm_import(lab, &lab.vsphere_password, &args);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let vm: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(vm["name"], "DC0_H0_VM0");
+    assert!(vm["disks"].as_array().is_some_and(|d| !d.is_empty()), "{vm}");
+}
+
+#[test]
+fn wrong_password_fails_without_revealing_it() {
+    let lab = Lab::get();
+    let wrong = "Wr0ng-Passw0rd-Sentinel";
+    let mut args = vec!["vsphere".to_owned(), "inspect".to_owned()];
+    args.extend(source_args(lab, "DC0_H0_VM0"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = vm_import(lab, wrong, &args);
+    assert_eq!(out.status.code(), Some(1), "a failed login is a failure, not a usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stderr.contains("InvalidLogin") || stderr.to_lowercase().contains("login"), "{stderr}");
+    assert!(!stderr.contains(wrong) && !stdout.contains(wrong), "password leaked: {stderr}");
+}
+
+#[test]
+fn unknown_vm_is_named_in_the_error() {
+    let lab = Lab::get();
+    let mut args = vec!["vsphere".to_owned(), "inspect".to_owned()];
+    args.extend(source_args(lab, "no-such-vm-42"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = vm_import(lab, &lab.vsphere_password, &args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-vm-42"));
+}
+
+#[test]
+fn crds_command_prints_the_checked_in_crds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vm-import"))
+        .arg("crds")
+        .output()
+        .expect("run vm-import crds");
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    for kind in ["VmwareSource", "OpenstackSource", "OvaSource", "VirtualMachineImport"] {
+        assert!(printed.contains(&format!("kind: {kind}")), "{kind} missing");
+    }
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
+    for entry in std::fs::read_dir(deploy).expect("deploy/crds") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read crd");
+        let name_line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("name: ") && l.contains(".migration.harvesterhci.io"))
+            .expect("CRD name line");
+        assert!(printed.contains(name_line.trim()), "{name_line} not printed");
+    }
+}
