@@ -38,7 +38,11 @@ fn inspect_describes_a_vm_over_verified_tls() {
     args.extend(source_args(lab, "DC0_H0_VM0"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = vm_import(lab, &lab.vsphere_password, &args);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let vm: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(vm["name"], "DC0_H0_VM0");
     assert!(vm["disks"].as_array().is_some_and(|d| !d.is_empty()), "{vm}");
@@ -52,11 +56,21 @@ fn wrong_password_fails_without_revealing_it() {
     args.extend(source_args(lab, "DC0_H0_VM0"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = vm_import(lab, wrong, &args);
-    assert_eq!(out.status.code(), Some(1), "a failed login is a failure, not a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed login is a failure, not a usage error"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stderr.contains("InvalidLogin") || stderr.to_lowercase().contains("login"), "{stderr}");
-    assert!(!stderr.contains(wrong) && !stdout.contains(wrong), "password leaked: {stderr}");
+    assert!(
+        stderr.contains("InvalidLogin") || stderr.to_lowercase().contains("login"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(wrong) && !stdout.contains(wrong),
+        "password leaked: {stderr}"
+    );
 }
 
 #[test]
@@ -78,7 +92,12 @@ fn crds_command_prints_the_checked_in_crds() {
         .expect("run vm-import crds");
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).expect("utf-8");
-    for kind in ["VmwareSource", "OpenstackSource", "OvaSource", "VirtualMachineImport"] {
+    for kind in [
+        "VmwareSource",
+        "OpenstackSource",
+        "OvaSource",
+        "VirtualMachineImport",
+    ] {
         assert!(printed.contains(&format!("kind: {kind}")), "{kind} missing");
     }
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
