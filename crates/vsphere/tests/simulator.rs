@@ -862,3 +862,81 @@ async fn non_soap_answers_and_timeouts_are_typed_errors() {
         .unwrap_err();
     assert!(matches!(err, vsphere::client::Error::Timeout { .. }), "{err:?}");
 }
+
+/// Records, in one shared timeline, when each disk's stream started and finished.
+#[derive(Clone)]
+struct TimelineSink {
+    disk: i32,
+    timeline: std::sync::Arc<std::sync::Mutex<Vec<(i32, &'static str)>>>,
+    started: bool,
+}
+
+impl vsphere::export::DiskSink for TimelineSink {
+    async fn begin(&mut self) -> Result<(), vsphere::export::SinkError> {
+        self.started = false;
+        Ok(())
+    }
+    async fn write(&mut self, _chunk: bytes::Bytes) -> Result<(), vsphere::export::SinkError> {
+        if !self.started {
+            self.started = true;
+            self.timeline.lock().unwrap().push((self.disk, "first-bytes"));
+        }
+        // A slow consumer: if disks were fetched one after another, the first would finish long
+        // before the second started.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<(), vsphere::export::SinkError> {
+        self.timeline.lock().unwrap().push((self.disk, "finished"));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disks_are_downloaded_concurrently() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let disks: Vec<_> = (0..3u64)
+        .map(|i| make_vmdk(dir.path(), &format!("c{i}"), 4 << 20, i + 31))
+        .collect();
+    let name = unique("concurrent");
+    control
+        .create_vm(json!({
+            "name": name,
+            "disks": disks.iter().map(|(vmdk, _)| json!({"bus": "pvscsi", "path": vmdk})).collect::<Vec<_>>()
+        }))
+        .await;
+    let c = client().await;
+    let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
+    let timeline = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sinks: BTreeMap<i32, TimelineSink> = vm
+        .disks
+        .iter()
+        .map(|d| {
+            let sink = TimelineSink {
+                disk: d.key,
+                timeline: timeline.clone(),
+                started: false,
+            };
+            (d.key, sink)
+        })
+        .collect();
+    c.export_vm(&vm, sinks, &ExportOptions::default()).await.unwrap();
+    c.logout().await.unwrap();
+
+    let events = timeline.lock().unwrap().clone();
+    let first_finish = events
+        .iter()
+        .position(|(_, e)| *e == "finished")
+        .expect("a disk finished");
+    let started_before: std::collections::BTreeSet<i32> = events[..first_finish]
+        .iter()
+        .filter(|(_, e)| *e == "first-bytes")
+        .map(|(disk, _)| *disk)
+        .collect();
+    assert_eq!(
+        started_before.len(),
+        3,
+        "every disk's transfer must be under way before the first one finishes: {events:?}"
+    );
+}
