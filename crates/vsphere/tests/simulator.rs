@@ -871,6 +871,17 @@ struct TimelineSink {
     started: bool,
 }
 
+impl TimelineSink {
+    fn record(&self, event: &'static str) {
+        // A poisoned lock means another sink panicked; that test fails anyway, keep the event.
+        let mut timeline = self
+            .timeline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        timeline.push((self.disk, event));
+    }
+}
+
 impl vsphere::export::DiskSink for TimelineSink {
     async fn begin(&mut self) -> Result<(), vsphere::export::SinkError> {
         self.started = false;
@@ -879,7 +890,7 @@ impl vsphere::export::DiskSink for TimelineSink {
     async fn write(&mut self, _chunk: bytes::Bytes) -> Result<(), vsphere::export::SinkError> {
         if !self.started {
             self.started = true;
-            self.timeline.lock().unwrap().push((self.disk, "first-bytes"));
+            self.record("first-bytes");
         }
         // A slow consumer: if disks were fetched one after another, the first would finish long
         // before the second started.
@@ -887,7 +898,7 @@ impl vsphere::export::DiskSink for TimelineSink {
         Ok(())
     }
     async fn finish(&mut self) -> Result<(), vsphere::export::SinkError> {
-        self.timeline.lock().unwrap().push((self.disk, "finished"));
+        self.record("finished");
         Ok(())
     }
 }
