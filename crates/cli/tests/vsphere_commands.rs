@@ -7,37 +7,29 @@ use std::process::{Command, Output};
 
 use test_support::Lab;
 
-fn vm_import(lab: &Lab, password: &str, args: &[&str]) -> Output {
+/// Runs `vm-import vsphere inspect` for `vm` against the lab, with `password` in the environment.
+fn inspect(lab: &Lab, password: &str, vm: &str) -> Output {
+    let ca_cert = lab.vsphere_ca_cert.to_str().expect("utf-8 path");
     Command::new(env!("CARGO_BIN_EXE_vm-import"))
-        .args(args)
+        .args([
+            "vsphere",
+            "inspect",
+            "--endpoint",
+            &lab.vsphere_url,
+            "--dc",
+            &lab.vsphere_dc,
+        ])
+        .args(["--vm", vm, "--ca-cert", ca_cert])
         .env("VSPHERE_USERNAME", &lab.vsphere_username)
         .env("VSPHERE_PASSWORD", password)
         .output()
         .expect("run vm-import")
 }
 
-fn source_args(lab: &Lab, vm: &str) -> Vec<String> {
-    [
-        "--endpoint",
-        &lab.vsphere_url,
-        "--dc",
-        &lab.vsphere_dc,
-        "--vm",
-        vm,
-        "--ca-cert",
-        lab.vsphere_ca_cert.to_str().expect("utf-8 path"),
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
 #[test]
 fn inspect_describes_a_vm_over_verified_tls() {
     let lab = Lab::get();
-    let mut args = vec!["vsphere".to_owned(), "inspect".to_owned()];
-    args.extend(source_args(lab, "DC0_H0_VM0"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = vm_import(lab, &lab.vsphere_password, &args);
+    let out = inspect(lab, &lab.vsphere_password, "DC0_H0_VM0");
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -52,10 +44,7 @@ fn inspect_describes_a_vm_over_verified_tls() {
 fn wrong_password_fails_without_revealing_it() {
     let lab = Lab::get();
     let wrong = "Wr0ng-Passw0rd-Sentinel";
-    let mut args = vec!["vsphere".to_owned(), "inspect".to_owned()];
-    args.extend(source_args(lab, "DC0_H0_VM0"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = vm_import(lab, wrong, &args);
+    let out = inspect(lab, wrong, "DC0_H0_VM0");
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -76,10 +65,7 @@ fn wrong_password_fails_without_revealing_it() {
 #[test]
 fn unknown_vm_is_named_in_the_error() {
     let lab = Lab::get();
-    let mut args = vec!["vsphere".to_owned(), "inspect".to_owned()];
-    args.extend(source_args(lab, "no-such-vm-42"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = vm_import(lab, &lab.vsphere_password, &args);
+    let out = inspect(lab, &lab.vsphere_password, "no-such-vm-42");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-vm-42"));
 }
