@@ -24,6 +24,33 @@ fn sinks(vm: &vsphere::VmDescription) -> BTreeMap<i32, HashingSink> {
     vm.disks.iter().map(|d| (d.key, HashingSink::default())).collect()
 }
 
+/// A powered-off VM with one pvscsi disk backed by a fresh streamOptimized VMDK of random content.
+struct OneDiskVm {
+    control: Control,
+    /// Keeps the VMDK (and anything a test writes next to it) alive for the test.
+    dir: tempfile::TempDir,
+    name: String,
+    vmdk: std::path::PathBuf,
+}
+
+// A fixture: failing loudly when the temp dir cannot be made is the point.
+#[allow(clippy::expect_used)]
+async fn one_disk_vm(prefix: &str, file: &str, size: u64, seed: u64) -> OneDiskVm {
+    let control = Control::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (vmdk, _raw) = make_vmdk(dir.path(), file, size, seed);
+    let name = unique(prefix);
+    control
+        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
+        .await;
+    OneDiskVm {
+        control,
+        dir,
+        name,
+        vmdk,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_with_right_and_wrong_password() {
     let ok = client().await;
@@ -217,13 +244,13 @@ async fn description_export_and_completed_lease_of_a_three_disk_vm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lease_urls_serve_the_vmdk_bytes_and_abort_is_recorded() {
-    let control = Control::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (vmdk, _) = make_vmdk(dir.path(), "a", 3 << 20, 3);
-    let name = unique("abort");
-    control
-        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
-        .await;
+    let OneDiskVm {
+        control,
+        dir: _dir,
+        name,
+        vmdk,
+        ..
+    } = one_disk_vm("abort", "a", 3 << 20, 3).await;
 
     let c = client().await;
     let dc = c.datacenter(&lab().vsphere_dc).await.unwrap();
@@ -310,13 +337,13 @@ async fn failing_export_aborts_its_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cut_connection_is_retried_with_a_fresh_lease() {
-    let control = Control::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (vmdk, _) = make_vmdk(dir.path(), "c", 8 << 20, 9);
-    let name = unique("cut");
-    control
-        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
-        .await;
+    let OneDiskVm {
+        control,
+        dir: _dir,
+        name,
+        vmdk,
+        ..
+    } = one_disk_vm("cut", "c", 8 << 20, 9).await;
     control.add_fault(200_000, 1, &name).await;
     let c = client().await;
     let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
@@ -340,13 +367,13 @@ async fn cut_connection_is_retried_with_a_fresh_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repeated_cuts_give_up_after_max_attempts_and_abort_every_lease() {
-    let control = Control::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (vmdk, _) = make_vmdk(dir.path(), "r", 4 << 20, 11);
-    let name = unique("cuts");
-    control
-        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
-        .await;
+    let OneDiskVm {
+        control,
+        dir: _dir,
+        name,
+        vmdk: _,
+        ..
+    } = one_disk_vm("cuts", "r", 4 << 20, 11).await;
     control.add_fault(100_000, 5, &name).await;
     let c = client().await;
     let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
@@ -637,13 +664,13 @@ async fn export_to_dir_decodes_streams_into_identical_images() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn export_to_dir_leaves_nothing_behind_when_it_fails() {
-    let control = Control::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (vmdk, _) = make_vmdk(dir.path(), "n", 4 << 20, 31);
-    let name = unique("nothing");
-    control
-        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
-        .await;
+    let OneDiskVm {
+        control,
+        dir,
+        name,
+        vmdk: _,
+        ..
+    } = one_disk_vm("nothing", "n", 4 << 20, 31).await;
     control.add_fault(150_000, 5, &name).await;
     let c = client().await;
     let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
@@ -801,13 +828,13 @@ async fn lease_without_keepalive_expires_and_export_fails() {
 /// `sslThumbprint`: connecting as `localhost` makes the lab's `127.0.0.1` URLs "another host".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_urls_on_another_host_are_pinned_to_the_lease_thumbprint() {
-    let control = Control::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (vmdk, _) = make_vmdk(dir.path(), "h", 2 << 20, 61);
-    let name = unique("otherhost");
-    control
-        .create_vm(json!({"name": name, "disks": [{"bus": "pvscsi", "path": vmdk}]}))
-        .await;
+    let OneDiskVm {
+        control: _,
+        dir: _dir,
+        name,
+        vmdk,
+        ..
+    } = one_disk_vm("otherhost", "h", 2 << 20, 61).await;
 
     let mut config = lab::config();
     let mut url = reqwest::Url::parse(&config.endpoint).unwrap();
