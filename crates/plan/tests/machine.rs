@@ -87,6 +87,18 @@ fn ready_facts() -> PreflightFacts {
     }
 }
 
+/// Decides with the given per-disk image facts and nothing else observed.
+fn next_with_images(
+    spec: &VirtualMachineImportSpec,
+    status: &VirtualMachineImportStatus,
+    images: &[ImageFact],
+) -> Decision {
+    next(&Observed {
+        images: Some(images),
+        ..Observed::new(spec, status)
+    })
+}
+
 fn failure(decision: Decision) -> Failure {
     match decision {
         Decision::Fail(failure) => failure,
@@ -569,17 +581,15 @@ fn exported_disks_get_images_submitted_for_those_without_one() {
         Decision::Observe(Fact::Images)
     );
     let images = [ImageFact::Pending, ImageFact::Absent];
-    let observed = Observed {
-        images: Some(&images),
-        ..Observed::new(&spec, &status)
-    };
-    assert_eq!(next(&observed), Decision::SubmitImages { disks: vec![1] });
+    assert_eq!(
+        next_with_images(&spec, &status, &images),
+        Decision::SubmitImages { disks: vec![1] }
+    );
     let images = [ImageFact::Pending, ImageFact::Pending];
-    let observed = Observed {
-        images: Some(&images),
-        ..Observed::new(&spec, &status)
-    };
-    assert_eq!(next(&observed), Decision::ImagesSubmitted);
+    assert_eq!(
+        next_with_images(&spec, &status, &images),
+        Decision::ImagesSubmitted
+    );
 }
 
 #[test]
@@ -590,11 +600,10 @@ fn image_facts_must_cover_every_disk() {
         vec![disk("a", true), disk("b", true)],
     );
     let images = [ImageFact::Ready];
-    let observed = Observed {
-        images: Some(&images),
-        ..Observed::new(&spec, &status)
-    };
-    assert_eq!(next(&observed), Decision::Observe(Fact::Images));
+    assert_eq!(
+        next_with_images(&spec, &status, &images),
+        Decision::Observe(Fact::Images)
+    );
 }
 
 #[test]
@@ -605,23 +614,15 @@ fn submitted_images_wait_until_all_are_imported() {
         vec![disk("a", true), disk("b", true)],
     );
     let images = [ImageFact::Ready, ImageFact::Pending];
-    let observed = Observed {
-        images: Some(&images),
-        ..Observed::new(&spec, &status)
-    };
     assert_eq!(
-        next(&observed),
+        next_with_images(&spec, &status, &images),
         Decision::Wait {
             reason: "ImagesImporting",
             after: None
         }
     );
     let images = [ImageFact::Ready, ImageFact::Ready];
-    let observed = Observed {
-        images: Some(&images),
-        ..Observed::new(&spec, &status)
-    };
-    assert_eq!(next(&observed), Decision::ImagesReady);
+    assert_eq!(next_with_images(&spec, &status, &images), Decision::ImagesReady);
 }
 
 #[test]
@@ -636,11 +637,10 @@ fn a_failed_image_is_acted_on_whatever_the_disk_order() {
         ([ImageFact::Pending, ImageFact::Failed { message: "x".into() }], 1),
         ([ImageFact::Failed { message: "x".into() }, ImageFact::Pending], 0),
     ] {
-        let observed = Observed {
-            images: Some(&images),
-            ..Observed::new(&spec, &status)
-        };
-        assert_eq!(next(&observed), Decision::ImagesFailed { disks: vec![failed] });
+        assert_eq!(
+            next_with_images(&spec, &status, &images),
+            Decision::ImagesFailed { disks: vec![failed] }
+        );
     }
 }
 
@@ -651,11 +651,10 @@ fn a_deleted_image_is_submitted_again() {
     status.disk_import_status[0].virtual_machine_image = "image-abcde".into();
     status.disk_import_status[0].image_submissions = Some(1);
     let images = [ImageFact::Absent];
-    let observed = Observed {
-        images: Some(&images),
-        ..Observed::new(&spec, &status)
-    };
-    assert_eq!(next(&observed), Decision::SubmitImages { disks: vec![0] });
+    assert_eq!(
+        next_with_images(&spec, &status, &images),
+        Decision::SubmitImages { disks: vec![0] }
+    );
 }
 
 #[test]
@@ -673,11 +672,10 @@ fn failed_images_are_resubmitted_with_a_new_download() {
             message: "checksum".into(),
         },
     ];
-    let observed = Observed {
-        images: Some(&images),
-        ..Observed::new(&spec, &status)
-    };
-    assert_eq!(next(&observed), Decision::ResubmitImages { disks: vec![1] });
+    assert_eq!(
+        next_with_images(&spec, &status, &images),
+        Decision::ResubmitImages { disks: vec![1] }
+    );
 }
 
 #[test]
@@ -689,11 +687,7 @@ fn images_that_keep_failing_fail_the_import() {
     let images = [ImageFact::Failed {
         message: "404".into(),
     }];
-    let observed = Observed {
-        images: Some(&images),
-        ..Observed::new(&spec, &status)
-    };
-    let f = failure(next(&observed));
+    let f = failure(next_with_images(&spec, &status, &images));
     assert_eq!(
         (f.terminal, f.reason),
         (Terminal::MigrationFailed, "ImageImportFailed")
@@ -706,11 +700,10 @@ fn image_failed_phase_without_failed_disks_goes_back_to_submitted() {
     let spec = spec();
     let status = with_disks(ImportPhase::DiskImagesFailed, vec![disk("a", true)]);
     let images = [ImageFact::Pending];
-    let observed = Observed {
-        images: Some(&images),
-        ..Observed::new(&spec, &status)
-    };
-    assert_eq!(next(&observed), Decision::ImagesSubmitted);
+    assert_eq!(
+        next_with_images(&spec, &status, &images),
+        Decision::ImagesSubmitted
+    );
 }
 
 // ---- VM creation and readiness ----
