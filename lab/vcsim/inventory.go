@@ -67,8 +67,8 @@ type NICSpec struct {
 // VMSpec is the body of POST /lab/vms and of `lab/vm create --spec`.
 type VMSpec struct {
 	Name           string `json:"name"`
-	Folder         string `json:"folder,omitempty"` // below DC0/vm, "/"-separated, created as needed
-	Host           string `json:"host,omitempty"`   // default DC0_H0
+	Folder         string `json:"folder,omitempty"` // below <datacenter>/vm, "/"-separated, created as needed
+	Host           string `json:"host,omitempty"`   // default DC0_H0 (ESX mode: the one host)
 	CPUs           int32  `json:"cpus,omitempty"`
 	CoresPerSocket int32  `json:"coresPerSocket,omitempty"`
 	MemoryMB       int64  `json:"memoryMB,omitempty"`
@@ -136,6 +136,9 @@ type NICView struct {
 	Network      string `json:"network"`
 	SwitchUUID   string `json:"switchUuid,omitempty"`
 	PortgroupKey string `json:"portgroupKey,omitempty"`
+	// OpaqueNetworkID and OpaqueNetworkType are set for a NIC on an NSX opaque network.
+	OpaqueNetworkID   string `json:"opaqueNetworkId,omitempty"`
+	OpaqueNetworkType string `json:"opaqueNetworkType,omitempty"`
 }
 
 // specError is a bad request: the control API answers 400 with its text.
@@ -213,11 +216,14 @@ func defaultIDEKey(bus int32) int32 { return 200 + bus }
 func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (VMView, error) {
 	l.vmLock.Lock()
 	defer l.vmLock.Unlock()
-	if err := validateSpec(&spec); err != nil {
+	if err := validateSpec(&spec, l.Host); err != nil {
 		return VMView{}, err
 	}
+	if l.cfg.ESX && spec.Folder != "" {
+		return VMView{}, badSpec("folder %q: a standalone ESXi has no VM folders", spec.Folder)
+	}
 	finder := find.NewFinder(l.client, false)
-	dc, err := finder.Datacenter(ctx, defaultDatacenter)
+	dc, err := finder.Datacenter(ctx, l.Datacenter)
 	if err != nil {
 		return VMView{}, fmt.Errorf("find datacenter: %w", err)
 	}
@@ -231,13 +237,13 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (VMView, error) {
 		return VMView{}, fmt.Errorf("resource pool of %s: %w", spec.Host, err)
 	}
 	if _, err := finder.VirtualMachine(ctx, spec.Name); err == nil {
-		return VMView{}, badSpec("a VM named %q already exists in %s", spec.Name, defaultDatacenter)
+		return VMView{}, badSpec("a VM named %q already exists in %s", spec.Name, l.Datacenter)
 	}
 	var changes []types.BaseVirtualDeviceConfigSpec
 	add := func(d types.BaseVirtualDevice) {
 		changes = append(changes, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: d})
 	}
-	nics, err := l.nicDevices(ctx, finder, spec.NICs)
+	nics, opaque, err := l.nicDevices(ctx, finder, spec.NICs)
 	if err != nil {
 		return VMView{}, err
 	}
@@ -319,6 +325,7 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (VMView, error) {
 	lctx.WithLock(vmObj, func() {
 		// mo.ApplyPropertyChange cannot set a *bool, and nothing waits on a VM this new: set it directly.
 		vmObj.Summary.Config.TpmPresent = types.NewBool(spec.VTPM)
+		attachOpaque(lctx, vmObj, opaque)
 		lctx.Update(vmObj, append(toolsChanges(false),
 			types.PropertyChange{Name: "guest.toolsVersionStatus2", Val: "guestToolsCurrent"}))
 	})
@@ -339,7 +346,7 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (VMView, error) {
 	return l.viewVM(ctx, ref)
 }
 
-func validateSpec(s *VMSpec) error {
+func validateSpec(s *VMSpec, defaultHost string) error {
 	if !vmNameRE.MatchString(s.Name) {
 		return badSpec("name %q must match %s", s.Name, vmNameRE)
 	}
@@ -573,30 +580,42 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
+// opaqueNIC is a NIC of a VM being created that belongs on an NSX opaque network (see attachOpaque).
+type opaqueNIC struct {
+	index   int // among the VM's ethernet cards, which keep the order of VMSpec.NICs
+	backing *types.VirtualEthernetCardOpaqueNetworkBackingInfo
+	network types.ManagedObjectReference
+}
+
+// placeholderNetwork is a standard port group both models have; opaque NICs are created on it first.
+const placeholderNetwork = "VM Network"
+
 // nicDevices resolves each NIC's network: a DistributedVirtualPortgroup gets a DVS port backing with the
-// switch UUID and portgroup key (as a real vCenter reports it), a standard Network a network backing.
-func (l *Lab) nicDevices(ctx context.Context, finder *find.Finder, specs []NICSpec) ([]types.BaseVirtualDevice, error) {
+// switch UUID and portgroup key (as a real vCenter reports it), a standard Network a network backing, and
+// an OpaqueNetwork a placeholder backing that attachOpaque replaces once the VM exists.
+func (l *Lab) nicDevices(ctx context.Context, finder *find.Finder, specs []NICSpec) ([]types.BaseVirtualDevice, []opaqueNIC, error) {
 	var out []types.BaseVirtualDevice
+	var opaque []opaqueNIC
 	for i, n := range specs {
 		where := fmt.Sprintf("nics[%d]", i)
 		if n.Network == "" {
-			return nil, badSpec("%s: network is required", where)
+			return nil, nil, badSpec("%s: network is required", where)
 		}
 		nets, err := finder.NetworkList(ctx, n.Network)
 		if err != nil || len(nets) != 1 {
-			return nil, badSpec("%s: network %q not found in %s (see GET /lab/networks)", where, n.Network, defaultDatacenter)
+			return nil, nil, badSpec("%s: network %q not found in %s (see GET /lab/networks)", where, n.Network, l.Datacenter)
 		}
 		var backing types.BaseVirtualDeviceBackingInfo
 		switch nw := nets[0].(type) {
 		case *object.DistributedVirtualPortgroup:
 			var pg mo.DistributedVirtualPortgroup
 			if err := nw.Properties(ctx, nw.Reference(), []string{"key", "config.distributedVirtualSwitch"}, &pg); err != nil {
-				return nil, fmt.Errorf("%s: read port group %s: %w", where, n.Network, err)
+				return nil, nil, fmt.Errorf("%s: read port group %s: %w", where, n.Network, err)
 			}
 			var dvs mo.DistributedVirtualSwitch
 			pc := property.DefaultCollector(l.client)
 			if err := pc.RetrieveOne(ctx, *pg.Config.DistributedVirtualSwitch, []string{"uuid"}, &dvs); err != nil {
-				return nil, fmt.Errorf("%s: read switch of %s: %w", where, n.Network, err)
+				return nil, nil, fmt.Errorf("%s: read switch of %s: %w", where, n.Network, err)
 			}
 			backing = &types.VirtualEthernetCardDistributedVirtualPortBackingInfo{
 				Port: types.DistributedVirtualSwitchPortConnection{SwitchUuid: dvs.Uuid, PortgroupKey: pg.Key},
@@ -605,8 +624,23 @@ func (l *Lab) nicDevices(ctx context.Context, finder *find.Finder, specs []NICSp
 			backing = &types.VirtualEthernetCardNetworkBackingInfo{
 				VirtualDeviceDeviceBackingInfo: types.VirtualDeviceDeviceBackingInfo{DeviceName: n.Network},
 			}
+		case *object.OpaqueNetwork:
+			var on mo.OpaqueNetwork
+			if err := nw.Properties(ctx, nw.Reference(), []string{"summary"}, &on); err != nil {
+				return nil, nil, fmt.Errorf("%s: read opaque network %s: %w", where, n.Network, err)
+			}
+			sum, ok := on.Summary.(*types.OpaqueNetworkSummary)
+			if !ok {
+				return nil, nil, fmt.Errorf("%s: opaque network %s has no opaque summary", where, n.Network)
+			}
+			opaque = append(opaque, opaqueNIC{index: i, network: nw.Reference(), backing: &types.VirtualEthernetCardOpaqueNetworkBackingInfo{
+				OpaqueNetworkId: sum.OpaqueNetworkId, OpaqueNetworkType: sum.OpaqueNetworkType,
+			}})
+			backing = &types.VirtualEthernetCardNetworkBackingInfo{
+				VirtualDeviceDeviceBackingInfo: types.VirtualDeviceDeviceBackingInfo{DeviceName: placeholderNetwork},
+			}
 		default:
-			return nil, badSpec("%s: network %q is a %T, not a standard or distributed port group", where, n.Network, nets[0])
+			return nil, nil, badSpec("%s: network %q is a %T, not a standard, distributed or opaque network", where, n.Network, nets[0])
 		}
 		card := types.VirtualEthernetCard{
 			VirtualDevice: types.VirtualDevice{Key: int32(-500 - i), Backing: backing},
@@ -615,7 +649,7 @@ func (l *Lab) nicDevices(ctx context.Context, finder *find.Finder, specs []NICSp
 		if n.MAC != "" {
 			mac, err := net.ParseMAC(n.MAC)
 			if err != nil || len(mac) != 6 {
-				return nil, badSpec("%s: mac %q is not a 6-byte MAC address", where, n.MAC)
+				return nil, nil, badSpec("%s: mac %q is not a 6-byte MAC address", where, n.MAC)
 			}
 			card.MacAddress = mac.String()
 			card.AddressType = string(types.VirtualEthernetCardMacTypeManual)
@@ -628,13 +662,62 @@ func (l *Lab) nicDevices(ctx context.Context, finder *find.Finder, specs []NICSp
 		case "vmxnet3":
 			out = append(out, &types.VirtualVmxnet3{VirtualVmxnet: types.VirtualVmxnet{VirtualEthernetCard: card}})
 		default:
-			return nil, badSpec("%s: type %q must be e1000, e1000e or vmxnet3", where, n.Type)
+			return nil, nil, badSpec("%s: type %q must be e1000, e1000e or vmxnet3", where, n.Type)
 		}
 	}
-	return out, nil
+	return out, opaque, nil
 }
 
-// ensureFolder returns DC0/vm/<folder>, creating missing levels.
+// attachOpaque gives NICs on opaque networks the backing an ESXi on an NSX N-VDS reports
+// (VirtualEthernetCardOpaqueNetworkBackingInfo with the network's id and type) and lists those networks in
+// the VM's "network". vcsim's reconfigure cannot be used for that: it turns an nsx.LogicalSwitch backing
+// into a DVS port of a matching NSX port group, which is what a VDS 7 does, not an N-VDS. Nothing waits on
+// a VM this new, so its devices are changed in place under its lock.
+func attachOpaque(ctx *simulator.Context, vm *simulator.VirtualMachine, opaque []opaqueNIC) {
+	if len(opaque) == 0 {
+		return
+	}
+	var cards []*types.VirtualEthernetCard
+	for _, d := range vm.Config.Hardware.Device {
+		if c, ok := d.(types.BaseVirtualEthernetCard); ok {
+			cards = append(cards, c.GetVirtualEthernetCard())
+		}
+	}
+	onOpaque := map[int32]types.ManagedObjectReference{}
+	for _, o := range opaque {
+		if o.index < len(cards) {
+			cards[o.index].Backing = o.backing
+			onOpaque[cards[o.index].Key] = o.network
+		}
+	}
+	var nets []types.ManagedObjectReference
+	for _, c := range cards {
+		ref, ok := onOpaque[c.Key]
+		if !ok {
+			switch b := c.Backing.(type) {
+			case *types.VirtualEthernetCardNetworkBackingInfo:
+				if b.Network != nil {
+					ref, ok = *b.Network, true
+				}
+			case *types.VirtualEthernetCardDistributedVirtualPortBackingInfo:
+				ref, ok = types.ManagedObjectReference{Type: "DistributedVirtualPortgroup", Value: b.Port.PortgroupKey}, true
+			}
+		}
+		if ok && !slices.Contains(nets, ref) {
+			nets = append(nets, ref)
+		}
+	}
+	for i := range vm.Guest.Net {
+		if ref, ok := onOpaque[vm.Guest.Net[i].DeviceConfigId]; ok {
+			if e, ok := ctx.Map.Get(ref).(mo.Entity); ok {
+				vm.Guest.Net[i].Network = e.Entity().Name
+			}
+		}
+	}
+	ctx.Update(vm, []types.PropertyChange{{Name: "network", Val: nets}})
+}
+
+// ensureFolder returns <datacenter>/vm/<folder>, creating missing levels.
 func (l *Lab) ensureFolder(ctx context.Context, dc *object.Datacenter, folder string) (*object.Folder, error) {
 	dcFolders, err := dc.Folders(ctx)
 	if err != nil {
@@ -647,7 +730,7 @@ func (l *Lab) ensureFolder(ctx context.Context, dc *object.Datacenter, folder st
 	si := object.NewSearchIndex(l.client)
 	p := dcFolders.VmFolder.InventoryPath
 	if p == "" {
-		p = "/" + defaultDatacenter + "/vm"
+		p = "/" + l.Datacenter + "/vm"
 	}
 	for _, part := range strings.Split(folder, "/") {
 		p = path.Join(p, part)
@@ -671,10 +754,10 @@ func (l *Lab) ensureFolder(ctx context.Context, dc *object.Datacenter, folder st
 	return cur, nil
 }
 
-// findVM returns the VM with the given name anywhere in DC0.
+// findVM returns the VM with the given name anywhere in the lab's datacenter.
 func (l *Lab) findVM(ctx context.Context, name string) (*object.VirtualMachine, error) {
 	finder := find.NewFinder(l.client, false)
-	dc, err := finder.Datacenter(ctx, defaultDatacenter)
+	dc, err := finder.Datacenter(ctx, l.Datacenter)
 	if err != nil {
 		return nil, err
 	}
@@ -778,6 +861,15 @@ func (l *Lab) viewVM(ctx context.Context, ref types.ManagedObjectReference) (VMV
 					if pg, ok := l.model.Map().Get(types.ManagedObjectReference{Type: "DistributedVirtualPortgroup", Value: b.Port.PortgroupKey}).(*simulator.DistributedVirtualPortgroup); ok {
 						nv.Network = pg.Name
 					}
+				case *types.VirtualEthernetCardOpaqueNetworkBackingInfo:
+					nv.OpaqueNetworkID, nv.OpaqueNetworkType = b.OpaqueNetworkId, b.OpaqueNetworkType
+					for _, e := range l.model.Map().All("OpaqueNetwork") {
+						if on, ok := e.(*mo.OpaqueNetwork); ok && on.Summary != nil {
+							if sum, ok := on.Summary.(*types.OpaqueNetworkSummary); ok && sum.OpaqueNetworkId == b.OpaqueNetworkId {
+								nv.Network = on.Name
+							}
+						}
+					}
 				}
 				v.NICs = append(v.NICs, nv)
 			}
@@ -852,6 +944,10 @@ type NetworkSpec struct {
 	Kind   string `json:"kind"`             // standard or distributed
 	VLAN   int32  `json:"vlan,omitempty"`   // 0..4094
 	Switch string `json:"switch,omitempty"` // distributed only; default DVS0
+	// OpaqueNetworkID and OpaqueNetworkType describe an opaque network (kind "opaque"); defaults: a random
+	// UUID and nsx.LogicalSwitch, as NSX-T reports its segments.
+	OpaqueNetworkID   string `json:"opaqueNetworkId,omitempty"`
+	OpaqueNetworkType string `json:"opaqueNetworkType,omitempty"`
 }
 
 // NetworkView is how GET /lab/networks reports a network.
@@ -861,9 +957,13 @@ type NetworkView struct {
 	MoID         string `json:"moid"`
 	PortgroupKey string `json:"portgroupKey,omitempty"`
 	SwitchUUID   string `json:"switchUuid,omitempty"`
+	// Set for kind "opaque".
+	OpaqueNetworkID   string `json:"opaqueNetworkId,omitempty"`
+	OpaqueNetworkType string `json:"opaqueNetworkType,omitempty"`
 }
 
-// CreateNetwork adds a standard port group on DC0_H0's vSwitch0 or a distributed port group on a DVS.
+// CreateNetwork adds a standard port group on the default host's vSwitch0, a distributed port group on a
+// DVS, or an NSX opaque network.
 func (l *Lab) CreateNetwork(ctx context.Context, spec NetworkSpec) (NetworkView, error) {
 	l.vmLock.Lock()
 	defer l.vmLock.Unlock()
@@ -874,7 +974,7 @@ func (l *Lab) CreateNetwork(ctx context.Context, spec NetworkSpec) (NetworkView,
 		return NetworkView{}, badSpec("vlan %d is outside 0..4094", spec.VLAN)
 	}
 	finder := find.NewFinder(l.client, false)
-	dc, err := finder.Datacenter(ctx, defaultDatacenter)
+	dc, err := finder.Datacenter(ctx, l.Datacenter)
 	if err != nil {
 		return NetworkView{}, err
 	}
@@ -882,9 +982,12 @@ func (l *Lab) CreateNetwork(ctx context.Context, spec NetworkSpec) (NetworkView,
 	if _, err := finder.Network(ctx, spec.Name); err == nil {
 		return NetworkView{}, badSpec("a network named %q already exists", spec.Name)
 	}
+	if spec.Kind != "opaque" && (spec.OpaqueNetworkID != "" || spec.OpaqueNetworkType != "") {
+		return NetworkView{}, badSpec("opaqueNetworkId and opaqueNetworkType are for kind opaque only")
+	}
 	switch spec.Kind {
 	case "standard", "":
-		host, err := finder.HostSystem(ctx, defaultHost)
+		host, err := finder.HostSystem(ctx, l.Host)
 		if err != nil {
 			return NetworkView{}, err
 		}
@@ -917,8 +1020,30 @@ func (l *Lab) CreateNetwork(ctx context.Context, spec NetworkSpec) (NetworkView,
 		if err != nil {
 			return NetworkView{}, fmt.Errorf("AddDVPortgroup_Task: %w", err)
 		}
+	case "opaque":
+		// Opaque networks come from NSX, not from a vSphere API call: put one straight into the model.
+		if spec.VLAN != 0 || spec.Switch != "" {
+			return NetworkView{}, badSpec("vlan and switch do not apply to an opaque network")
+		}
+		dcObj, ok := l.model.Map().Get(dc.Reference()).(*simulator.Datacenter)
+		if !ok {
+			return NetworkView{}, fmt.Errorf("datacenter %s is not in the registry", l.Datacenter)
+		}
+		folder, ok := l.model.Map().Get(dcObj.NetworkFolder).(*simulator.Folder)
+		if !ok {
+			return NetworkView{}, fmt.Errorf("network folder of %s is not in the registry", l.Datacenter)
+		}
+		summary := types.OpaqueNetworkSummary{
+			NetworkSummary:  types.NetworkSummary{Name: spec.Name},
+			OpaqueNetworkId: spec.OpaqueNetworkID, OpaqueNetworkType: spec.OpaqueNetworkType,
+		}
+		lctx := l.lockCtx()
+		lctx.WithLock(folder, func() { err = folder.AddOpaqueNetwork(lctx, summary) })
+		if err != nil {
+			return NetworkView{}, fmt.Errorf("add opaque network: %w", err)
+		}
 	default:
-		return NetworkView{}, badSpec("kind %q must be standard or distributed", spec.Kind)
+		return NetworkView{}, badSpec("kind %q must be standard, distributed or opaque", spec.Kind)
 	}
 	nets, err := l.ListNetworks(ctx)
 	if err != nil {
@@ -932,7 +1057,7 @@ func (l *Lab) CreateNetwork(ctx context.Context, spec NetworkSpec) (NetworkView,
 	return NetworkView{}, fmt.Errorf("network %s was created but is not listed", spec.Name)
 }
 
-// ListNetworks reports DC0's port groups.
+// ListNetworks reports the lab's port groups and opaque networks.
 func (l *Lab) ListNetworks(ctx context.Context) ([]NetworkView, error) {
 	out := []NetworkView{}
 	for _, e := range l.model.Map().All("Network") {
@@ -953,6 +1078,17 @@ func (l *Lab) ListNetworks(ctx context.Context) ([]NetworkView, error) {
 			if err := property.DefaultCollector(l.client).RetrieveOne(ctx, *sw, []string{"uuid"}, &dvs); err == nil {
 				v.SwitchUUID = dvs.Uuid
 			}
+		}
+		out = append(out, v)
+	}
+	for _, e := range l.model.Map().All("OpaqueNetwork") {
+		on, ok := e.(*mo.OpaqueNetwork)
+		if !ok {
+			continue
+		}
+		v := NetworkView{Name: on.Name, Kind: "opaque", MoID: on.Self.Value}
+		if sum, ok := on.Summary.(*types.OpaqueNetworkSummary); ok {
+			v.OpaqueNetworkID, v.OpaqueNetworkType = sum.OpaqueNetworkId, sum.OpaqueNetworkType
 		}
 		out = append(out, v)
 	}

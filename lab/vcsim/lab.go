@@ -24,12 +24,15 @@ import (
 )
 
 const (
-	// defaultDatacenter and defaultDatastore are what simulator.VPX() creates; the inventory tool places
+	// defaultDatastore is what both simulator.VPX() and simulator.ESX() create; the inventory tool places
 	// every lab VM there.
-	defaultDatacenter = "DC0"
-	defaultDatastore  = "LocalDS_0"
-	// defaultHost is the standalone host: its resource pool takes lab VMs unless a spec names another host.
-	defaultHost = "DC0_H0"
+	defaultDatastore = "LocalDS_0"
+	// vpxDatacenter and vpxHost are simulator.VPX()'s datacenter and standalone host: the host's resource
+	// pool takes lab VMs unless a spec names another host.
+	vpxDatacenter = "DC0"
+	vpxHost       = "DC0_H0"
+	// esxDatacenter is the one datacenter a standalone ESXi has.
+	esxDatacenter = "ha-datacenter"
 	// controlPrefix is where the lab's own HTTP API lives, next to /sdk and /nfc on the same port.
 	controlPrefix = "/lab/"
 )
@@ -47,6 +50,7 @@ type Config struct {
 	Password     string
 	LeaseTimeout time.Duration // HttpNfcLeaseInfo.leaseTimeout; whole seconds
 	NFCStarHost  bool          // device URLs say https://*/nfc/... like a lease taken directly from ESXi
+	ESX          bool          // serve a standalone ESXi (simulator.ESX()) instead of a vCenter
 }
 
 // Lab is a running simulator with the lab extensions.
@@ -60,6 +64,8 @@ type Lab struct {
 	SDKURL        *url.URL // https://127.0.0.1:PORT/sdk, without credentials
 	ControlURL    *url.URL // https://127.0.0.1:PORT/lab
 	DatastoreRoot string   // local directory backing LocalDS_0
+	Datacenter    string   // where lab VMs go: DC0, or ha-datacenter in ESX mode
+	Host          string   // the host whose resource pool takes lab VMs by default
 
 	mu     sync.Mutex
 	leases []*exportLease          // every lease ever handed out, oldest first; guarded by mu
@@ -79,7 +85,7 @@ type exportOptions struct {
 	Nvram        bool          // list the VM's NVRAM file as a non-disk device URL
 }
 
-// Start builds the VPX model and serves it.
+// Start builds the VPX (or, with cfg.ESX, the ESX) model and serves it.
 func Start(cfg Config) (*Lab, error) {
 	if cfg.Username == "" || cfg.Password == "" {
 		return nil, errors.New("both -username and -password must be non-empty (vcsim would otherwise accept any login)")
@@ -97,7 +103,10 @@ func Start(cfg Config) (*Lab, error) {
 		hexed[i] = fmt.Sprintf("%02X", b)
 	}
 
-	model := simulator.VPX()
+	model, dcName, hostName := simulator.VPX(), vpxDatacenter, vpxHost
+	if cfg.ESX {
+		model, dcName = simulator.ESX(), esxDatacenter
+	}
 	modelCreateMu.Lock()
 	err = model.Create()
 	modelCreateMu.Unlock()
@@ -145,6 +154,16 @@ func Start(cfg Config) (*Lab, error) {
 		return nil, fmt.Errorf("simulator model has no datastore %s", defaultDatastore)
 	}
 	l.DatastoreRoot = ds.Summary.Url
+	if cfg.ESX {
+		// The one host of an ESXi is named after the machine (localhost.localdomain in the model).
+		host, ok := model.Map().Any("HostSystem").(*simulator.HostSystem)
+		if !ok {
+			l.Close()
+			return nil, errors.New("ESX simulator model has no host")
+		}
+		hostName = host.Name
+	}
+	l.Datacenter, l.Host = dcName, hostName
 	return l, nil
 }
 

@@ -101,9 +101,15 @@ type harness struct {
 
 func startLab(t *testing.T, leaseTimeout time.Duration) *harness {
 	t.Helper()
+	return startLabWith(t, Config{LeaseTimeout: leaseTimeout})
+}
+
+// startLabWith starts a lab with cfg's mode settings and the test's address, certificate and credentials.
+func startLabWith(t *testing.T, cfg Config) *harness {
+	t.Helper()
 	c := makeCerts(t)
-	lab, err := Start(Config{Listen: "127.0.0.1:0", CertFile: c.certFile, KeyFile: c.keyFile,
-		Username: testUser, Password: testPassword, LeaseTimeout: leaseTimeout})
+	cfg.Listen, cfg.CertFile, cfg.KeyFile, cfg.Username, cfg.Password = "127.0.0.1:0", c.certFile, c.keyFile, testUser, testPassword
+	lab, err := Start(cfg)
 	if err != nil {
 		t.Fatalf("start lab: %v", err)
 	}
@@ -151,7 +157,7 @@ func (h *harness) createVM(spec VMSpec) VMView {
 	var e map[string]string
 	if st := h.control("POST", "/vms", spec, &v); st != http.StatusCreated {
 		h.control("POST", "/vms", spec, &e)
-		h.t.Fatalf("create VM %s: status %d", spec.Name, st)
+		h.t.Fatalf("create VM %s: status %d: %s", spec.Name, st, e["error"])
 	}
 	return v
 }
@@ -902,5 +908,116 @@ func TestDescriptorDiskCopiesExtents(t *testing.T) {
 	}
 	if got, want := sha256File(t, v.Disks[0].LocalPath), sha256File(t, desc); got != want {
 		t.Fatal("descriptor copy differs from the source")
+	}
+}
+
+func TestESXModeIsAStandaloneHostWithStarHostLeases(t *testing.T) {
+	h := startLabWith(t, Config{LeaseTimeout: 300 * time.Second, ESX: true, NFCStarHost: true})
+	ctx := context.Background()
+	if h.lab.Datacenter != "ha-datacenter" || h.lab.Host == "" {
+		t.Fatalf("ESX lab datacenter %q host %q", h.lab.Datacenter, h.lab.Host)
+	}
+	vc := h.mustLogin()
+	if about := vc.ServiceContent.About; about.ApiType != "HostAgent" {
+		t.Fatalf("apiType %q, want HostAgent", about.ApiType)
+	}
+	dir := t.TempDir()
+	d := makeVMDK(t, dir, "esx", 4, 512<<10, "streamOptimized")
+	if st := h.control("POST", "/vms", VMSpec{Name: "esx00", Folder: "f"}, nil); st != http.StatusBadRequest {
+		t.Fatalf("VM in a folder of a standalone ESXi: %d, want 400", st)
+	}
+	v := h.createVM(VMSpec{Name: "esx01", Disks: []DiskSpec{{Bus: "pvscsi", Path: d}},
+		NICs: []NICSpec{{Type: "vmxnet3", Network: "VM Network"}}})
+	if v.InventoryPath != "/ha-datacenter/vm/esx01" {
+		t.Fatalf("inventory path %q", v.InventoryPath)
+	}
+	found, err := object.NewSearchIndex(vc).FindByInventoryPath(ctx, "ha-datacenter/vm/esx01")
+	if err != nil || found == nil || found.Reference().Value != v.MoID {
+		t.Fatalf("FindByInventoryPath: %v, %v", found, err)
+	}
+	lease, err := exportVM(ctx, vc, found.Reference())
+	if err != nil {
+		t.Fatal(err)
+	}
+	li, err := lease.Wait(ctx, nil)
+	if err != nil || len(li.DeviceUrl) != 1 || !strings.HasPrefix(li.DeviceUrl[0].Url, "https://*/nfc/") {
+		t.Fatalf("lease info %+v, %v", li, err)
+	}
+	// A client puts the host it connected to in place of the star.
+	u := strings.Replace(li.DeviceUrl[0].Url, "*", h.lab.SDKURL.Host, 1)
+	resp, body, err := h.get(u, nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %v %v", u, resp, err)
+	}
+	if got := sha256.Sum256(body); hex.EncodeToString(got[:]) != sha256File(t, d) {
+		t.Fatal("disk served by the ESX lab differs from its source")
+	}
+	if err := lease.Complete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Standard port groups go on the one host; an ESXi has no distributed switch.
+	var nv NetworkView
+	if st := h.control("POST", "/networks", NetworkSpec{Name: "esx-pg", Kind: "standard"}, &nv); st != http.StatusCreated || nv.Kind != "standard" {
+		t.Fatalf("standard port group on ESX: %d %+v", st, nv)
+	}
+	if st := h.control("POST", "/networks", NetworkSpec{Name: "esx-dvpg", Kind: "distributed"}, nil); st != http.StatusBadRequest {
+		t.Fatalf("distributed port group on ESX: %d, want 400", st)
+	}
+}
+
+func TestOpaqueNetworkNICs(t *testing.T) {
+	h := startLab(t, 300*time.Second)
+	ctx := context.Background()
+	const id = "6f0c7f5e-3d3a-4c55-9b1e-0a1b2c3d4e5f"
+	var nv NetworkView
+	if st := h.control("POST", "/networks", NetworkSpec{Name: "nsx-seg-web", Kind: "opaque", OpaqueNetworkID: id}, &nv); st != http.StatusCreated {
+		t.Fatalf("create opaque network: %d", st)
+	}
+	if nv.Kind != "opaque" || nv.OpaqueNetworkID != id || nv.OpaqueNetworkType != "nsx.LogicalSwitch" || nv.MoID == "" {
+		t.Fatalf("opaque network view %+v", nv)
+	}
+	if st := h.control("POST", "/networks", NetworkSpec{Name: "pg-x", Kind: "standard", OpaqueNetworkID: id}, nil); st != http.StatusBadRequest {
+		t.Fatalf("opaque id on a standard port group: %d, want 400", st)
+	}
+	v := h.createVM(VMSpec{Name: "nsx01", NICs: []NICSpec{
+		{Type: "vmxnet3", Network: "nsx-seg-web", MAC: "00:50:56:aa:bb:11"},
+		{Type: "e1000", Network: "DC0_DVPG0", MAC: "00:50:56:aa:bb:12"},
+	}})
+	if len(v.NICs) != 2 || v.NICs[0].Network != "nsx-seg-web" || v.NICs[0].OpaqueNetworkID != id ||
+		v.NICs[0].OpaqueNetworkType != "nsx.LogicalSwitch" || v.NICs[1].Network != "DC0_DVPG0" {
+		t.Fatalf("NIC views %+v", v.NICs)
+	}
+
+	vc := h.mustLogin()
+	var vm mo.VirtualMachine
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: v.MoID}
+	if err := property.DefaultCollector(vc).RetrieveOne(ctx, ref, []string{"config.hardware.device", "network"}, &vm); err != nil {
+		t.Fatal(err)
+	}
+	nics := object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualEthernetCard)(nil))
+	b, ok := nics[0].GetVirtualDevice().Backing.(*types.VirtualEthernetCardOpaqueNetworkBackingInfo)
+	if !ok || b.OpaqueNetworkId != id || b.OpaqueNetworkType != "nsx.LogicalSwitch" {
+		t.Fatalf("first NIC backing %#v", nics[0].GetVirtualDevice().Backing)
+	}
+	if _, ok := nics[1].GetVirtualDevice().Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo); !ok {
+		t.Fatalf("second NIC backing %#v", nics[1].GetVirtualDevice().Backing)
+	}
+	want := map[string]bool{"OpaqueNetwork:" + nv.MoID: true}
+	for _, n := range vm.Network {
+		delete(want, n.Type+":"+n.Value)
+		if n.Value == "" || (n.Type == "Network") {
+			t.Fatalf("VM network list %v still has the placeholder or an empty reference", vm.Network)
+		}
+	}
+	if len(want) != 0 || len(vm.Network) != 2 {
+		t.Fatalf("VM network list %v, want the opaque network and the port group", vm.Network)
+	}
+	// A client finds the network by its id among the datacenter's networks.
+	var on mo.OpaqueNetwork
+	if err := property.DefaultCollector(vc).RetrieveOne(ctx, types.ManagedObjectReference{Type: "OpaqueNetwork", Value: nv.MoID}, []string{"name", "summary"}, &on); err != nil {
+		t.Fatal(err)
+	}
+	if sum, ok := on.Summary.(*types.OpaqueNetworkSummary); !ok || on.Name != "nsx-seg-web" || sum.OpaqueNetworkId != id {
+		t.Fatalf("opaque network %s %#v", on.Name, on.Summary)
 	}
 }

@@ -1,4 +1,4 @@
-// vcsim-lab: govmomi's vCenter simulator (VPX model) with ExportVm, realistic export leases, an inventory
+// vcsim-lab: govmomi's vCenter simulator (VPX model, or with -esx a standalone ESXi) with ExportVm, realistic export leases, an inventory
 // shaping API and transfer fault injection, for vm-import's tests. See lab/README.md for the contract.
 package main
 
@@ -25,6 +25,7 @@ type readyInfo struct {
 	PID           int    `json:"pid"`
 	DatastoreRoot string `json:"datastoreRoot"`
 	Control       string `json:"control"`
+	Datacenter    string `json:"datacenter"`
 }
 
 func main() {
@@ -50,6 +51,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	readyFile := fs.String("ready-file", "", "write {url,pid,datastoreRoot,control} JSON here once serving; required")
 	traceFile := fs.String("trace-file", "", "append every SOAP request and response to this file")
 	starHost := fs.Bool("nfc-star-host", false, "device URLs use host '*' as when leasing directly from ESXi")
+	esx := fs.Bool("esx", false, "be a standalone ESXi (datacenter ha-datacenter, apiType HostAgent) instead of a vCenter")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -75,14 +77,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 	lab, err := Start(Config{
 		Listen: *listen, CertFile: *certFile, KeyFile: *keyFile, Username: *username, Password: *password,
-		LeaseTimeout: time.Duration(*leaseTimeout) * time.Second, NFCStarHost: *starHost,
+		LeaseTimeout: time.Duration(*leaseTimeout) * time.Second, NFCStarHost: *starHost, ESX: *esx,
 	})
 	if err != nil {
 		return err
 	}
 	defer lab.Close()
 
-	info := readyInfo{URL: lab.SDKURL.String(), PID: os.Getpid(), DatastoreRoot: lab.DatastoreRoot, Control: lab.ControlURL.String()}
+	info := readyInfo{URL: lab.SDKURL.String(), PID: os.Getpid(), DatastoreRoot: lab.DatastoreRoot, Control: lab.ControlURL.String(), Datacenter: lab.Datacenter}
 	if err := writeFileAtomic(*readyFile, info); err != nil {
 		return err
 	}
