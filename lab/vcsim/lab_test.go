@@ -840,6 +840,10 @@ func TestLabVMScript(t *testing.T) {
 	if out, err := labVM("network", "create", "sh-pg", "--distributed", "--vlan", "12"); err != nil || !strings.Contains(out, "dvportgroup-") {
 		t.Fatalf("network create: %v %s", err, out)
 	}
+	if out, err := labVM("network", "create", "sh-nsx", "--opaque", "--opaque-id", "ls-42"); err != nil ||
+		!strings.Contains(out, `"opaqueNetworkId": "ls-42"`) || !strings.Contains(out, "nsx.LogicalSwitch") {
+		t.Fatalf("opaque network create: %v %s", err, out)
+	}
 	if out, err := labVM("leases", "--json"); err != nil || strings.TrimSpace(out) != "[]" {
 		t.Fatalf("leases: %v %q", err, out)
 	}
