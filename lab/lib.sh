@@ -17,6 +17,7 @@ lab_bin() {
   case $1 in
     kube-apiserver|kubectl) echo "$LAB_CACHE/bin/$1-v$K8S_VERSION" ;;
     etcd) echo "$LAB_CACHE/bin/etcd-v$ETCD_VERSION" ;;
+    helm) echo "$LAB_CACHE/bin/helm-v$HELM_VERSION" ;;
     vcsim-lab) echo "$LAB_CACHE/bin/vcsim-lab-v$GOVMOMI_VERSION-$(vcsim_source_hash)" ;;
     *) die "no lab binary named '$1'" ;;
   esac
