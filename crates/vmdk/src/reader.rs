@@ -378,18 +378,35 @@ impl<R: Read + Seek> SparseExtent<R> {
         Ok(GrainLocation::Sector(sector))
     }
 
-    /// Reads bytes at `offset` within the extent into `buf`, not crossing a grain boundary.
+    /// Reads bytes at `offset` within the extent into `buf`, up to the end of its grain or, for
+    /// uncompressed grains stored one after the other in the file, of that run of grains.
     /// Returns the number of bytes produced.
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
         let grain_bytes = self.header.grain_bytes();
         let grain = offset / grain_bytes;
         let within = offset % grain_bytes;
-        let n = (buf.len() as u64).min(grain_bytes - within) as usize;
-        let out = &mut buf[..n];
+        let mut n = (buf.len() as u64).min(grain_bytes - within) as usize;
         match self.locate(grain)? {
-            GrainLocation::Unallocated => out.fill(0),
+            GrainLocation::Unallocated => buf[..n].fill(0),
             GrainLocation::Sector(sector) => match self.header.compression {
                 Compression::None => {
+                    // qemu-img and VMware allocate grains in order, so one read usually covers a
+                    // whole request instead of one read per grain.
+                    let mut next = grain + 1;
+                    while n < buf.len() {
+                        let Some(contiguous) = (next - grain)
+                            .checked_mul(self.header.grain_sectors)
+                            .and_then(|d| d.checked_add(sector))
+                        else {
+                            break;
+                        };
+                        if self.locate(next)? != GrainLocation::Sector(contiguous) {
+                            break;
+                        }
+                        n += (buf.len() - n).min(grain_bytes as usize);
+                        next += 1;
+                    }
+                    let out = &mut buf[..n];
                     let at = sector * SECTOR_SIZE + within;
                     let available = self.file_len.saturating_sub(at).min(n as u64) as usize;
                     read_at(&mut self.file, &self.name, "grain", at, &mut out[..available])?;
@@ -397,7 +414,7 @@ impl<R: Read + Seek> SparseExtent<R> {
                 }
                 Compression::Deflate => {
                     self.inflate(grain, sector)?;
-                    out.copy_from_slice(&self.grain_buf[within as usize..within as usize + n]);
+                    buf[..n].copy_from_slice(&self.grain_buf[within as usize..within as usize + n]);
                 }
             },
         }
@@ -746,8 +763,9 @@ impl<R: Read + Seek> VmdkReader<R> {
         }
     }
 
-    /// Reads at `offset` into `buf`; returns the bytes produced (0 at the end). A read stops at
-    /// grain and extent boundaries, so callers loop.
+    /// Reads at `offset` into `buf`; returns the bytes produced (0 at the end). A read may stop
+    /// early (at an extent boundary, or a grain stored apart from the previous one), so callers
+    /// loop.
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
         let Some(i) = self.extent_index(offset) else {
             return Ok(0);
@@ -808,8 +826,9 @@ mod tests {
     }
 
     /// monolithicSparse: header, GD at sector 1, one GT at sector 2..6, grain at sector 8.
-    fn sparse_image() -> Vec<u8> {
-        let raw = RawSparseHeader {
+    /// An uncompressed hosted sparse header: 128-sector grains, GD at sector 1, GT at sector 2.
+    fn sparse_header() -> RawSparseHeader {
+        RawSparseHeader {
             magic: MAGIC,
             version: 1,
             flags: FLAG_VALID_NEWLINE_TEST,
@@ -824,8 +843,11 @@ mod tests {
             unclean_shutdown: 0,
             newline_check: *b"\n \r\n",
             compress_algorithm: 0,
-        };
-        let mut img = raw.to_bytes().to_vec();
+        }
+    }
+
+    fn sparse_image() -> Vec<u8> {
+        let mut img = sparse_header().to_bytes().to_vec();
         img.resize(8 * 512 + 65536, 0);
         img[512..516].copy_from_slice(&2u32.to_le_bytes());
         // GT entry 1 (second grain) → sector 8.
@@ -857,6 +879,34 @@ mod tests {
                 len: 65536
             }
         );
+    }
+
+    #[test]
+    fn grains_stored_one_after_the_other_are_read_at_once() {
+        let mut img = RawSparseHeader {
+            capacity: 512,
+            ..sparse_header()
+        }
+        .to_bytes()
+        .to_vec();
+        // Grains 0 and 1 follow each other in the file; 3 is stored before 2.
+        let sectors = [8u32, 136, 392, 264];
+        img.resize(520 * 512, 0);
+        img[512..516].copy_from_slice(&2u32.to_le_bytes());
+        for (grain, sector) in sectors.iter().enumerate() {
+            let entry = 1024 + grain * 4;
+            img[entry..entry + 4].copy_from_slice(&sector.to_le_bytes());
+            let at = *sector as usize * 512;
+            img[at..at + 65536].fill(grain as u8 + 1);
+        }
+        let mut r = VmdkReader::open(Cursor::new(img), "x.vmdk", &mut no_extents).unwrap();
+        let mut buf = vec![0u8; 4 * 65536];
+        assert_eq!(r.read_at(0, &mut buf).unwrap(), 2 * 65536);
+        assert_eq!(r.read_at(2 * 65536, &mut buf[2 * 65536..]).unwrap(), 65536);
+        assert_eq!(r.read_at(3 * 65536, &mut buf[3 * 65536..]).unwrap(), 65536);
+        for (grain, chunk) in buf.chunks(65536).enumerate() {
+            assert!(chunk.iter().all(|&b| b == grain as u8 + 1), "grain {grain}");
+        }
     }
 
     #[test]
