@@ -1,17 +1,22 @@
 //! The conversion pipeline: a producer (stream decoder or random-access reader) feeds blocks of
 //! logical disk content through an optional pool of inflate workers to one ordered consumer that
-//! hashes the content (SHA-256, zeros included, in order), reports progress and writes the sink.
+//! writes the sink and reports progress, and hands every block to a hasher thread that computes
+//! the SHA-256 of the logical content (zeros included, in order).
 //!
 //! ```text
-//!  input ─► producer ──(work, bounded)──► inflate workers ×N ──(blocks, bounded)──► consumer ─► sink
-//!              ▲                                                                      │
-//!              └───────────────────── credits (MAX_IN_FLIGHT) ◄───────────────────────┘
+//!  input ─► producer ──(work)──► inflate workers ×N ──(blocks)──► ordered consumer ─► sink
+//!              ▲                                                   │
+//!              │                                                   └──(Arc blocks)──► hasher
+//!              └──── credits (MAX_IN_FLIGHT), returned by whichever of consumer and hasher
+//!                    lets go of a block last
 //! ```
 //!
+//! SHA-256 runs at ~1.5 GB/s per core and cannot be split, so it gets a thread of its own that
+//! waits for nothing but the next block; reading, inflating and writing share the other core.
 //! Memory is bounded by [`MAX_IN_FLIGHT`] blocks whatever the disk size: the producer takes a
-//! credit before emitting a block and the consumer returns it once the block is written, so
-//! out-of-order results waiting for a slow grain cannot pile up. All code here is synchronous; an
-//! async caller runs a whole conversion inside one `spawn_blocking`.
+//! credit before emitting a block and gets it back only once the block is both written and
+//! hashed, so out-of-order results waiting for a slow grain cannot pile up. All code here is
+//! synchronous; an async caller runs a whole conversion inside one `spawn_blocking`.
 
 use std::{
     collections::BTreeMap,
@@ -30,7 +35,7 @@ use vmdk::{Event, GrainInflater, StreamDecoder};
 
 use crate::{
     Error,
-    sink::{ConcurrentWriter, Output, Sink, ZEROS},
+    sink::{Output, Sink, ZEROS},
 };
 
 /// Blocks in flight between producer and consumer. With 64 KiB grains this is at most ~8 MiB of
@@ -162,8 +167,6 @@ pub(crate) struct Block {
     seq: u64,
     offset: u64,
     data: Vec<u8>,
-    /// Already written through the sink's concurrent writer; the consumer only hashes it.
-    written: bool,
 }
 
 struct Work {
@@ -173,10 +176,71 @@ struct Work {
     compressed: Vec<u8>,
 }
 
-/// The ordered consumer: hash, progress, sink.
+/// A block shared by the ordered consumer (which writes it) and the hasher; whichever lets go
+/// last recycles the buffer and returns the producer's credit.
+struct Shared {
+    offset: u64,
+    data: Arc<Vec<u8>>,
+}
+
+/// Gives a block's buffer back to the pool and its credit to the producer, if no one else still
+/// holds it.
+fn release(data: Arc<Vec<u8>>, pool: &Pool, credits: &Sender<()>) {
+    if let Some(buf) = Arc::into_inner(data) {
+        pool.put(buf);
+        // The producer may have stopped; a missing receiver is fine.
+        let _ = credits.send(());
+    }
+}
+
+/// SHA-256 of the logical content, in order, zeros included, on its own thread: at 1.5 GB/s per
+/// core it is the longest sequential chain of a conversion, so nothing else may wait for it and
+/// it waits for nothing but the next block. Gaps are hashed from the static [`ZEROS`].
+struct Hasher {
+    hasher: Sha256,
+    pos: u64,
+}
+
+enum HashMsg {
+    Block(Shared),
+    /// The logical size: hash the trailing zeros up to it and stop.
+    End(u64),
+}
+
+impl Hasher {
+    fn zeros_to(&mut self, end: u64) {
+        while self.pos < end {
+            let n = (end - self.pos).min(ZEROS.len() as u64) as usize;
+            self.hasher.update(&ZEROS[..n]);
+            self.pos += n as u64;
+        }
+    }
+
+    /// Hashes every block it receives up to [`HashMsg::End`]. A pipeline that stops earlier has
+    /// failed, and its error is the outcome, not this digest.
+    fn run(mut self, blocks: &Receiver<HashMsg>, pool: &Pool, credits: &Sender<()>) -> String {
+        for msg in blocks {
+            match msg {
+                HashMsg::Block(block) => {
+                    self.zeros_to(block.offset);
+                    self.hasher.update(&block.data[..]);
+                    self.pos = block.offset + block.data.len() as u64;
+                    release(block.data, pool, credits);
+                }
+                HashMsg::End(size) => {
+                    self.zeros_to(size);
+                    break;
+                }
+            }
+        }
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+/// The ordered consumer: puts blocks back in order, hands each to the hasher, writes the sink,
+/// reports progress.
 pub(crate) struct Consumer {
     sink: Box<dyn Sink>,
-    hasher: Sha256,
     pos: u64,
     virtual_size: Option<u64>,
     progress: Option<ProgressFn>,
@@ -193,7 +257,6 @@ impl Consumer {
     ) -> Self {
         Self {
             sink,
-            hasher: Sha256::new(),
             pos: 0,
             virtual_size,
             progress,
@@ -202,58 +265,58 @@ impl Consumer {
         }
     }
 
-    fn hash_zeros_to(&mut self, end: u64) {
-        while self.pos < end {
-            let n = (end - self.pos).min(ZEROS.len() as u64) as usize;
-            self.hasher.update(&ZEROS[..n]);
-            self.pos += n as u64;
-        }
-    }
-
-    fn block(&mut self, offset: u64, data: &[u8], written: bool) -> Result<(), Error> {
-        self.hash_zeros_to(offset);
-        self.hasher.update(data);
-        if !written {
-            self.sink.write_block(offset, data).map_err(Error::Sink)?;
-        }
-        self.pos = offset + data.len() as u64;
-        if let Some(progress) = &self.progress {
-            progress(&Progress {
-                bytes_read: self.bytes_read.load(Ordering::Relaxed),
-                position: self.pos,
-                virtual_size: self.virtual_size,
-            });
-        }
-        Ok(())
-    }
-
-    /// Processes blocks in sequence order, returning a credit for each.
+    /// Processes blocks in sequence order.
     fn run_ordered(
-        mut self,
-        done: Receiver<Result<Block, Error>>,
-        credits: Sender<()>,
-    ) -> Result<Self, Error> {
+        &mut self,
+        done: &Receiver<Result<Block, Error>>,
+        hash: &Sender<HashMsg>,
+        credits: &Sender<()>,
+    ) -> Result<(), Error> {
         let mut pending = BTreeMap::new();
         let mut next = 0u64;
         for item in done {
             let block = item?;
             pending.insert(block.seq, block);
             while let Some(block) = pending.remove(&next) {
-                self.block(block.offset, &block.data, block.written)?;
-                self.pool.put(block.data);
+                let offset = block.offset;
+                let data = Arc::new(block.data);
+                // The hasher only stops early when the pipeline is failing anyway.
+                let _ = hash.send(HashMsg::Block(Shared {
+                    offset,
+                    data: data.clone(),
+                }));
+                self.sink.write_block(offset, &data).map_err(Error::Sink)?;
+                self.pos = offset + data.len() as u64;
+                release(data, &self.pool, credits);
+                if let Some(progress) = &self.progress {
+                    progress(&Progress {
+                        bytes_read: self.bytes_read.load(Ordering::Relaxed),
+                        position: self.pos,
+                        virtual_size: self.virtual_size,
+                    });
+                }
                 next += 1;
-                // The producer may have stopped; a missing receiver is fine.
-                let _ = credits.send(());
             }
         }
-        Ok(self)
+        Ok(())
     }
 
-    /// Hashes the trailing zeros, finishes the sink and builds the report.
-    pub(crate) fn finish(mut self, format: &str, started: Instant, sync: bool) -> Result<Report, Error> {
+    /// Finishes the sink (while the hasher hashes the trailing zeros) and builds the report.
+    fn finish(
+        self,
+        hash: Sender<HashMsg>,
+        hasher: thread::ScopedJoinHandle<'_, String>,
+        format: &str,
+        started: Instant,
+        sync: bool,
+    ) -> Result<Report, Error> {
         let virtual_size = self.virtual_size.unwrap_or(self.pos);
-        self.hash_zeros_to(virtual_size);
+        let _ = hash.send(HashMsg::End(virtual_size));
+        drop(hash);
         let bytes_written = self.sink.finish(virtual_size, sync).map_err(Error::Sink)?;
+        let sha256 = hasher
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let bytes_read = self.bytes_read.load(Ordering::Relaxed);
         if let Some(progress) = &self.progress {
             progress(&Progress {
@@ -267,15 +330,21 @@ impl Consumer {
             virtual_size,
             bytes_read,
             bytes_written,
-            sha256: hex::encode(self.hasher.finalize()),
+            sha256,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
 }
 
-/// Runs `produce` on the calling thread and the consumer on a helper thread, connected by the
-/// credit-bounded block channel; `workers` extra threads may be spawned by `produce` itself.
-fn run_with_consumer<P>(consumer: Consumer, in_flight: usize, produce: P) -> Result<Consumer, Error>
+/// Runs `produce` on the calling thread, the ordered consumer and the hasher on helper threads,
+/// connected by the credit-bounded block channel (`workers` extra threads may be spawned by
+/// `produce` itself); then finishes the sink and returns the report.
+fn run_pipeline<P>(
+    mut consumer: Consumer,
+    in_flight: usize,
+    (format, started, sync): (&str, Instant, bool),
+    produce: P,
+) -> Result<Report, Error>
 where
     P: FnOnce(&Sender<Result<Block, Error>>, &Receiver<()>) -> Result<(), Error>,
 {
@@ -285,19 +354,36 @@ where
         // The receiver is alive and the channel has room for exactly this many.
         let _ = credit_tx.send(());
     }
+    // Room for every block in flight, so the consumer never waits for the hasher.
+    let (hash_tx, hash_rx) = bounded::<HashMsg>(in_flight + 1);
     thread::scope(|scope| {
-        let consumer = thread::Builder::new()
-            .name("diskconv-writer".into())
-            .spawn_scoped(scope, move || consumer.run_ordered(done_rx, credit_tx))
+        let hasher = Hasher {
+            hasher: Sha256::new(),
+            pos: 0,
+        };
+        let (pool, credits) = (consumer.pool.clone(), credit_tx.clone());
+        let hasher = thread::Builder::new()
+            .name("diskconv-sha256".into())
+            .spawn_scoped(scope, move || hasher.run(&hash_rx, &pool, &credits))
             .map_err(Error::Spawn)?;
+        let ordered = {
+            let hash_tx = hash_tx.clone();
+            thread::Builder::new()
+                .name("diskconv-writer".into())
+                .spawn_scoped(scope, move || {
+                    let result = consumer.run_ordered(&done_rx, &hash_tx, &credit_tx);
+                    result.map(|()| consumer)
+                })
+                .map_err(Error::Spawn)?
+        };
         let produced = produce(&done_tx, &credit_rx);
         drop(done_tx);
         drop(credit_rx);
-        let consumed = consumer
+        let consumed = ordered
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         produced?;
-        consumed
+        consumed?.finish(hash_tx, hasher, format, started, sync)
     })
 }
 
@@ -329,30 +415,22 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
     let virtual_size = header.capacity_bytes();
     let grain_bytes = header.grain_bytes() as usize;
     let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
-    let writer = sink.concurrent();
     let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), count);
     let pool = consumer.pool.clone();
     let zpool = Pool::new();
     let threads = opts.threads.max(1);
-    let consumer = run_with_consumer(consumer, MAX_IN_FLIGHT, |done, credits| {
+    let timing = ("vmdk-streamOptimized", started, opts.sync);
+    run_pipeline(consumer, MAX_IN_FLIGHT, timing, |done, credits| {
         thread::scope(|scope| {
             let (work_tx, work_rx) = bounded::<Work>(MAX_IN_FLIGHT);
             for i in 0..threads {
                 let rx = work_rx.clone();
                 let tx = done.clone();
-                let writer = writer.clone();
                 let (pool, zpool) = (pool.clone(), zpool.clone());
                 thread::Builder::new()
                     .name(format!("diskconv-inflate-{i}"))
                     .spawn_scoped(scope, move || {
-                        inflate_worker(
-                            &rx,
-                            &tx,
-                            writer.as_deref(),
-                            (&pool, &zpool),
-                            grain_bytes,
-                            virtual_size,
-                        )
+                        inflate_worker(&rx, &tx, (&pool, &zpool), grain_bytes, virtual_size)
                     })
                     .map_err(Error::Spawn)?;
             }
@@ -361,8 +439,7 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
             drop(work_tx);
             result
         })
-    })?;
-    consumer.finish("vmdk-streamOptimized", started, opts.sync)
+    })
 }
 
 fn produce_grains(
@@ -413,12 +490,11 @@ fn produce_grains(
     }
 }
 
-/// Inflates grains; when the sink takes concurrent writes, also writes them, so that the ordered
-/// consumer only hashes.
+/// Inflates grains. Writing stays with the one ordered consumer: two threads writing one file
+/// contend for its inode lock, and the kernel spins on it (5 % of all CPU time when measured).
 fn inflate_worker(
     work: &Receiver<Work>,
     done: &Sender<Result<Block, Error>>,
-    writer: Option<&dyn ConcurrentWriter>,
     (pool, zpool): (&Pool, &Pool),
     grain_bytes: usize,
     virtual_size: u64,
@@ -438,15 +514,11 @@ fn inflate_worker(
             Ok(n) => {
                 data[n..].fill(0);
                 data.truncate(len);
-                match writer.map(|w| w.write_block(offset, &data)) {
-                    Some(Err(e)) => Err(Error::Sink(e)),
-                    written => Ok(Block {
-                        seq: item.seq,
-                        offset,
-                        data,
-                        written: written.is_some(),
-                    }),
-                }
+                Ok(Block {
+                    seq: item.seq,
+                    offset,
+                    data,
+                })
             }
             Err(source) => Err(Error::Inflate {
                 offset: item.record_offset,
@@ -483,7 +555,6 @@ pub(crate) fn convert_random(
     let started = Instant::now();
     let virtual_size = source.size();
     let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
-    let writer = sink.concurrent();
     let consumer = Consumer::new(
         sink,
         Some(virtual_size),
@@ -491,58 +562,57 @@ pub(crate) fn convert_random(
         bytes_read.clone(),
     );
     let pool = consumer.pool.clone();
-    let consumer = run_with_consumer(consumer, MAX_IN_FLIGHT_LARGE, |done, credits| {
-        let mut offset = 0u64;
-        let mut seq = 0u64;
-        while offset < virtual_size {
-            let (allocated, len) = source.segment(offset)?;
-            if len == 0 {
-                break;
-            }
-            if !allocated {
-                offset += len;
-                continue;
-            }
-            let start = offset;
-            let mut data = pool.take();
-            data.clear();
-            let (mut allocated, mut len) = (allocated, len);
-            while allocated && len > 0 && data.len() < RANDOM_BLOCK {
-                let n = len.min((RANDOM_BLOCK - data.len()) as u64) as usize;
-                let at = data.len();
-                data.resize(at + n, 0);
-                source.read_exact_at(offset, &mut data[at..])?;
-                bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-                offset += n as u64;
-                if offset >= virtual_size || data.len() >= RANDOM_BLOCK {
+    run_pipeline(
+        consumer,
+        MAX_IN_FLIGHT_LARGE,
+        (format, started, opts.sync),
+        |done, credits| {
+            let mut offset = 0u64;
+            let mut seq = 0u64;
+            while offset < virtual_size {
+                let (allocated, len) = source.segment(offset)?;
+                if len == 0 {
                     break;
                 }
-                (allocated, len) = source.segment(offset)?;
+                if !allocated {
+                    offset += len;
+                    continue;
+                }
+                // The allocated run first (up to one block), then one read for all of it: the
+                // reader turns grains stored one after the other into a single large read.
+                let start = offset;
+                let limit = virtual_size.min(start + RANDOM_BLOCK as u64);
+                let (mut allocated, mut len) = (allocated, len);
+                while allocated && len > 0 && offset < limit {
+                    offset = offset.saturating_add(len).min(limit);
+                    if offset < limit {
+                        (allocated, len) = source.segment(offset)?;
+                    }
+                }
+                let n = (offset - start) as usize;
+                // Pooled buffers keep their length: no memset of a buffer about to be overwritten.
+                let mut data = pool.take();
+                data.resize(RANDOM_BLOCK, 0);
+                data.truncate(n);
+                source.read_exact_at(start, &mut data)?;
+                bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                // Reading, writing and hashing each get a thread: three stages over two cores.
+                if credits.recv().is_err()
+                    || done
+                        .send(Ok(Block {
+                            seq,
+                            offset: start,
+                            data,
+                        }))
+                        .is_err()
+                {
+                    return Ok(());
+                }
+                seq += 1;
             }
-            if credits.recv().is_err() {
-                return Ok(());
-            }
-            // The producer writes and the consumer hashes: two cores busy on one input.
-            if let Some(w) = &writer {
-                w.write_block(start, &data).map_err(Error::Sink)?;
-            }
-            let written = writer.is_some();
-            if done
-                .send(Ok(Block {
-                    seq,
-                    offset: start,
-                    data,
-                    written,
-                }))
-                .is_err()
-            {
-                return Ok(());
-            }
-            seq += 1;
-        }
-        Ok(())
-    })?;
-    consumer.finish(format, started, opts.sync)
+            Ok(())
+        },
+    )
 }
 
 /// Converts raw bytes read sequentially (a pipe): the virtual size is whatever length arrives.
@@ -556,39 +626,34 @@ pub(crate) fn convert_raw_stream(input: impl Read, output: Output, opts: &Option
     let sink = output.open(None).map_err(Error::Sink)?;
     let consumer = Consumer::new(sink, None, opts.progress.clone(), count);
     let pool = consumer.pool.clone();
-    let consumer = run_with_consumer(consumer, MAX_IN_FLIGHT_LARGE, |done, credits| {
-        let mut offset = 0u64;
-        let mut seq = 0u64;
-        loop {
-            let mut data = pool.take();
-            data.resize(RANDOM_BLOCK, 0);
-            let mut filled = 0;
-            while filled < data.len() {
-                let n = read_some(&mut input, &mut data[filled..], offset + filled as u64)?;
-                if n == 0 {
-                    break;
+    run_pipeline(
+        consumer,
+        MAX_IN_FLIGHT_LARGE,
+        ("raw", started, opts.sync),
+        |done, credits| {
+            let mut offset = 0u64;
+            let mut seq = 0u64;
+            loop {
+                let mut data = pool.take();
+                data.resize(RANDOM_BLOCK, 0);
+                let mut filled = 0;
+                while filled < data.len() {
+                    let n = read_some(&mut input, &mut data[filled..], offset + filled as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
                 }
-                filled += n;
+                if filled == 0 {
+                    return Ok(());
+                }
+                data.truncate(filled);
+                if credits.recv().is_err() || done.send(Ok(Block { seq, offset, data })).is_err() {
+                    return Ok(());
+                }
+                offset += filled as u64;
+                seq += 1;
             }
-            if filled == 0 {
-                return Ok(());
-            }
-            data.truncate(filled);
-            if credits.recv().is_err()
-                || done
-                    .send(Ok(Block {
-                        seq,
-                        offset,
-                        data,
-                        written: false,
-                    }))
-                    .is_err()
-            {
-                return Ok(());
-            }
-            offset += filled as u64;
-            seq += 1;
-        }
-    })?;
-    consumer.finish("raw", started, opts.sync)
+        },
+    )
 }

@@ -10,10 +10,6 @@ use std::{
     io::{self, Seek, Write},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
 };
 
 /// Zero runs of at least this many bytes (aligned) become holes in a sparse RAW file: the file
@@ -63,18 +59,6 @@ pub trait Sink: Send {
     /// Ends the disk at `virtual_size` bytes (and syncs it to stable storage when `sync`);
     /// returns the bytes physically written.
     fn finish(self: Box<Self>, virtual_size: u64, sync: bool) -> Result<u64, Error>;
-    /// A writer usable from several threads at once, when the sink can take blocks in any order
-    /// (a sparse file can: `pwrite` at the block's offset). Blocks written through it must not be
-    /// passed to [`Sink::write_block`] again.
-    fn concurrent(&self) -> Option<Arc<dyn ConcurrentWriter>> {
-        None
-    }
-}
-
-/// Writes blocks at any offset, from any thread.
-pub trait ConcurrentWriter: Send + Sync {
-    /// Same contract as [`Sink::write_block`] except for the order.
-    fn write_block(&self, offset: u64, data: &[u8]) -> Result<(), Error>;
 }
 
 /// What to write and where; opened once the virtual size is known.
@@ -155,50 +139,38 @@ pub(crate) fn for_each_nonzero_run(
 }
 
 /// Sparse RAW file: non-zero runs are written with `pwrite`, zero runs stay holes, the length is
-/// set at the end. Blocks may arrive from several threads in any order.
+/// set at the end. One thread writes: concurrent writers of one file only contend for its inode
+/// lock.
 #[derive(Debug)]
 pub struct SparseFileSink {
-    shared: Arc<SharedFile>,
-}
-
-#[derive(Debug)]
-struct SharedFile {
     file: File,
-    written: AtomicU64,
-}
-
-impl ConcurrentWriter for SharedFile {
-    fn write_block(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        for_each_nonzero_run(data, |start, run| {
-            let at = offset + start as u64;
-            self.file
-                .write_all_at(run, at)
-                .map_err(|source| Error::Write { offset: at, source })?;
-            self.written.fetch_add(run.len() as u64, Ordering::Relaxed);
-            Ok(())
-        })
-    }
+    written: u64,
 }
 
 impl SparseFileSink {
     /// Creates (or truncates) `path`.
     pub fn create(path: &Path) -> Result<Self, Error> {
         Ok(Self {
-            shared: Arc::new(SharedFile {
-                file: create(path)?,
-                written: AtomicU64::new(0),
-            }),
+            file: create(path)?,
+            written: 0,
         })
     }
 }
 
 impl Sink for SparseFileSink {
     fn write_block(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        self.shared.write_block(offset, data)
+        let (file, written) = (&self.file, &mut self.written);
+        for_each_nonzero_run(data, |start, run| {
+            let at = offset + start as u64;
+            file.write_all_at(run, at)
+                .map_err(|source| Error::Write { offset: at, source })?;
+            *written += run.len() as u64;
+            Ok(())
+        })
     }
 
     fn finish(self: Box<Self>, virtual_size: u64, sync: bool) -> Result<u64, Error> {
-        let file = &self.shared.file;
+        let file = &self.file;
         file.set_len(virtual_size).map_err(|source| Error::Finish {
             step: "set length",
             source,
@@ -207,11 +179,7 @@ impl Sink for SparseFileSink {
             file.sync_data()
                 .map_err(|source| Error::Finish { step: "sync", source })?;
         }
-        Ok(self.shared.written.load(Ordering::Relaxed))
-    }
-
-    fn concurrent(&self) -> Option<Arc<dyn ConcurrentWriter>> {
-        Some(self.shared.clone())
+        Ok(self.written)
     }
 }
 
