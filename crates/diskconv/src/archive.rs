@@ -83,12 +83,15 @@ enum Mode<'a> {
         dir: &'a Path,
         format: DiskFormat,
         opts: &'a Options,
+        /// Every output file opened so far, to remove if the archive fails.
+        created: Vec<PathBuf>,
     },
     Inspect,
 }
 
 /// Converts every disk of an OVA read from `input` into `dir/disk-<N>.<raw|qcow2>` (N = position
-/// in the OVF disk list).
+/// in the OVF disk list). On failure no `disk-<N>` file is left behind: a disk converted before a
+/// later member (or the manifest check) failed must not pass for an imported one.
 pub fn convert_ova(
     input: impl Read,
     dir: &Path,
@@ -96,12 +99,27 @@ pub fn convert_ova(
     opts: &Options,
     require_manifest: bool,
 ) -> Result<OvaResult, Error> {
-    walk(input, Mode::Convert { dir, format, opts }, require_manifest)
+    let mut mode = Mode::Convert {
+        dir,
+        format,
+        opts,
+        created: Vec::new(),
+    };
+    let result = walk(input, &mut mode, require_manifest);
+    if result.is_err()
+        && let Mode::Convert { created, .. } = &mode
+    {
+        for path in created {
+            // Best effort: the conversion error is the one to report.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
 }
 
 /// Describes an OVA: the VM, each disk image (scanned, not converted) and the manifest check.
 pub fn inspect_ova(input: impl Read, require_manifest: bool) -> Result<OvaResult, Error> {
-    walk(input, Mode::Inspect, require_manifest)
+    walk(input, &mut Mode::Inspect, require_manifest)
 }
 
 fn member_err(member: &str, source: Error) -> Error {
@@ -111,7 +129,7 @@ fn member_err(member: &str, source: Error) -> Error {
     }
 }
 
-fn walk(input: impl Read, mode: Mode<'_>, require_manifest: bool) -> Result<OvaResult, Error> {
+fn walk(input: impl Read, mode: &mut Mode<'_>, require_manifest: bool) -> Result<OvaResult, Error> {
     let mut walker = TarWalker::new(input);
     let mut vm: Option<VmDescription> = None;
     let mut ovf: Option<(String, Vec<u8>)> = None;
@@ -169,7 +187,7 @@ fn walk(input: impl Read, mode: Mode<'_>, require_manifest: bool) -> Result<OvaR
         };
         if let Some((index, d)) = disk {
             let gzip = d.file.as_ref().is_some_and(|f| f.compression.is_some());
-            let result = convert_member(&mut hashed, gzip, index, &mode).map_err(|e| member_err(&name, e))?;
+            let result = convert_member(&mut hashed, gzip, index, mode).map_err(|e| member_err(&name, e))?;
             disks.push(OvaDisk {
                 index,
                 member: name.clone(),
@@ -264,7 +282,7 @@ fn convert_member(
     member: &mut impl Read,
     gzip: bool,
     index: usize,
-    mode: &Mode<'_>,
+    mode: &mut Mode<'_>,
 ) -> Result<OvaDisk, Error> {
     if gzip {
         let mut decoder = flate2::read::GzDecoder::new(member);
@@ -273,7 +291,7 @@ fn convert_member(
     convert_disk(member, index, mode)
 }
 
-fn convert_disk(input: &mut impl Read, index: usize, mode: &Mode<'_>) -> Result<OvaDisk, Error> {
+fn convert_disk(input: &mut impl Read, index: usize, mode: &mut Mode<'_>) -> Result<OvaDisk, Error> {
     let empty = OvaDisk {
         index,
         member: String::new(),
@@ -282,12 +300,18 @@ fn convert_disk(input: &mut impl Read, index: usize, mode: &Mode<'_>) -> Result<
         image: None,
     };
     match mode {
-        Mode::Convert { dir, format, opts } => {
+        Mode::Convert {
+            dir,
+            format,
+            opts,
+            created,
+        } => {
             let (ext, make): (&str, fn(PathBuf) -> Output) = match format {
                 DiskFormat::Raw => ("raw", Output::RawFile),
                 DiskFormat::Qcow2 => ("qcow2", Output::Qcow2File),
             };
             let path = dir.join(format!("disk-{index}.{ext}"));
+            created.push(path.clone());
             let report = source::convert_reader(input, make(path.clone()), opts)?;
             Ok(OvaDisk {
                 output: Some(path),
