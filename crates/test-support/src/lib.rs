@@ -9,6 +9,11 @@
 //!
 //! [`Lab::start_private`] starts a lab that is taken down when the returned value is dropped; tests of
 //! the lab scripts themselves use it.
+//!
+//! [`boot`] builds a disk that boots on a PC BIOS and prints a marker, and boots disk images in
+//! `qemu-system-x86_64` to check a migrated disk still boots.
+
+pub mod boot;
 
 use std::{
     collections::HashMap,
