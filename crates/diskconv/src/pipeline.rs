@@ -42,7 +42,7 @@ use crate::{
 /// compressed plus inflated data, which keeps peak RSS far below 64 MiB on any disk size.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Blocks in flight for the random-access and raw paths, whose blocks are up to
-/// [`RANDOM_BLOCK`]: 8 MiB of buffers is plenty to keep reader and hasher overlapped.
+/// [`RANDOM_BLOCK`]: 8 MiB of buffers is plenty to keep reader, writer and hasher overlapped.
 pub const MAX_IN_FLIGHT_LARGE: usize = 8;
 /// Bytes read from the input per `read` call: large enough to amortise syscalls and HTTP chunk
 /// overhead, small against the memory budget.
