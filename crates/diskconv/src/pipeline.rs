@@ -162,6 +162,14 @@ fn read_some(input: &mut impl Read, buf: &mut [u8], offset: u64) -> Result<usize
     }
 }
 
+/// What reaches the ordered consumer.
+pub(crate) enum Msg {
+    Block(Block),
+    Failed(Error),
+    /// Every block has been sent: only now may the hasher go on to the end of the disk.
+    Produced,
+}
+
 /// A block of logical content on its way to the consumer.
 pub(crate) struct Block {
     seq: u64,
@@ -268,14 +276,22 @@ impl Consumer {
     /// Processes blocks in sequence order.
     fn run_ordered(
         &mut self,
-        done: &Receiver<Result<Block, Error>>,
-        hash: &Sender<HashMsg>,
+        done: &Receiver<Msg>,
+        hash: Sender<HashMsg>,
         credits: &Sender<()>,
     ) -> Result<(), Error> {
         let mut pending = BTreeMap::new();
         let mut next = 0u64;
         for item in done {
-            let block = item?;
+            let block = match item {
+                Msg::Block(block) => block,
+                Msg::Failed(e) => return Err(e),
+                Msg::Produced => {
+                    // The blocks were all received before this message; none is left pending.
+                    let _ = hash.send(HashMsg::End(self.virtual_size.unwrap_or(self.pos)));
+                    return Ok(());
+                }
+            };
             pending.insert(block.seq, block);
             while let Some(block) = pending.remove(&next) {
                 let offset = block.offset;
@@ -304,15 +320,12 @@ impl Consumer {
     /// Finishes the sink (while the hasher hashes the trailing zeros) and builds the report.
     fn finish(
         self,
-        hash: Sender<HashMsg>,
         hasher: thread::ScopedJoinHandle<'_, String>,
         format: &str,
         started: Instant,
         sync: bool,
     ) -> Result<Report, Error> {
         let virtual_size = self.virtual_size.unwrap_or(self.pos);
-        let _ = hash.send(HashMsg::End(virtual_size));
-        drop(hash);
         let bytes_written = self.sink.finish(virtual_size, sync).map_err(Error::Sink)?;
         let sha256 = hasher
             .join()
@@ -346,9 +359,10 @@ fn run_pipeline<P>(
     produce: P,
 ) -> Result<Report, Error>
 where
-    P: FnOnce(&Sender<Result<Block, Error>>, &Receiver<()>) -> Result<(), Error>,
+    P: FnOnce(&Sender<Msg>, &Receiver<()>) -> Result<(), Error>,
 {
-    let (done_tx, done_rx) = bounded::<Result<Block, Error>>(in_flight);
+    // One more than the blocks in flight: room for the final `Produced`.
+    let (done_tx, done_rx) = bounded::<Msg>(in_flight + 1);
     let (credit_tx, credit_rx) = bounded::<()>(in_flight);
     for _ in 0..in_flight {
         // The receiver is alive and the channel has room for exactly this many.
@@ -366,24 +380,27 @@ where
             .name("diskconv-sha256".into())
             .spawn_scoped(scope, move || hasher.run(&hash_rx, &pool, &credits))
             .map_err(Error::Spawn)?;
-        let ordered = {
-            let hash_tx = hash_tx.clone();
-            thread::Builder::new()
-                .name("diskconv-writer".into())
-                .spawn_scoped(scope, move || {
-                    let result = consumer.run_ordered(&done_rx, &hash_tx, &credit_tx);
-                    result.map(|()| consumer)
-                })
-                .map_err(Error::Spawn)?
-        };
+        // Only the consumer holds the hasher's sender: if it fails, the hasher stops, lets go of
+        // its credit sender, and a producer waiting for a credit sees the channel close.
+        let ordered = thread::Builder::new()
+            .name("diskconv-writer".into())
+            .spawn_scoped(scope, move || {
+                let result = consumer.run_ordered(&done_rx, hash_tx, &credit_tx);
+                result.map(|()| consumer)
+            })
+            .map_err(Error::Spawn)?;
         let produced = produce(&done_tx, &credit_rx);
+        if produced.is_ok() {
+            // A consumer that is gone has failed; its error wins.
+            let _ = done_tx.send(Msg::Produced);
+        }
         drop(done_tx);
         drop(credit_rx);
         let consumed = ordered
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         produced?;
-        consumed?.finish(hash_tx, hasher, format, started, sync)
+        consumed?.finish(hasher, format, started, sync)
     })
 }
 
@@ -494,7 +511,7 @@ fn produce_grains(
 /// contend for its inode lock, and the kernel spins on it (5 % of all CPU time when measured).
 fn inflate_worker(
     work: &Receiver<Work>,
-    done: &Sender<Result<Block, Error>>,
+    done: &Sender<Msg>,
     (pool, zpool): (&Pool, &Pool),
     grain_bytes: usize,
     virtual_size: u64,
@@ -514,19 +531,19 @@ fn inflate_worker(
             Ok(n) => {
                 data[n..].fill(0);
                 data.truncate(len);
-                Ok(Block {
+                Msg::Block(Block {
                     seq: item.seq,
                     offset,
                     data,
                 })
             }
-            Err(source) => Err(Error::Inflate {
+            Err(source) => Msg::Failed(Error::Inflate {
                 offset: item.record_offset,
                 lba: item.lba,
                 source,
             }),
         };
-        let failed = result.is_err();
+        let failed = matches!(result, Msg::Failed(_));
         if done.send(result).is_err() || failed {
             return;
         }
@@ -599,7 +616,7 @@ pub(crate) fn convert_random(
                 // Reading, writing and hashing each get a thread: three stages over two cores.
                 if credits.recv().is_err()
                     || done
-                        .send(Ok(Block {
+                        .send(Msg::Block(Block {
                             seq,
                             offset: start,
                             data,
@@ -648,7 +665,7 @@ pub(crate) fn convert_raw_stream(input: impl Read, output: Output, opts: &Option
                     return Ok(());
                 }
                 data.truncate(filled);
-                if credits.recv().is_err() || done.send(Ok(Block { seq, offset, data })).is_err() {
+                if credits.recv().is_err() || done.send(Msg::Block(Block { seq, offset, data })).is_err() {
                     return Ok(());
                 }
                 offset += filled as u64;

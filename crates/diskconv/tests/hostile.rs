@@ -154,3 +154,27 @@ fn clean_stream_hashes_zeros_and_data() {
     assert_eq!(report.virtual_size, 131072);
     assert_eq!(report.bytes_written, 65536);
 }
+
+#[test]
+fn bad_grain_behind_a_full_pipeline_fails_instead_of_hanging() {
+    // More grains than blocks in flight, so the producer is waiting for a credit when the
+    // failure reaches the consumer.
+    let mut s = header(128 * 400);
+    let good = deflate_grain(&[3u8; 65536]);
+    for lba in 0..400u64 {
+        if lba == 2 {
+            grain(&mut s, lba * 128, b"not zlib at all");
+        } else {
+            grain(&mut s, lba * 128, &good);
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(convert(s)));
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the conversion hung");
+    assert!(
+        matches!(result, Err(Error::Inflate { lba: 256, .. })),
+        "{result:?}"
+    );
+}
