@@ -47,6 +47,55 @@ pub(crate) struct ControllerArgs {
         default_value = "/tmp/vm-import-controller"
     )]
     pub(crate) image_dir: PathBuf,
+    /// Address of the image server (Harvester's add-on uses port 8080).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Address of the metrics and health endpoints (/metrics, /healthz, /readyz).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub(crate) metrics_listen: std::net::SocketAddr,
+    /// Host (optionally host:port) written into image URLs; default
+    /// harvester-vm-import-controller.harvester-system.svc (upstream's SVC_ADDRESS).
+    #[arg(long, env = "SVC_ADDRESS")]
+    pub(crate) service_address: Option<String>,
+    /// Imports exporting at once, over all sources.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) max_concurrent_imports: u16,
+    /// Imports exporting at once from one ESXi host.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) max_imports_per_host: u16,
+    /// Namespace of the leader-election Lease (default: the pod's namespace from POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub(crate) leader_election_namespace: Option<String>,
+    /// Run without leader election (one replica only).
+    #[arg(long)]
+    pub(crate) no_leader_election: bool,
+    /// Identity in the leader Lease and in Events (default: POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub(crate) identity: Option<String>,
+    /// Seconds between re-checks of a ready source.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) source_recheck_seconds: u64,
+    /// Seconds between progress updates in status while disks transfer.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10))]
+    pub(crate) progress_seconds: u64,
+    /// Do not apply the CRDs at start (they are managed elsewhere).
+    #[arg(long)]
+    pub(crate) no_install_crds: bool,
+    /// Watch only this namespace (default: all namespaces, as upstream).
+    #[arg(long)]
+    pub(crate) namespace: Option<String>,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How the controller logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@
 //! the file and the byte offset or element); 2 usage errors. A panic (101) is a bug.
 
 mod cli;
+mod controller_cmd;
 mod disk;
 mod input;
 mod progress;
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Convert(args) => disk::convert(args),
         Command::Inspect(args) => disk::inspect(args),
-        Command::Controller(_) => not_implemented("controller"),
+        Command::Controller(args) => controller_cmd::run(args),
         Command::Vsphere(command) => vsphere_cmd::run(command),
         Command::Openstack(_) => not_implemented("openstack"),
         Command::Crds => print_crds(),

@@ -46,15 +46,24 @@ pub fn backend_for_storage_class(provisioner: &str, parameters: &BTreeMap<String
 }
 
 /// The URL Harvester downloads an image from: `http://<host>:8080/<path>`, host = `service_address`
-/// (the caller's `SVC_ADDRESS`) when set and non-empty, else [`DEFAULT_SERVICE_ADDRESS`].
+/// (the caller's `SVC_ADDRESS`) when set and non-empty, else [`DEFAULT_SERVICE_ADDRESS`]. A
+/// `service_address` that already names a port (`host:port`, `[v6]:port`) keeps it (ours: upstream
+/// always appends 8080, which rules out a server on another port).
 pub fn image_url(service_address: Option<&str>, path: &str) -> String {
     let host = service_address
         .filter(|s| !s.is_empty())
         .unwrap_or(DEFAULT_SERVICE_ADDRESS);
-    format!(
-        "http://{host}:{IMAGE_SERVER_PORT}/{}",
-        path.trim_start_matches('/')
-    )
+    let has_port = host.rsplit_once(':').is_some_and(|(head, port)| {
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && (!head.contains(':') || head.ends_with(']'))
+    });
+    let path = path.trim_start_matches('/');
+    if has_port {
+        format!("http://{host}/{path}")
+    } else {
+        format!("http://{host}:{IMAGE_SERVER_PORT}/{path}")
+    }
 }
 
 /// The display name upstream gives a disk's image; its label value finds the image again.

@@ -434,6 +434,19 @@ fn image_url_uses_svc_address_when_set() {
         image::image_url(Some(""), "d.img"),
         "http://harvester-vm-import-controller.harvester-system.svc:8080/d.img"
     );
+    // Ours: an address that names its port keeps it; IPv6 literals are not mistaken for one.
+    assert_eq!(
+        image::image_url(Some("127.0.0.1:18080"), "d.img"),
+        "http://127.0.0.1:18080/d.img"
+    );
+    assert_eq!(
+        image::image_url(Some("[fd00::5]:9000"), "d.img"),
+        "http://[fd00::5]:9000/d.img"
+    );
+    assert_eq!(
+        image::image_url(Some("[fd00::5]"), "d.img"),
+        "http://[fd00::5]:8080/d.img"
+    );
 }
 
 #[test]

@@ -101,15 +101,26 @@ impl Read for ChannelReader {
 }
 
 /// A [`DiskSink`] that decodes the stream into an image file.
-#[derive(Debug)]
 pub struct ConvertingSink {
     path: PathBuf,
     format: ImageFormat,
     threads: usize,
     tx: Option<mpsc::Sender<Bytes>>,
     task: Option<JoinHandle<Result<diskconv::Report, diskconv::Error>>>,
+    progress: Option<diskconv::ProgressFn>,
     /// The conversion report once [`DiskSink::finish`] succeeded.
     pub report: Option<diskconv::Report>,
+}
+
+impl std::fmt::Debug for ConvertingSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConvertingSink")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("threads", &self.threads)
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConvertingSink {
@@ -121,8 +132,17 @@ impl ConvertingSink {
             threads: threads.max(1),
             tx: None,
             task: None,
+            progress: None,
             report: None,
         }
+    }
+
+    /// Reports the decoder's progress (logical bytes done) to `progress`; a retried attempt starts
+    /// again from zero.
+    #[must_use]
+    pub fn with_progress(mut self, progress: diskconv::ProgressFn) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// The output path.
@@ -183,6 +203,7 @@ impl DiskSink for ConvertingSink {
         };
         let options = diskconv::Options {
             threads: self.threads,
+            progress: self.progress.clone(),
             ..diskconv::Options::default()
         };
         let path = self.path.clone();

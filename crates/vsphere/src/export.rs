@@ -401,6 +401,16 @@ impl Drop for LeaseGuard {
     }
 }
 
+/// A spawned download that is aborted when the export future is dropped (the caller cancelled), so no
+/// transfer outlives its lease, which [`LeaseGuard`] aborts on drop.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Stops the keep-alive task when dropped.
 struct KeepAlive {
     task: tokio::task::JoinHandle<()>,
@@ -729,18 +739,18 @@ impl Client {
                 let cookie = cookie.clone();
                 let received = received.clone();
                 let idle = options.idle_timeout;
-                tasks.push(tokio::spawn(async move {
+                tasks.push(AbortOnDrop(tokio::spawn(async move {
                     let mut sink = sink;
                     let started = Instant::now();
                     let result = download(&planned, cookie.as_deref(), &mut sink, received, idle).await;
                     (planned, sink, result, started.elapsed())
-                }));
+                })));
             }
 
             let mut failures: Vec<(Disk, DownloadError)> = Vec::new();
             let mut fatal: Option<Error> = None;
-            for task in tasks {
-                match task.await {
+            for mut task in tasks {
+                match (&mut task.0).await {
                     Ok((planned, sink, Ok(bytes), elapsed)) => {
                         let key = planned.disk.key;
                         transfers.insert(

@@ -194,6 +194,30 @@ impl Client {
         }
     }
 
+    /// Asks the guest to shut down (`ShutdownGuest`, needs VMware Tools) and returns without waiting;
+    /// the controller polls [`Client::power_state`] from its own loop.
+    ///
+    /// # Errors
+    /// [`Error::Call`] when the server refuses (e.g. Tools not running).
+    pub async fn request_guest_shutdown(&self, vm: &MoRef) -> Result<(), Error> {
+        self.call(&envelope::shutdown_guest(vm))
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Call {
+                step: "ShutdownGuest",
+                vm: vm.clone(),
+                source,
+            })
+    }
+
+    /// Hard power-off (`PowerOffVM_Task`), waiting for the task.
+    ///
+    /// # Errors
+    /// Call, task and timeout failures.
+    pub async fn power_off(&self, vm: &MoRef) -> Result<(), Error> {
+        self.hard_power_off(vm).await
+    }
+
     async fn hard_power_off(&self, vm: &MoRef) -> Result<(), Error> {
         let request = envelope::power_off(vm);
         let body = self.call(&request).await.map_err(|source| Error::Call {

@@ -16,6 +16,7 @@ pub const VM_PROPERTIES: &[&str] = &[
     "name",
     "config",
     "runtime.powerState",
+    "runtime.host",
     "guest.toolsRunningStatus",
     "summary.config.tpmPresent",
     "snapshot",
@@ -282,6 +283,9 @@ pub struct VmDescription {
     pub annotation: Option<String>,
     /// `runtime.powerState`.
     pub power_state: PowerState,
+    /// `runtime.host`: the ESXi host that runs the VM and serves its disks during an export.
+    #[serde(default)]
+    pub host: Option<MoRef>,
     /// `guest.toolsRunningStatus`, e.g. `guestToolsRunning`.
     pub tools_running_status: Option<String>,
     /// `config.hardware.numCPU`.
@@ -650,6 +654,7 @@ impl VmDescription {
             hardware_version: text(config, "version"),
             annotation: text(config, "annotation"),
             power_state,
+            host: object.prop("runtime.host").map(MoRef::from_element),
             tools_running_status: object
                 .text("guest.toolsRunningStatus")
                 .filter(|t| !t.is_empty())

@@ -1,0 +1,543 @@
+//! Background exports: reconcile starts one and observes it; it never waits for one. Each export
+//! takes a slot of the ESXi host it reads from and one of the global limit, streams every disk not
+//! yet exported from an `ExportVm` lease through the decoder into `<image dir>/<name>.part`, renames
+//! each to its servable name when the whole export succeeded, and records the digest in status (a
+//! disk with a digest is never exported again, also after a restart). Progress (bytes done, total,
+//! rate) goes to `status.diskImportStatus` every few seconds. Cancelling (import deleted) drops the
+//! export, which aborts its lease and its downloads; partial files are removed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use api::{DiskInfo, VirtualMachineImport, VmwareSource};
+use bytes::Bytes;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+    runtime::reflector::ObjectRef,
+};
+use plan::machine::ExportFact;
+use serde_json::json;
+use tokio::{
+    sync::{Notify, Semaphore},
+    task::AbortHandle,
+};
+use vsphere::{
+    convert::{ConvertingSink, ImageFormat},
+    export::{DiskSink, ExportOptions, SinkError},
+};
+
+use crate::{
+    context::Context,
+    image_server::PARTIAL_SUFFIX,
+    vmware::{self, ConnectError, chain},
+};
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// No session with the source.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The VM could not be found or described.
+    #[error("looking up the VM: {0}")]
+    Inspect(String),
+    /// The VM's disks are not the ones recorded when the import started.
+    #[error("the VM has {found} disks now but had {recorded} when the import started")]
+    DisksChanged {
+        /// In status.
+        recorded: usize,
+        /// At the source now.
+        found: usize,
+    },
+    /// The image directory is unusable.
+    #[error("preparing {path}: {source}")]
+    Prepare {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The transfer failed (its leases were aborted).
+    #[error("{0}")]
+    Transfer(String),
+    /// A finished image could not be put in place.
+    #[error("renaming {path} into place: {source}")]
+    Rename {
+        /// The partial file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The result could not be recorded in status.
+    #[error("recording the result in status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed(String),
+}
+
+struct Job {
+    state: JobState,
+    abort: Option<AbortHandle>,
+}
+
+/// What one export needs.
+#[derive(Clone, Debug)]
+pub struct ExportRequest {
+    /// The import.
+    pub import: ObjectRef<VirtualMachineImport>,
+    /// Its uid (the key of the export).
+    pub uid: String,
+    /// The source.
+    pub source: VmwareSource,
+    /// VM name at the source.
+    pub vm_name: String,
+    /// Folder under `<dc>/vm`.
+    pub folder: Option<String>,
+    /// `status.diskImportStatus` at start (one per VM disk, device order).
+    pub disks: Vec<DiskInfo>,
+}
+
+/// The exports of this process, by import uid, and the concurrency limits.
+pub struct Exports {
+    jobs: Mutex<HashMap<String, Job>>,
+    global: Arc<Semaphore>,
+    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+    per_host_limit: usize,
+}
+
+impl Exports {
+    /// No exports; at most `global` at once, `per_host` per ESXi host.
+    pub fn new(global: usize, per_host: usize) -> Self {
+        Self {
+            jobs: Mutex::new(HashMap::new()),
+            global: Arc::new(Semaphore::new(global.max(1))),
+            per_host: Mutex::new(HashMap::new()),
+            per_host_limit: per_host.max(1),
+        }
+    }
+
+    fn with_jobs<T>(&self, f: impl FnOnce(&mut HashMap<String, Job>) -> T) -> T {
+        match self.jobs.lock() {
+            Ok(mut jobs) => f(&mut jobs),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// What the state machine sees.
+    pub fn fact(&self, uid: &str) -> ExportFact {
+        self.with_jobs(|jobs| match jobs.get(uid).map(|j| &j.state) {
+            None => ExportFact::Idle,
+            Some(JobState::Queued | JobState::Running) => ExportFact::Running,
+            Some(JobState::Succeeded) => ExportFact::Succeeded,
+            Some(JobState::Failed(message)) => ExportFact::Failed {
+                message: message.clone(),
+            },
+        })
+    }
+
+    /// Forgets a finished export once its outcome is in status.
+    pub fn forget(&self, uid: &str) {
+        self.with_jobs(|jobs| {
+            if matches!(
+                jobs.get(uid).map(|j| &j.state),
+                Some(JobState::Succeeded | JobState::Failed(_))
+            ) {
+                jobs.remove(uid);
+            }
+        });
+    }
+
+    /// Stops the export of `uid` if one runs (its lease is aborted). True when one was stopped.
+    pub fn cancel(&self, uid: &str) -> bool {
+        self.with_jobs(|jobs| match jobs.remove(uid) {
+            Some(Job {
+                abort: Some(abort), ..
+            }) => {
+                abort.abort();
+                true
+            }
+            _ => false,
+        })
+    }
+
+    fn set_state(&self, uid: &str, state: JobState) {
+        self.with_jobs(|jobs| {
+            if let Some(job) = jobs.get_mut(uid) {
+                job.state = state;
+            }
+        });
+    }
+
+    fn host_slots(&self, host: &str) -> Arc<Semaphore> {
+        let mut hosts = match self.per_host.lock() {
+            Ok(hosts) => hosts,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host_limit)))
+            .clone()
+    }
+
+    /// Starts the export unless one runs for this import already.
+    pub fn start(&self, ctx: &Arc<Context>, request: ExportRequest) {
+        let uid = request.uid.clone();
+        let started = self.with_jobs(|jobs| {
+            if jobs.contains_key(&uid) {
+                return false;
+            }
+            jobs.insert(
+                uid.clone(),
+                Job {
+                    state: JobState::Queued,
+                    abort: None,
+                },
+            );
+            true
+        });
+        if !started {
+            return;
+        }
+        let task_ctx = ctx.clone();
+        let handle = tokio::spawn(async move {
+            let import = request.import.clone();
+            let uid = request.uid.clone();
+            let result = run(&task_ctx, request).await;
+            let state = match result {
+                Ok(()) => JobState::Succeeded,
+                Err(error) => {
+                    let message = chain(&error);
+                    tracing::warn!(import = %import, error = %message, "export failed");
+                    JobState::Failed(message)
+                }
+            };
+            task_ctx.exports.set_state(&uid, state);
+            task_ctx.wake(import);
+        });
+        self.with_jobs(|jobs| {
+            if let Some(job) = jobs.get_mut(&uid) {
+                job.abort = Some(handle.abort_handle());
+            }
+        });
+    }
+}
+
+/// The disks of one export as status should show them, shared by the sinks (which commit finished
+/// disks), the decoder callbacks (bytes done) and the status writer.
+struct Shared {
+    disks: Mutex<Vec<DiskInfo>>,
+    done: Vec<AtomicU64>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn with_disks<T>(&self, f: impl FnOnce(&mut Vec<DiskInfo>) -> T) -> T {
+        match self.disks.lock() {
+            Ok(mut disks) => f(&mut disks),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+/// Decodes one disk into its `.part` file and, when the disk is complete, renames it to its
+/// servable name and records its digest at once, so a restart does not export it again.
+struct CommittingSink {
+    inner: ConvertingSink,
+    index: usize,
+    partial: PathBuf,
+    image: PathBuf,
+    dir: String,
+    shared: Arc<Shared>,
+}
+
+impl DiskSink for CommittingSink {
+    async fn begin(&mut self) -> Result<(), SinkError> {
+        // The exporter redoes a disk whose lease died after the body ended: undo its commit.
+        let committed = self
+            .shared
+            .with_disks(|disks| disks[self.index].sha256.take().is_some());
+        if committed {
+            remove_if_present(&self.image).await?;
+        }
+        self.shared.done[self.index].store(0, Ordering::Relaxed);
+        self.inner.begin().await
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
+        self.inner.write(chunk).await
+    }
+
+    async fn finish(&mut self) -> Result<(), SinkError> {
+        self.inner.finish().await?;
+        let Some(report) = self.inner.report.clone() else {
+            return Err("the decoder finished without a report".into());
+        };
+        tokio::fs::rename(&self.partial, &self.image)
+            .await
+            .map_err(|e| format!("renaming {} into place: {e}", self.partial.display()))?;
+        self.shared.with_disks(|disks| {
+            let disk = &mut disks[self.index];
+            disk.sha256 = Some(report.sha256.clone());
+            disk.bytes_done = Some(report.virtual_size);
+            disk.bytes_total = Some(report.virtual_size);
+            disk.bytes_per_second = None;
+            disk.disk_local_path = self.dir.clone();
+        });
+        self.shared.done[self.index].store(report.virtual_size, Ordering::Relaxed);
+        self.shared.changed.notify_one();
+        Ok(())
+    }
+}
+
+/// Path of a disk's image while it is being written (never served: the image server only serves
+/// `*.img`).
+pub fn partial_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{PARTIAL_SUFFIX}"))
+}
+
+async fn remove_if_present(path: &Path) -> Result<(), SinkError> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", path.display()).into()),
+    }
+}
+
+async fn run(ctx: &Arc<Context>, request: ExportRequest) -> Result<(), ExportError> {
+    let ExportRequest {
+        import,
+        uid,
+        source,
+        vm_name,
+        folder,
+        mut disks,
+    } = request;
+    let client = vmware::connect(&ctx.kube, &source).await?;
+    let description = client
+        .inspect(
+            vmware::datacenter_name(&source.spec.datacenter),
+            folder.as_deref(),
+            &vm_name,
+        )
+        .await
+        .map_err(|e| ExportError::Inspect(chain(&e)))?;
+    if description.disks.len() != disks.len() {
+        return Err(ExportError::DisksChanged {
+            recorded: disks.len(),
+            found: description.disks.len(),
+        });
+    }
+    let host = description
+        .host
+        .as_ref()
+        .map_or_else(|| source.spec.endpoint_address.clone(), |h| h.value.clone());
+
+    ctx.metrics.exports_queued.inc();
+    let host_slot = ctx.exports.host_slots(&host).acquire_owned().await;
+    let global_slot = ctx.exports.global.clone().acquire_owned().await;
+    ctx.metrics.exports_queued.dec();
+    let (Ok(_host_slot), Ok(_global_slot)) = (host_slot, global_slot) else {
+        return Err(ExportError::Transfer("the export queue was closed".into()));
+    };
+    ctx.exports.set_state(&uid, JobState::Running);
+    let _running = RunningGauge::new(ctx.metrics.clone());
+    let result = transfer(ctx, &import, &client, description, &mut disks).await;
+    let _ = client.logout().await;
+    result
+}
+
+/// Counts a running export for as long as it lives, also when its task is aborted.
+struct RunningGauge(Arc<crate::metrics::Metrics>);
+
+impl RunningGauge {
+    fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        metrics.exports_running.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for RunningGauge {
+    fn drop(&mut self) {
+        self.0.exports_running.dec();
+    }
+}
+
+async fn transfer(
+    ctx: &Arc<Context>,
+    import: &ObjectRef<VirtualMachineImport>,
+    client: &vsphere::Client,
+    mut description: vsphere::proto::vm::VmDescription,
+    disks: &mut [DiskInfo],
+) -> Result<(), ExportError> {
+    let dir = ctx.settings.image_dir.clone();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|source| ExportError::Prepare {
+            path: dir.clone(),
+            source,
+        })?;
+    let shared = Arc::new(Shared {
+        disks: Mutex::new(disks.to_vec()),
+        done: disks
+            .iter()
+            .map(|d| {
+                AtomicU64::new(if d.is_exported() {
+                    d.bytes_done.unwrap_or(0)
+                } else {
+                    0
+                })
+            })
+            .collect(),
+        changed: Notify::new(),
+    });
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut sinks = BTreeMap::new();
+    let mut partials = Vec::new();
+    // Disks exported before a restart keep their files; the rest are (re)exported from scratch.
+    for (index, disk) in disks.iter().enumerate() {
+        if disk.is_exported() {
+            continue;
+        }
+        let vm_disk = &description.disks[index];
+        let partial = partial_path(&dir, &disk.name);
+        let shared_for_progress = shared.clone();
+        let inner =
+            ConvertingSink::new(&partial, ImageFormat::Raw, threads).with_progress(Arc::new(move |p| {
+                shared_for_progress.done[index].store(p.position, Ordering::Relaxed);
+            }));
+        shared.with_disks(|d| {
+            d[index].bytes_done = Some(0);
+            d[index].bytes_total = Some(vm_disk.capacity_bytes);
+        });
+        sinks.insert(
+            vm_disk.key,
+            CommittingSink {
+                inner,
+                index,
+                image: dir.join(&disk.name),
+                partial: partial.clone(),
+                dir: dir.to_string_lossy().into_owned(),
+                shared: shared.clone(),
+            },
+        );
+        partials.push(partial);
+    }
+    description.disks.retain(|d| sinks.contains_key(&d.key));
+
+    let api: Api<VirtualMachineImport> =
+        Api::namespaced(ctx.kube.clone(), import.namespace.as_deref().unwrap_or_default());
+    let writer = tokio::spawn(write_progress(
+        api.clone(),
+        import.name.clone(),
+        shared.clone(),
+        ctx.settings.progress_interval,
+        ctx.metrics.clone(),
+    ));
+    let _stop_writer = AbortOnDrop(writer.abort_handle());
+
+    let exported = client
+        .export_vm(&description, sinks, &ExportOptions::default())
+        .await
+        .map_err(|e| ExportError::Transfer(chain(&e)));
+    writer.abort();
+    if let Err(error) = exported {
+        for path in &partials {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        return Err(error);
+    }
+    let finished = shared.with_disks(|d| d.clone());
+    for (index, disk) in finished.iter().enumerate() {
+        if !disks[index].is_exported() {
+            ctx.metrics
+                .export_bytes
+                .inc_by(disk.bytes_total.unwrap_or_default());
+        }
+    }
+    disks.clone_from_slice(&finished);
+    if let Some(missing) = disks.iter().find(|d| !d.is_exported()) {
+        return Err(ExportError::Transfer(format!(
+            "disk {} finished without a digest",
+            missing.name
+        )));
+    }
+    api.patch_status(
+        &import.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "diskImportStatus": disks } })),
+    )
+    .await
+    .map_err(ExportError::Status)?;
+    Ok(())
+}
+
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes per-disk progress to status every `interval`, and at once when a disk is committed,
+/// until aborted.
+async fn write_progress(
+    api: Api<VirtualMachineImport>,
+    name: String,
+    shared: Arc<Shared>,
+    interval: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let mut last: Vec<u64> = shared.done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
+    let mut last_at = Instant::now();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.changed.notified() => {}
+        }
+        let elapsed = last_at.elapsed().as_secs_f64().max(0.001);
+        last_at = Instant::now();
+        let mut total_rate = 0u64;
+        let disks = shared.with_disks(|disks| {
+            for (index, disk) in disks.iter_mut().enumerate() {
+                if disk.is_exported() {
+                    continue;
+                }
+                let done = shared.done[index].load(Ordering::Relaxed);
+                // A retried attempt restarts at zero; that is not negative throughput.
+                let delta = done.saturating_sub(last[index]);
+                let rate = (delta as f64 / elapsed) as u64;
+                total_rate += rate;
+                last[index] = done;
+                disk.bytes_done = Some(done);
+                disk.bytes_per_second = Some(rate);
+            }
+            disks.clone()
+        });
+        metrics
+            .export_bytes_per_second
+            .set(i64::try_from(total_rate).unwrap_or(i64::MAX));
+        let patch = json!({ "status": { "diskImportStatus": disks } });
+        if let Err(error) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            tracing::debug!(import = %name, %error, "progress update failed");
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The image server on port 8080: Longhorn's backing-image manager or CDI's importer downloads each
+//! disk from here. GET and HEAD with `Content-Length`, single byte ranges (206, 416), no directory
+//! listing, no path outside the image directory, and only finished images: a file being written is
+//! named `*.part` and never matches. Each image's name carries a random token, so its URL cannot be
+//! guessed; the file (and so the URL) is deleted once its import no longer needs it.
+
+use std::{
+    io::SeekFrom,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::{Request, Response, body::Frame};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::{
+    http_server::{self, Body},
+    metrics::Metrics,
+};
+
+/// Suffix of a finished, servable image.
+pub const IMAGE_SUFFIX: &str = ".img";
+/// Suffix of an image still being written.
+pub const PARTIAL_SUFFIX: &str = ".part";
+const CHUNK: usize = 1 << 20;
+const MAX_NAME: usize = 240;
+
+/// True for names the server may serve: one path segment of `[A-Za-z0-9._-]`, not hidden, `*.img`.
+pub fn is_servable_name(name: &str) -> bool {
+    name.len() <= MAX_NAME
+        && name.ends_with(IMAGE_SUFFIX)
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A random token for image names: 128 bits, hex.
+pub fn new_token() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 16];
+    // The OS RNG failing is not recoverable in any useful way; fall back to the clock and pid so
+    // names stay unique, though then guessable (logged).
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        tracing::error!("system RNG failed; image token falls back to time and pid");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes = (nanos ^ u128::from(std::process::id())).to_le_bytes();
+    }
+    hex::encode(bytes)
+}
+
+/// A parsed `Range` header against a file of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No (usable) range: the whole file, 200.
+    Full,
+    /// `start..=end`, 206.
+    Partial {
+        /// First byte.
+        start: u64,
+        /// Last byte (inclusive).
+        end: u64,
+    },
+    /// 416.
+    Unsatisfiable,
+}
+
+/// Parses one `bytes=` range. Several ranges are answered with the whole file, which RFC 9110
+/// allows and every downloader handles.
+pub fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parsed = match (first.is_empty(), last.is_empty()) {
+        (true, true) => return RangeRequest::Full,
+        // Suffix: the last N bytes.
+        (true, false) => match last.parse::<u64>() {
+            Ok(0) => return RangeRequest::Unsatisfiable,
+            Ok(_) if size == 0 => return RangeRequest::Unsatisfiable,
+            Ok(n) => Some((size.saturating_sub(n), size - 1)),
+            Err(_) => None,
+        },
+        (false, true) => first
+            .parse::<u64>()
+            .ok()
+            .map(|start| (start, size.saturating_sub(1))),
+        (false, false) => match (first.parse::<u64>(), last.parse::<u64>()) {
+            (Ok(start), Ok(end)) if end >= start => Some((start, end.min(size.saturating_sub(1)))),
+            (Ok(_), Ok(_)) => return RangeRequest::Full,
+            _ => None,
+        },
+    };
+    match parsed {
+        None => RangeRequest::Full,
+        Some((start, _)) if start >= size => RangeRequest::Unsatisfiable,
+        Some((start, end)) => RangeRequest::Partial { start, end },
+    }
+}
+
+/// Serves images from one directory.
+#[derive(Clone, Debug)]
+pub struct ImageServer {
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+}
+
+impl ImageServer {
+    /// Serves the images in `dir`.
+    pub fn new(dir: impl Into<PathBuf>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            dir: dir.into(),
+            metrics,
+        }
+    }
+
+    /// The directory served.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Answers one request.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
+        let method = request.method().clone();
+        if method != Method::GET && method != Method::HEAD {
+            let mut response = http_server::text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let name = request.uri().path().trim_start_matches('/');
+        if !is_servable_name(name) {
+            return http_server::text(StatusCode::NOT_FOUND, "not found\n");
+        }
+        let path = self.dir.join(name);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(_) => return http_server::text(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        let size = match file.metadata().await {
+            Ok(meta) if meta.is_file() => meta.len(),
+            _ => return http_server::text(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        let range = request.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
+        let (status, start, length) = match parse_range(range, size) {
+            RangeRequest::Full => (StatusCode::OK, 0, size),
+            RangeRequest::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+            RangeRequest::Unsatisfiable => {
+                let mut response =
+                    http_server::text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                return response;
+            }
+        };
+        let body = if method == Method::HEAD || length == 0 {
+            http_server::full(Bytes::new())
+        } else {
+            if let Err(error) = file.seek(SeekFrom::Start(start)).await {
+                tracing::warn!(image = name, %error, "seek failed");
+                return http_server::text(StatusCode::INTERNAL_SERVER_ERROR, "read error\n");
+            }
+            file_body(file, length, self.metrics.clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if status == StatusCode::PARTIAL_CONTENT
+            && let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + length - 1))
+        {
+            headers.insert(header::CONTENT_RANGE, value);
+        }
+        tracing::debug!(image = name, %method, start, length, "serving image");
+        response
+    }
+}
+
+/// Streams `length` bytes of `file` from its current position in 1 MiB frames.
+fn file_body(file: tokio::fs::File, length: u64, metrics: Arc<Metrics>) -> Body {
+    let chunks = stream::unfold((file, length), move |(mut file, left)| {
+        let metrics = metrics.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
+            let mut buffer = vec![0u8; want];
+            match file.read_exact(&mut buffer).await {
+                Ok(_) => {
+                    metrics.image_bytes_served.inc_by(want as u64);
+                    Some((Ok(Frame::data(Bytes::from(buffer))), (file, left - want as u64)))
+                }
+                // The file shrank or vanished (import deleted): end the body with an error so the
+                // client sees a short read, not silently truncated data.
+                Err(error) => Some((Err(error), (file, 0))),
+            }
+        }
+    });
+    BodyExt::boxed_unsync(StreamBody::new(chunks.boxed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_plain_segments_ending_in_img() {
+        assert!(is_servable_name("vm-default-disk-0-0123abcd.img"));
+        for bad in [
+            "",
+            ".img",
+            "../etc/passwd.img",
+            "a/b.img",
+            "disk.img.part",
+            "disk.raw",
+            "%2e%2e.img",
+            "disk 1.img",
+        ] {
+            assert!(!is_servable_name(bad), "{bad:?}");
+        }
+        assert!(!is_servable_name(&format!("{}.img", "a".repeat(300))));
+    }
+
+    #[test]
+    fn tokens_are_unique_128_bit_hex() {
+        let a = new_token();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, new_token());
+    }
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        use RangeRequest::*;
+        assert_eq!(parse_range(None, 100), Full);
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Partial { start: 0, end: 9 });
+        assert_eq!(
+            parse_range(Some("bytes=90-"), 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-10"), 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-1000"), 100),
+            Partial { start: 0, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=50-1000"), 100),
+            Partial { start: 50, end: 99 }
+        );
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 100), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Full);
+        assert_eq!(parse_range(Some("bytes=9-0"), 100), Full);
+        assert_eq!(parse_range(Some("items=0-1"), 100), Full);
+        assert_eq!(parse_range(Some("bytes=x-1"), 100), Full);
+    }
+}

@@ -1,0 +1,464 @@
+//! Fact gathering: each [`plan::machine::Fact`] the state machine asks for, read from the cluster,
+//! the source or this process's exports. One vSphere session per reconcile at most, opened lazily.
+
+use std::time::Duration;
+
+use api::{
+    ClusterStatus, ConditionType, VirtualMachineImport, VirtualMachineImportSpec, VirtualMachineImportStatus,
+    VmwareSource,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::{Api, ResourceExt, api::DynamicObject};
+use plan::{
+    SourceVm,
+    machine::{ExportFact, Fact, ImageFact, Observed, PowerFact, SourceFact, VmFact},
+    preflight::PreflightFacts,
+};
+use vsphere::proto::vm::{PowerState, VmDescription};
+
+use super::ImportError;
+use crate::{
+    context::Context,
+    export::partial_path,
+    kinds,
+    vmware::{self, chain},
+};
+
+/// Everything gathered during one reconcile.
+#[derive(Default)]
+pub(super) struct Facts {
+    pub(super) source: Option<SourceFact>,
+    pub(super) vmware_source: Option<VmwareSource>,
+    pub(super) preflight: Option<PreflightFacts>,
+    pub(super) power: Option<PowerFact>,
+    pub(super) since_shutdown: Option<Duration>,
+    pub(super) export: Option<ExportFact>,
+    pub(super) images: Option<Vec<ImageFact>>,
+    pub(super) image_objects: Vec<Option<DynamicObject>>,
+    pub(super) vm: Option<VmFact>,
+    pub(super) leftovers: Option<bool>,
+    pub(super) session: Option<vsphere::Client>,
+    pub(super) description: Option<VmDescription>,
+}
+
+impl Facts {
+    pub(super) fn observed<'a>(
+        &'a self,
+        spec: &'a VirtualMachineImportSpec,
+        status: &'a VirtualMachineImportStatus,
+        deleting: bool,
+    ) -> Observed<'a> {
+        let mut observed = Observed::new(spec, status);
+        observed.deleting = deleting;
+        observed.source = self.source;
+        observed.preflight = self.preflight.as_ref();
+        observed.power = self.power;
+        observed.since_shutdown_request = self.since_shutdown;
+        observed.export = self.export.clone();
+        observed.images = self.images.as_deref();
+        observed.vm = self.vm;
+        observed.leftovers = self.leftovers;
+        observed
+    }
+
+    pub(super) async fn gather(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+        status: &VirtualMachineImportStatus,
+        fact: Fact,
+    ) -> Result<(), ImportError> {
+        match fact {
+            Fact::Source => self.gather_source(ctx, import).await,
+            Fact::Preflight => self.gather_preflight(ctx, import).await,
+            Fact::Power => self.gather_power(ctx, import, status).await,
+            Fact::Export => {
+                self.export = Some(ctx.exports.fact(&import.uid().unwrap_or_default()));
+                Ok(())
+            }
+            Fact::Images => self.gather_images(ctx, import, status).await,
+            Fact::VirtualMachine => self.gather_vm(ctx, import, status).await,
+            Fact::Leftovers => self.gather_leftovers(ctx, import, status).await,
+        }
+    }
+
+    async fn gather_source(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<(), ImportError> {
+        let reference = &import.spec.source_cluster;
+        let namespace = reference
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| import.namespace())
+            .unwrap_or_default();
+        let name = reference.name.clone().unwrap_or_default();
+        let kind = reference.kind.clone().unwrap_or_default().to_ascii_lowercase();
+        if kind != "vmwaresource" {
+            // OpenStack and OVA sources: their reconcilers mark them clusterNotReady with the reason,
+            // so the import waits visibly rather than failing.
+            let ready = match kind.as_str() {
+                "openstacksource" => Api::<api::OpenstackSource>::namespaced(ctx.kube.clone(), &namespace)
+                    .get_opt(&name)
+                    .await
+                    .map(|o| o.map(|s| s.status.unwrap_or_default().status)),
+                _ => Api::<api::OvaSource>::namespaced(ctx.kube.clone(), &namespace)
+                    .get_opt(&name)
+                    .await
+                    .map(|o| o.map(|s| s.status.unwrap_or_default().status)),
+            }
+            .map_err(ImportError::kube("reading the source"))?;
+            self.source = Some(match ready {
+                None => SourceFact::Missing,
+                Some(ClusterStatus::ClusterReady) => return Err(ImportError::UnsupportedSource(kind)),
+                Some(_) => SourceFact::NotReady,
+            });
+            return Ok(());
+        }
+        let source = Api::<VmwareSource>::namespaced(ctx.kube.clone(), &namespace)
+            .get_opt(&name)
+            .await
+            .map_err(ImportError::kube("reading the VmwareSource"))?;
+        self.source = Some(match &source {
+            None => SourceFact::Missing,
+            Some(s) if s.status.as_ref().map(|st| &st.status) == Some(&ClusterStatus::ClusterReady) => {
+                SourceFact::Ready
+            }
+            Some(_) => SourceFact::NotReady,
+        });
+        self.vmware_source = source;
+        Ok(())
+    }
+
+    fn datacenter(&self) -> String {
+        self.vmware_source
+            .as_ref()
+            .map(|s| vmware::datacenter_name(&s.spec.datacenter).to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The vSphere session for this reconcile (opened on first use).
+    pub(super) async fn session(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<&vsphere::Client, ImportError> {
+        if self.vmware_source.is_none() {
+            self.gather_source(ctx, import).await?;
+        }
+        let Some(source) = &self.vmware_source else {
+            return Err(ImportError::Vsphere {
+                step: "finding the VmwareSource",
+                detail: format!(
+                    "source {} not found",
+                    import.spec.source_cluster.name.as_deref().unwrap_or_default()
+                ),
+            });
+        };
+        if self.session.is_none() {
+            self.session = Some(vmware::connect(&ctx.kube, source).await?);
+        }
+        self.session.as_ref().ok_or(ImportError::Vsphere {
+            step: "connecting",
+            detail: "no session".into(),
+        })
+    }
+
+    /// The VM at the source; `Ok(None)` when it does not exist.
+    pub(super) async fn describe(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<Option<&VmDescription>, ImportError> {
+        if self.description.is_none() {
+            self.session(ctx, import).await?;
+            let datacenter = self.datacenter();
+            let folder = Some(import.spec.folder.as_str()).filter(|f| !f.is_empty());
+            let Some(session) = &self.session else {
+                return Ok(None);
+            };
+            match session
+                .inspect(&datacenter, folder, &import.spec.virtual_machine_name)
+                .await
+            {
+                Ok(description) => self.description = Some(description),
+                Err(
+                    vsphere::inventory::Error::VmNotFound { .. }
+                    | vsphere::inventory::Error::FolderNotFound { .. },
+                ) => {
+                    return Ok(None);
+                }
+                Err(error) => {
+                    return Err(ImportError::Vsphere {
+                        step: "looking up the VM",
+                        detail: chain(&error),
+                    });
+                }
+            }
+        }
+        Ok(self.description.as_ref())
+    }
+
+    async fn gather_preflight(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<(), ImportError> {
+        let spec = &import.spec;
+        let namespace = import.namespace().unwrap_or_default();
+        let storage_class_exists = spec.storage_class.is_empty()
+            || Api::<StorageClass>::all(ctx.kube.clone())
+                .get_opt(&spec.storage_class)
+                .await
+                .map_err(ImportError::kube("reading the StorageClass"))?
+                .is_some();
+        let mut missing_nads = Vec::new();
+        for mapping in &spec.mapping {
+            let (nad_namespace, nad_name) = match mapping.destination_network.split('/').collect::<Vec<_>>()[..]
+            {
+                [name] => (namespace.as_str(), name),
+                [ns, name] => (ns, name),
+                // Malformed: plan reports it as such.
+                _ => continue,
+            };
+            if nad_name.is_empty() {
+                continue;
+            }
+            let found = kinds::namespaced(&ctx.kube, nad_namespace, &kinds::nad_resource())
+                .get_opt(nad_name)
+                .await
+                .map_err(ImportError::kube("reading a NetworkAttachmentDefinition"))?;
+            if found.is_none() {
+                missing_nads.push(mapping.destination_network.clone());
+            }
+        }
+        let skip = spec.skip_preflight_checks == Some(true);
+        let source_networks = if skip {
+            None
+        } else {
+            self.session(ctx, import).await?;
+            let datacenter = self.datacenter();
+            let session = self.session(ctx, import).await?;
+            let dc = session
+                .datacenter(&datacenter)
+                .await
+                .map_err(|e| ImportError::Vsphere {
+                    step: "finding the datacenter",
+                    detail: chain(&e),
+                })?;
+            let networks = session.networks(&dc).await.map_err(|e| ImportError::Vsphere {
+                step: "listing networks",
+                detail: chain(&e),
+            })?;
+            Some(networks.networks.into_iter().map(|n| n.name).collect())
+        };
+        let description = self.describe(ctx, import).await?.cloned();
+        self.preflight = Some(PreflightFacts {
+            storage_class_exists,
+            missing_nads,
+            source_networks,
+            vm: description.as_ref().map(vmware::source_vm),
+            power_off_supported: true,
+            powered_off: description
+                .as_ref()
+                .is_some_and(|d| d.power_state == PowerState::PoweredOff),
+            tools_running: description.as_ref().is_some_and(VmDescription::tools_running),
+        });
+        Ok(())
+    }
+
+    async fn gather_power(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+        status: &VirtualMachineImportStatus,
+    ) -> Result<(), ImportError> {
+        let Some(description) = self.describe(ctx, import).await?.cloned() else {
+            return Err(ImportError::Vsphere {
+                step: "reading the power state",
+                detail: format!("VM {} not found", import.spec.virtual_machine_name),
+            });
+        };
+        let session = self.session(ctx, import).await?;
+        let (state, _) = session
+            .power_state(&description.moref)
+            .await
+            .map_err(|e| ImportError::Vsphere {
+                step: "reading the power state",
+                detail: chain(&e),
+            })?;
+        self.power = Some(if state == PowerState::PoweredOff {
+            PowerFact::Off
+        } else {
+            PowerFact::On
+        });
+        self.since_shutdown =
+            api::condition::find(&status.import_conditions, &ConditionType::VmShutdownGuest)
+                .and_then(|c| crate::time::since(&c.last_update_time));
+        Ok(())
+    }
+
+    async fn gather_images(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+        status: &VirtualMachineImportStatus,
+    ) -> Result<(), ImportError> {
+        let api = kinds::namespaced(
+            &ctx.kube,
+            &import.namespace().unwrap_or_default(),
+            &kinds::image_resource(),
+        );
+        let mut facts = Vec::with_capacity(status.disk_import_status.len());
+        let mut objects = Vec::with_capacity(status.disk_import_status.len());
+        for disk in &status.disk_import_status {
+            if disk.virtual_machine_image.is_empty() {
+                facts.push(ImageFact::Absent);
+                objects.push(None);
+                continue;
+            }
+            let image = api
+                .get_opt(&disk.virtual_machine_image)
+                .await
+                .map_err(ImportError::kube("reading a VirtualMachineImage"))?;
+            facts.push(image.as_ref().map_or(ImageFact::Absent, image_fact));
+            objects.push(image);
+        }
+        self.images = Some(facts);
+        self.image_objects = objects;
+        Ok(())
+    }
+
+    async fn gather_vm(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+        status: &VirtualMachineImportStatus,
+    ) -> Result<(), ImportError> {
+        let vm = kinds::namespaced(
+            &ctx.kube,
+            &import.namespace().unwrap_or_default(),
+            &kinds::virtual_machine_resource(),
+        )
+        .get_opt(&status.imported_virtual_machine_name)
+        .await
+        .map_err(ImportError::kube("reading the VirtualMachine"))?;
+        self.vm = Some(match vm {
+            None => VmFact::Absent,
+            Some(vm)
+                if vm.labels().get(api::names::LABEL_IMPORTED).map(String::as_str)
+                    == Some(api::names::LABEL_TRUE) =>
+            {
+                VmFact::Ours {
+                    ready: vm
+                        .data
+                        .pointer("/status/ready")
+                        .and_then(serde_json::Value::as_bool)
+                        == Some(true),
+                }
+            }
+            Some(_) => VmFact::Foreign,
+        });
+        Ok(())
+    }
+
+    async fn gather_leftovers(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+        status: &VirtualMachineImportStatus,
+    ) -> Result<(), ImportError> {
+        let dir = &ctx.settings.image_dir;
+        let files = status
+            .disk_import_status
+            .iter()
+            .any(|d| dir.join(&d.name).exists() || partial_path(dir, &d.name).exists());
+        // Only a running import hands its images over (owner reference removed); a failed one
+        // keeps them owned, so deleting the import collects them.
+        let owned_images = if status.phase == api::ImportPhase::VirtualMachineRunning {
+            self.gather_images(ctx, import, status).await?;
+            let uid = import.uid().unwrap_or_default();
+            self.image_objects
+                .iter()
+                .flatten()
+                .any(|image| image.owner_references().iter().any(|o| o.uid == uid))
+        } else {
+            false
+        };
+        self.leftovers = Some(files || owned_images);
+        Ok(())
+    }
+}
+
+/// An image's readiness from its `Imported` condition, as upstream reads it.
+fn image_fact(image: &DynamicObject) -> ImageFact {
+    let conditions = image
+        .data
+        .pointer("/status/conditions")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let imported = conditions
+        .iter()
+        .find(|c| c.get("type").and_then(serde_json::Value::as_str) == Some("Imported"));
+    match imported {
+        Some(c) if c.get("status").and_then(serde_json::Value::as_str) == Some("True") => ImageFact::Ready,
+        Some(c)
+            if c.get("status").and_then(serde_json::Value::as_str) == Some("False")
+                && c.get("reason").and_then(serde_json::Value::as_str) == Some("ImportFailed") =>
+        {
+            ImageFact::Failed {
+                message: c
+                    .get("message")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            }
+        }
+        _ => ImageFact::Pending,
+    }
+}
+
+/// The source VM, for building the KubeVirt VM.
+pub(super) fn source_vm(description: &VmDescription) -> SourceVm {
+    vmware::source_vm(description)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn image(status: serde_json::Value) -> DynamicObject {
+        let mut object = DynamicObject::new("image-x", &kinds::image_resource());
+        object.data = json!({ "status": status });
+        object
+    }
+
+    #[test]
+    fn image_readiness_comes_from_the_imported_condition() {
+        assert_eq!(image_fact(&image(json!({}))), ImageFact::Pending);
+        assert_eq!(
+            image_fact(&image(
+                json!({"conditions": [{"type": "Imported", "status": "True"}]})
+            )),
+            ImageFact::Ready
+        );
+        assert_eq!(
+            image_fact(&image(
+                json!({"conditions": [{"type": "Imported", "status": "False", "reason": "ImportFailed", "message": "404"}]})
+            )),
+            ImageFact::Failed {
+                message: "404".into()
+            }
+        );
+        assert_eq!(
+            image_fact(&image(
+                json!({"conditions": [{"type": "Imported", "status": "False", "reason": "Importing"}]})
+            )),
+            ImageFact::Pending
+        );
+    }
+}

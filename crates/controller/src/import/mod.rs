@@ -1,0 +1,189 @@
+//! The `VirtualMachineImport` reconciler: gather the facts `plan::next` asks for, execute the one
+//! decision it returns, write status, publish an Event. Long work (the export) runs in the
+//! background ([`crate::export`]) and is observed, never awaited; everything a reconcile does
+//! itself is a bounded API call.
+//!
+//! ```text
+//!  reconcile ─► add finalizer ─► loop { next(&observed) ─► Observe(fact) ─► gather::fact }
+//!                                           └─► decision ─► execute::apply ─► status, Event, metrics
+//! ```
+
+mod execute;
+mod gather;
+
+use std::{sync::Arc, time::Duration};
+
+use api::{VirtualMachineImport, names::IMPORT_FINALIZER};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use plan::Decision;
+use serde_json::json;
+
+use crate::{context::Context, vmware::ConnectError};
+
+/// Facts gathered per decision at most this many times (each fact once; the bound only guards
+/// against a state machine bug looping).
+const MAX_OBSERVATIONS: usize = 12;
+
+/// Why a reconcile step failed; retried with backoff, surfaced as a Warning Event with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// An API call failed.
+    #[error("{step}: {source}")]
+    Kube {
+        /// What we were doing.
+        step: &'static str,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// No session with the source.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A vSphere call failed.
+    #[error("{step}: {detail}")]
+    Vsphere {
+        /// What we were doing.
+        step: &'static str,
+        /// The error chain.
+        detail: String,
+    },
+    /// Status changed underneath this reconcile (someone else wrote); retried at once.
+    #[error("the import changed while it was being reconciled")]
+    Conflict,
+    /// A file in the image directory could not be handled.
+    #[error("{step} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        step: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state machine asked for facts forever.
+    #[error("no decision after {MAX_OBSERVATIONS} observations")]
+    Undecided,
+    /// The source kind has no implementation yet.
+    #[error("source kind {0} is not supported by this version")]
+    UnsupportedSource(String),
+}
+
+impl ImportError {
+    /// Low-cardinality reason for Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "KubernetesApiError",
+            Self::Connect(e) => e.reason(),
+            Self::Vsphere { .. } => "SourceApiError",
+            Self::Conflict => "Conflict",
+            Self::Io { .. } => "ImageDirectoryError",
+            Self::Undecided => "Undecided",
+            Self::UnsupportedSource(_) => "SourceKindNotSupported",
+        }
+    }
+
+    fn kube(step: &'static str) -> impl FnOnce(kube::Error) -> Self {
+        move |source| match &source {
+            kube::Error::Api(status) if status.code == 409 => Self::Conflict,
+            _ => Self::Kube { step, source },
+        }
+    }
+}
+
+/// Reconciles one import.
+///
+/// # Errors
+/// [`ImportError`]; the controller retries with backoff.
+pub async fn reconcile(import: Arc<VirtualMachineImport>, ctx: Arc<Context>) -> Result<Action, ImportError> {
+    let uid = import.uid().unwrap_or_default();
+    let deleting = import.meta().deletion_timestamp.is_some();
+    if deleting && !import.finalizers().iter().any(|f| f == IMPORT_FINALIZER) {
+        ctx.metrics.set_phase(&uid, None);
+        return Ok(Action::await_change());
+    }
+    if !deleting && !import.finalizers().iter().any(|f| f == IMPORT_FINALIZER) {
+        add_finalizer(&ctx, &import).await?;
+        // The metadata write comes back as a watch event.
+        return Ok(Action::await_change());
+    }
+    let status = import.status.clone().unwrap_or_default();
+    ctx.metrics.set_phase(&uid, Some(status.phase.as_str()));
+
+    let mut facts = gather::Facts::default();
+    for _ in 0..MAX_OBSERVATIONS {
+        let observed = facts.observed(&import.spec, &status, deleting);
+        let decision = plan::next(&observed);
+        if let Decision::Observe(fact) = decision {
+            facts.gather(&ctx, &import, &status, fact).await?;
+            continue;
+        }
+        if !matches!(decision, Decision::Wait { .. } | Decision::Done) {
+            ctx.metrics.step(decision.reason());
+            tracing::info!(import = %import.name_any(), namespace = %import.namespace().unwrap_or_default(), phase = %status.phase.as_str(), step = decision.reason(), "import step");
+        }
+        return execute::apply(&ctx, &import, status.clone(), &mut facts, decision).await;
+    }
+    Err(ImportError::Undecided)
+}
+
+/// Error policy: log, count, tell the user with an Event, retry with a short backoff.
+pub fn on_error(import: Arc<VirtualMachineImport>, error: &ImportError, ctx: Arc<Context>) -> Action {
+    if matches!(error, ImportError::Conflict) {
+        return Action::requeue(Duration::from_millis(500));
+    }
+    let message = crate::vmware::chain(error);
+    tracing::warn!(import = %import.name_any(), namespace = %import.namespace().unwrap_or_default(), reason = error.reason(), error = %message, "reconcile failed; retrying");
+    ctx.metrics.failed(error.reason());
+    let reason = error.reason();
+    tokio::spawn(async move {
+        ctx.event(&*import, true, reason, message).await;
+    });
+    Action::requeue(Duration::from_secs(10))
+}
+
+async fn add_finalizer(ctx: &Context, import: &VirtualMachineImport) -> Result<(), ImportError> {
+    let mut finalizers = import.finalizers().to_vec();
+    finalizers.push(IMPORT_FINALIZER.to_owned());
+    let api: Api<VirtualMachineImport> =
+        Api::namespaced(ctx.kube.clone(), &import.namespace().unwrap_or_default());
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": import.resource_version(),
+        }
+    });
+    api.patch(&import.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(ImportError::kube("adding the finalizer"))?;
+    Ok(())
+}
+
+async fn remove_finalizer(ctx: &Context, import: &VirtualMachineImport) -> Result<(), ImportError> {
+    let finalizers: Vec<String> = import
+        .finalizers()
+        .iter()
+        .filter(|f| *f != IMPORT_FINALIZER)
+        .cloned()
+        .collect();
+    let api: Api<VirtualMachineImport> =
+        Api::namespaced(ctx.kube.clone(), &import.namespace().unwrap_or_default());
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": import.resource_version(),
+        }
+    });
+    match api
+        .patch(&import.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(ImportError::kube("removing the finalizer")(error)),
+    }
+}

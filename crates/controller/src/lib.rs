@@ -1,0 +1,311 @@
+//! The Kubernetes controller of vm-import: a drop-in replacement for Harvester's
+//! `vm-import-controller`. It reconciles `VmwareSource` (and reports `OpenstackSource`/`OvaSource`
+//! as not supported yet) and `VirtualMachineImport` through `plan`'s state machine, runs exports in
+//! the background, serves the converted images on port 8080 and metrics on a second port.
+//!
+//! ```text
+//!  run ─► CRDs applied ─► leader lease ─► ┬─ import controller (watches imports, images, VMs; woken by exports)
+//!                                         ├─ source controllers (watch sources and their Secrets)
+//!                                         ├─ image server :8080 (GET/HEAD/Range of finished images)
+//!                                         └─ metrics :9090 (/metrics, /healthz, /readyz)
+//! ```
+//!
+//! * [`settings`]: what the binary passes in;
+//! * [`import`]: the import reconciler (gather facts → `plan::next` → execute → status, Event);
+//! * [`export`]: background exports with global and per-host limits, progress in status;
+//! * [`source`]: source reconcilers; [`vmware`]: sessions from a source and its Secret;
+//! * [`image_server`], [`metrics`], [`http_server`]: the two HTTP listeners;
+//! * [`leader`], [`crds`], [`kinds`], [`context`], [`time`]: plumbing.
+
+pub mod context;
+pub mod crds;
+pub mod export;
+pub mod http_server;
+pub mod image_server;
+pub mod import;
+pub mod kinds;
+pub mod leader;
+pub mod metrics;
+pub mod settings;
+pub mod source;
+pub mod time;
+pub mod vmware;
+
+use std::sync::Arc;
+
+use api::{OpenstackSource, OvaSource, VirtualMachineImport, VmwareSource};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    api::DynamicObject,
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+use tokio::{net::TcpListener, sync::mpsc};
+
+pub use settings::Settings;
+
+use crate::{context::Context, image_server::ImageServer, metrics::Metrics};
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No usable kubeconfig or in-cluster config.
+    #[error("connecting to the Kubernetes API")]
+    Kube(#[source] kube::Error),
+    /// A listener could not bind.
+    #[error("listening on {address}")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image directory cannot be created.
+    #[error("creating the image directory {path}")]
+    ImageDir {
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CRDs could not be installed.
+    #[error(transparent)]
+    Crds(#[from] crds::CrdError),
+    /// Leadership was lost; the process exits so it restarts as a candidate.
+    #[error(transparent)]
+    Leader(#[from] leader::LeaderError),
+}
+
+/// Runs the controller until SIGTERM/SIGINT or until leadership is lost.
+///
+/// # Errors
+/// [`RunError`].
+pub async fn run(settings: Settings) -> Result<(), RunError> {
+    let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
+    run_with_client(client, settings).await
+}
+
+/// [`run`] with a given client (tests point it at the lab).
+///
+/// # Errors
+/// [`RunError`].
+pub async fn run_with_client(client: kube::Client, settings: Settings) -> Result<(), RunError> {
+    tokio::fs::create_dir_all(&settings.image_dir)
+        .await
+        .map_err(|source| RunError::ImageDir {
+            path: settings.image_dir.clone(),
+            source,
+        })?;
+    let metrics = Arc::new(Metrics::new());
+    let bind = |address| async move {
+        TcpListener::bind(address)
+            .await
+            .map_err(|source| RunError::Listen { address, source })
+    };
+    let metrics_listener = bind(settings.metrics_listen).await?;
+    let image_listener = bind(settings.listen).await?;
+    tracing::info!(metrics = %settings.metrics_listen, images = %settings.listen, image_dir = %settings.image_dir.display(), "listening");
+    {
+        let metrics = metrics.clone();
+        tokio::spawn(http_server::serve(metrics_listener, move |request| {
+            let response = metrics.handle(&request);
+            async move { response }
+        }));
+    }
+
+    let elector = settings.leader_election_namespace.as_ref().map(|namespace| {
+        leader::Elector::new(
+            client.clone(),
+            namespace,
+            settings::LEADER_LEASE_NAME,
+            &settings.identity,
+        )
+    });
+    if let Some(elector) = &elector {
+        elector.acquire().await;
+    }
+    if settings.install_crds {
+        crds::install(&client).await?;
+    }
+    {
+        let server = ImageServer::new(settings.image_dir.clone(), metrics.clone());
+        tokio::spawn(http_server::serve(image_listener, move |request| {
+            let server = server.clone();
+            async move { server.handle(request).await }
+        }));
+    }
+
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone(), wake_tx));
+    metrics.set_ready(true);
+
+    let namespace = ctx.settings.namespace.clone();
+    let namespace = namespace.as_deref();
+    let controllers = futures::future::join4(
+        run_import_controller(client.clone(), ctx.clone(), wake_rx),
+        run_vmware_controller(client.clone(), ctx.clone()),
+        Controller::new(
+            scoped::<OpenstackSource>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .shutdown_on_signal()
+        .run(source::reconcile_openstack, source_error_policy, ctx.clone())
+        .for_each(|_| async {}),
+        Controller::new(
+            scoped::<OvaSource>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .shutdown_on_signal()
+        .run(source::reconcile_ova, source_error_policy, ctx.clone())
+        .for_each(|_| async {}),
+    );
+    match elector {
+        Some(elector) => {
+            tokio::select! {
+                _ = controllers => {},
+                lost = elector.keep() => {
+                    metrics.set_ready(false);
+                    return Err(lost.into());
+                }
+            }
+        }
+        None => {
+            controllers.await;
+        }
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// An API over all namespaces, or the one the controller is limited to.
+fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn scoped_dynamic(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    resource: &kube::api::ApiResource,
+) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    }
+}
+
+fn source_error_policy<K>(_: Arc<K>, error: &source::SourceError, ctx: Arc<Context>) -> Action {
+    tracing::warn!(reason = error.reason(), error = %vmware::chain(error), "source reconcile failed");
+    ctx.metrics.failed(error.reason());
+    Action::requeue(std::time::Duration::from_secs(15))
+}
+
+async fn run_import_controller(
+    client: kube::Client,
+    ctx: Arc<Context>,
+    wake: mpsc::UnboundedReceiver<ObjectRef<VirtualMachineImport>>,
+) {
+    let namespace = ctx.settings.namespace.clone();
+    let namespace = namespace.as_deref();
+    let imports = scoped::<VirtualMachineImport>(&client, namespace);
+    let controller = Controller::new(imports, watcher::Config::default());
+    let store = controller.store();
+    let images = scoped_dynamic(&client, namespace, &kinds::image_resource());
+    let vms = scoped_dynamic(&client, namespace, &kinds::virtual_machine_resource());
+    let imported = format!("{}={}", api::names::LABEL_IMPORTED, api::names::LABEL_TRUE);
+    let wake = futures::stream::unfold(wake, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    controller
+        .watches_with(
+            images,
+            kinds::image_resource(),
+            watcher::Config::default().labels(&imported),
+            |image| {
+                // Upstream's relation: the import named in the image's owner reference.
+                let namespace = image.namespace();
+                image
+                    .owner_references()
+                    .iter()
+                    .filter(|o| o.kind.eq_ignore_ascii_case("VirtualMachineImport"))
+                    .map(|o| {
+                        let reference = ObjectRef::new(&o.name);
+                        match &namespace {
+                            Some(ns) => reference.within(ns),
+                            None => reference,
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches_with(
+            vms,
+            kinds::virtual_machine_resource(),
+            watcher::Config::default().labels(&imported),
+            move |vm| {
+                // The import whose status names this VM (upstream polls every 2 minutes instead).
+                let namespace = vm.namespace();
+                let name = vm.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|i| {
+                        i.namespace() == namespace
+                            && i.status
+                                .as_ref()
+                                .is_some_and(|s| s.imported_virtual_machine_name == name)
+                    })
+                    .map(|i| ObjectRef::from_obj(&*i))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_on(wake)
+        .shutdown_on_signal()
+        .run(import::reconcile, import::on_error, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn run_vmware_controller(client: kube::Client, ctx: Arc<Context>) {
+    let namespace = ctx.settings.namespace.clone();
+    let namespace = namespace.as_deref();
+    let controller = Controller::new(
+        scoped::<VmwareSource>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    controller
+        .watches(
+            scoped::<Secret>(&client, namespace),
+            watcher::Config::default(),
+            move |secret| {
+                // Re-check every source whose credentials this Secret holds.
+                let namespace = secret.namespace();
+                let name = secret.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|s| {
+                        let reference = &s.spec.credentials;
+                        let secret_namespace = reference
+                            .namespace
+                            .clone()
+                            .filter(|n| !n.is_empty())
+                            .or_else(|| s.namespace());
+                        reference.name.as_deref() == Some(name.as_str()) && secret_namespace == namespace
+                    })
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(source::reconcile_vmware, source_error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}

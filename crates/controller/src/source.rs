@@ -1,0 +1,322 @@
+//! Source reconcilers. A `VmwareSource` is checked by logging in and finding its datacenter, then
+//! again every few minutes and whenever its Secret changes (upstream checks once, ever). Status gets
+//! `clusterReady`/`clusterNotReady` with `ClusterReady` and `ClusterError` conditions that carry a
+//! reason and a message saying what to fix, plus an `InsecureSkipVerify` warning condition when the
+//! source opted out of TLS verification. Status is written only when it changes, so a failing
+//! source is not re-checked in a tight loop. `OpenstackSource` and `OvaSource` are not imported
+//! from yet: they are marked `clusterNotReady` with reason `SourceKindNotSupported`.
+
+use std::{sync::Arc, time::Duration};
+
+use api::{
+    ClusterStatus, Condition, ConditionStatus, ConditionType, OpenstackSource, OvaSource, SourceStatus,
+    VmwareSource,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+
+use crate::{context::Context, time::now_rfc3339, vmware};
+
+/// Re-check of a source that is not ready.
+const NOT_READY_RECHECK: Duration = Duration::from_secs(30);
+
+/// Why a source reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Writing status failed.
+    #[error("writing the status of {kind} {namespace}/{name}")]
+    WriteStatus {
+        /// Kind.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl SourceError {
+    /// Low-cardinality reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::WriteStatus { .. } => "StatusWriteFailed",
+        }
+    }
+}
+
+/// The outcome of one check, before timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Check {
+    ready: bool,
+    reason: String,
+    message: String,
+    insecure: bool,
+}
+
+/// The status a check produces, keeping condition timestamps of conditions that did not change.
+fn status_for(check: &Check, previous: Option<&SourceStatus>, generation: Option<i64>) -> SourceStatus {
+    let now = now_rfc3339();
+    let mut conditions = previous.map(|s| s.conditions.clone()).unwrap_or_default();
+    let (ready, error) = if check.ready {
+        (ConditionStatus::True, ConditionStatus::False)
+    } else {
+        (ConditionStatus::False, ConditionStatus::True)
+    };
+    let ready_message = if check.ready { "" } else { check.message.as_str() };
+    let set = |conditions: &mut Vec<Condition>,
+               type_: ConditionType,
+               status: ConditionStatus,
+               reason: &str,
+               message: &str| {
+        let unchanged = api::condition::find(conditions, &type_)
+            .is_some_and(|c| c.status == status && c.reason == reason && c.message == message);
+        if !unchanged {
+            api::condition::upsert(
+                conditions,
+                Condition::new(type_, status, &now).with_reason(reason, message),
+            );
+        }
+    };
+    set(
+        &mut conditions,
+        ConditionType::ClusterReady,
+        ready,
+        &check.reason,
+        ready_message,
+    );
+    set(
+        &mut conditions,
+        ConditionType::ClusterError,
+        error,
+        if check.ready { "" } else { &check.reason },
+        if check.ready { "" } else { &check.message },
+    );
+    if check.insecure {
+        set(
+            &mut conditions,
+            ConditionType::InsecureSkipVerify,
+            ConditionStatus::True,
+            "TLSVerificationDisabled",
+            "spec.insecureSkipVerify is true: the server's certificate is not verified",
+        );
+    } else {
+        api::condition::remove(&mut conditions, &ConditionType::InsecureSkipVerify);
+    }
+    SourceStatus {
+        status: if check.ready {
+            ClusterStatus::ClusterReady
+        } else {
+            ClusterStatus::ClusterNotReady
+        },
+        conditions,
+        observed_generation: generation,
+    }
+}
+
+async fn write_status<K>(
+    ctx: &Context,
+    object: &K,
+    kind: &'static str,
+    status: SourceStatus,
+) -> Result<(), SourceError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let namespace = object.namespace().unwrap_or_default();
+    let name = object.name_any();
+    let api: Api<K> = Api::namespaced(ctx.kube.clone(), &namespace);
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| SourceError::WriteStatus {
+        kind,
+        namespace,
+        name,
+        source,
+    })
+}
+
+/// Reconciles a `VmwareSource`.
+///
+/// # Errors
+/// [`SourceError`] when status cannot be written.
+pub async fn reconcile_vmware(source: Arc<VmwareSource>, ctx: Arc<Context>) -> Result<Action, SourceError> {
+    if source.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let insecure = source.spec.insecure_skip_verify == Some(true);
+    let check = match vmware::verify(&ctx.kube, &source).await {
+        Ok(client) => {
+            let _ = client.logout().await;
+            Check {
+                ready: true,
+                reason: "Verified".into(),
+                message: String::new(),
+                insecure: insecure || client.tls_insecure(),
+            }
+        }
+        Err(error) => Check {
+            ready: false,
+            reason: error.reason().to_owned(),
+            message: vmware::chain(&error),
+            insecure,
+        },
+    };
+    ctx.metrics
+        .source_checked("VmwareSource", if check.ready { "Ready" } else { &check.reason });
+    let status = status_for(&check, source.status.as_ref(), source.meta().generation);
+    if source.status.as_ref() != Some(&status) {
+        let was_ready = source.status.as_ref().map(|s| &s.status) == Some(&ClusterStatus::ClusterReady);
+        if check.ready != was_ready || source.status.is_none() {
+            let note = if check.ready {
+                format!(
+                    "logged in to {} and found datacenter {}",
+                    source.spec.endpoint_address, source.spec.datacenter
+                )
+            } else {
+                check.message.clone()
+            };
+            ctx.event(
+                &*source,
+                !check.ready,
+                if check.ready {
+                    "ClusterReady"
+                } else {
+                    &check.reason
+                },
+                note,
+            )
+            .await;
+        }
+        if check.ready {
+            tracing::info!(source = %source.name_any(), "VmwareSource ready");
+        } else {
+            tracing::warn!(source = %source.name_any(), reason = %check.reason, message = %check.message, "VmwareSource not ready");
+        }
+        write_status(&ctx, &*source, "VmwareSource", status).await?;
+    }
+    Ok(Action::requeue(if check.ready {
+        ctx.settings.source_recheck
+    } else {
+        NOT_READY_RECHECK
+    }))
+}
+
+fn not_supported(kind: &str) -> Check {
+    Check {
+        ready: false,
+        reason: "SourceKindNotSupported".into(),
+        message: format!("this version of vm-import does not import from {kind} sources yet"),
+        insecure: false,
+    }
+}
+
+/// Reconciles an `OpenstackSource` (not supported yet: says so in status).
+///
+/// # Errors
+/// [`SourceError`] when status cannot be written.
+pub async fn reconcile_openstack(
+    source: Arc<OpenstackSource>,
+    ctx: Arc<Context>,
+) -> Result<Action, SourceError> {
+    let status = status_for(
+        &not_supported("OpenStack"),
+        source.status.as_ref(),
+        source.meta().generation,
+    );
+    if source.status.as_ref() != Some(&status) {
+        write_status(&ctx, &*source, "OpenstackSource", status).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Reconciles an `OvaSource` (not supported yet: says so in status).
+///
+/// # Errors
+/// [`SourceError`] when status cannot be written.
+pub async fn reconcile_ova(source: Arc<OvaSource>, ctx: Arc<Context>) -> Result<Action, SourceError> {
+    let status = status_for(
+        &not_supported("OVA"),
+        source.status.as_ref(),
+        source.meta().generation,
+    );
+    if source.status.as_ref() != Some(&status) {
+        write_status(&ctx, &*source, "OvaSource", status).await?;
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing() -> Check {
+        Check {
+            ready: false,
+            reason: "InvalidCredentials".into(),
+            message: "rejected".into(),
+            insecure: false,
+        }
+    }
+
+    #[test]
+    fn a_repeated_outcome_produces_an_identical_status() {
+        let first = status_for(&failing(), None, Some(1));
+        let second = status_for(&failing(), Some(&first), Some(1));
+        assert_eq!(
+            first, second,
+            "same outcome must not rewrite timestamps (no hot loop)"
+        );
+        assert_eq!(first.status, ClusterStatus::ClusterNotReady);
+        let error = api::condition::find(&first.conditions, &ConditionType::ClusterError).expect("set");
+        assert_eq!(
+            (error.reason.as_str(), error.message.as_str()),
+            ("InvalidCredentials", "rejected")
+        );
+    }
+
+    #[test]
+    fn ready_clears_the_error_and_insecure_adds_a_warning() {
+        let failed = status_for(&failing(), None, None);
+        let ready = Check {
+            ready: true,
+            reason: "Verified".into(),
+            message: String::new(),
+            insecure: true,
+        };
+        let status = status_for(&ready, Some(&failed), None);
+        assert_eq!(status.status, ClusterStatus::ClusterReady);
+        assert!(api::condition::is_true(
+            &status.conditions,
+            &ConditionType::ClusterReady
+        ));
+        assert!(!api::condition::is_true(
+            &status.conditions,
+            &ConditionType::ClusterError
+        ));
+        assert!(api::condition::is_true(
+            &status.conditions,
+            &ConditionType::InsecureSkipVerify
+        ));
+        let secure = Check {
+            insecure: false,
+            ..ready
+        };
+        let status = status_for(&secure, Some(&status), None);
+        assert!(api::condition::find(&status.conditions, &ConditionType::InsecureSkipVerify).is_none());
+    }
+}

@@ -1,0 +1,366 @@
+//! The VMware side of the controller: a vSphere session from a `VmwareSource` and its Secret (TLS
+//! verified unless the source opts out), the VM description translated into `plan`'s source-neutral
+//! model, and one `diskImportStatus` entry per disk.
+
+use std::error::Error as _;
+
+use api::{DiskInfo, VmwareSource, names::vmware as vmware_secret};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use plan::{ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm};
+use vsphere::{
+    Client, Config, Password, TlsMode,
+    proto::vm::{BusFamily, NicNetwork, VmDescription},
+};
+
+/// Why the controller could not get a working session (or datacenter) for a `VmwareSource`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The credentials Secret does not exist.
+    #[error("secret {namespace}/{name} not found")]
+    SecretNotFound {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The Secret lacks a key.
+    #[error("secret {namespace}/{name} has no '{key}' key")]
+    SecretKeyMissing {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key.
+        key: &'static str,
+    },
+    /// Reading the Secret failed.
+    #[error("reading secret {namespace}/{name}")]
+    ReadSecret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The server's certificate did not verify.
+    #[error(
+        "TLS verification of {endpoint} failed ({detail}); add the vCenter CA certificate (PEM) under the \
+         secret's 'caCert' key, or set spec.insecureSkipVerify: true to skip verification"
+    )]
+    TlsVerification {
+        /// The endpoint.
+        endpoint: String,
+        /// The TLS error.
+        detail: String,
+    },
+    /// The user name or password is wrong.
+    #[error("vCenter {endpoint} rejected the credentials of user '{username}'")]
+    InvalidCredentials {
+        /// The endpoint.
+        endpoint: String,
+        /// The user.
+        username: String,
+    },
+    /// Any other session failure (unreachable host, bad URL, faults).
+    #[error("cannot log in to {endpoint}: {detail}")]
+    Session {
+        /// The endpoint.
+        endpoint: String,
+        /// The error chain.
+        detail: String,
+    },
+    /// Login worked but the datacenter is not there.
+    #[error("{0}")]
+    Datacenter(String),
+}
+
+impl ConnectError {
+    /// Low-cardinality reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::SecretNotFound { .. } => "SecretNotFound",
+            Self::SecretKeyMissing { .. } => "SecretKeyMissing",
+            Self::ReadSecret { .. } => "SecretUnreadable",
+            Self::TlsVerification { .. } => "TLSVerificationFailed",
+            Self::InvalidCredentials { .. } => "InvalidCredentials",
+            Self::Session { .. } => "EndpointUnreachable",
+            Self::Datacenter(_) => "DatacenterNotFound",
+        }
+    }
+}
+
+/// The error and its sources on one line (`a: b: c`), for condition messages.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn looks_like_certificate_failure(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("fingerprint")
+}
+
+struct Credentials {
+    username: String,
+    password: Password,
+    ca_cert: Option<Vec<u8>>,
+}
+
+async fn read_credentials(kube: &kube::Client, source: &VmwareSource) -> Result<Credentials, ConnectError> {
+    let reference = &source.spec.credentials;
+    let namespace = reference
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| source.namespace())
+        .unwrap_or_default();
+    let name = reference.name.clone().unwrap_or_default();
+    let secret = Api::<Secret>::namespaced(kube.clone(), &namespace)
+        .get_opt(&name)
+        .await
+        .map_err(|source| ConnectError::ReadSecret {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        })?
+        .ok_or_else(|| ConnectError::SecretNotFound {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        })?;
+    let data = secret.data.unwrap_or_default();
+    let value = |key: &'static str| {
+        data.get(key)
+            .map(|v| v.0.clone())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ConnectError::SecretKeyMissing {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                key,
+            })
+    };
+    let username = String::from_utf8_lossy(&value(vmware_secret::USERNAME)?).into_owned();
+    let password = Password::new(String::from_utf8_lossy(&value(vmware_secret::PASSWORD)?).into_owned());
+    let ca_cert = value(vmware_secret::CA_CERT).ok();
+    Ok(Credentials {
+        username,
+        password,
+        ca_cert,
+    })
+}
+
+/// TLS mode for a source: its CA when the Secret has one, no verification when the source asks for
+/// that, else the system roots.
+fn tls_mode(ca_cert: Option<Vec<u8>>, insecure: bool) -> TlsMode {
+    match (insecure, ca_cert) {
+        (true, _) => TlsMode::Insecure,
+        (false, Some(pem)) => TlsMode::CaBundle(pem),
+        (false, None) => TlsMode::SystemRoots,
+    }
+}
+
+/// Logs in to the source's vCenter (or ESXi).
+///
+/// # Errors
+/// [`ConnectError`], each naming what to fix.
+pub async fn connect(kube: &kube::Client, source: &VmwareSource) -> Result<Client, ConnectError> {
+    let credentials = read_credentials(kube, source).await?;
+    let endpoint = source.spec.endpoint_address.clone();
+    let insecure = source.spec.insecure_skip_verify == Some(true);
+    let config = Config::new(
+        endpoint.clone(),
+        credentials.username.clone(),
+        credentials.password,
+    )
+    .with_tls(tls_mode(credentials.ca_cert, insecure));
+    Client::connect(config).await.map_err(|error| {
+        if error.is_invalid_login() {
+            return ConnectError::InvalidCredentials {
+                endpoint: endpoint.clone(),
+                username: credentials.username.clone(),
+            };
+        }
+        let detail = chain(&error);
+        let tls_failure = matches!(error, vsphere::client::Error::Tls { .. })
+            || (error.source().is_some() && looks_like_certificate_failure(&detail));
+        if tls_failure && !insecure {
+            ConnectError::TlsVerification {
+                endpoint: endpoint.clone(),
+                detail,
+            }
+        } else {
+            ConnectError::Session {
+                endpoint: endpoint.clone(),
+                detail,
+            }
+        }
+    })
+}
+
+/// Logs in and checks that the source's datacenter exists.
+///
+/// # Errors
+/// [`ConnectError`].
+pub async fn verify(kube: &kube::Client, source: &VmwareSource) -> Result<Client, ConnectError> {
+    let client = connect(kube, source).await?;
+    if let Err(error) = client.datacenter(datacenter_name(&source.spec.datacenter)).await {
+        let _ = client.logout().await;
+        return Err(ConnectError::Datacenter(chain(&error)));
+    }
+    Ok(client)
+}
+
+/// The datacenter name as the inventory knows it (upstream accepts `DC0` and `/DC0`).
+pub fn datacenter_name(spec_value: &str) -> &str {
+    spec_value.trim_start_matches('/')
+}
+
+fn controller_kind(family: BusFamily, class: &str) -> ControllerKind {
+    match family {
+        BusFamily::Scsi if class.to_ascii_lowercase().contains("paravirtual") => {
+            ControllerKind::ParaVirtualScsi
+        }
+        BusFamily::Scsi => ControllerKind::Scsi,
+        BusFamily::Sata => ControllerKind::Sata,
+        BusFamily::Ide => ControllerKind::Ide,
+        BusFamily::Nvme => ControllerKind::Nvme,
+        BusFamily::Usb => ControllerKind::Usb,
+        BusFamily::Other => ControllerKind::Unknown,
+    }
+}
+
+fn nic_model(device_type: &str) -> Option<api::NicModel> {
+    match device_type {
+        "VirtualVmxnet" | "VirtualVmxnet2" | "VirtualVmxnet3" => Some(api::NicModel::Virtio),
+        "VirtualE1000e" => Some(api::NicModel::E1000e),
+        "VirtualE1000" => Some(api::NicModel::E1000),
+        "VirtualPCNet32" => Some(api::NicModel::Pcnet),
+        _ => None,
+    }
+}
+
+/// The VM in `plan`'s terms.
+pub fn source_vm(vm: &VmDescription) -> SourceVm {
+    SourceVm {
+        name: vm.name.clone(),
+        cpus: vm.num_cpu,
+        cores_per_socket: vm.num_cores_per_socket,
+        memory_mib: vm.memory_mb,
+        firmware: match vm.firmware {
+            vsphere::proto::vm::Firmware::Efi => Firmware::Efi,
+            vsphere::proto::vm::Firmware::Bios => Firmware::Bios,
+        },
+        secure_boot: vm.secure_boot,
+        tpm: vm.vtpm,
+        disks: vm
+            .disks
+            .iter()
+            .map(|d| SourceDisk {
+                controller: controller_kind(d.controller.family, &d.controller.class),
+                bus: u32::try_from(d.controller.bus).unwrap_or_default(),
+                unit: u32::try_from(d.unit).unwrap_or_default(),
+                capacity_bytes: d.capacity_bytes,
+                boot_order: None,
+            })
+            .collect(),
+        nics: vm
+            .nics
+            .iter()
+            .map(|n| SourceNic {
+                model: nic_model(&n.device_type),
+                mac: n.mac_address.clone(),
+                network: n.network.name().unwrap_or_default().to_owned(),
+                switch: match &n.network {
+                    NicNetwork::Distributed { switch_name, .. } => switch_name.clone(),
+                    _ => None,
+                },
+            })
+            .collect(),
+        description: vm.annotation.clone().filter(|a| !a.is_empty()),
+    }
+}
+
+/// One `diskImportStatus` entry per disk, in device order. `token` makes each file name (and so its
+/// URL) unguessable; the name keeps upstream's `<vm>-<ns>-disk-<n>` prefix for the humans.
+pub fn disk_entries(
+    import_name: &str,
+    namespace: &str,
+    vm: &SourceVm,
+    spec: &api::VirtualMachineImportSpec,
+    token: &str,
+) -> Vec<DiskInfo> {
+    vm.disks
+        .iter()
+        .enumerate()
+        .map(|(index, disk)| DiskInfo {
+            name: format!("{import_name}-{namespace}-disk-{index}-{token}.img"),
+            disk_size: i64::try_from(disk.capacity_bytes).unwrap_or(i64::MAX),
+            bus_type: plan::vm::disk_bus(disk.controller, &spec.default_disk_bus()),
+            bytes_done: Some(0),
+            bytes_total: Some(disk.capacity_bytes),
+            ..DiskInfo::default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_mode_prefers_the_opt_out_then_the_secret_ca_then_system_roots() {
+        assert!(tls_mode(Some(b"pem".to_vec()), true).is_insecure());
+        assert!(matches!(
+            tls_mode(Some(b"pem".to_vec()), false),
+            TlsMode::CaBundle(_)
+        ));
+        assert!(matches!(tls_mode(None, false), TlsMode::SystemRoots));
+    }
+
+    #[test]
+    fn pvscsi_is_told_apart_from_other_scsi() {
+        assert_eq!(
+            controller_kind(BusFamily::Scsi, "ParaVirtualSCSIController"),
+            ControllerKind::ParaVirtualScsi
+        );
+        assert_eq!(
+            controller_kind(BusFamily::Scsi, "VirtualLsiLogicController"),
+            ControllerKind::Scsi
+        );
+        assert_eq!(
+            controller_kind(BusFamily::Nvme, "VirtualNVMEController"),
+            ControllerKind::Nvme
+        );
+    }
+
+    #[test]
+    fn nic_models_follow_upstream_table() {
+        assert_eq!(nic_model("VirtualVmxnet3"), Some(api::NicModel::Virtio));
+        assert_eq!(nic_model("VirtualE1000e"), Some(api::NicModel::E1000e));
+        assert_eq!(nic_model("VirtualSriovEthernetCard"), None);
+    }
+
+    #[test]
+    fn chain_joins_sources_without_repeating_them() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = ConnectError::ReadSecret {
+            namespace: "ns".into(),
+            name: "s".into(),
+            source: kube::Error::Service(Box::new(inner)),
+        };
+        let text = chain(&outer);
+        assert!(text.starts_with("reading secret ns/s: "), "{text}");
+        assert!(text.contains("connection refused"), "{text}");
+    }
+}
