@@ -541,6 +541,7 @@ async fn create_virtual_machine(
                 .data
                 .pointer("/status/size")
                 .and_then(serde_json::Value::as_u64)
+                .filter(|size| *size > 0)
                 .unwrap_or(u64::try_from(disk.disk_size).unwrap_or_default());
             let storage_class = image
                 .data
