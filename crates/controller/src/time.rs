@@ -3,21 +3,22 @@
 
 use std::time::Duration;
 
-use jiff::{Timestamp, Unit};
+use jiff::Timestamp;
 
 /// Now, as condition timestamps spell it (`2026-11-23T08:30:00Z`).
 pub fn now_rfc3339() -> String {
-    let now = Timestamp::now()
-        .round(Unit::Second)
-        .unwrap_or_else(|_| Timestamp::now());
+    // Truncated, not rounded: a stamp from the future would read back as a negative age.
+    let now = Timestamp::now();
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// Time since `stamp`; `None` when it does not parse (then callers treat the wait as over).
+/// Time since `stamp`; `None` when it does not parse (then callers treat the wait as over). A stamp
+/// in the future (another replica's clock ahead of ours) counts as just now.
 pub fn since(stamp: &str) -> Option<Duration> {
     let then: Timestamp = stamp.parse().ok()?;
     let elapsed = Timestamp::now().duration_since(then);
-    Duration::try_from(elapsed).ok()
+    Some(Duration::try_from(elapsed).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ mod tests {
         let elapsed = since(&stamp).expect("parses");
         assert!(elapsed < Duration::from_secs(5));
         assert_eq!(since("yesterday"), None);
+        assert_eq!(since("2999-01-01T00:00:00Z"), Some(Duration::ZERO));
         assert!(since("2000-01-01T00:00:00Z").expect("parses") > Duration::from_secs(86400 * 365));
     }
 }
