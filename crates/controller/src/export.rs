@@ -68,14 +68,6 @@ pub enum ExportError {
     /// The transfer failed (its leases were aborted).
     #[error("{0}")]
     Transfer(String),
-    /// A finished image could not be put in place.
-    #[error("renaming {path} into place: {source}")]
-    Rename {
-        /// The partial file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
     /// The result could not be recorded in status.
     #[error("recording the result in status: {0}")]
     Status(#[source] kube::Error),

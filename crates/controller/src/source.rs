@@ -216,13 +216,31 @@ pub async fn reconcile_vmware(source: Arc<VmwareSource>, ctx: Arc<Context>) -> R
     }))
 }
 
-fn not_supported(kind: &str) -> Check {
-    Check {
+/// Marks a source of a kind this version cannot import from `clusterNotReady`, with the reason.
+async fn report_unsupported<K>(
+    ctx: &Context,
+    source: &K,
+    status: Option<&SourceStatus>,
+    kind: &'static str,
+    label: &str,
+) -> Result<Action, SourceError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let check = Check {
         ready: false,
         reason: "SourceKindNotSupported".into(),
-        message: format!("this version of vm-import does not import from {kind} sources yet"),
+        message: format!("this version of vm-import does not import from {label} sources yet"),
         insecure: false,
+    };
+    let next = status_for(&check, status, source.meta().generation);
+    if status != Some(&next) {
+        write_status(ctx, source, kind, next).await?;
     }
+    Ok(Action::await_change())
 }
 
 /// Reconciles an `OpenstackSource` (not supported yet: says so in status).
@@ -233,15 +251,14 @@ pub async fn reconcile_openstack(
     source: Arc<OpenstackSource>,
     ctx: Arc<Context>,
 ) -> Result<Action, SourceError> {
-    let status = status_for(
-        &not_supported("OpenStack"),
+    report_unsupported(
+        &ctx,
+        &*source,
         source.status.as_ref(),
-        source.meta().generation,
-    );
-    if source.status.as_ref() != Some(&status) {
-        write_status(&ctx, &*source, "OpenstackSource", status).await?;
-    }
-    Ok(Action::await_change())
+        "OpenstackSource",
+        "OpenStack",
+    )
+    .await
 }
 
 /// Reconciles an `OvaSource` (not supported yet: says so in status).
@@ -249,15 +266,7 @@ pub async fn reconcile_openstack(
 /// # Errors
 /// [`SourceError`] when status cannot be written.
 pub async fn reconcile_ova(source: Arc<OvaSource>, ctx: Arc<Context>) -> Result<Action, SourceError> {
-    let status = status_for(
-        &not_supported("OVA"),
-        source.status.as_ref(),
-        source.meta().generation,
-    );
-    if source.status.as_ref() != Some(&status) {
-        write_status(&ctx, &*source, "OvaSource", status).await?;
-    }
-    Ok(Action::await_change())
+    report_unsupported(&ctx, &*source, source.status.as_ref(), "OvaSource", "OVA").await
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ pub(super) async fn apply(
     let uid = import.uid().unwrap_or_default();
     let reason = decision.reason();
     let mut note: Option<(bool, String)> = None;
+    let mut export_recorded = false;
     let action = match decision {
         Decision::Observe(_) => return Err(ImportError::Undecided),
         Decision::Wait { after, .. } => {
@@ -90,7 +91,7 @@ pub(super) async fn apply(
         }
         Decision::RequestShutdown => {
             let moref = vm_moref(ctx, import, facts).await?;
-            let session = facts.session(ctx, import).await?;
+            let (session, _) = facts.session(ctx, import).await?;
             session
                 .request_guest_shutdown(&moref)
                 .await
@@ -116,7 +117,7 @@ pub(super) async fn apply(
         }
         Decision::ForcePowerOff => {
             let moref = vm_moref(ctx, import, facts).await?;
-            let session = facts.session(ctx, import).await?;
+            let (session, _) = facts.session(ctx, import).await?;
             session
                 .power_off(&moref)
                 .await
@@ -164,11 +165,9 @@ pub(super) async fn apply(
                     status.disk_import_status.len()
                 ),
             ));
-            write_status(ctx, import, &status).await?;
-            ctx.exports.forget(&uid);
-            ctx.event(import, false, reason, note.map(|n| n.1).unwrap_or_default())
-                .await;
-            return Ok(Action::await_change());
+            // Forgotten only once the outcome is in status (below): until then a retry still sees it.
+            export_recorded = true;
+            Action::await_change()
         }
         Decision::SubmitImages { disks } => {
             submit_images(ctx, import, &mut status, &disks).await?;
@@ -275,7 +274,7 @@ pub(super) async fn apply(
         }
         Decision::Fail(failure) => {
             ctx.exports.cancel(&uid);
-            ctx.exports.forget(&uid);
+            export_recorded = true;
             record_failure(&mut status, &failure);
             ctx.metrics.failed(failure.reason);
             note = Some((true, failure.message.clone()));
@@ -283,6 +282,9 @@ pub(super) async fn apply(
         }
     };
     write_status(ctx, import, &status).await?;
+    if export_recorded {
+        ctx.exports.forget(&uid);
+    }
     if let Some((warning, text)) = note {
         ctx.event(import, warning, reason, text).await;
     }
@@ -354,14 +356,8 @@ async fn start_export(
     mut status: VirtualMachineImportStatus,
     facts: &mut Facts,
 ) -> Result<Action, ImportError> {
-    // Opening the session reads the source (the state machine did not need it in this phase).
-    facts.session(ctx, import).await?;
-    let Some(source) = facts.vmware_source.clone() else {
-        return Err(ImportError::Vsphere {
-            step: "starting the export",
-            detail: "the VmwareSource is gone".into(),
-        });
-    };
+    // The export logs in on its own; this reconcile only needs the source object.
+    let source = facts.vmware_source(ctx, import).await?.clone();
     if status.disk_import_status.is_empty() {
         // First start: record every disk (with its unguessable file name) before any byte moves,
         // so a restart finds the same names and skips what is done.
@@ -550,7 +546,7 @@ async fn create_virtual_machine(
                 .unwrap_or_default();
             let claim: PersistentVolumeClaim =
                 serde_json::from_value(image::backing_image_claim(&ns, &image_name, size, storage_class))
-                    .map_err(|e| ImportError::Vsphere {
+                    .map_err(|e| ImportError::Build {
                         step: "building a PVC",
                         detail: e.to_string(),
                     })?;
@@ -568,7 +564,7 @@ async fn create_virtual_machine(
             detail: format!("VM {} not found at the source", import.spec.virtual_machine_name),
         });
     };
-    let source = super::gather::source_vm(&description);
+    let source = vmware::source_vm(&description);
     let vm = plan::build_virtual_machine(&plan::vm::VmInput {
         name: &status.imported_virtual_machine_name,
         namespace: &ns,
@@ -576,11 +572,11 @@ async fn create_virtual_machine(
         source: &source,
         claims: &claims,
     })
-    .map_err(|e| ImportError::Vsphere {
+    .map_err(|e| ImportError::Build {
         step: "building the VirtualMachine",
         detail: e.to_string(),
     })?;
-    let vm: DynamicObject = serde_json::from_value(vm).map_err(|e| ImportError::Vsphere {
+    let vm: DynamicObject = serde_json::from_value(vm).map_err(|e| ImportError::Build {
         step: "building the VirtualMachine",
         detail: e.to_string(),
     })?;

@@ -10,7 +10,6 @@ use api::{
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{Api, ResourceExt, api::DynamicObject};
 use plan::{
-    SourceVm,
     machine::{ExportFact, Fact, ImageFact, Observed, PowerFact, SourceFact, VmFact},
     preflight::PreflightFacts,
 };
@@ -39,6 +38,8 @@ pub(super) struct Facts {
     pub(super) leftovers: Option<bool>,
     pub(super) session: Option<vsphere::Client>,
     pub(super) description: Option<VmDescription>,
+    /// Network names of the source's datacenter, read with the VM.
+    pub(super) networks: Option<Vec<String>>,
 }
 
 impl Facts {
@@ -132,38 +133,37 @@ impl Facts {
         Ok(())
     }
 
-    fn datacenter(&self) -> String {
-        self.vmware_source
-            .as_ref()
-            .map(|s| vmware::datacenter_name(&s.spec.datacenter).to_owned())
-            .unwrap_or_default()
+    /// The import's `VmwareSource` (read on first use).
+    pub(super) async fn vmware_source(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<&VmwareSource, ImportError> {
+        if self.vmware_source.is_none() {
+            self.gather_source(ctx, import).await?;
+        }
+        self.vmware_source.as_ref().ok_or_else(|| ImportError::Vsphere {
+            step: "finding the VmwareSource",
+            detail: format!(
+                "source {} not found",
+                import.spec.source_cluster.name.as_deref().unwrap_or_default()
+            ),
+        })
     }
 
-    /// The vSphere session for this reconcile (opened on first use).
+    /// The vSphere session for this reconcile (opened on first use) and the source's datacenter.
     pub(super) async fn session(
         &mut self,
         ctx: &Context,
         import: &VirtualMachineImport,
-    ) -> Result<&vsphere::Client, ImportError> {
-        if self.vmware_source.is_none() {
-            self.gather_source(ctx, import).await?;
-        }
-        let Some(source) = &self.vmware_source else {
-            return Err(ImportError::Vsphere {
-                step: "finding the VmwareSource",
-                detail: format!(
-                    "source {} not found",
-                    import.spec.source_cluster.name.as_deref().unwrap_or_default()
-                ),
-            });
+    ) -> Result<(&vsphere::Client, String), ImportError> {
+        let source = self.vmware_source(ctx, import).await?.clone();
+        let datacenter = vmware::datacenter_name(&source.spec.datacenter).to_owned();
+        let session = match self.session.take() {
+            Some(session) => session,
+            None => vmware::connect(&ctx.kube, &source).await?,
         };
-        if self.session.is_none() {
-            self.session = Some(vmware::connect(&ctx.kube, source).await?);
-        }
-        self.session.as_ref().ok_or(ImportError::Vsphere {
-            step: "connecting",
-            detail: "no session".into(),
-        })
+        Ok((self.session.insert(session), datacenter))
     }
 
     /// The VM at the source; `Ok(None)` when it does not exist.
@@ -173,30 +173,43 @@ impl Facts {
         import: &VirtualMachineImport,
     ) -> Result<Option<&VmDescription>, ImportError> {
         if self.description.is_none() {
-            self.session(ctx, import).await?;
-            let datacenter = self.datacenter();
             let folder = Some(import.spec.folder.as_str()).filter(|f| !f.is_empty());
-            let Some(session) = &self.session else {
-                return Ok(None);
+            let (session, datacenter) = self.session(ctx, import).await?;
+            let vsphere_error = |step| {
+                move |e: vsphere::inventory::Error| ImportError::Vsphere {
+                    step,
+                    detail: chain(&e),
+                }
             };
-            match session
-                .inspect(&datacenter, folder, &import.spec.virtual_machine_name)
+            let dc = session
+                .datacenter(&datacenter)
                 .await
-            {
-                Ok(description) => self.description = Some(description),
+                .map_err(vsphere_error("finding the datacenter"))?;
+            let networks = session
+                .networks(&dc)
+                .await
+                .map_err(vsphere_error("listing networks"))?;
+            let found = session
+                .find_vm(&dc, folder, &import.spec.virtual_machine_name)
+                .await;
+            let description = match found {
+                Ok(vm) => Some(
+                    session
+                        .describe_vm(&vm, &networks)
+                        .await
+                        .map_err(vsphere_error("describing the VM"))?,
+                ),
                 Err(
                     vsphere::inventory::Error::VmNotFound { .. }
                     | vsphere::inventory::Error::FolderNotFound { .. },
-                ) => {
-                    return Ok(None);
-                }
-                Err(error) => {
-                    return Err(ImportError::Vsphere {
-                        step: "looking up the VM",
-                        detail: chain(&error),
-                    });
-                }
-            }
+                ) => None,
+                Err(error) => return Err(vsphere_error("looking up the VM")(error)),
+            };
+            self.networks = Some(networks.networks.into_iter().map(|n| n.name).collect());
+            let Some(description) = description else {
+                return Ok(None);
+            };
+            self.description = Some(description);
         }
         Ok(self.description.as_ref())
     }
@@ -234,27 +247,13 @@ impl Facts {
                 missing_nads.push(mapping.destination_network.clone());
             }
         }
-        let skip = spec.skip_preflight_checks == Some(true);
-        let source_networks = if skip {
+        let description = self.describe(ctx, import).await?.cloned();
+        // Source-side checks are skipped as upstream does; the VM is still described for warnings.
+        let source_networks = if spec.skip_preflight_checks == Some(true) {
             None
         } else {
-            self.session(ctx, import).await?;
-            let datacenter = self.datacenter();
-            let session = self.session(ctx, import).await?;
-            let dc = session
-                .datacenter(&datacenter)
-                .await
-                .map_err(|e| ImportError::Vsphere {
-                    step: "finding the datacenter",
-                    detail: chain(&e),
-                })?;
-            let networks = session.networks(&dc).await.map_err(|e| ImportError::Vsphere {
-                step: "listing networks",
-                detail: chain(&e),
-            })?;
-            Some(networks.networks.into_iter().map(|n| n.name).collect())
+            self.networks.clone()
         };
-        let description = self.describe(ctx, import).await?.cloned();
         self.preflight = Some(PreflightFacts {
             storage_class_exists,
             missing_nads,
@@ -281,7 +280,7 @@ impl Facts {
                 detail: format!("VM {} not found", import.spec.virtual_machine_name),
             });
         };
-        let session = self.session(ctx, import).await?;
+        let (session, _) = self.session(ctx, import).await?;
         let (state, _) = session
             .power_state(&description.moref)
             .await
@@ -419,11 +418,6 @@ fn image_fact(image: &DynamicObject) -> ImageFact {
         }
         _ => ImageFact::Pending,
     }
-}
-
-/// The source VM, for building the KubeVirt VM.
-pub(super) fn source_vm(description: &VmDescription) -> SourceVm {
-    vmware::source_vm(description)
 }
 
 #[cfg(test)]

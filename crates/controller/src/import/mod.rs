@@ -54,6 +54,14 @@ pub enum ImportError {
     /// Status changed underneath this reconcile (someone else wrote); retried at once.
     #[error("the import changed while it was being reconciled")]
     Conflict,
+    /// An object could not be built from the source's description.
+    #[error("{step}: {detail}")]
+    Build {
+        /// What was being built.
+        step: &'static str,
+        /// Why.
+        detail: String,
+    },
     /// A file in the image directory could not be handled.
     #[error("{step} {path}: {source}")]
     Io {
@@ -80,6 +88,7 @@ impl ImportError {
             Self::Kube { .. } => "KubernetesApiError",
             Self::Connect(e) => e.reason(),
             Self::Vsphere { .. } => "SourceApiError",
+            Self::Build { .. } => "BuildFailed",
             Self::Conflict => "Conflict",
             Self::Io { .. } => "ImageDirectoryError",
             Self::Undecided => "Undecided",
@@ -149,6 +158,30 @@ pub fn on_error(import: Arc<VirtualMachineImport>, error: &ImportError, ctx: Arc
 async fn add_finalizer(ctx: &Context, import: &VirtualMachineImport) -> Result<(), ImportError> {
     let mut finalizers = import.finalizers().to_vec();
     finalizers.push(IMPORT_FINALIZER.to_owned());
+    write_finalizers(ctx, import, finalizers)
+        .await
+        .map_err(ImportError::kube("adding the finalizer"))
+}
+
+async fn remove_finalizer(ctx: &Context, import: &VirtualMachineImport) -> Result<(), ImportError> {
+    let finalizers = import
+        .finalizers()
+        .iter()
+        .filter(|f| *f != IMPORT_FINALIZER)
+        .cloned()
+        .collect();
+    match write_finalizers(ctx, import, finalizers).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        result => result.map_err(ImportError::kube("removing the finalizer")),
+    }
+}
+
+/// Replaces the finalizer list, guarded by the resourceVersion it was computed from.
+async fn write_finalizers(
+    ctx: &Context,
+    import: &VirtualMachineImport,
+    finalizers: Vec<String>,
+) -> Result<(), kube::Error> {
     let api: Api<VirtualMachineImport> =
         Api::namespaced(ctx.kube.clone(), &import.namespace().unwrap_or_default());
     let patch = json!({
@@ -159,31 +192,5 @@ async fn add_finalizer(ctx: &Context, import: &VirtualMachineImport) -> Result<(
     });
     api.patch(&import.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(ImportError::kube("adding the finalizer"))?;
-    Ok(())
-}
-
-async fn remove_finalizer(ctx: &Context, import: &VirtualMachineImport) -> Result<(), ImportError> {
-    let finalizers: Vec<String> = import
-        .finalizers()
-        .iter()
-        .filter(|f| *f != IMPORT_FINALIZER)
-        .cloned()
-        .collect();
-    let api: Api<VirtualMachineImport> =
-        Api::namespaced(ctx.kube.clone(), &import.namespace().unwrap_or_default());
-    let patch = json!({
-        "metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": import.resource_version(),
-        }
-    });
-    match api
-        .patch(&import.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(ImportError::kube("removing the finalizer")(error)),
-    }
+        .map(|_| ())
 }
