@@ -10,6 +10,9 @@
 #[path = "../../vsphere/tests/lab/mod.rs"]
 mod lab;
 
+#[path = "support/harvester.rs"]
+mod harvester;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
@@ -22,7 +25,7 @@ use api::{ImportPhase, VirtualMachineImport};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, ResourceExt,
-    api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
+    api::{ApiResource, DynamicObject, PostParams},
 };
 use serde_json::{Value, json};
 
@@ -148,6 +151,11 @@ impl Scene {
             &self.image_dir(),
             self.dir.path().join("controller.log"),
         )
+    }
+
+    /// Harvester and KubeVirt played for this namespace until dropped.
+    fn harvester(&self, options: harvester::Options) -> harvester::StandIn {
+        harvester::StandIn::start(self.client.clone(), &self.namespace, options)
     }
 
     /// Waits until the import reaches a terminal phase.
@@ -284,101 +292,6 @@ fn phase(import: &VirtualMachineImport) -> ImportPhase {
     import.status.clone().unwrap_or_default().phase
 }
 
-/// Plays Longhorn/CDI and KubeVirt in one namespace: downloads each new image and records its
-/// SHA-256 by image name, marks it `Imported`, and marks imported VMs ready.
-struct Harvester {
-    downloads: Arc<Mutex<BTreeMap<String, String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Harvester {
-    fn start(scene: &Scene, scratch: PathBuf) -> Self {
-        let images = scene.dynamic(&image_resource());
-        let vms = scene.dynamic(&vm_resource());
-        let downloads = Arc::new(Mutex::new(BTreeMap::new()));
-        let seen = downloads.clone();
-        let task = tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let mut first = true;
-            loop {
-                for image in images.list(&Default::default()).await.unwrap().items {
-                    let name = image.name_any();
-                    if seen.lock().unwrap().contains_key(&name) {
-                        continue;
-                    }
-                    let url = image.data["spec"]["url"].as_str().unwrap().to_owned();
-                    let digest = if first {
-                        // Once like CDI's importer with qemu-img: straight from the URL.
-                        first = false;
-                        let out = scratch.join(format!("{name}.raw"));
-                        lab::run(
-                            Command::new("qemu-img")
-                                .args(["convert", "-q", "-f", "raw", "-O", "raw"])
-                                .arg(&url)
-                                .arg(&out),
-                        );
-                        let digest = sha256_file(&out);
-                        std::fs::remove_file(&out).unwrap();
-                        digest
-                    } else {
-                        use sha2::Digest;
-                        let response = http.get(&url).send().await.unwrap();
-                        assert_eq!(response.status(), 200, "{url}");
-                        let bytes = response.bytes().await.unwrap();
-                        hex::encode(sha2::Sha256::digest(&bytes))
-                    };
-                    seen.lock().unwrap().insert(name.clone(), digest);
-                    let size = http
-                        .head(&url)
-                        .send()
-                        .await
-                        .unwrap()
-                        .headers()
-                        .get("content-length")
-                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                        .unwrap();
-                    // Harvester's image CRD has no status subresource: status is written on the object.
-                    images
-                        .patch(
-                            &name,
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"status": {
-                                "size": size, "storageClassName": format!("longhorn-{name}"), "progress": 100,
-                                "conditions": [{"type": "Imported", "status": "True",
-                                                 "lastUpdateTime": "2026-11-23T00:00:00Z"}]
-                            }})),
-                        )
-                        .await
-                        .unwrap();
-                }
-                for vm in vms.list(&Default::default()).await.unwrap().items {
-                    if vm.data["status"]["ready"] != json!(true) {
-                        vms.patch_status(
-                            &vm.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"status": {"ready": true, "printableStatus": "Running"}})),
-                        )
-                        .await
-                        .unwrap();
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        });
-        Self { downloads, task }
-    }
-
-    fn digest_of(&self, image: &str) -> Option<String> {
-        self.downloads.lock().unwrap().get(image).cloned()
-    }
-}
-
-impl Drop for Harvester {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 fn files_in(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .map(|entries| {
@@ -393,11 +306,31 @@ fn files_in(dir: &Path) -> BTreeSet<String> {
 async fn three_disk_vm_is_imported_and_every_object_is_shaped_as_harvester_expects() {
     let scene = Scene::new("e2e-full").await;
     let control = Control::new();
-    let sizes = [6u64 << 20, 4 << 20, 3 << 20];
-    let disks: Vec<(PathBuf, PathBuf)> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, size)| make_vmdk(scene.dir.path(), &format!("d{i}"), *size, 40 + i as u64))
+    // Disk 0 carries a tiny BIOS boot program; the others are random data with zero runs.
+    let boot_marker = "vm-import e2e: disk 0 booted from the image server";
+    let boot_raw = scene.dir.path().join("d0.raw");
+    test_support::boot::write_bios_boot_disk(&boot_raw, boot_marker, 6 << 20).unwrap();
+    let boot_vmdk = scene.dir.path().join("d0.vmdk");
+    lab::run(
+        Command::new("qemu-img")
+            .args([
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized",
+            ])
+            .arg(&boot_raw)
+            .arg(&boot_vmdk),
+    );
+    let disks: Vec<(PathBuf, PathBuf)> = std::iter::once((boot_vmdk, boot_raw))
+        .chain(
+            [(1, 4u64 << 20), (2, 3 << 20)]
+                .map(|(i, size)| make_vmdk(scene.dir.path(), &format!("d{i}"), size, 40 + i as u64)),
+        )
         .collect();
     let vm_name = unique("Full_VM");
     control
@@ -419,7 +352,26 @@ async fn three_disk_vm_is_imported_and_every_object_is_shaped_as_harvester_expec
         .await;
     let image_dir = scene.image_dir();
     let controller = scene.start_controller();
-    let harvester = Harvester::start(&scene, scene.dir.path().to_owned());
+    // Booted while the controller still serves it (SeaBIOS whatever the VM's firmware: the point is
+    // that the served bytes are a disk a PC boots from).
+    let serial: Arc<Mutex<Option<String>>> = Arc::default();
+    let boot_seen = serial.clone();
+    let harvester = scene.harvester(harvester::Options {
+        qemu_img_first_into: Some(scene.dir.path().to_owned()),
+        before_imported: Some(Arc::new(move |image: &harvester::Fetched| {
+            if image.url.contains("-disk-0-") {
+                let out = test_support::boot::boot_and_read_serial(
+                    &image.url,
+                    "raw",
+                    boot_marker,
+                    Duration::from_secs(120),
+                )
+                .map_err(|e| e.to_string())?;
+                *boot_seen.lock().unwrap() = Some(out);
+            }
+            Ok(())
+        })),
+    });
     scene.source("vcenter", &lab::lab().vsphere_password).await;
     scene.nad("vlan1").await;
     scene
@@ -440,10 +392,16 @@ async fn three_disk_vm_is_imported_and_every_object_is_shaped_as_harvester_expec
     assert_eq!(
         status.phase,
         ImportPhase::VirtualMachineRunning,
-        "{status:#?}\n{}",
-        controller.log_tail()
+        "{status:#?}\n{}\nHarvester stand-in: {:?}",
+        controller.log_tail(),
+        harvester.last_error()
     );
     eprintln!("import to virtualMachineRunning took {:?}", started.elapsed());
+    let serial = serial.lock().unwrap().clone();
+    assert!(
+        serial.as_deref().is_some_and(|s| s.contains(boot_marker)),
+        "disk 0 did not boot from its served image: {serial:?}"
+    );
     assert_eq!(
         status.imported_virtual_machine_name,
         vm_name.to_ascii_lowercase().replace('_', "-")
@@ -455,10 +413,9 @@ async fn three_disk_vm_is_imported_and_every_object_is_shaped_as_harvester_expec
     for (disk, (_, raw)) in status.disk_import_status.iter().zip(&disks) {
         let source_digest = sha256_file(raw);
         assert_eq!(disk.sha256.as_deref(), Some(source_digest.as_str()), "{disk:?}");
-        assert_eq!(
-            harvester.digest_of(&disk.virtual_machine_image),
-            Some(source_digest)
-        );
+        let fetched = harvester.fetched(&disk.virtual_machine_image).unwrap();
+        assert_eq!(fetched.sha256, source_digest);
+        assert!(fetched.display_name.starts_with("vm-import-full-"), "{fetched:?}");
         assert!(
             disk.condition_is_true(&api::ConditionType::ImageReady),
             "{disk:?}"
@@ -664,7 +621,7 @@ async fn killed_controller_resumes_without_downloading_a_finished_disk_twice() {
     );
 
     let controller = scene.start_controller();
-    let _harvester = Harvester::start(&scene, scene.dir.path().to_owned());
+    let _harvester = scene.harvester(harvester::Options::default());
     let import = scene
         .wait_finished(&controller, "kill", Duration::from_secs(180))
         .await;
@@ -792,7 +749,7 @@ async fn twenty_imports_at_once_all_complete() {
         names.push(vm_name);
     }
     let controller = scene.start_controller();
-    let _harvester = Harvester::start(&scene, scene.dir.path().to_owned());
+    let _harvester = scene.harvester(harvester::Options::default());
     scene.source("vcenter", &lab::lab().vsphere_password).await;
     let started = Instant::now();
     for (i, vm_name) in names.iter().enumerate() {
