@@ -742,6 +742,14 @@ async fn vmware_and_virtualbox_ovas_import_to_running_with_identical_images() {
         "scratch peak {peak} exceeds the images' allocated {images}"
     );
     assert!(files_in(&tmp).is_empty(), "temporary files: {:?}", files_in(&tmp));
+    if let Ok(proc_status) = std::fs::read_to_string(format!("/proc/{}/status", controller.child.id())) {
+        let peak_rss = proc_status
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .unwrap_or_default()
+            .to_owned();
+        eprintln!("controller peak RSS after two OVA imports: {peak_rss}");
+    }
     // Every GET of the HTTPS OVA carried the credentials (the server would have said 401).
     assert!(tls.seen().iter().all(|s| s.status != 401), "{:?}", tls.seen());
     assert!(!controller.log_tail().contains("ova-pass"));
@@ -760,6 +768,18 @@ async fn bad_sources_and_bad_ovas_end_with_clear_reasons() {
         &std::fs::read(&good.path).unwrap()[..usize::try_from(cut).unwrap()],
     )
     .unwrap();
+    // No manifest (upstream refuses these too: nothing to check the disks against).
+    let no_manifest = scene.dir.path().join("no-manifest.ova");
+    tar(
+        &scene.dir.path().join("vmware-90"),
+        &no_manifest,
+        &[
+            "web-01.ovf",
+            "web-01-disk1.vmdk",
+            "web-01-disk2.vmdk.gz",
+            "tools.iso",
+        ],
+    );
     // A tar whose first member is not the descriptor.
     let not_ova = scene.dir.path().join("not-an-ova.ova");
     tar(
@@ -772,6 +792,7 @@ async fn bad_sources_and_bad_ovas_end_with_clear_reasons() {
     let mismatch_url = format!("http://{}", plain.serve("mismatch.ova", &mismatch.path));
     let truncated_url = format!("http://{}", plain.serve("truncated.ova", &truncated));
     let not_ova_url = format!("http://{}", plain.serve("not-an-ova.ova", &not_ova));
+    let no_manifest_url = format!("http://{}", plain.serve("no-manifest.ova", &no_manifest));
     let missing_url = format!("http://{}/missing.ova", plain.base);
     let auth = OvaServer::start(None);
     auth.set(|b| b.authorization = Some(basic("ova", "s3cret-pw")));
@@ -855,6 +876,7 @@ async fn bad_sources_and_bad_ovas_end_with_clear_reasons() {
         ("mismatch", &mismatch_url),
         ("truncated", &truncated_url),
         ("not-ova", &not_ova_url),
+        ("no-manifest", &no_manifest_url),
     ] {
         ova_source(&scene, name, url, None, json!({})).await;
         let status = source_checked(&scene, &controller, name).await;
@@ -891,6 +913,12 @@ async fn bad_sources_and_bad_ovas_end_with_clear_reasons() {
             ImportPhase::Invalid,
             "PreflightFailed",
             "\"web-01-disk1.vmdk\", not the .ovf",
+        ),
+        (
+            "no-manifest",
+            ImportPhase::MigrationFailed,
+            "ExportFailed",
+            "\"web-01-disk1.vmdk\" has no digest in a manifest",
         ),
     ];
     for (name, want, reason, text) in expected {

@@ -886,7 +886,8 @@ impl DiskTargets for ImageTargets {
         if !digest_checked {
             let _ = std::fs::remove_file(&partial);
             return Err(diskconv::Error::Rejected(format!(
-                "disk member {member:?} is not listed in the manifest, so its digest cannot be checked"
+                "disk member {member:?} has no digest in a manifest (.mf) before it, so it cannot be \
+                 checked; upstream requires one too"
             )));
         }
         let image = self.dir.join(&self.names[slot]);
@@ -926,7 +927,8 @@ pub(crate) async fn transfer(client: &OvaClient, shared: Arc<Shared>, dir: &Path
             threads,
         };
         let reader = download.reader;
-        let walked = tokio::task::spawn_blocking(move || convert_ova_into(reader, &mut targets, true))
+        // The manifest is required per disk (in `verified`), with a message that names the disk.
+        let walked = tokio::task::spawn_blocking(move || convert_ova_into(reader, &mut targets, false))
             .await
             .map_err(|e| ExportError::Transfer(format!("the archive walk stopped: {e}")))?;
         let Err(error) = walked else {
