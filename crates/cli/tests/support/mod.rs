@@ -20,32 +20,12 @@ use api::{ImportPhase, VirtualMachineImport};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
 
+pub(crate) use controller::kinds::{image_resource, nad_resource, virtual_machine_resource as vm_resource};
 use lab::{sha256_file, unique};
-
-pub(crate) fn image_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("harvesterhci.io", "v1beta1", "VirtualMachineImage"),
-        "virtualmachineimages",
-    )
-}
-
-pub(crate) fn vm_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"),
-        "virtualmachines",
-    )
-}
-
-pub(crate) fn nad_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition"),
-        "network-attachment-definitions",
-    )
-}
 
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -163,6 +143,36 @@ impl Scene {
             namespace,
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// Where the controller writes and serves images.
+    pub(crate) fn image_dir(&self) -> PathBuf {
+        self.dir.path().join("images")
+    }
+
+    /// A controller for this namespace; a restarted one appends to the same log.
+    pub(crate) fn start_controller(&self) -> ControllerProcess {
+        ControllerProcess::start(
+            &self.namespace,
+            &self.image_dir(),
+            self.dir.path().join("controller.log"),
+        )
+    }
+
+    /// Waits until the import reaches a terminal phase.
+    pub(crate) async fn wait_finished(
+        &self,
+        controller: &ControllerProcess,
+        name: &str,
+        timeout: Duration,
+    ) -> VirtualMachineImport {
+        self.wait_import(controller, name, timeout, |i| {
+            matches!(
+                phase(i),
+                ImportPhase::VirtualMachineRunning | ImportPhase::MigrationFailed | ImportPhase::Invalid
+            )
+        })
+        .await
     }
 
     pub(crate) fn api<K>(&self) -> Api<K>
@@ -334,7 +344,7 @@ impl Harvester {
                         hex::encode(sha2::Sha256::digest(&bytes))
                     };
                     seen.lock().unwrap().insert(name.clone(), digest);
-                    let size = reqwest::Client::new()
+                    let size = http
                         .head(&url)
                         .send()
                         .await
