@@ -156,11 +156,18 @@ pub struct OvaSourceSpec {
     /// `http://` or `https://` URL of the `.ova`.
     #[serde(default, deserialize_with = "null_default")]
     pub url: String,
-    /// Timeout of the whole download; unset means 600, 0 means none.
+    /// Seconds the server may stay silent (connecting, or mid-transfer) before the request fails;
+    /// unset means 600, 0 means no limit. Upstream applies it to the whole download, which cut
+    /// large OVAs short; here it is an idle timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::crd::go_optional_int")]
     pub http_timeout_seconds: Option<i64>,
     /// Optional Secret with `username`+`password` (basic auth) and/or `ca.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<SecretReference>,
+    /// **Ours**: skip TLS verification of an `https://` URL (reported as an `InsecureSkipVerify`
+    /// warning condition). Unset means verify against the Secret's `ca.crt`, else the system roots
+    /// (upstream never verifies without `ca.crt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
 }

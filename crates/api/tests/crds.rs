@@ -256,6 +256,11 @@ fn additive_fields_are_in_the_schema() {
         vmware.pointer("/properties/spec/properties/insecureSkipVerify/type"),
         Some(&Value::from("boolean"))
     );
+    let ova = find("ovasources");
+    assert_eq!(
+        ova.pointer("/properties/spec/properties/insecureSkipVerify/type"),
+        Some(&Value::from("boolean"))
+    );
     let import = find("virtualmachineimports");
     let status = import.pointer("/properties/status/properties").expect("status");
     assert_eq!(

@@ -7,300 +7,26 @@
 // Test helpers: a failed step must fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../../vsphere/tests/lab/mod.rs"]
-mod lab;
-
-#[path = "support/harvester.rs"]
-mod harvester;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use api::{ImportPhase, VirtualMachineImport};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::{
-    Api, ResourceExt,
-    api::{ApiResource, DynamicObject, PostParams},
+use controller::kinds::image_resource;
+use kube::ResourceExt;
+use serde_json::json;
+
+use support::{
+    Scene, files_in, harvester, lab,
+    lab::{Control, make_vmdk, sha256_file, unique},
+    phase, vm_resource,
 };
-use serde_json::{Value, json};
-
-use controller::kinds::{image_resource, nad_resource, virtual_machine_resource as vm_resource};
-use lab::{Control, make_vmdk, sha256_file, unique};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `vm-import controller` process limited to one namespace.
-struct ControllerProcess {
-    child: Child,
-    port: u16,
-    metrics_port: u16,
-    log: PathBuf,
-}
-
-impl ControllerProcess {
-    fn start(namespace: &str, image_dir: &Path, log: PathBuf) -> Self {
-        let port = free_port();
-        let metrics_port = free_port();
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vm-import"))
-            .arg("controller")
-            .arg("--image-dir")
-            .arg(image_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args([
-                "--namespace",
-                namespace,
-                "--no-leader-election",
-                "--progress-seconds",
-                "1",
-            ])
-            .env("KUBECONFIG", &lab::lab().kubeconfig)
-            .env("SVC_ADDRESS", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info,vmi_controller=debug,controller=debug")
-            .env_remove("POD_NAMESPACE")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("starting vm-import controller");
-        Self {
-            child,
-            port,
-            metrics_port,
-            log,
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One namespace with a VmwareSource for the lab's simulator.
-struct Scene {
-    client: kube::Client,
-    namespace: String,
-    dir: tempfile::TempDir,
-}
-
-impl Scene {
-    async fn new(prefix: &str) -> Self {
-        let client = lab::lab().kube_client().await.unwrap();
-        let namespace = unique(prefix).to_ascii_lowercase();
-        let namespace = namespace.chars().take(60).collect::<String>();
-        Api::<Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
-            )
-            .await
-            .unwrap();
-        Self {
-            client,
-            namespace,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// Where the controller writes and serves images.
-    fn image_dir(&self) -> PathBuf {
-        self.dir.path().join("images")
-    }
-
-    /// A controller for this namespace; a restarted one appends to the same log.
-    fn start_controller(&self) -> ControllerProcess {
-        ControllerProcess::start(
-            &self.namespace,
-            &self.image_dir(),
-            self.dir.path().join("controller.log"),
-        )
-    }
-
-    /// Harvester and KubeVirt played for this namespace until dropped.
-    fn harvester(&self, options: harvester::Options) -> harvester::StandIn {
-        harvester::StandIn::start(self.client.clone(), &self.namespace, options)
-    }
-
-    /// Waits until the import reaches a terminal phase.
-    async fn wait_finished(
-        &self,
-        controller: &ControllerProcess,
-        name: &str,
-        timeout: Duration,
-    ) -> VirtualMachineImport {
-        self.wait_import(controller, name, timeout, |i| {
-            matches!(
-                phase(i),
-                ImportPhase::VirtualMachineRunning | ImportPhase::MigrationFailed | ImportPhase::Invalid
-            )
-        })
-        .await
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        Api::namespaced(self.client.clone(), &self.namespace)
-    }
-
-    fn dynamic(&self, resource: &ApiResource) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.namespace, resource)
-    }
-
-    async fn source(&self, name: &str, password: &str) {
-        let lab = lab::lab();
-        let ca = String::from_utf8(lab::ca_pem()).unwrap();
-        self.api::<Secret>()
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": {"name": name},
-                    "stringData": {"username": lab.vsphere_username, "password": password, "caCert": ca}
-                }))
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-        self.dynamic(&ApiResource::erase::<api::VmwareSource>(&()))
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "apiVersion": "migration.harvesterhci.io/v1beta1", "kind": "VmwareSource",
-                    "metadata": {"name": name},
-                    "spec": {"endpoint": lab.vsphere_url, "dc": lab.vsphere_dc,
-                             "credentials": {"name": name, "namespace": self.namespace}}
-                }))
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn nad(&self, name: &str) {
-        self.dynamic(&nad_resource())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-                    "metadata": {"name": name},
-                    "spec": {"config": "{\"cniVersion\":\"0.3.1\",\"type\":\"bridge\"}"}
-                }))
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn import(&self, name: &str, source: &str, vm: &str, extra: Value) {
-        let mut spec = json!({
-            "virtualMachineName": vm,
-            "sourceCluster": {"name": source, "namespace": self.namespace, "kind": "VmwareSource",
-                              "apiVersion": "migration.harvesterhci.io/v1beta1"},
-        });
-        if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
-            spec.extend(extra);
-        }
-        self.dynamic(&ApiResource::erase::<VirtualMachineImport>(&()))
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "apiVersion": "migration.harvesterhci.io/v1beta1", "kind": "VirtualMachineImport",
-                    "metadata": {"name": name}, "spec": spec
-                }))
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn get_import(&self, name: &str) -> VirtualMachineImport {
-        self.api::<VirtualMachineImport>().get(name).await.unwrap()
-    }
-
-    async fn wait_import(
-        &self,
-        controller: &ControllerProcess,
-        name: &str,
-        timeout: Duration,
-        done: impl Fn(&VirtualMachineImport) -> bool,
-    ) -> VirtualMachineImport {
-        let start = Instant::now();
-        loop {
-            let import = self.get_import(name).await;
-            if done(&import) {
-                return import;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "import {name} stuck: {}\n--- controller log ---\n{}",
-                serde_json::to_string_pretty(&import.status).unwrap(),
-                controller.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
-    async fn source_status(&self, name: &str) -> Value {
-        let source = self
-            .dynamic(&ApiResource::erase::<api::VmwareSource>(&()))
-            .get(name)
-            .await
-            .unwrap();
-        source.data["status"].clone()
-    }
-}
-
-fn phase(import: &VirtualMachineImport) -> ImportPhase {
-    import.status.clone().unwrap_or_default().phase
-}
-
-fn files_in(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_disk_vm_is_imported_and_every_object_is_shaped_as_harvester_expects() {
@@ -428,10 +154,23 @@ async fn three_disk_vm_is_imported_and_every_object_is_shaped_as_harvester_expec
             plan::names::label_value(&format!("vm-import-full-{}", disk.name))
         );
         assert_eq!(image.data["spec"]["sourceType"], "download");
-        assert!(
-            image.owner_references().is_empty(),
-            "owner reference is tidied once the VM runs"
-        );
+    }
+    // Tidying comes after the phase is written: owner references go in a later reconcile.
+    let tidy_deadline = Instant::now() + Duration::from_secs(30);
+    for disk in &status.disk_import_status {
+        loop {
+            let image = images.get(&disk.virtual_machine_image).await.unwrap();
+            if image.owner_references().is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < tidy_deadline,
+                "owner reference is not tidied once the VM runs: {:?}\n{}",
+                image.owner_references(),
+                controller.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let buses: Vec<_> = status
         .disk_import_status

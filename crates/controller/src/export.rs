@@ -1,10 +1,14 @@
 //! Background exports: reconcile starts one and observes it; it never waits for one. Each export
-//! takes a slot of the ESXi host it reads from and one of the global limit, streams every disk not
-//! yet exported from an `ExportVm` lease through the decoder into `<image dir>/<name>.part`, renames
-//! each to its servable name when the whole export succeeded, and records the digest in status (a
-//! disk with a digest is never exported again, also after a restart). Progress (bytes done, total,
-//! rate) goes to `status.diskImportStatus` every few seconds. Cancelling (import deleted) drops the
-//! export, which aborts its lease and its downloads; partial files are removed.
+//! takes a slot of the host it reads from (ESXi host, OVA server) and one of the global limit,
+//! streams every disk not yet exported through the decoder into `<image dir>/<name>.part`, renames
+//! each to its servable name as soon as that disk is complete (and, for an OVA, matched its
+//! manifest digest), and records the digest in status (a disk with a digest is never exported
+//! again, also after a restart). Progress (bytes done, total, rate) goes to
+//! `status.diskImportStatus` every few seconds. Cancelling (import deleted) drops the export, which
+//! aborts its lease or download; partial files are removed.
+//!
+//! The source-specific halves are [`crate::vmware`]'s session and `ExportVm` lease (driven from
+//! here) and [`crate::ova`]'s download and archive walk; both commit disks through [`Shared`].
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,17 +20,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use api::{DiskInfo, VirtualMachineImport, VmwareSource};
+use api::{DiskInfo, OvaSource, VirtualMachineImport, VmwareSource};
 use bytes::Bytes;
 use kube::{
     Api,
     api::{Patch, PatchParams},
     runtime::reflector::ObjectRef,
 };
-use plan::machine::ExportFact;
+use plan::{SourceVm, machine::ExportFact};
 use serde_json::json;
 use tokio::{
-    sync::{Notify, Semaphore},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
     task::AbortHandle,
 };
 use vsphere::{
@@ -37,6 +41,7 @@ use vsphere::{
 use crate::{
     context::Context,
     image_server::PARTIAL_SUFFIX,
+    ova::{self, OvaError},
     vmware::{self, ConnectError, chain},
 };
 
@@ -46,6 +51,9 @@ pub enum ExportError {
     /// No session with the source.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The OVA could not be fetched or did not check out.
+    #[error(transparent)]
+    Ova(#[from] OvaError),
     /// The VM could not be found or described.
     #[error("looking up the VM: {0}")]
     Inspect(String),
@@ -85,6 +93,22 @@ struct Job {
     abort: Option<AbortHandle>,
 }
 
+/// Where an export reads from.
+#[derive(Clone, Debug)]
+pub enum ExportSource {
+    /// A VM of a vCenter/ESXi, through an `ExportVm` lease.
+    Vmware {
+        /// The source.
+        source: VmwareSource,
+        /// VM name at the source.
+        vm_name: String,
+        /// Folder under `<dc>/vm`.
+        folder: Option<String>,
+    },
+    /// The OVA at an `OvaSource`'s URL.
+    Ova(OvaSource),
+}
+
 /// What one export needs.
 #[derive(Clone, Debug)]
 pub struct ExportRequest {
@@ -93,11 +117,7 @@ pub struct ExportRequest {
     /// Its uid (the key of the export).
     pub uid: String,
     /// The source.
-    pub source: VmwareSource,
-    /// VM name at the source.
-    pub vm_name: String,
-    /// Folder under `<dc>/vm`.
-    pub folder: Option<String>,
+    pub source: ExportSource,
     /// `status.diskImportStatus` at start (one per VM disk, device order).
     pub disks: Vec<DiskInfo>,
 }
@@ -165,6 +185,11 @@ impl Exports {
         })
     }
 
+    /// Marks the export of `uid` as moving bytes (it left the queue).
+    fn set_running(&self, uid: &str) {
+        self.set_state(uid, JobState::Running);
+    }
+
     fn set_state(&self, uid: &str, state: JobState) {
         self.with_jobs(|jobs| {
             if let Some(job) = jobs.get_mut(uid) {
@@ -229,18 +254,84 @@ impl Exports {
 
 /// The disks of one export as status should show them, shared by the sinks (which commit finished
 /// disks), the decoder callbacks (bytes done) and the status writer.
-struct Shared {
+pub(crate) struct Shared {
     disks: Mutex<Vec<DiskInfo>>,
     done: Vec<AtomicU64>,
     changed: Notify,
+    /// The image directory, as status records it (`diskLocalPath`).
+    dir: String,
 }
 
 impl Shared {
+    fn new(disks: &[DiskInfo], dir: &Path) -> Self {
+        Self {
+            disks: Mutex::new(disks.to_vec()),
+            done: disks
+                .iter()
+                .map(|d| {
+                    AtomicU64::new(if d.is_exported() {
+                        d.bytes_done.unwrap_or(0)
+                    } else {
+                        0
+                    })
+                })
+                .collect(),
+            changed: Notify::new(),
+            dir: dir.to_string_lossy().into_owned(),
+        }
+    }
+
     fn with_disks<T>(&self, f: impl FnOnce(&mut Vec<DiskInfo>) -> T) -> T {
         match self.disks.lock() {
             Ok(mut disks) => f(&mut disks),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
+    }
+
+    /// Whether disk `index` has its digest (committed, now or before a restart).
+    pub(crate) fn is_exported(&self, index: usize) -> bool {
+        self.with_disks(|disks| disks.get(index).is_some_and(DiskInfo::is_exported))
+    }
+
+    /// The image file names (`diskImportStatus[].diskName`), in status order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.with_disks(|disks| disks.iter().map(|d| d.name.clone()).collect())
+    }
+
+    /// Disk `index` starts (again) from its first byte; `total` replaces the recorded size.
+    pub(crate) fn restart(&self, index: usize, total: Option<u64>) {
+        self.with_disks(|disks| {
+            if let Some(disk) = disks.get_mut(index) {
+                disk.bytes_done = Some(0);
+                if total.is_some() {
+                    disk.bytes_total = total;
+                }
+            }
+        });
+        self.set_done(index, 0);
+    }
+
+    /// Logical bytes of disk `index` written so far.
+    pub(crate) fn set_done(&self, index: usize, done: u64) {
+        if let Some(counter) = self.done.get(index) {
+            counter.store(done, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that disk `index`'s image is complete and in place: its digest goes to status at
+    /// once, so a restart does not export it again.
+    pub(crate) fn committed(&self, index: usize, report: &diskconv::Report) {
+        self.with_disks(|disks| {
+            if let Some(disk) = disks.get_mut(index) {
+                disk.sha256 = Some(report.sha256.clone());
+                disk.bytes_done = Some(report.virtual_size);
+                disk.bytes_total = Some(report.virtual_size);
+                disk.bytes_per_second = None;
+                disk.disk_local_path = self.dir.clone();
+            }
+        });
+        self.set_done(index, report.virtual_size);
+        self.changed.notify_one();
     }
 }
 
@@ -251,7 +342,6 @@ struct CommittingSink {
     index: usize,
     partial: PathBuf,
     image: PathBuf,
-    dir: String,
     shared: Arc<Shared>,
 }
 
@@ -264,7 +354,7 @@ impl DiskSink for CommittingSink {
         if committed {
             remove_if_present(&self.image).await?;
         }
-        self.shared.done[self.index].store(0, Ordering::Relaxed);
+        self.shared.set_done(self.index, 0);
         self.inner.begin().await
     }
 
@@ -280,18 +370,32 @@ impl DiskSink for CommittingSink {
         tokio::fs::rename(&self.partial, &self.image)
             .await
             .map_err(|e| format!("renaming {} into place: {e}", self.partial.display()))?;
-        self.shared.with_disks(|disks| {
-            let disk = &mut disks[self.index];
-            disk.sha256 = Some(report.sha256.clone());
-            disk.bytes_done = Some(report.virtual_size);
-            disk.bytes_total = Some(report.virtual_size);
-            disk.bytes_per_second = None;
-            disk.disk_local_path = self.dir.clone();
-        });
-        self.shared.done[self.index].store(report.virtual_size, Ordering::Relaxed);
-        self.shared.changed.notify_one();
+        self.shared.committed(self.index, &report);
         Ok(())
     }
+}
+
+/// One `diskImportStatus` entry per disk, in device order. `token` makes each file name (and so its
+/// URL) unguessable; the name keeps upstream's `<vm>-<ns>-disk-<n>` prefix for the humans.
+pub fn disk_entries(
+    import_name: &str,
+    namespace: &str,
+    vm: &SourceVm,
+    spec: &api::VirtualMachineImportSpec,
+    token: &str,
+) -> Vec<DiskInfo> {
+    vm.disks
+        .iter()
+        .enumerate()
+        .map(|(index, disk)| DiskInfo {
+            name: format!("{import_name}-{namespace}-disk-{index}-{token}.img"),
+            disk_size: i64::try_from(disk.capacity_bytes).unwrap_or(i64::MAX),
+            bus_type: plan::vm::disk_bus(disk.controller, &spec.default_disk_bus()),
+            bytes_done: Some(0),
+            bytes_total: Some(disk.capacity_bytes),
+            ..DiskInfo::default()
+        })
+        .collect()
 }
 
 /// Path of a disk's image while it is being written (never served: the image server only serves
@@ -313,42 +417,66 @@ async fn run(ctx: &Arc<Context>, request: ExportRequest) -> Result<(), ExportErr
         import,
         uid,
         source,
-        vm_name,
-        folder,
         mut disks,
     } = request;
-    let client = vmware::connect(&ctx.kube, &source).await?;
-    let description = client
-        .inspect(
-            vmware::datacenter_name(&source.spec.datacenter),
-            folder.as_deref(),
-            &vm_name,
-        )
-        .await
-        .map_err(|e| ExportError::Inspect(chain(&e)))?;
-    if description.disks.len() != disks.len() {
-        return Err(ExportError::DisksChanged {
-            recorded: disks.len(),
-            found: description.disks.len(),
-        });
+    match source {
+        ExportSource::Vmware {
+            source,
+            vm_name,
+            folder,
+        } => {
+            let client = vmware::connect(&ctx.kube, &source).await?;
+            let description = client
+                .inspect(
+                    vmware::datacenter_name(&source.spec.datacenter),
+                    folder.as_deref(),
+                    &vm_name,
+                )
+                .await
+                .map_err(|e| ExportError::Inspect(chain(&e)))?;
+            if description.disks.len() != disks.len() {
+                return Err(ExportError::DisksChanged {
+                    recorded: disks.len(),
+                    found: description.disks.len(),
+                });
+            }
+            let host = description
+                .host
+                .as_ref()
+                .map_or_else(|| source.spec.endpoint_address.clone(), |h| h.value.clone());
+            let _slots = take_slots(ctx, &uid, &host).await?;
+            let _running = RunningGauge::new(ctx.metrics.clone());
+            let result = transfer(ctx, &import, &client, description, &mut disks).await;
+            let _ = client.logout().await;
+            result
+        }
+        ExportSource::Ova(source) => {
+            let client = ova::OvaClient::connect(&ctx.kube, &source).await?;
+            let _slots = take_slots(ctx, &uid, &client.host()).await?;
+            let _running = RunningGauge::new(ctx.metrics.clone());
+            let tracker = Tracker::start(ctx, &import, &disks).await?;
+            let result = ova::transfer(&client, tracker.shared(), &ctx.settings.image_dir).await;
+            tracker.finish(ctx, &import, result, &mut disks).await
+        }
     }
-    let host = description
-        .host
-        .as_ref()
-        .map_or_else(|| source.spec.endpoint_address.clone(), |h| h.value.clone());
+}
 
+/// Waits for a slot of `host` and one of the global limit; the export counts as running once both
+/// are held.
+async fn take_slots(
+    ctx: &Arc<Context>,
+    uid: &str,
+    host: &str,
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ExportError> {
     ctx.metrics.exports_queued.inc();
-    let host_slot = ctx.exports.host_slots(&host).acquire_owned().await;
+    let host_slot = ctx.exports.host_slots(host).acquire_owned().await;
     let global_slot = ctx.exports.global.clone().acquire_owned().await;
     ctx.metrics.exports_queued.dec();
-    let (Ok(_host_slot), Ok(_global_slot)) = (host_slot, global_slot) else {
+    let (Ok(host_slot), Ok(global_slot)) = (host_slot, global_slot) else {
         return Err(ExportError::Transfer("the export queue was closed".into()));
     };
-    ctx.exports.set_state(&uid, JobState::Running);
-    let _running = RunningGauge::new(ctx.metrics.clone());
-    let result = transfer(ctx, &import, &client, description, &mut disks).await;
-    let _ = client.logout().await;
-    result
+    ctx.exports.set_running(uid);
+    Ok((host_slot, global_slot))
 }
 
 /// Counts a running export for as long as it lives, also when its task is aborted.
@@ -375,26 +503,8 @@ async fn transfer(
     disks: &mut [DiskInfo],
 ) -> Result<(), ExportError> {
     let dir = ctx.settings.image_dir.clone();
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|source| ExportError::Prepare {
-            path: dir.clone(),
-            source,
-        })?;
-    let shared = Arc::new(Shared {
-        disks: Mutex::new(disks.to_vec()),
-        done: disks
-            .iter()
-            .map(|d| {
-                AtomicU64::new(if d.is_exported() {
-                    d.bytes_done.unwrap_or(0)
-                } else {
-                    0
-                })
-            })
-            .collect(),
-        changed: Notify::new(),
-    });
+    let tracker = Tracker::start(ctx, import, disks).await?;
+    let shared = tracker.shared();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut sinks = BTreeMap::new();
     let mut partials = Vec::new();
@@ -408,12 +518,9 @@ async fn transfer(
         let shared_for_progress = shared.clone();
         let inner =
             ConvertingSink::new(&partial, ImageFormat::Raw, threads).with_progress(Arc::new(move |p| {
-                shared_for_progress.done[index].store(p.position, Ordering::Relaxed);
+                shared_for_progress.set_done(index, p.position);
             }));
-        shared.with_disks(|d| {
-            d[index].bytes_done = Some(0);
-            d[index].bytes_total = Some(vm_disk.capacity_bytes);
-        });
+        shared.restart(index, Some(vm_disk.capacity_bytes));
         sinks.insert(
             vm_disk.key,
             CommittingSink {
@@ -421,7 +528,6 @@ async fn transfer(
                 index,
                 image: dir.join(&disk.name),
                 partial: partial.clone(),
-                dir: dir.to_string_lossy().into_owned(),
                 shared: shared.clone(),
             },
         );
@@ -429,51 +535,97 @@ async fn transfer(
     }
     description.disks.retain(|d| sinks.contains_key(&d.key));
 
-    let api: Api<VirtualMachineImport> =
-        Api::namespaced(ctx.kube.clone(), import.namespace.as_deref().unwrap_or_default());
-    let writer = tokio::spawn(write_progress(
-        api.clone(),
-        import.name.clone(),
-        shared.clone(),
-        ctx.settings.progress_interval,
-        ctx.metrics.clone(),
-    ));
-    let _stop_writer = AbortOnDrop(writer.abort_handle());
-
     let exported = client
         .export_vm(&description, sinks, &ExportOptions::default())
         .await
+        .map(|_| ())
         .map_err(|e| ExportError::Transfer(chain(&e)));
-    writer.abort();
-    if let Err(error) = exported {
+    if exported.is_err() {
         for path in &partials {
             let _ = tokio::fs::remove_file(path).await;
         }
-        return Err(error);
     }
-    let finished = shared.with_disks(|d| d.clone());
-    for (index, disk) in finished.iter().enumerate() {
-        if !disks[index].is_exported() {
-            ctx.metrics
-                .export_bytes
-                .inc_by(disk.bytes_total.unwrap_or_default());
+    tracker.finish(ctx, import, exported, disks).await
+}
+
+/// The status side of one transfer: the shared disk list and the progress writer, and at the end
+/// the final `diskImportStatus`.
+struct Tracker {
+    shared: Arc<Shared>,
+    api: Api<VirtualMachineImport>,
+    writer: AbortOnDrop,
+}
+
+impl Tracker {
+    async fn start(
+        ctx: &Arc<Context>,
+        import: &ObjectRef<VirtualMachineImport>,
+        disks: &[DiskInfo],
+    ) -> Result<Self, ExportError> {
+        let dir = &ctx.settings.image_dir;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|source| ExportError::Prepare {
+                path: dir.clone(),
+                source,
+            })?;
+        let shared = Arc::new(Shared::new(disks, dir));
+        let api: Api<VirtualMachineImport> =
+            Api::namespaced(ctx.kube.clone(), import.namespace.as_deref().unwrap_or_default());
+        let writer = tokio::spawn(write_progress(
+            api.clone(),
+            import.name.clone(),
+            shared.clone(),
+            ctx.settings.progress_interval,
+            ctx.metrics.clone(),
+        ));
+        Ok(Self {
+            shared,
+            api,
+            writer: AbortOnDrop(writer.abort_handle()),
+        })
+    }
+
+    fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Stops the progress writer; on success checks every disk has its digest and writes the
+    /// final `diskImportStatus` (into `disks` too).
+    async fn finish(
+        self,
+        ctx: &Context,
+        import: &ObjectRef<VirtualMachineImport>,
+        result: Result<(), ExportError>,
+        disks: &mut [DiskInfo],
+    ) -> Result<(), ExportError> {
+        drop(self.writer);
+        result?;
+        let finished = self.shared.with_disks(|d| d.clone());
+        for (index, disk) in finished.iter().enumerate() {
+            if !disks[index].is_exported() {
+                ctx.metrics
+                    .export_bytes
+                    .inc_by(disk.bytes_total.unwrap_or_default());
+            }
         }
+        disks.clone_from_slice(&finished);
+        if let Some(missing) = disks.iter().find(|d| !d.is_exported()) {
+            return Err(ExportError::Transfer(format!(
+                "disk {} finished without a digest",
+                missing.name
+            )));
+        }
+        self.api
+            .patch_status(
+                &import.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": { "diskImportStatus": disks } })),
+            )
+            .await
+            .map_err(ExportError::Status)?;
+        Ok(())
     }
-    disks.clone_from_slice(&finished);
-    if let Some(missing) = disks.iter().find(|d| !d.is_exported()) {
-        return Err(ExportError::Transfer(format!(
-            "disk {} finished without a digest",
-            missing.name
-        )));
-    }
-    api.patch_status(
-        &import.name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": { "diskImportStatus": disks } })),
-    )
-    .await
-    .map_err(ExportError::Status)?;
-    Ok(())
 }
 
 struct AbortOnDrop(AbortHandle);

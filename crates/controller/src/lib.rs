@@ -1,7 +1,8 @@
 //! The Kubernetes controller of vm-import: a drop-in replacement for Harvester's
-//! `vm-import-controller`. It reconciles `VmwareSource` (and reports `OpenstackSource`/`OvaSource`
-//! as not supported yet) and `VirtualMachineImport` through `plan`'s state machine, runs exports in
-//! the background, serves the converted images on port 8080 and metrics on a second port.
+//! `vm-import-controller`. It reconciles `VmwareSource` and `OvaSource` (and reports
+//! `OpenstackSource` as not supported yet) and `VirtualMachineImport` through `plan`'s state
+//! machine, runs exports in the background, serves the converted images on port 8080 and metrics on
+//! a second port.
 //!
 //! ```text
 //!  run ─► CRDs applied ─► leader lease ─► ┬─ import controller (watches imports, images, VMs; woken by exports)
@@ -13,7 +14,8 @@
 //! * [`settings`]: what the binary passes in;
 //! * [`import`]: the import reconciler (gather facts → `plan::next` → execute → status, Event);
 //! * [`export`]: background exports with global and per-host limits, progress in status;
-//! * [`source`]: source reconcilers; [`vmware`]: sessions from a source and its Secret;
+//! * [`source`]: source reconcilers; [`vmware`]: sessions from a source and its Secret; [`ova`]:
+//!   HTTP(S) access to an OVA, its descriptor and the one-pass export;
 //! * [`image_server`], [`metrics`], [`http_server`]: the two HTTP listeners;
 //! * [`leader`], [`crds`], [`kinds`], [`context`], [`time`]: plumbing.
 
@@ -26,6 +28,7 @@ pub mod import;
 pub mod kinds;
 pub mod leader;
 pub mod metrics;
+pub mod ova;
 pub mod settings;
 pub mod source;
 pub mod time;
@@ -154,13 +157,7 @@ pub async fn run_with_client(client: kube::Client, settings: Settings) -> Result
         .shutdown_on_signal()
         .run(source::reconcile_openstack, source_error_policy, ctx.clone())
         .for_each(|_| async {}),
-        Controller::new(
-            scoped::<OvaSource>(&client, namespace),
-            watcher::Config::default(),
-        )
-        .shutdown_on_signal()
-        .run(source::reconcile_ova, source_error_policy, ctx.clone())
-        .for_each(|_| async {}),
+        run_ova_controller(client.clone(), ctx.clone()),
     );
     match elector {
         Some(elector) => {
@@ -272,6 +269,54 @@ async fn run_import_controller(
         .await;
 }
 
+/// Whether `secret` is the one `reference` names, a reference without a namespace meaning the
+/// source's own.
+fn names_secret(
+    reference: &k8s_openapi::api::core::v1::SecretReference,
+    source_namespace: Option<String>,
+    secret: &Secret,
+) -> bool {
+    let secret_namespace = reference
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or(source_namespace);
+    reference.name.as_deref() == Some(secret.name_any().as_str()) && secret_namespace == secret.namespace()
+}
+
+async fn run_ova_controller(client: kube::Client, ctx: Arc<Context>) {
+    let namespace = ctx.settings.namespace.clone();
+    let namespace = namespace.as_deref();
+    let controller = Controller::new(
+        scoped::<OvaSource>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    controller
+        .watches(
+            scoped::<Secret>(&client, namespace),
+            watcher::Config::default(),
+            move |secret| {
+                // Re-check every source whose (optional) credentials this Secret holds.
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|s| {
+                        s.spec
+                            .credentials
+                            .as_ref()
+                            .is_some_and(|reference| names_secret(reference, s.namespace(), &secret))
+                    })
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(source::reconcile_ova, source_error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
 async fn run_vmware_controller(client: kube::Client, ctx: Arc<Context>) {
     let namespace = ctx.settings.namespace.clone();
     let namespace = namespace.as_deref();
@@ -286,20 +331,10 @@ async fn run_vmware_controller(client: kube::Client, ctx: Arc<Context>) {
             watcher::Config::default(),
             move |secret| {
                 // Re-check every source whose credentials this Secret holds.
-                let namespace = secret.namespace();
-                let name = secret.name_any();
                 store
                     .state()
                     .into_iter()
-                    .filter(|s| {
-                        let reference = &s.spec.credentials;
-                        let secret_namespace = reference
-                            .namespace
-                            .clone()
-                            .filter(|n| !n.is_empty())
-                            .or_else(|| s.namespace());
-                        reference.name.as_deref() == Some(name.as_str()) && secret_namespace == namespace
-                    })
+                    .filter(|s| names_secret(&s.spec.credentials, s.namespace(), &secret))
                     .map(|s| ObjectRef::from_obj(&*s))
                     .collect::<Vec<_>>()
             },

@@ -3,8 +3,10 @@
 //! `clusterReady`/`clusterNotReady` with `ClusterReady` and `ClusterError` conditions that carry a
 //! reason and a message saying what to fix, plus an `InsecureSkipVerify` warning condition when the
 //! source opted out of TLS verification. Status is written only when it changes, so a failing
-//! source is not re-checked in a tight loop. `OpenstackSource` and `OvaSource` are not imported
-//! from yet: they are marked `clusterNotReady` with reason `SourceKindNotSupported`.
+//! source is not re-checked in a tight loop. An `OvaSource` is checked as upstream does (an http(s)
+//! URL answering a HEAD with 2xx, with the Secret's basic auth and `ca.crt`), on the same schedule
+//! and with the same conditions. `OpenstackSource` is not imported from yet: it is marked
+//! `clusterNotReady` with reason `SourceKindNotSupported`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,7 +21,7 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::{context::Context, time::now_rfc3339, vmware};
+use crate::{context::Context, ova, time::now_rfc3339, vmware};
 
 /// Re-check of a source that is not ready.
 const NOT_READY_RECHECK: Duration = Duration::from_secs(30);
@@ -176,22 +178,86 @@ pub async fn reconcile_vmware(source: Arc<VmwareSource>, ctx: Arc<Context>) -> R
             insecure,
         },
     };
+    let note = format!(
+        "logged in to {} and found datacenter {}",
+        source.spec.endpoint_address, source.spec.datacenter
+    );
+    report(
+        &ctx,
+        &*source,
+        source.status.as_ref(),
+        "VmwareSource",
+        check,
+        note,
+    )
+    .await
+}
+
+/// Reconciles an `OvaSource`: upstream's check (http or https URL, HEAD answered with 2xx), with
+/// the reason in the conditions when it fails.
+///
+/// # Errors
+/// [`SourceError`] when status cannot be written.
+pub async fn reconcile_ova(source: Arc<OvaSource>, ctx: Arc<Context>) -> Result<Action, SourceError> {
+    if source.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let insecure = source.spec.insecure_skip_verify == Some(true);
+    let client = ova::OvaClient::connect(&ctx.kube, &source).await;
+    let verified = match &client {
+        Ok(client) => client.verify().await,
+        Err(_) => Ok(()),
+    };
+    let check = match client.and_then(|c| verified.map(|()| c)) {
+        Ok(client) => Check {
+            ready: true,
+            reason: "Verified".into(),
+            message: String::new(),
+            insecure: client.insecure(),
+        },
+        Err(error) => Check {
+            ready: false,
+            reason: error.reason().to_owned(),
+            message: vmware::chain(&error),
+            insecure,
+        },
+    };
+    let note = match ova::parse_url(&source.spec.url) {
+        Ok(url) => format!("{} answered", ova::display_url(&url)),
+        Err(_) => String::new(),
+    };
+    report(&ctx, &*source, source.status.as_ref(), "OvaSource", check, note).await
+}
+
+/// Writes a check's outcome (when it changed), with an Event when readiness flipped, and says
+/// when to check again.
+async fn report<K>(
+    ctx: &Context,
+    source: &K,
+    previous: Option<&SourceStatus>,
+    kind: &'static str,
+    check: Check,
+    ready_note: String,
+) -> Result<Action, SourceError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     ctx.metrics
-        .source_checked("VmwareSource", if check.ready { "Ready" } else { &check.reason });
-    let status = status_for(&check, source.status.as_ref(), source.meta().generation);
-    if source.status.as_ref() != Some(&status) {
-        let was_ready = source.status.as_ref().map(|s| &s.status) == Some(&ClusterStatus::ClusterReady);
-        if check.ready != was_ready || source.status.is_none() {
+        .source_checked(kind, if check.ready { "Ready" } else { &check.reason });
+    let status = status_for(&check, previous, source.meta().generation);
+    if previous != Some(&status) {
+        let was_ready = previous.map(|s| &s.status) == Some(&ClusterStatus::ClusterReady);
+        if check.ready != was_ready || previous.is_none() {
             let note = if check.ready {
-                format!(
-                    "logged in to {} and found datacenter {}",
-                    source.spec.endpoint_address, source.spec.datacenter
-                )
+                ready_note
             } else {
                 check.message.clone()
             };
             ctx.event(
-                &*source,
+                source,
                 !check.ready,
                 if check.ready {
                     "ClusterReady"
@@ -203,11 +269,11 @@ pub async fn reconcile_vmware(source: Arc<VmwareSource>, ctx: Arc<Context>) -> R
             .await;
         }
         if check.ready {
-            tracing::info!(source = %source.name_any(), "VmwareSource ready");
+            tracing::info!(kind, source = %source.name_any(), "source ready");
         } else {
-            tracing::warn!(source = %source.name_any(), reason = %check.reason, message = %check.message, "VmwareSource not ready");
+            tracing::warn!(kind, source = %source.name_any(), reason = %check.reason, message = %check.message, "source not ready");
         }
-        write_status(&ctx, &*source, "VmwareSource", status).await?;
+        write_status(ctx, source, kind, status).await?;
     }
     Ok(Action::requeue(if check.ready {
         ctx.settings.source_recheck
@@ -259,14 +325,6 @@ pub async fn reconcile_openstack(
         "OpenStack",
     )
     .await
-}
-
-/// Reconciles an `OvaSource` (not supported yet: says so in status).
-///
-/// # Errors
-/// [`SourceError`] when status cannot be written.
-pub async fn reconcile_ova(source: Arc<OvaSource>, ctx: Arc<Context>) -> Result<Action, SourceError> {
-    report_unsupported(&ctx, &*source, source.status.as_ref(), "OvaSource", "OVA").await
 }
 
 #[cfg(test)]

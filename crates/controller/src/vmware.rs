@@ -1,10 +1,10 @@
 //! The VMware side of the controller: a vSphere session from a `VmwareSource` and its Secret (TLS
-//! verified unless the source opts out), the VM description translated into `plan`'s source-neutral
-//! model, and one `diskImportStatus` entry per disk.
+//! verified unless the source opts out) and the VM description translated into `plan`'s
+//! source-neutral model.
 
 use std::error::Error as _;
 
-use api::{DiskInfo, VmwareSource, names::vmware as vmware_secret};
+use api::{VmwareSource, names::vmware as vmware_secret};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use plan::{ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm};
@@ -107,7 +107,8 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn looks_like_certificate_failure(text: &str) -> bool {
+/// Whether an error chain reads like a certificate rejection (rustls says so only in text).
+pub(crate) fn looks_like_certificate_failure(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
     lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("fingerprint")
 }
@@ -289,29 +290,6 @@ pub fn source_vm(vm: &VmDescription) -> SourceVm {
             .collect(),
         description: vm.annotation.clone().filter(|a| !a.is_empty()),
     }
-}
-
-/// One `diskImportStatus` entry per disk, in device order. `token` makes each file name (and so its
-/// URL) unguessable; the name keeps upstream's `<vm>-<ns>-disk-<n>` prefix for the humans.
-pub fn disk_entries(
-    import_name: &str,
-    namespace: &str,
-    vm: &SourceVm,
-    spec: &api::VirtualMachineImportSpec,
-    token: &str,
-) -> Vec<DiskInfo> {
-    vm.disks
-        .iter()
-        .enumerate()
-        .map(|(index, disk)| DiskInfo {
-            name: format!("{import_name}-{namespace}-disk-{index}-{token}.img"),
-            disk_size: i64::try_from(disk.capacity_bytes).unwrap_or(i64::MAX),
-            bus_type: plan::vm::disk_bus(disk.controller, &spec.default_disk_bus()),
-            bytes_done: Some(0),
-            bytes_total: Some(disk.capacity_bytes),
-            ..DiskInfo::default()
-        })
-        .collect()
 }
 
 #[cfg(test)]

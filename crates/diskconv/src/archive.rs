@@ -3,6 +3,11 @@
 //! so an OVA can come from a pipe or an HTTP body. Every member the manifest lists is hashed on
 //! the way and checked; a mismatch is an error, a missing manifest a warning (or an error when
 //! required).
+//!
+//! [`convert_ova`] writes `disk-<N>` files into a directory and keeps none of them unless the
+//! whole archive checks out. [`convert_ova_into`] lets the caller choose each disk's output (or
+//! skip a disk) and tells it when each disk's member has been read to its end and matched the
+//! manifest, so a caller that resumes (the controller) can commit disk by disk.
 
 use std::{
     collections::BTreeSet,
@@ -78,15 +83,70 @@ pub struct OvaResult {
     pub manifest: ManifestCheck,
 }
 
+/// Where the disks of an OVA go, chosen disk by disk as their members stream by.
+///
+/// For each disk member in archive order: [`DiskTargets::output`], then (when it gave one) the
+/// conversion, the rest of the member read and its digest checked, then either
+/// [`DiskTargets::verified`] or [`DiskTargets::failed`]. A disk is only as good as its
+/// `verified` call: until then its output may hold anything.
+pub trait DiskTargets {
+    /// The VM, once the `.ovf` is parsed and before any disk member; an error stops the walk
+    /// (e.g. the archive is not the one the caller expected).
+    fn described(&mut self, vm: &VmDescription) -> Result<(), Error> {
+        let _ = vm;
+        Ok(())
+    }
+
+    /// The output and conversion options of disk `index` (its position in the OVF disk list),
+    /// stored in archive member `member`; `None` reads past the member without converting it
+    /// (its digest is still checked).
+    fn output(&mut self, index: usize, member: &str) -> Option<(Output, Options)>;
+
+    /// Disk `index` is converted and its member read to the end; `digest_checked` says whether the
+    /// manifest listed the member and its digest matched. An error stops the walk.
+    fn verified(
+        &mut self,
+        index: usize,
+        member: &str,
+        report: &Report,
+        digest_checked: bool,
+    ) -> Result<(), Error>;
+
+    /// Converting disk `index` failed, or its member did not match the manifest: whatever its
+    /// output holds must not pass for the disk.
+    fn failed(&mut self, index: usize);
+}
+
 enum Mode<'a> {
-    Convert {
-        dir: &'a Path,
-        format: DiskFormat,
-        opts: &'a Options,
-        /// Every output file opened so far, to remove if the archive fails.
-        created: Vec<PathBuf>,
-    },
+    Convert(&'a mut dyn DiskTargets),
     Inspect,
+}
+
+/// [`convert_ova`]'s targets: `dir/disk-<N>.<ext>`, every file remembered for removal.
+struct DirTargets<'a> {
+    dir: &'a Path,
+    format: DiskFormat,
+    opts: &'a Options,
+    created: Vec<PathBuf>,
+}
+
+impl DiskTargets for DirTargets<'_> {
+    fn output(&mut self, index: usize, _member: &str) -> Option<(Output, Options)> {
+        let (ext, make): (&str, fn(PathBuf) -> Output) = match self.format {
+            DiskFormat::Raw => ("raw", Output::RawFile),
+            DiskFormat::Qcow2 => ("qcow2", Output::Qcow2File),
+        };
+        let path = self.dir.join(format!("disk-{index}.{ext}"));
+        self.created.push(path.clone());
+        Some((make(path), self.opts.clone()))
+    }
+
+    fn verified(&mut self, _: usize, _: &str, _: &Report, _: bool) -> Result<(), Error> {
+        Ok(())
+    }
+
+    // The whole archive fails with it; every file goes then.
+    fn failed(&mut self, _: usize) {}
 }
 
 /// Converts every disk of an OVA read from `input` into `dir/disk-<N>.<raw|qcow2>` (N = position
@@ -99,22 +159,31 @@ pub fn convert_ova(
     opts: &Options,
     require_manifest: bool,
 ) -> Result<OvaResult, Error> {
-    let mut mode = Mode::Convert {
+    let mut targets = DirTargets {
         dir,
         format,
         opts,
         created: Vec::new(),
     };
-    let result = walk(input, &mut mode, require_manifest);
-    if result.is_err()
-        && let Mode::Convert { created, .. } = &mode
-    {
-        for path in created {
+    let result = walk(input, &mut Mode::Convert(&mut targets), require_manifest);
+    if result.is_err() {
+        for path in &targets.created {
             // Best effort: the conversion error is the one to report.
             let _ = std::fs::remove_file(path);
         }
     }
     result
+}
+
+/// Converts the disks of an OVA read from `input` into the outputs `targets` chooses, telling it
+/// as each disk is verified. Unlike [`convert_ova`] nothing is removed here on failure: that is
+/// the targets' business ([`DiskTargets::failed`] names the disk that failed, if one did).
+pub fn convert_ova_into(
+    input: impl Read,
+    targets: &mut dyn DiskTargets,
+    require_manifest: bool,
+) -> Result<OvaResult, Error> {
+    walk(input, &mut Mode::Convert(targets), require_manifest)
 }
 
 /// Describes an OVA: the VM, each disk image (scanned, not converted) and the manifest check.
@@ -151,6 +220,9 @@ fn walk(input: impl Read, mode: &mut Mode<'_>, require_manifest: bool) -> Result
                 .map_err(|source| member_err(&name, Error::Read { offset: 0, source }))?;
             let parsed =
                 ova::ovf::read_envelope(Cursor::new(&bytes)).map_err(|e| member_err(&name, Error::Ovf(e)))?;
+            if let Mode::Convert(targets) = mode {
+                targets.described(&parsed)?;
+            }
             vm = Some(parsed);
             ovf = Some((name, bytes));
             continue;
@@ -185,9 +257,20 @@ fn walk(input: impl Read, mode: &mut Mode<'_>, require_manifest: bool) -> Result
             inner: &mut entry,
             hasher: algorithm.map(Hasher::new),
         };
+        let mut converted = None;
         if let Some((index, d)) = disk {
             let gzip = d.file.as_ref().is_some_and(|f| f.compression.is_some());
-            let result = convert_member(&mut hashed, gzip, index, mode).map_err(|e| member_err(&name, e))?;
+            let result = convert_member(&mut hashed, gzip, index, &name, mode);
+            let result = match result {
+                Ok(result) => result,
+                Err(e) => {
+                    if let Mode::Convert(targets) = mode {
+                        targets.failed(index);
+                    }
+                    return Err(member_err(&name, e));
+                }
+            };
+            converted = Some((index, result.report.clone()));
             disks.push(OvaDisk {
                 index,
                 member: name.clone(),
@@ -195,13 +278,32 @@ fn walk(input: impl Read, mode: &mut Mode<'_>, require_manifest: bool) -> Result
             });
         }
         // Whatever the decoder left unread (padding after EOS, non-disk members) still counts.
-        io::copy(&mut hashed, &mut io::sink())
-            .map_err(|source| member_err(&name, Error::Read { offset: 0, source }))?;
-        if let (Some(m), Some(hasher)) = (&manifest, hashed.hasher.take()) {
-            let algorithm = hasher.algorithm();
-            m.verify(&name, algorithm, &hasher.finalize())
-                .map_err(Error::Manifest)?;
-            checked.push(name.clone());
+        let rest = io::copy(&mut hashed, &mut io::sink())
+            .map_err(|source| member_err(&name, Error::Read { offset: 0, source }));
+        let digest = rest.and_then(|_| match (&manifest, hashed.hasher.take()) {
+            (Some(m), Some(hasher)) => {
+                let algorithm = hasher.algorithm();
+                m.verify(&name, algorithm, &hasher.finalize())
+                    .map_err(Error::Manifest)?;
+                checked.push(name.clone());
+                Ok(true)
+            }
+            _ => Ok(false),
+        });
+        if let (Mode::Convert(targets), Some((index, report))) = (&mut *mode, converted) {
+            match (digest, report) {
+                (Ok(digest_checked), Some(report)) => {
+                    targets.verified(index, &name, &report, digest_checked)?;
+                }
+                // Skipped by the targets: nothing was written, nothing to commit or undo.
+                (Ok(_), None) => {}
+                (Err(e), _) => {
+                    targets.failed(index);
+                    return Err(e);
+                }
+            }
+        } else {
+            digest?;
         }
     }
     let vm = vm.ok_or(Error::OvaIncomplete {
@@ -282,16 +384,22 @@ fn convert_member(
     member: &mut impl Read,
     gzip: bool,
     index: usize,
+    name: &str,
     mode: &mut Mode<'_>,
 ) -> Result<OvaDisk, Error> {
     if gzip {
         let mut decoder = flate2::read::GzDecoder::new(member);
-        return convert_disk(&mut decoder, index, mode);
+        return convert_disk(&mut decoder, index, name, mode);
     }
-    convert_disk(member, index, mode)
+    convert_disk(member, index, name, mode)
 }
 
-fn convert_disk(input: &mut impl Read, index: usize, mode: &mut Mode<'_>) -> Result<OvaDisk, Error> {
+fn convert_disk(
+    input: &mut impl Read,
+    index: usize,
+    name: &str,
+    mode: &mut Mode<'_>,
+) -> Result<OvaDisk, Error> {
     let empty = OvaDisk {
         index,
         member: String::new(),
@@ -300,21 +408,17 @@ fn convert_disk(input: &mut impl Read, index: usize, mode: &mut Mode<'_>) -> Res
         image: None,
     };
     match mode {
-        Mode::Convert {
-            dir,
-            format,
-            opts,
-            created,
-        } => {
-            let (ext, make): (&str, fn(PathBuf) -> Output) = match format {
-                DiskFormat::Raw => ("raw", Output::RawFile),
-                DiskFormat::Qcow2 => ("qcow2", Output::Qcow2File),
+        Mode::Convert(targets) => {
+            let Some((output, opts)) = targets.output(index, name) else {
+                return Ok(empty);
             };
-            let path = dir.join(format!("disk-{index}.{ext}"));
-            created.push(path.clone());
-            let report = source::convert_reader(input, make(path.clone()), opts)?;
+            let path = match &output {
+                Output::RawFile(path) | Output::Qcow2File(path) => Some(path.clone()),
+                Output::RawStream(_) => None,
+            };
+            let report = source::convert_reader(input, output, &opts)?;
             Ok(OvaDisk {
-                output: Some(path),
+                output: path,
                 report: Some(report),
                 ..empty
             })

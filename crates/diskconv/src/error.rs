@@ -72,6 +72,9 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// The caller's [`crate::archive::DiskTargets`] refused the archive or a disk; the message says why.
+    #[error("{0}")]
+    Rejected(String),
     /// A pipeline thread could not be started.
     #[error("cannot start a conversion thread")]
     Spawn(#[source] io::Error),

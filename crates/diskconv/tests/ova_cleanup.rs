@@ -155,3 +155,105 @@ fn successful_conversion_keeps_the_disks() {
     want.extend_from_slice(&[2u8; 65536]);
     assert_eq!(fs::read(out.join("disk-1.raw")).unwrap(), want);
 }
+
+/// Records what [`convert_ova_into`] tells its targets.
+#[derive(Default)]
+struct Recorder {
+    dir: PathBuf,
+    skip: Vec<usize>,
+    events: Vec<String>,
+}
+
+impl vmi_diskconv::archive::DiskTargets for Recorder {
+    fn described(&mut self, vm: &ova::VmDescription) -> Result<(), Error> {
+        self.events.push(format!("described {}", vm.disks.len()));
+        Ok(())
+    }
+
+    fn output(&mut self, index: usize, member: &str) -> Option<(vmi_diskconv::Output, Options)> {
+        self.events.push(format!("output {index} {member}"));
+        if self.skip.contains(&index) {
+            return None;
+        }
+        let opts = Options {
+            threads: 1,
+            progress: None,
+            sync: false,
+        };
+        Some((
+            vmi_diskconv::Output::RawFile(self.dir.join(format!("{index}.part"))),
+            opts,
+        ))
+    }
+
+    fn verified(
+        &mut self,
+        index: usize,
+        member: &str,
+        report: &vmi_diskconv::Report,
+        digest_checked: bool,
+    ) -> Result<(), Error> {
+        self.events.push(format!(
+            "verified {index} {member} {} {digest_checked}",
+            report.virtual_size
+        ));
+        Ok(())
+    }
+
+    fn failed(&mut self, index: usize) {
+        self.events.push(format!("failed {index}"));
+    }
+}
+
+#[test]
+fn targets_hear_of_each_disk_once_its_member_is_read_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ova = build(tmp.path(), &stream(1), &gzip(&stream(2)), &sha256(&[7u8; 4096]));
+    let mut recorder = Recorder {
+        dir: tmp.path().to_owned(),
+        skip: vec![0],
+        ..Recorder::default()
+    };
+    vmi_diskconv::archive::convert_ova_into(fs::File::open(&ova).unwrap(), &mut recorder, true).unwrap();
+    // The fixture's manifest lists neither disk: converted, but not digest-checked; disk 0 skipped.
+    assert_eq!(
+        recorder.events,
+        [
+            "described 2",
+            "output 0 web-01-disk1.vmdk",
+            "output 1 web-01-disk2.vmdk.gz",
+            "verified 1 web-01-disk2.vmdk.gz 131072 false",
+        ]
+    );
+    assert!(!tmp.path().join("0.part").exists());
+}
+
+#[test]
+fn targets_hear_which_disk_failed_and_nothing_is_verified_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut truncated = stream(2);
+    truncated.truncate(truncated.len() - 100);
+    let ova = build(tmp.path(), &stream(1), &gzip(&truncated), &sha256(&[7u8; 4096]));
+    let mut recorder = Recorder {
+        dir: tmp.path().to_owned(),
+        ..Recorder::default()
+    };
+    let err = vmi_diskconv::archive::convert_ova_into(fs::File::open(&ova).unwrap(), &mut recorder, true)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::OvaMember { member, .. } if member == "web-01-disk2.vmdk.gz"),
+        "{err:?}"
+    );
+    assert_eq!(
+        recorder.events,
+        [
+            "described 2",
+            "output 0 web-01-disk1.vmdk",
+            "verified 0 web-01-disk1.vmdk 131072 false",
+            "output 1 web-01-disk2.vmdk.gz",
+            "failed 1",
+        ]
+    );
+    // Unlike convert_ova, what the targets made is theirs to keep or remove.
+    assert!(tmp.path().join("0.part").exists());
+}

@@ -25,6 +25,9 @@ pub struct PreflightFacts {
     pub source_networks: Option<Vec<String>>,
     /// The VM at the source; `None` when it was not found (or not looked up).
     pub vm: Option<SourceVm>,
+    /// Why the source could not describe the VM when it exists but is unusable (an OVA whose
+    /// descriptor is invalid); reported instead of "not found".
+    pub source_error: Option<String>,
     /// The source can power VMs off (VMware; not OpenStack or OVA).
     pub power_off_supported: bool,
     /// The VM is powered off now.
@@ -112,7 +115,14 @@ pub fn check(spec: &VirtualMachineImportSpec, facts: &PreflightFacts) -> Vec<Con
                 }
             }
         }
-        if facts.vm.is_none() {
+        if let Some(error) = &facts.source_error {
+            concerns.push(concern(
+                "SourceUnreadable",
+                Severity::Critical,
+                error.clone(),
+                "fix the source (for an OVA: a valid archive with the .ovf first) or point the import elsewhere",
+            ));
+        } else if facts.vm.is_none() {
             concerns.push(concern(
                 "VirtualMachineNotFound",
                 Severity::Critical,

@@ -311,6 +311,28 @@ fn more_than_one_unmapped_nic_fails_preflight_naming_them() {
 }
 
 #[test]
+fn an_unreadable_source_fails_preflight_with_its_own_reason_not_as_a_missing_vm() {
+    let spec = spec();
+    let facts = PreflightFacts {
+        vm: None,
+        source_error: Some("OVA https://files/x.ova: the first member is \"disk.vmdk\"".into()),
+        power_off_supported: false,
+        powered_off: true,
+        ..ready_facts()
+    };
+    let status = status(ImportPhase::New);
+    let observed = Observed {
+        source: Some(SourceFact::Ready),
+        preflight: Some(&facts),
+        ..Observed::new(&spec, &status)
+    };
+    let f = failure(next(&observed));
+    let ids: Vec<_> = f.concerns.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["SourceUnreadable"], "{:?}", f.concerns);
+    assert!(f.message.contains("disk.vmdk"), "{}", f.message);
+}
+
+#[test]
 fn forced_power_off_needs_no_guest_tools() {
     let mut spec = spec();
     spec.force_power_off = Some(true);

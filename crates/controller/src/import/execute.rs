@@ -20,14 +20,18 @@ use plan::{
 };
 use serde_json::json;
 
-use super::{ImportError, gather::Facts, remove_finalizer};
+use super::{
+    ImportError,
+    gather::{Facts, SourceKind},
+    remove_finalizer,
+};
 use crate::{
     context::Context,
-    export::{ExportRequest, partial_path},
+    export::{ExportRequest, ExportSource, disk_entries, partial_path},
     image_server::new_token,
     kinds,
     time::now_rfc3339,
-    vmware::{self, chain},
+    vmware::chain,
 };
 
 /// How long to wait before looking again at an image whose import is in flight, when no watch
@@ -356,19 +360,25 @@ async fn start_export(
     mut status: VirtualMachineImportStatus,
     facts: &mut Facts,
 ) -> Result<Action, ImportError> {
-    // The export logs in on its own; this reconcile only needs the source object.
-    let source = facts.vmware_source(ctx, import).await?.clone();
+    // The export connects on its own; this reconcile only needs the source object.
+    let source = match SourceKind::of(import) {
+        SourceKind::Ova => ExportSource::Ova(facts.ova_source(ctx, import).await?.clone()),
+        _ => ExportSource::Vmware {
+            source: facts.vmware_source(ctx, import).await?.clone(),
+            vm_name: import.spec.virtual_machine_name.clone(),
+            folder: Some(import.spec.folder.clone()).filter(|f| !f.is_empty()),
+        },
+    };
     if status.disk_import_status.is_empty() {
         // First start: record every disk (with its unguessable file name) before any byte moves,
         // so a restart finds the same names and skips what is done.
-        let Some(description) = facts.describe(ctx, import).await?.cloned() else {
+        let Some(vm) = facts.source_vm(ctx, import).await? else {
             return Err(ImportError::Vsphere {
                 step: "starting the export",
                 detail: format!("VM {} not found", import.spec.virtual_machine_name),
             });
         };
-        let vm = vmware::source_vm(&description);
-        status.disk_import_status = vmware::disk_entries(
+        status.disk_import_status = disk_entries(
             &import.name_any(),
             &namespace(import),
             &vm,
@@ -404,8 +414,6 @@ async fn start_export(
             import: ObjectRef::from_obj(import),
             uid: import.uid().unwrap_or_default(),
             source,
-            vm_name: import.spec.virtual_machine_name.clone(),
-            folder: Some(import.spec.folder.clone()).filter(|f| !f.is_empty()),
             disks: status.disk_import_status.clone(),
         },
     );
@@ -558,13 +566,12 @@ async fn create_virtual_machine(
         }
         claims.push(image_name);
     }
-    let Some(description) = facts.describe(ctx, import).await?.cloned() else {
+    let Some(source) = facts.source_vm(ctx, import).await? else {
         return Err(ImportError::Vsphere {
             step: "building the VirtualMachine",
             detail: format!("VM {} not found at the source", import.spec.virtual_machine_name),
         });
     };
-    let source = vmware::source_vm(&description);
     let vm = plan::build_virtual_machine(&plan::vm::VmInput {
         name: &status.imported_virtual_machine_name,
         namespace: &ns,

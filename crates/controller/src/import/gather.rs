@@ -1,15 +1,17 @@
 //! Fact gathering: each [`plan::machine::Fact`] the state machine asks for, read from the cluster,
-//! the source or this process's exports. One vSphere session per reconcile at most, opened lazily.
+//! the source or this process's exports. One vSphere session per reconcile at most, opened lazily;
+//! an OVA's descriptor is read (the head of the archive only) at most once per reconcile.
 
 use std::time::Duration;
 
 use api::{
-    ClusterStatus, ConditionType, VirtualMachineImport, VirtualMachineImportSpec, VirtualMachineImportStatus,
-    VmwareSource,
+    ClusterStatus, ConditionType, OvaSource, VirtualMachineImport, VirtualMachineImportSpec,
+    VirtualMachineImportStatus, VmwareSource,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{Api, ResourceExt, api::DynamicObject};
 use plan::{
+    SourceVm,
     machine::{ExportFact, Fact, ImageFact, Observed, PowerFact, SourceFact, VmFact},
     preflight::PreflightFacts,
 };
@@ -20,8 +22,33 @@ use crate::{
     context::Context,
     export::partial_path,
     kinds,
+    ova::{self, OvaClient, OvaError},
     vmware::{self, chain},
 };
+
+/// The kind of source an import names (`spec.sourceCluster.kind`, case-insensitive as upstream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SourceKind {
+    /// `VmwareSource`.
+    Vmware,
+    /// `OvaSource`.
+    Ova,
+    /// `OpenstackSource` (not imported from yet), or anything else (preflight rejects it).
+    Other,
+}
+
+impl SourceKind {
+    pub(super) fn of(import: &VirtualMachineImport) -> Self {
+        let kind = import.spec.source_cluster.kind.as_deref().unwrap_or_default();
+        if kind.eq_ignore_ascii_case("VmwareSource") {
+            Self::Vmware
+        } else if kind.eq_ignore_ascii_case("OvaSource") {
+            Self::Ova
+        } else {
+            Self::Other
+        }
+    }
+}
 
 /// Everything gathered during one reconcile.
 #[derive(Default)]
@@ -40,6 +67,8 @@ pub(super) struct Facts {
     pub(super) description: Option<VmDescription>,
     /// Network names of the source's datacenter, read with the VM.
     pub(super) networks: Option<Vec<String>>,
+    pub(super) ova_source: Option<OvaSource>,
+    pub(super) ova_description: Option<::ova::VmDescription>,
 }
 
 impl Facts {
@@ -96,41 +125,108 @@ impl Facts {
             .or_else(|| import.namespace())
             .unwrap_or_default();
         let name = reference.name.clone().unwrap_or_default();
-        let kind = reference.kind.clone().unwrap_or_default().to_ascii_lowercase();
-        if kind != "vmwaresource" {
-            // OpenStack and OVA sources: their reconcilers mark them clusterNotReady with the reason,
-            // so the import waits visibly rather than failing.
-            let ready = match kind.as_str() {
-                "openstacksource" => Api::<api::OpenstackSource>::namespaced(ctx.kube.clone(), &namespace)
-                    .get_opt(&name)
-                    .await
-                    .map(|o| o.map(|s| s.status.unwrap_or_default().status)),
-                _ => Api::<api::OvaSource>::namespaced(ctx.kube.clone(), &namespace)
-                    .get_opt(&name)
-                    .await
-                    .map(|o| o.map(|s| s.status.unwrap_or_default().status)),
-            }
-            .map_err(ImportError::kube("reading the source"))?;
-            self.source = Some(match ready {
-                None => SourceFact::Missing,
-                Some(ClusterStatus::ClusterReady) => return Err(ImportError::UnsupportedSource(kind)),
-                Some(_) => SourceFact::NotReady,
-            });
-            return Ok(());
-        }
-        let source = Api::<VmwareSource>::namespaced(ctx.kube.clone(), &namespace)
-            .get_opt(&name)
-            .await
-            .map_err(ImportError::kube("reading the VmwareSource"))?;
-        self.source = Some(match &source {
-            None => SourceFact::Missing,
-            Some(s) if s.status.as_ref().map(|st| &st.status) == Some(&ClusterStatus::ClusterReady) => {
+        let fact = |status: Option<&api::SourceStatus>| {
+            if status.map(|st| &st.status) == Some(&ClusterStatus::ClusterReady) {
                 SourceFact::Ready
+            } else {
+                SourceFact::NotReady
             }
-            Some(_) => SourceFact::NotReady,
-        });
-        self.vmware_source = source;
+        };
+        match SourceKind::of(import) {
+            SourceKind::Vmware => {
+                let source = Api::<VmwareSource>::namespaced(ctx.kube.clone(), &namespace)
+                    .get_opt(&name)
+                    .await
+                    .map_err(ImportError::kube("reading the VmwareSource"))?;
+                self.source = Some(
+                    source
+                        .as_ref()
+                        .map_or(SourceFact::Missing, |s| fact(s.status.as_ref())),
+                );
+                self.vmware_source = source;
+            }
+            SourceKind::Ova => {
+                let source = Api::<OvaSource>::namespaced(ctx.kube.clone(), &namespace)
+                    .get_opt(&name)
+                    .await
+                    .map_err(ImportError::kube("reading the OvaSource"))?;
+                self.source = Some(
+                    source
+                        .as_ref()
+                        .map_or(SourceFact::Missing, |s| fact(s.status.as_ref())),
+                );
+                self.ova_source = source;
+            }
+            SourceKind::Other => {
+                // OpenStack sources: their reconciler marks them clusterNotReady with the reason, so
+                // the import waits visibly rather than failing.
+                let ready = Api::<api::OpenstackSource>::namespaced(ctx.kube.clone(), &namespace)
+                    .get_opt(&name)
+                    .await
+                    .map_err(ImportError::kube("reading the source"))?
+                    .map(|s| s.status.unwrap_or_default().status);
+                self.source = Some(match ready {
+                    None => SourceFact::Missing,
+                    Some(ClusterStatus::ClusterReady) => {
+                        return Err(ImportError::UnsupportedSource(
+                            reference.kind.clone().unwrap_or_default(),
+                        ));
+                    }
+                    Some(_) => SourceFact::NotReady,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// The import's `OvaSource` (read on first use).
+    pub(super) async fn ova_source(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<&OvaSource, ImportError> {
+        if self.ova_source.is_none() {
+            self.gather_source(ctx, import).await?;
+        }
+        self.ova_source.as_ref().ok_or_else(|| ImportError::Build {
+            step: "finding the OvaSource",
+            detail: format!(
+                "source {} not found",
+                import.spec.source_cluster.name.as_deref().unwrap_or_default()
+            ),
+        })
+    }
+
+    /// The OVA's descriptor (the head of the archive is downloaded on first use).
+    async fn ova_description(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<&::ova::VmDescription, ImportError> {
+        if self.ova_description.is_none() {
+            let source = self.ova_source(ctx, import).await?.clone();
+            let client = OvaClient::connect(&ctx.kube, &source).await?;
+            self.ova_description = Some(ova::describe(&client).await?);
+        }
+        self.ova_description.as_ref().ok_or(ImportError::Undecided)
+    }
+
+    /// The source's VM in `plan`'s terms; `Ok(None)` when the source has no such VM.
+    pub(super) async fn source_vm(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<Option<SourceVm>, ImportError> {
+        match SourceKind::of(import) {
+            SourceKind::Ova => {
+                let description = self.ova_description(ctx, import).await?;
+                Ok(Some(ova::source_vm(
+                    description,
+                    &import.spec.virtual_machine_name,
+                )))
+            }
+            _ => Ok(self.describe(ctx, import).await?.map(vmware::source_vm)),
+        }
     }
 
     /// The import's `VmwareSource` (read on first use).
@@ -247,18 +343,40 @@ impl Facts {
                 missing_nads.push(mapping.destination_network.clone());
             }
         }
+        let skip_source = spec.skip_preflight_checks == Some(true);
+        if SourceKind::of(import) == SourceKind::Ova {
+            // An OVA's VM is always "off"; its networks are the ones its NICs name.
+            let (vm, networks, source_error) = match self.ova_description(ctx, import).await {
+                Ok(d) => (
+                    Some(ova::source_vm(d, &spec.virtual_machine_name)),
+                    Some(ova::networks(d)),
+                    None,
+                ),
+                // The archive itself is unusable: that will not change by retrying.
+                Err(ImportError::Ova(error @ OvaError::Archive { .. })) => (None, None, Some(chain(&error))),
+                Err(error) => return Err(error),
+            };
+            self.preflight = Some(PreflightFacts {
+                storage_class_exists,
+                missing_nads,
+                source_networks: if skip_source { None } else { networks },
+                vm,
+                source_error,
+                power_off_supported: false,
+                powered_off: true,
+                tools_running: false,
+            });
+            return Ok(());
+        }
         let description = self.describe(ctx, import).await?.cloned();
         // Source-side checks are skipped as upstream does; the VM is still described for warnings.
-        let source_networks = if spec.skip_preflight_checks == Some(true) {
-            None
-        } else {
-            self.networks.clone()
-        };
+        let source_networks = if skip_source { None } else { self.networks.clone() };
         self.preflight = Some(PreflightFacts {
             storage_class_exists,
             missing_nads,
             source_networks,
             vm: description.as_ref().map(vmware::source_vm),
+            source_error: None,
             power_off_supported: true,
             powered_off: description
                 .as_ref()
@@ -274,6 +392,11 @@ impl Facts {
         import: &VirtualMachineImport,
         status: &VirtualMachineImportStatus,
     ) -> Result<(), ImportError> {
+        if SourceKind::of(import) == SourceKind::Ova {
+            // Upstream: an OVA's VM is always powered off.
+            self.power = Some(PowerFact::Off);
+            return Ok(());
+        }
         let Some(description) = self.describe(ctx, import).await?.cloned() else {
             return Err(ImportError::Vsphere {
                 step: "reading the power state",

@@ -22,7 +22,7 @@ use kube::{
 use plan::Decision;
 use serde_json::json;
 
-use crate::{context::Context, vmware::ConnectError};
+use crate::{context::Context, ova::OvaError, vmware::ConnectError};
 
 /// Facts gathered per decision at most this many times (each fact once; the bound only guards
 /// against a state machine bug looping).
@@ -43,6 +43,9 @@ pub enum ImportError {
     /// No session with the source.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The OVA could not be read.
+    #[error(transparent)]
+    Ova(#[from] OvaError),
     /// A vSphere call failed.
     #[error("{step}: {detail}")]
     Vsphere {
@@ -87,6 +90,7 @@ impl ImportError {
         match self {
             Self::Kube { .. } => "KubernetesApiError",
             Self::Connect(e) => e.reason(),
+            Self::Ova(e) => e.reason(),
             Self::Vsphere { .. } => "SourceApiError",
             Self::Build { .. } => "BuildFailed",
             Self::Conflict => "Conflict",

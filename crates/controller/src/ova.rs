@@ -1,0 +1,1141 @@
+//! The OVA side of the controller: an HTTP(S) client from an `OvaSource` and its optional Secret
+//! (basic auth, `ca.crt`; TLS verified unless the source opts out), the source check (a HEAD),
+//! the VM read from the archive's leading `.ovf` and translated into `plan`'s model, and the
+//! export: one pass over the archive as it downloads, each disk decoded into its image while its
+//! member streams by and committed only once the member matched the manifest.
+//!
+//! ```text
+//!  GET url ─► fetch task ─► bounded channel ─► blocking thread: tar walk ─► .ovf, .mf
+//!     ▲          │ cut? Range: bytes=N-                      └─► disk member ─► hash + decode ─► <name>.part
+//!     └──────────┘ (If-Range: the first validator)                 digest matches ─► rename to <name>.img
+//! ```
+//!
+//! No byte of the OVA is stored: a cut connection resumes where it broke when the server takes
+//! Range requests, else the archive is read again from the start (disks already committed are
+//! read past, not decoded again).
+
+use std::{
+    io::{self, Read},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use api::{OvaSource, names::ova as ova_secret};
+use bytes::{Buf, Bytes};
+use diskconv::archive::{DiskTargets, convert_ova_into};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use plan::{ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm};
+use reqwest::{
+    StatusCode, Url,
+    header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, HeaderMap, IF_RANGE, LAST_MODIFIED, RANGE},
+};
+use tokio::{sync::mpsc, task::AbortHandle};
+use vsphere::{Password, TlsMode};
+
+use crate::{
+    export::{ExportError, Shared, partial_path},
+    vmware::{chain, looks_like_certificate_failure},
+};
+
+/// `httpTimeoutSeconds` when unset (upstream's default).
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
+/// Chunks buffered between the download and the archive walk (a few hundred KiB).
+const CHANNEL_CHUNKS: usize = 16;
+/// Resumed requests in a row that may fail before the download gives up on this pass.
+const MAX_RESUMES: u32 = 5;
+/// Passes over the whole archive when a cut connection cannot be resumed.
+const MAX_PASSES: u32 = 3;
+
+/// Why an `OvaSource` cannot be read, or its archive did not check out.
+#[derive(Debug, thiserror::Error)]
+pub enum OvaError {
+    /// `spec.url` is not an http(s) URL.
+    #[error("spec.url {url:?} is not a valid http:// or https:// URL: {detail}")]
+    InvalidUrl {
+        /// The URL as written (without credentials).
+        url: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The credentials Secret does not exist.
+    #[error("secret {namespace}/{name} not found")]
+    SecretNotFound {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// Reading the Secret failed.
+    #[error("reading secret {namespace}/{name}")]
+    ReadSecret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Secret's `ca.crt` is not a usable PEM bundle.
+    #[error("secret {namespace}/{name} key 'ca.crt' holds no usable PEM certificate")]
+    CaCertificate {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: vsphere::tls::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// The server's certificate did not verify.
+    #[error(
+        "TLS verification of {url} failed ({detail}); add the CA certificate (PEM) under the secret's \
+         'ca.crt' key, or set spec.insecureSkipVerify: true to skip verification"
+    )]
+    TlsVerification {
+        /// The URL.
+        url: String,
+        /// The TLS error.
+        detail: String,
+    },
+    /// The server wants (other) credentials.
+    #[error("{url} answered {status}; {hint}")]
+    Unauthorized {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: StatusCode,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// Any other unexpected HTTP status.
+    #[error("{url} answered {status}")]
+    HttpStatus {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: StatusCode,
+    },
+    /// No answer (refused, DNS, timeout, reset).
+    #[error("cannot reach {url}: {detail}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The error chain.
+        detail: String,
+    },
+    /// The connection broke and could not be resumed, on every pass over the archive.
+    #[error("downloading {url} failed: {detail}")]
+    Download {
+        /// The URL.
+        url: String,
+        /// What broke last.
+        detail: String,
+    },
+    /// The archive is not a usable OVA (layout, descriptor, manifest, a disk that does not decode).
+    #[error("OVA {url}: {detail}")]
+    Archive {
+        /// The URL.
+        url: String,
+        /// The error chain, naming the member.
+        detail: String,
+    },
+}
+
+impl OvaError {
+    /// Low-cardinality reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidUrl { .. } => "InvalidURL",
+            Self::SecretNotFound { .. } => "SecretNotFound",
+            Self::ReadSecret { .. } => "SecretUnreadable",
+            Self::CaCertificate { .. } => "InvalidCACertificate",
+            Self::Client(_) => "HTTPClientError",
+            Self::TlsVerification { .. } => "TLSVerificationFailed",
+            Self::Unauthorized { .. } => "Unauthorized",
+            Self::HttpStatus { .. } => "HTTPError",
+            Self::Unreachable { .. } => "EndpointUnreachable",
+            Self::Download { .. } => "DownloadFailed",
+            Self::Archive { .. } => "InvalidOVA",
+        }
+    }
+}
+
+/// `url` for messages: no user info, no query (either may hold a secret, e.g. a signed URL).
+pub fn display_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    let had_query = shown.query().is_some();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let mut text = shown.to_string();
+    if had_query {
+        text.push_str("?…");
+    }
+    text
+}
+
+/// Parses `spec.url`: an absolute http or https URL with a host, as upstream requires.
+///
+/// # Errors
+/// [`OvaError::InvalidUrl`].
+pub fn parse_url(text: &str) -> Result<Url, OvaError> {
+    let invalid = |detail: &str| OvaError::InvalidUrl {
+        // Credentials in the URL must not reach a condition message.
+        url: Url::parse(text).map_or_else(|_| "(unparsable)".to_owned(), |u| display_url(&u)),
+        detail: detail.to_owned(),
+    };
+    let url = Url::parse(text.trim()).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("only http and https are supported"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("it names no host"));
+    }
+    Ok(url)
+}
+
+/// The idle timeout `httpTimeoutSeconds` asks for: `None` for 0 (no limit), 600 s when unset.
+pub fn idle_timeout(seconds: Option<i64>) -> Option<Duration> {
+    match seconds {
+        None => Some(Duration::from_secs(DEFAULT_TIMEOUT_SECONDS)),
+        Some(s) if s <= 0 => None,
+        Some(s) => Some(Duration::from_secs(s.unsigned_abs())),
+    }
+}
+
+/// TLS mode for a source: no verification when it asks for that, its CA when the Secret has one,
+/// else the system roots.
+fn tls_mode(ca_cert: Option<Vec<u8>>, insecure: bool) -> TlsMode {
+    match (insecure, ca_cert) {
+        (true, _) => TlsMode::Insecure,
+        (false, Some(pem)) => TlsMode::CaBundle(pem),
+        (false, None) => TlsMode::SystemRoots,
+    }
+}
+
+#[derive(Default)]
+struct Credentials {
+    basic: Option<(String, Password)>,
+    ca_cert: Option<Vec<u8>>,
+}
+
+async fn read_credentials(kube: &kube::Client, source: &OvaSource) -> Result<Credentials, OvaError> {
+    let Some(reference) = source
+        .spec
+        .credentials
+        .as_ref()
+        .filter(|r| r.name.as_deref().is_some_and(|n| !n.is_empty()))
+    else {
+        return Ok(Credentials::default());
+    };
+    let namespace = reference
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| source.namespace())
+        .unwrap_or_default();
+    let name = reference.name.clone().unwrap_or_default();
+    let secret = Api::<Secret>::namespaced(kube.clone(), &namespace)
+        .get_opt(&name)
+        .await
+        .map_err(|source| OvaError::ReadSecret {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        })?
+        .ok_or_else(|| OvaError::SecretNotFound {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        })?;
+    let data = secret.data.unwrap_or_default();
+    let value = |key: &str| data.get(key).map(|v| v.0.clone()).filter(|v| !v.is_empty());
+    // Upstream: basic auth only when both are there.
+    let basic = match (value(ova_secret::USERNAME), value(ova_secret::PASSWORD)) {
+        (Some(user), Some(password)) => Some((
+            String::from_utf8_lossy(&user).into_owned(),
+            Password::new(String::from_utf8_lossy(&password).into_owned()),
+        )),
+        _ => None,
+    };
+    let ca_cert = value(ova_secret::CA_CERT);
+    if let Some(pem) = &ca_cert {
+        vsphere::tls::client_config(&TlsMode::CaBundle(pem.clone())).map_err(|source| {
+            OvaError::CaCertificate {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(Credentials { basic, ca_cert })
+}
+
+/// An HTTP(S) client for one `OvaSource`.
+#[derive(Clone)]
+pub struct OvaClient {
+    http: reqwest::Client,
+    url: Url,
+    shown: String,
+    basic: Option<(String, Password)>,
+    insecure: bool,
+}
+
+impl std::fmt::Debug for OvaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OvaClient")
+            .field("url", &self.shown)
+            .field("basic_auth", &self.basic.is_some())
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OvaClient {
+    /// A client for `source`'s URL with the credentials and CA of its Secret.
+    ///
+    /// # Errors
+    /// [`OvaError`] for a bad URL or Secret.
+    pub async fn connect(kube: &kube::Client, source: &OvaSource) -> Result<Self, OvaError> {
+        let url = parse_url(&source.spec.url)?;
+        let credentials = read_credentials(kube, source).await?;
+        let insecure = source.spec.insecure_skip_verify == Some(true);
+        Self::new(
+            url,
+            credentials,
+            insecure,
+            idle_timeout(source.spec.http_timeout_seconds),
+        )
+    }
+
+    fn new(
+        url: Url,
+        credentials: Credentials,
+        insecure: bool,
+        idle: Option<Duration>,
+    ) -> Result<Self, OvaError> {
+        let tls = vsphere::tls::client_config(&tls_mode(credentials.ca_cert, insecure)).map_err(|e| {
+            OvaError::TlsVerification {
+                url: display_url(&url),
+                detail: chain(&e),
+            }
+        })?;
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(30))
+            .user_agent(concat!("vm-import/", env!("CARGO_PKG_VERSION")));
+        if let Some(idle) = idle {
+            // Per read, reset by every byte: a slow but moving download is never cut short.
+            builder = builder.read_timeout(idle);
+        }
+        Ok(Self {
+            http: builder.build().map_err(OvaError::Client)?,
+            shown: display_url(&url),
+            url,
+            basic: credentials.basic,
+            insecure,
+        })
+    }
+
+    /// The URL's host (the per-host export limit's key).
+    pub fn host(&self) -> String {
+        self.url.host_str().unwrap_or_default().to_owned()
+    }
+
+    /// Whether TLS verification is off.
+    pub fn insecure(&self) -> bool {
+        self.insecure && self.url.scheme() == "https"
+    }
+
+    fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, self.url.clone());
+        match &self.basic {
+            Some((user, password)) => request.basic_auth(user, Some(password.expose())),
+            None => request,
+        }
+    }
+
+    fn transport_error(&self, error: &reqwest::Error) -> OvaError {
+        let detail = chain(error);
+        if self.url.scheme() == "https" && !self.insecure && looks_like_certificate_failure(&detail) {
+            OvaError::TlsVerification {
+                url: self.shown.clone(),
+                detail,
+            }
+        } else {
+            OvaError::Unreachable {
+                url: self.shown.clone(),
+                detail,
+            }
+        }
+    }
+
+    fn status_error(&self, status: StatusCode) -> OvaError {
+        match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => OvaError::Unauthorized {
+                url: self.shown.clone(),
+                status,
+                hint: if self.basic.is_some() {
+                    "check the 'username' and 'password' in the credentials secret"
+                } else {
+                    "put 'username' and 'password' in a secret and name it in spec.credentials"
+                },
+            },
+            _ => OvaError::HttpStatus {
+                url: self.shown.clone(),
+                status,
+            },
+        }
+    }
+
+    /// Upstream's check: a HEAD answered with 2xx (redirects followed). A server that refuses HEAD
+    /// (405/501) is asked for the first byte instead.
+    ///
+    /// # Errors
+    /// [`OvaError`] naming what failed.
+    pub async fn verify(&self) -> Result<(), OvaError> {
+        let response = self
+            .request(reqwest::Method::HEAD)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        if matches!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+        ) {
+            let response = self
+                .request(reqwest::Method::GET)
+                .header(RANGE, "bytes=0-0")
+                .send()
+                .await
+                .map_err(|e| self.transport_error(&e))?;
+            if response.status().is_success() {
+                return Ok(());
+            }
+            return Err(self.status_error(response.status()));
+        }
+        Err(self.status_error(status))
+    }
+
+    /// Starts downloading the archive; the returned reader yields its bytes in order, resuming
+    /// cut connections with Range requests when the server allows them.
+    fn download(&self) -> Download {
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let failure = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(fetch(self.clone(), tx, failure.clone()));
+        Download {
+            reader: DownloadReader {
+                rx,
+                current: Bytes::new(),
+            },
+            failure,
+            task: task.abort_handle(),
+        }
+    }
+}
+
+/// What went wrong with the download itself, as opposed to the archive's content.
+#[derive(Debug)]
+enum FetchFailure {
+    /// The server refused or cannot be reached: another pass would fail the same way.
+    Fatal(OvaError),
+    /// The connection broke and could not be resumed: a new pass may succeed.
+    Cut(String),
+}
+
+enum Chunk {
+    Data(Bytes),
+    End,
+    Failed(String),
+}
+
+/// A running download: its bytes (for a blocking thread) and, if it failed, why.
+struct Download {
+    reader: DownloadReader,
+    failure: Arc<Mutex<Option<FetchFailure>>>,
+    task: AbortHandle,
+}
+
+impl Download {
+    fn take_failure(failure: &Mutex<Option<FetchFailure>>) -> Option<FetchFailure> {
+        match failure.lock() {
+            Ok(mut f) => f.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+}
+
+/// The bytes of a [`Download`], for a blocking thread.
+struct DownloadReader {
+    rx: mpsc::Receiver<Chunk>,
+    current: Bytes,
+}
+
+impl Read for DownloadReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Chunk::Data(chunk)) => self.current = chunk,
+                Some(Chunk::End) => return Ok(0),
+                Some(Chunk::Failed(message)) => return Err(io::Error::other(message)),
+                // The fetch task was stopped (export cancelled): not an end of the archive.
+                None => return Err(io::Error::other("the download was stopped")),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+/// What the first response said about resuming.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Resumability {
+    /// `Accept-Ranges: bytes`.
+    ranges: bool,
+    /// A strong `ETag`, else `Last-Modified`: sent as `If-Range` so a changed file is not spliced.
+    validator: Option<String>,
+    /// `Content-Length` of the whole file.
+    length: Option<u64>,
+}
+
+impl Resumability {
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let ranges = text(ACCEPT_RANGES)
+            .is_some_and(|v| v.split(',').any(|unit| unit.trim().eq_ignore_ascii_case("bytes")));
+        let validator = text(ETAG)
+            .filter(|tag| !tag.starts_with("W/"))
+            .or_else(|| text(LAST_MODIFIED))
+            .map(str::to_owned);
+        let length = text(CONTENT_LENGTH).and_then(|v| v.trim().parse().ok());
+        Self {
+            ranges,
+            validator,
+            length,
+        }
+    }
+}
+
+/// The first byte position of a `Content-Range: bytes <first>-<last>/<total>` header.
+fn content_range_start(value: &str) -> Option<u64> {
+    let range = value.trim().strip_prefix("bytes")?.trim_start();
+    let (first, _) = range.split_once('-')?;
+    first.trim().parse().ok()
+}
+
+/// Streams the archive into `tx`, resuming a cut connection with `Range: bytes=<position>-` when
+/// the first response allowed it. Ends with [`Chunk::End`], or [`Chunk::Failed`] with the reason
+/// also left in `failure`.
+async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Option<FetchFailure>>>) {
+    let fail = |f: FetchFailure| {
+        let message = match &f {
+            FetchFailure::Fatal(e) => chain(e),
+            FetchFailure::Cut(m) => m.clone(),
+        };
+        match failure.lock() {
+            Ok(mut slot) => *slot = Some(f),
+            Err(poisoned) => *poisoned.into_inner() = Some(f),
+        }
+        message
+    };
+    let mut position = 0u64;
+    let mut resume: Option<Resumability> = None;
+    let mut failed_resumes = 0u32;
+    let mut last_cut = String::new();
+    loop {
+        let mut request = client.request(reqwest::Method::GET);
+        if let Some(resume) = &resume {
+            request = request.header(RANGE, format!("bytes={position}-"));
+            if let Some(validator) = &resume.validator {
+                request = request.header(IF_RANGE, validator.as_str());
+            }
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) if resume.is_some() && failed_resumes < MAX_RESUMES => {
+                failed_resumes += 1;
+                last_cut = chain(&error);
+                tokio::time::sleep(Duration::from_secs(u64::from(failed_resumes))).await;
+                continue;
+            }
+            Err(error) => {
+                let f = if resume.is_some() {
+                    FetchFailure::Cut(format!(
+                        "resuming at byte {position} failed {MAX_RESUMES} times: {}",
+                        chain(&error)
+                    ))
+                } else {
+                    FetchFailure::Fatal(client.transport_error(&error))
+                };
+                let _ = tx.send(Chunk::Failed(fail(f))).await;
+                return;
+            }
+        };
+        let status = response.status();
+        match &resume {
+            None if status.is_success() && status != StatusCode::PARTIAL_CONTENT => {
+                resume = Some(Resumability::from_headers(response.headers()));
+            }
+            None => {
+                let _ = tx
+                    .send(Chunk::Failed(fail(FetchFailure::Fatal(
+                        client.status_error(status),
+                    ))))
+                    .await;
+                return;
+            }
+            Some(_) if status == StatusCode::PARTIAL_CONTENT => {
+                let start = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(content_range_start);
+                if start != Some(position) {
+                    let message = format!(
+                        "the server resumed at {} instead of byte {position}",
+                        start.map_or_else(|| "an unknown position".to_owned(), |s| s.to_string())
+                    );
+                    let _ = tx.send(Chunk::Failed(fail(FetchFailure::Cut(message)))).await;
+                    return;
+                }
+            }
+            Some(_) if status.is_success() => {
+                // The Range was ignored, or If-Range said the file changed: splicing is wrong.
+                let message = format!(
+                    "the connection broke at byte {position} ({last_cut}) and the server answered \
+                     the resumed request with the whole file ({status})"
+                );
+                let _ = tx.send(Chunk::Failed(fail(FetchFailure::Cut(message)))).await;
+                return;
+            }
+            Some(_) if failed_resumes < MAX_RESUMES && status.is_server_error() => {
+                failed_resumes += 1;
+                last_cut = format!("resume answered {status}");
+                tokio::time::sleep(Duration::from_secs(u64::from(failed_resumes))).await;
+                continue;
+            }
+            Some(_) => {
+                let _ = tx
+                    .send(Chunk::Failed(fail(FetchFailure::Fatal(
+                        client.status_error(status),
+                    ))))
+                    .await;
+                return;
+            }
+        }
+        let mut response = response;
+        let cut = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    position += chunk.len() as u64;
+                    failed_resumes = 0;
+                    if tx.send(Chunk::Data(chunk)).await.is_err() {
+                        // The walk stopped reading: it finished or failed on its own.
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let length = resume.as_ref().and_then(|r| r.length);
+                    if length.is_some_and(|l| position < l) {
+                        break format!("the body ended at byte {position} of {}", length.unwrap_or(0));
+                    }
+                    let _ = tx.send(Chunk::End).await;
+                    return;
+                }
+                Err(error) => break chain(&error),
+            }
+        };
+        let can_resume = resume.as_ref().is_some_and(|r| r.ranges);
+        // Reset by every chunk that arrives: only cuts without progress in between count.
+        failed_resumes += 1;
+        if can_resume && failed_resumes <= MAX_RESUMES {
+            tracing::warn!(url = %client.shown, position, error = %cut, "OVA download cut; resuming with a Range request");
+            last_cut = cut;
+            continue;
+        }
+        let message = if can_resume {
+            format!("the connection broke at byte {position} ({cut}) and resuming failed {MAX_RESUMES} times")
+        } else {
+            format!(
+                "the connection broke at byte {position} ({cut}) and the server does not accept Range requests"
+            )
+        };
+        let _ = tx.send(Chunk::Failed(fail(FetchFailure::Cut(message)))).await;
+        return;
+    }
+}
+
+/// Reads the VM from the archive's leading `.ovf` (a few KiB of download; the rest is not fetched).
+///
+/// # Errors
+/// [`OvaError`]: the download failed, or the archive does not start with a valid `.ovf`.
+pub async fn describe(client: &OvaClient) -> Result<::ova::VmDescription, OvaError> {
+    let download = client.download();
+    let _stop = StopOnDrop(download.task.clone());
+    let reader = download.reader;
+    let parsed = tokio::task::spawn_blocking(move || read_descriptor(reader))
+        .await
+        .map_err(|e| OvaError::Archive {
+            url: client.shown.clone(),
+            detail: format!("reading the descriptor stopped: {e}"),
+        })?;
+    parsed.map_err(|detail| match Download::take_failure(&download.failure) {
+        Some(FetchFailure::Fatal(error)) => error,
+        Some(FetchFailure::Cut(detail)) => OvaError::Download {
+            url: client.shown.clone(),
+            detail,
+        },
+        None => OvaError::Archive {
+            url: client.shown.clone(),
+            detail,
+        },
+    })
+}
+
+fn read_descriptor(reader: impl Read) -> Result<::ova::VmDescription, String> {
+    let mut walker = ::ova::TarWalker::new(reader);
+    loop {
+        let Some(entry) = walker.next_entry().map_err(|e| chain(&e))? else {
+            return Err("the archive holds no .ovf descriptor".into());
+        };
+        if entry.kind() != ::ova::EntryKind::File {
+            continue;
+        }
+        let name = entry.name().to_owned();
+        if !name.ends_with(".ovf") {
+            return Err(format!(
+                "the first member is {name:?}, not the .ovf descriptor (an OVA must start with it)"
+            ));
+        }
+        let limited = entry.take(::ova::ovf::MAX_OVF_SIZE as u64 + 1);
+        return ::ova::ovf::read_envelope(limited).map_err(|e| format!("in member {name:?}: {}", chain(&e)));
+    }
+}
+
+struct StopOnDrop(AbortHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn controller_kind(controller: Option<&::ova::Controller>) -> ControllerKind {
+    let Some(controller) = controller else {
+        return ControllerKind::Unknown;
+    };
+    match controller.kind {
+        ::ova::ControllerKind::Scsi if controller.model.as_deref() == Some("pvscsi") => {
+            ControllerKind::ParaVirtualScsi
+        }
+        ::ova::ControllerKind::Scsi => ControllerKind::Scsi,
+        ::ova::ControllerKind::Sata => ControllerKind::Sata,
+        ::ova::ControllerKind::Ide => ControllerKind::Ide,
+        ::ova::ControllerKind::Nvme => ControllerKind::Nvme,
+        _ => ControllerKind::Unknown,
+    }
+}
+
+/// Upstream's table: vmxnet and virtio become virtio, the emulated models keep their name.
+fn nic_model(model: &::ova::NicModel) -> Option<api::NicModel> {
+    match model {
+        ::ova::NicModel::E1000 => Some(api::NicModel::E1000),
+        ::ova::NicModel::E1000e => Some(api::NicModel::E1000e),
+        ::ova::NicModel::Vmxnet3 | ::ova::NicModel::Virtio => Some(api::NicModel::Virtio),
+        ::ova::NicModel::Pcnet32 => Some(api::NicModel::Pcnet),
+        ::ova::NicModel::Other(name) => match name.to_ascii_lowercase().as_str() {
+            "rtl8139" => Some(api::NicModel::Rtl8139),
+            "ne2k_pci" => Some(api::NicModel::Ne2kPci),
+            other if other.starts_with("vmxnet") => Some(api::NicModel::Virtio),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The disks of the OVF that come from a file in the archive, with their OVF index; blank disks
+/// (no file) have nothing to import.
+fn imported_disks(vm: &::ova::VmDescription) -> impl Iterator<Item = (usize, &::ova::Disk)> {
+    vm.disks.iter().enumerate().filter(|(_, d)| d.file.is_some())
+}
+
+/// The VM in `plan`'s terms. `name` is the import's `virtualMachineName` (an OVA holds one VM,
+/// whatever its descriptor calls it; upstream names the VM after the import's field too).
+pub fn source_vm(vm: &::ova::VmDescription, name: &str) -> SourceVm {
+    SourceVm {
+        name: name.to_owned(),
+        cpus: vm.cpus,
+        // Without a topology upstream gives one socket with every CPU as a core.
+        cores_per_socket: vm.cores_per_socket.unwrap_or(vm.cpus),
+        memory_mib: vm.memory_mib,
+        firmware: match vm.firmware {
+            ::ova::Firmware::Efi => Firmware::Efi,
+            ::ova::Firmware::Bios => Firmware::Bios,
+        },
+        secure_boot: vm.secure_boot,
+        tpm: vm.tpm,
+        disks: imported_disks(vm)
+            .map(|(_, d)| SourceDisk {
+                controller: controller_kind(d.controller.as_ref()),
+                bus: d.controller.as_ref().and_then(|c| c.bus).unwrap_or_default(),
+                unit: d.unit.unwrap_or_default(),
+                capacity_bytes: d.capacity_bytes,
+                boot_order: None,
+            })
+            .collect(),
+        nics: vm
+            .nics
+            .iter()
+            .map(|n| SourceNic {
+                model: nic_model(&n.model),
+                mac: n.mac.clone(),
+                network: n.network.clone().unwrap_or_default(),
+                switch: None,
+            })
+            .collect(),
+        description: None,
+    }
+}
+
+/// Network names the VM's NICs are on (what a `networkMapping` may name for an OVA).
+pub fn networks(vm: &::ova::VmDescription) -> Vec<String> {
+    let mut names: Vec<String> = vm.nics.iter().filter_map(|n| n.network.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Each status disk's image: where it is written, and whether it is already done.
+struct ImageTargets {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    /// `diskImportStatus[i].name`.
+    names: Vec<String>,
+    /// OVF disk index → status index, known once the descriptor is read.
+    slots: Vec<Option<usize>>,
+    threads: usize,
+}
+
+impl ImageTargets {
+    fn slot(&self, index: usize) -> Option<usize> {
+        self.slots.get(index).copied().flatten()
+    }
+
+    fn partial(&self, slot: usize) -> PathBuf {
+        partial_path(&self.dir, &self.names[slot])
+    }
+}
+
+impl DiskTargets for ImageTargets {
+    fn described(&mut self, vm: &::ova::VmDescription) -> Result<(), diskconv::Error> {
+        let found = imported_disks(vm).count();
+        if found != self.names.len() {
+            return Err(diskconv::Error::Rejected(format!(
+                "the OVA now has {found} disks but had {} when the import started",
+                self.names.len()
+            )));
+        }
+        self.slots = vec![None; vm.disks.len()];
+        for (slot, (index, _)) in imported_disks(vm).enumerate() {
+            self.slots[index] = Some(slot);
+        }
+        Ok(())
+    }
+
+    fn output(&mut self, index: usize, _member: &str) -> Option<(diskconv::Output, diskconv::Options)> {
+        let slot = self.slot(index)?;
+        if self.shared.is_exported(slot) {
+            // Committed on an earlier pass or before a restart: read past it.
+            return None;
+        }
+        self.shared.restart(slot, None);
+        let shared = self.shared.clone();
+        let options = diskconv::Options {
+            threads: self.threads,
+            progress: Some(Arc::new(move |p: &diskconv::Progress| {
+                shared.set_done(slot, p.position);
+            })),
+            sync: true,
+        };
+        Some((diskconv::Output::RawFile(self.partial(slot)), options))
+    }
+
+    fn verified(
+        &mut self,
+        index: usize,
+        member: &str,
+        report: &diskconv::Report,
+        digest_checked: bool,
+    ) -> Result<(), diskconv::Error> {
+        let Some(slot) = self.slot(index) else {
+            return Ok(());
+        };
+        let partial = self.partial(slot);
+        if !digest_checked {
+            let _ = std::fs::remove_file(&partial);
+            return Err(diskconv::Error::Rejected(format!(
+                "disk member {member:?} has no digest in a manifest (.mf) before it, so it cannot be \
+                 checked; upstream requires one too"
+            )));
+        }
+        let image = self.dir.join(&self.names[slot]);
+        std::fs::rename(&partial, &image).map_err(|e| {
+            diskconv::Error::Rejected(format!("renaming {} into place: {e}", partial.display()))
+        })?;
+        self.shared.committed(slot, report);
+        Ok(())
+    }
+
+    fn failed(&mut self, index: usize) {
+        if let Some(slot) = self.slot(index) {
+            let _ = std::fs::remove_file(self.partial(slot));
+        }
+    }
+}
+
+/// Exports every disk of the OVA not yet exported: one pass over the archive, again (up to
+/// [`MAX_PASSES`]) when the connection broke and could not be resumed.
+///
+/// # Errors
+/// [`ExportError`]; the disk that failed has no file left.
+pub(crate) async fn transfer(client: &OvaClient, shared: Arc<Shared>, dir: &Path) -> Result<(), ExportError> {
+    let names = shared.names();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut pass = 0;
+    loop {
+        pass += 1;
+        let download = client.download();
+        // An aborted export (import deleted) stops its download, which stops the walk.
+        let _stop = StopOnDrop(download.task.clone());
+        let mut targets = ImageTargets {
+            shared: shared.clone(),
+            dir: dir.to_owned(),
+            names: names.clone(),
+            slots: Vec::new(),
+            threads,
+        };
+        let reader = download.reader;
+        // The manifest is required per disk (in `verified`), with a message that names the disk.
+        let walked = tokio::task::spawn_blocking(move || convert_ova_into(reader, &mut targets, false))
+            .await
+            .map_err(|e| ExportError::Transfer(format!("the archive walk stopped: {e}")))?;
+        let Err(error) = walked else {
+            return Ok(());
+        };
+        match Download::take_failure(&download.failure) {
+            Some(FetchFailure::Fatal(error)) => return Err(error.into()),
+            Some(FetchFailure::Cut(detail)) if pass < MAX_PASSES => {
+                tracing::warn!(url = %client.shown, pass, %detail, "OVA download broke; reading the archive again");
+            }
+            Some(FetchFailure::Cut(detail)) => {
+                return Err(OvaError::Download {
+                    url: client.shown.clone(),
+                    detail: format!("{detail} (after {pass} passes over the archive)"),
+                }
+                .into());
+            }
+            None => {
+                return Err(OvaError::Archive {
+                    url: client.shown.clone(),
+                    detail: chain(&error),
+                }
+                .into());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_http_or_https_with_a_host() {
+        assert!(parse_url("https://files.example/vm.ova").is_ok());
+        assert!(parse_url(" http://10.0.0.1:8080/a/b.ova ").is_ok());
+        for bad in [
+            "ftp://files.example/vm.ova",
+            "file:///tmp/vm.ova",
+            "vm.ova",
+            "http://",
+        ] {
+            let error = parse_url(bad).expect_err(bad);
+            assert_eq!(error.reason(), "InvalidURL", "{bad}");
+        }
+    }
+
+    #[test]
+    fn shown_urls_carry_no_credentials_or_query() {
+        let url = Url::parse("https://user:s3cret@files.example/vm.ova?X-Amz-Signature=abc").unwrap();
+        let shown = display_url(&url);
+        assert_eq!(shown, "https://files.example/vm.ova?…");
+        let error = parse_url("ftp://user:s3cret@files.example/vm.ova").unwrap_err();
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn timeout_defaults_to_600_and_zero_means_none() {
+        assert_eq!(idle_timeout(None), Some(Duration::from_secs(600)));
+        assert_eq!(idle_timeout(Some(0)), None);
+        assert_eq!(idle_timeout(Some(-5)), None);
+        assert_eq!(idle_timeout(Some(30)), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn tls_mode_prefers_the_opt_out_then_the_secret_ca_then_system_roots() {
+        assert!(tls_mode(Some(b"pem".to_vec()), true).is_insecure());
+        assert!(matches!(
+            tls_mode(Some(b"pem".to_vec()), false),
+            TlsMode::CaBundle(_)
+        ));
+        assert!(matches!(tls_mode(None, false), TlsMode::SystemRoots));
+    }
+
+    #[test]
+    fn content_range_start_is_read_from_the_header() {
+        assert_eq!(content_range_start("bytes 1000-1999/2000"), Some(1000));
+        assert_eq!(content_range_start("bytes  0-0/*"), Some(0));
+        assert_eq!(content_range_start("items 1-2/3"), None);
+        assert_eq!(content_range_start("bytes */2000"), None);
+    }
+
+    #[test]
+    fn resumability_prefers_a_strong_etag_and_needs_byte_ranges() {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT_RANGES, "bytes".parse().unwrap());
+        headers.insert(ETAG, "\"abc\"".parse().unwrap());
+        headers.insert(LAST_MODIFIED, "Mon, 23 Nov 2026 10:00:00 GMT".parse().unwrap());
+        headers.insert(CONTENT_LENGTH, "4096".parse().unwrap());
+        let r = Resumability::from_headers(&headers);
+        assert_eq!(
+            r,
+            Resumability {
+                ranges: true,
+                validator: Some("\"abc\"".into()),
+                length: Some(4096)
+            }
+        );
+        headers.insert(ETAG, "W/\"weak\"".parse().unwrap());
+        headers.insert(ACCEPT_RANGES, "none".parse().unwrap());
+        let r = Resumability::from_headers(&headers);
+        assert!(!r.ranges);
+        assert_eq!(r.validator.as_deref(), Some("Mon, 23 Nov 2026 10:00:00 GMT"));
+    }
+
+    #[test]
+    fn unauthorized_hint_depends_on_whether_credentials_were_sent() {
+        let url = Url::parse("https://files.example/vm.ova").unwrap();
+        let anonymous = OvaClient::new(url.clone(), Credentials::default(), false, None).unwrap();
+        let error = anonymous.status_error(StatusCode::UNAUTHORIZED);
+        assert_eq!(error.reason(), "Unauthorized");
+        assert!(error.to_string().contains("spec.credentials"), "{error}");
+        let with = OvaClient::new(
+            url,
+            Credentials {
+                basic: Some(("u".into(), Password::new("hunter2"))),
+                ca_cert: None,
+            },
+            false,
+            None,
+        )
+        .unwrap();
+        let error = with.status_error(StatusCode::FORBIDDEN);
+        assert!(error.to_string().contains("check the 'username'"), "{error}");
+        assert!(!format!("{with:?}").contains("hunter2"));
+        assert_eq!(with.status_error(StatusCode::NOT_FOUND).reason(), "HTTPError");
+    }
+
+    const VMWARE_STYLE: &str = r#"<?xml version="1.0"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf">
+  <References>
+    <File ovf:href="a.vmdk" ovf:id="file1"/>
+    <File ovf:href="b.vmdk" ovf:id="file2"/>
+  </References>
+  <DiskSection><Info>d</Info>
+    <Disk ovf:capacity="8" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="d1" ovf:fileRef="file1"/>
+    <Disk ovf:capacity="4" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="blank"/>
+    <Disk ovf:capacity="2" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="d2" ovf:fileRef="file2"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="vm1"><Info>v</Info><Name>Web 01</Name>
+    <VirtualHardwareSection><Info>h</Info>
+      <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>6</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>1024</rasd:VirtualQuantity></Item>
+      <Item><rasd:Address>0</rasd:Address><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceSubType>VirtualSCSI</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:Address>1</rasd:Address><rasd:InstanceID>4</rasd:InstanceID><rasd:ResourceSubType>lsilogic</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>2</rasd:AddressOnParent><rasd:HostResource>ovf:/disk/d1</rasd:HostResource><rasd:InstanceID>5</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>3</rasd:AddressOnParent><rasd:HostResource>ovf:/disk/d2</rasd:HostResource><rasd:InstanceID>6</rasd:InstanceID><rasd:Parent>4</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <Item><rasd:Address>00:50:56:AA:BB:01</rasd:Address><rasd:AutomaticAllocation>true</rasd:AutomaticAllocation><rasd:Connection>VM Network</rasd:Connection><rasd:InstanceID>7</rasd:InstanceID><rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType><rasd:ResourceType>10</rasd:ResourceType></Item>
+      <Item><rasd:AutomaticAllocation>true</rasd:AutomaticAllocation><rasd:Connection>lab</rasd:Connection><rasd:InstanceID>8</rasd:InstanceID><rasd:ResourceSubType>PCNet32</rasd:ResourceSubType><rasd:ResourceType>10</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>"#;
+
+    #[test]
+    fn the_ovf_maps_onto_the_source_neutral_model() {
+        let description = ::ova::ovf::parse(VMWARE_STYLE).unwrap();
+        let vm = source_vm(&description, "web-01");
+        assert_eq!(vm.name, "web-01");
+        assert_eq!((vm.cpus, vm.cores_per_socket, vm.memory_mib), (6, 6, 1024));
+        // The blank disk has no file to import.
+        assert_eq!(vm.disks.len(), 2);
+        assert_eq!(vm.disks[0].controller, ControllerKind::ParaVirtualScsi);
+        assert_eq!((vm.disks[0].unit, vm.disks[0].capacity_bytes), (2, 8 << 20));
+        assert_eq!(vm.disks[1].controller, ControllerKind::Scsi);
+        assert_eq!((vm.disks[1].bus, vm.disks[1].unit), (1, 3));
+        assert_eq!(vm.nics.len(), 2);
+        assert_eq!(vm.nics[0].model, Some(api::NicModel::Virtio));
+        assert_eq!(vm.nics[0].mac.as_deref(), Some("00:50:56:aa:bb:01"));
+        assert_eq!(vm.nics[0].network, "VM Network");
+        assert_eq!(vm.nics[1].model, Some(api::NicModel::Pcnet));
+        assert_eq!(networks(&description), ["VM Network", "lab"]);
+    }
+
+    fn archive(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut archive = Vec::new();
+        let mut builder = tar::Builder::new(&mut archive);
+        for (name, data) in members {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, *data).unwrap();
+        }
+        builder.finish().unwrap();
+        drop(builder);
+        archive
+    }
+
+    #[test]
+    fn the_descriptor_is_read_from_the_head_of_the_archive_only() {
+        let mut bytes = archive(&[("vm.ovf", VMWARE_STYLE.as_bytes()), ("a.vmdk", &[0u8; 4096])]);
+        // Everything after the descriptor is never needed.
+        bytes.truncate(512 + VMWARE_STYLE.len().next_multiple_of(512) + 100);
+        let vm = read_descriptor(io::Cursor::new(&bytes)).unwrap();
+        assert_eq!(vm.cpus, 6);
+    }
+
+    #[test]
+    fn an_archive_not_starting_with_a_whole_descriptor_is_refused_naming_the_member() {
+        let bytes = archive(&[("disk.vmdk", b"abc"), ("vm.ovf", VMWARE_STYLE.as_bytes())]);
+        let error = read_descriptor(io::Cursor::new(&bytes)).unwrap_err();
+        assert!(error.contains("\"disk.vmdk\""), "{error}");
+        let bytes = archive(&[("vm.ovf", VMWARE_STYLE.as_bytes())]);
+        let error = read_descriptor(io::Cursor::new(&bytes[..1500])).unwrap_err();
+        assert!(!error.is_empty());
+        let bytes = archive(&[("vm.ovf", b"<Envelope>not ovf")]);
+        let error = read_descriptor(io::Cursor::new(&bytes)).unwrap_err();
+        assert!(error.contains("\"vm.ovf\""), "{error}");
+    }
+}
