@@ -11,7 +11,9 @@ One HTTPS port serves:
 Every service call needs an X-Auth-Token that the real Keystone validates (GET /v3/auth/tokens, no
 cache, so a revoked token fails at once) and is scoped to the token's project. Volumes are files under
 the state directory; snapshots and volumes made from them are copies; upload-to-image and Nova's
-createImage create the image in the real Glance with the caller's token and upload the real bytes.
+createImage create the image in the real Glance with the caller's token (so the caller's project owns
+it) and upload the real bytes with the fakes' service token (as the services may, so a caller token
+revoked mid-copy does not break it).
 Status changes (creating -> available, ...) happen after `transitionSeconds`, so clients must poll.
 
 Standard library only. Run: python3 fakes.py --config CONFIG.json (see lab/up).
@@ -560,7 +562,7 @@ class Handler(BaseHTTPRequestHandler):
         def upload():
             try:
                 if not (fault and fault["mode"] == "status"):
-                    st.glance.upload(token["raw"], image["id"], s["root_disk"]["path"])
+                    st.glance.upload(st.keystone.service_token(), image["id"], s["root_disk"]["path"])
             finally:
                 with st.lock:
                     s["task_state"] = None
@@ -759,7 +761,7 @@ class Handler(BaseHTTPRequestHandler):
         def upload():
             try:
                 if not failed:
-                    st.glance.upload(token["raw"], image["id"], v["path"])
+                    st.glance.upload(st.keystone.service_token(), image["id"], v["path"])
             finally:
                 with st.lock:
                     v["status"] = "available"
@@ -773,11 +775,11 @@ class Handler(BaseHTTPRequestHandler):
             "visibility": "private", "protected": False}}, headers)
 
     def after_fault(self, fault, token):
-        """mode 'revokeTokens': the step succeeds, then every token of the caller is revoked (as a
-        token expiring mid-import would be), so the client's next call gets a 401."""
+        """mode 'revokeTokens': the step succeeds, but every token of the caller is revoked before
+        the answer goes out (as a token expiring mid-import would be), so the client's next call gets
+        a 401. Done before answering, second boundary included, so a fresh login is not revoked too."""
         if fault and fault["mode"] == "revokeTokens":
-            threading.Thread(target=self.st.keystone.revoke_user_tokens, args=(token["user"]["id"],),
-                             daemon=True).start()
+            self.st.keystone.revoke_user_tokens(token["user"]["id"])
 
     # --- Neutron -----------------------------------------------------------------------------------
 
@@ -822,7 +824,7 @@ class Handler(BaseHTTPRequestHandler):
         image_id = m.group(1) if m else ""
         op = {("GET", True): "image.download", ("GET", False): "image.get",
               ("DELETE", False): "image.delete"}.get((self.command, bool(m and m.group(2))), "") if m else ""
-        fault = st.take_fault(op, image_id) if op else None
+        fault = st.take_fault(op, image_id, self.image_name(image_id)) if op else None
         if fault and fault["mode"] == "http":
             raise ApiError(fault.get("status", 500), f"injected fault: {op} failed")
         length = int(self.headers.get("Content-Length") or 0)
@@ -877,6 +879,19 @@ class Handler(BaseHTTPRequestHandler):
             if op:
                 with st.lock:
                     st.downloads.append(record)
+
+    def image_name(self, image_id):
+        """The image's name, looked up only when a fault targets an image by name (tests know the
+        names of the temporary images they cause, not their ids)."""
+        with self.st.lock:
+            targets = [f["target"] for f in self.st.faults
+                       if f["op"].startswith("image.") and f["times"] > 0 and f.get("target")]
+        if not image_id or not targets or image_id in targets:
+            return image_id
+        try:
+            return self.st.glance.call("GET", f"/v2/images/{image_id}", self.st.keystone.service_token()).get("name") or ""
+        except ApiError:
+            return ""
 
     def write_body(self, block, chunked):
         if not block:
