@@ -326,11 +326,19 @@ class Handler(BaseHTTPRequestHandler):
         log(self.address_string(), fmt % args)
 
     # plumbing
-    def body_json(self):
+    def read_body(self):
+        """Reads the request body once, before anything can fail: a body left unread on a kept-alive
+        connection would be parsed as the next request line."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ApiError(411, "send request bodies with Content-Length")
         length = int(self.headers.get("Content-Length") or 0)
-        if length == 0:
+        self.body = self.rfile.read(length) if length else b""
+
+    def body_json(self):
+        raw = self.body
+        if not raw:
             return {}
-        raw = self.rfile.read(length)
         try:
             return json.loads(raw)
         except ValueError as err:
@@ -382,6 +390,7 @@ class Handler(BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(url.query)
         service = parts[0] if parts else ""
         try:
+            self.read_body()
             if service == "image":
                 return self.proxy_glance("/" + "/".join(parts[1:]), url.query)
             if service == "lab":
@@ -827,10 +836,7 @@ class Handler(BaseHTTPRequestHandler):
         fault = st.take_fault(op, image_id, self.image_name(image_id)) if op else None
         if fault and fault["mode"] == "http":
             raise ApiError(fault.get("status", 500), f"injected fault: {op} failed")
-        length = int(self.headers.get("Content-Length") or 0)
-        if self.headers.get("Transfer-Encoding"):
-            raise ApiError(411, "the Glance proxy needs Content-Length on request bodies")
-        body = self.rfile.read(length) if length else None
+        body = self.body or None
         forward = {k: v for k, v in self.headers.items()
                    if k.lower() not in ("host", "connection", "keep-alive", "transfer-encoding", "content-length")}
         conn = st.glance.conn()

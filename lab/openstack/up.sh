@@ -7,7 +7,8 @@
 #   openstack_env      prints the lab.env lines
 #
 # Keystone and Glance run under gunicorn from the venv lab/build made. oslo.config parses sys.argv, so
-# gunicorn gets its settings from a config file named in GUNICORN_CMD_ARGS, never from arguments.
+# gunicorn gets its settings from a config file named in GUNICORN_CMD_ARGS, never from arguments. Both
+# are wrapped by serialized.py: sqlite takes one writer at a time.
 # Their databases are copied from templates made at build time (schema and Keystone's bootstrap).
 
 openstack_start() {
@@ -19,6 +20,10 @@ openstack_start() {
   mkdir -p "$os_dir"/keystone/{fernet,credential} "$os_dir"/glance/{store,staging,tasks} "$os_dir"/fakes
   cp "$os_home/templates/keystone.db" "$os_dir/keystone/keystone.db"
   cp "$os_home/templates/glance.db" "$os_dir/glance/glance.db"
+  # WAL: readers (a long image download) never block the one writer (see serialized.py).
+  python3 -c 'import sqlite3, sys
+for db in sys.argv[1:]: sqlite3.connect(db).execute("PRAGMA journal_mode=WAL").fetchall()' \
+    "$os_dir/keystone/keystone.db" "$os_dir/glance/glance.db"
   # Fernet keys are 32 random bytes in urlsafe base64: what `keystone-manage fernet_setup` writes,
   # without its seconds of imports.
   python3 -c 'import base64, os, sys
@@ -58,7 +63,9 @@ EOF
 bind = "127.0.0.1:$keystone_port"
 workers = 1
 threads = 8
-wsgi_app = "keystone.wsgi.api:application"
+pythonpath = "$LAB_ROOT/openstack"
+wsgi_app = "serialized:application"
+raw_env = ["LAB_WSGI_APP=keystone.wsgi.api:application"]
 certfile = "$pki/openstack.crt"
 keyfile = "$pki/openstack.key"
 EOF
@@ -98,7 +105,9 @@ bind = "127.0.0.1:$glance_port"
 workers = 1
 threads = 8
 timeout = 300
-wsgi_app = "glance.wsgi.api:application"
+pythonpath = "$LAB_ROOT/openstack"
+wsgi_app = "serialized:application"
+raw_env = ["LAB_WSGI_APP=glance.wsgi.api:application"]
 EOF
   OS_GLANCE_CONFIG_DIR="$os_dir/glance" GUNICORN_CMD_ARGS="--config $os_dir/glance/gunicorn.conf.py" \
     start_daemon glance "$os_venv/gunicorn"

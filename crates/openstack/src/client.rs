@@ -335,7 +335,8 @@ struct Inner {
     keystone: Url,
     endpoints: Endpoints,
     project_id: String,
-    microversion: Microversion,
+    /// Set once by [`Client::connect`]; 2.1 (no header effect) while it is being negotiated.
+    microversion: std::sync::OnceLock<Microversion>,
     session: Mutex<Session>,
     logins: AtomicU64,
 }
@@ -351,7 +352,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("keystone", &self.inner.keystone.as_str())
             .field("project_id", &self.inner.project_id)
-            .field("microversion", &self.inner.microversion)
+            .field("microversion", &self.microversion())
             .finish_non_exhaustive()
     }
 }
@@ -534,22 +535,20 @@ impl Client {
             image: pick("image", &["image"])?,
             network: pick("network", &["network"]).ok(),
         };
-        let mut client = Client {
+        let client = Client {
             inner: Arc::new(Inner {
                 http,
                 config,
                 keystone,
                 endpoints,
                 project_id,
-                microversion: Microversion(2, 1),
+                microversion: std::sync::OnceLock::new(),
                 session: Mutex::new(Session { token, expires }),
                 logins: AtomicU64::new(1),
             }),
         };
         let microversion = client.negotiate_microversion().await?;
-        if let Some(inner) = Arc::get_mut(&mut client.inner) {
-            inner.microversion = microversion;
-        }
+        let _ = client.inner.microversion.set(microversion);
         Ok(client)
     }
 
@@ -566,7 +565,11 @@ impl Client {
 
     /// The compute microversion in use.
     pub fn microversion(&self) -> Microversion {
-        self.inner.microversion
+        self.inner
+            .microversion
+            .get()
+            .copied()
+            .unwrap_or(Microversion(2, 1))
     }
 
     /// Whether certificate checks are off.
@@ -686,7 +689,7 @@ impl Client {
                 .header("X-Auth-Token", &token)
                 .header(header::ACCEPT, "application/json");
             if service == Service::Compute {
-                let v = self.inner.microversion.to_string();
+                let v = self.microversion().to_string();
                 request = request
                     .header("OpenStack-API-Version", format!("compute {v}"))
                     .header("X-OpenStack-Nova-API-Version", v);

@@ -174,6 +174,22 @@ pub fn from_clouds_yaml(
     })
 }
 
+/// Credentials from a source Secret's data, with upstream's keys (`username`, `password`,
+/// `project_name`, `domain_name` for both domains) and the finer ones clouds.yaml uses
+/// (`user_domain_name`, `project_domain_name`, `*_domain_id`, `application_credential_id` and
+/// `application_credential_secret`). The CA (`ca_cert`) is the caller's business.
+///
+/// # Errors
+/// [`ConfigError::Missing`] naming the key.
+pub fn auth_from_secret(data: &BTreeMap<String, String>) -> Result<Auth, ConfigError> {
+    let values: BTreeMap<String, String> = data
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    auth_from(&values, "")
+}
+
 fn auth_from(values: &BTreeMap<String, String>, prefix: &'static str) -> Result<Auth, ConfigError> {
     let auth_type = values.get("auth_type").map(String::as_str).unwrap_or("");
     let app_cred = matches!(auth_type, "v3applicationcredential" | "applicationcredential")
@@ -295,6 +311,53 @@ mod tests {
         assert_eq!(
             (user_domain.clone(), project_domain),
             (Domain::Name("corp".into()), user_domain)
+        );
+    }
+
+    #[test]
+    fn upstream_secret_keys_keep_working() {
+        let data = BTreeMap::from(
+            [
+                ("username", "u"),
+                ("password", "p"),
+                ("project_name", "proj"),
+                ("domain_name", "corp"),
+                ("ca_cert", ""),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        let Auth::Password {
+            username,
+            user_domain,
+            project,
+            project_domain,
+            password,
+        } = auth_from_secret(&data).unwrap()
+        else {
+            panic!("password auth")
+        };
+        assert_eq!(
+            (username.as_str(), project.as_str(), password.expose()),
+            ("u", "proj", "p")
+        );
+        assert_eq!(
+            (user_domain, project_domain),
+            (Domain::Name("corp".into()), Domain::Name("corp".into()))
+        );
+        let app = BTreeMap::from(
+            [
+                ("application_credential_id", "i"),
+                ("application_credential_secret", "s"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        assert!(matches!(
+            auth_from_secret(&app),
+            Ok(Auth::ApplicationCredential { .. })
+        ));
+        assert_eq!(
+            auth_from_secret(&BTreeMap::new()).unwrap_err().to_string(),
+            "auth.username is not set (for password auth)"
         );
     }
 
