@@ -148,6 +148,31 @@ func (l *Lab) controlHandler() http.Handler {
 		l.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("PUT /lab/throttles/{vm}", func(w http.ResponseWriter, r *http.Request) {
+		var t struct {
+			BytesPerSecond int64 `json:"bytesPerSecond"`
+		}
+		if !readJSON(w, r, &t) {
+			return
+		}
+		if t.BytesPerSecond < 1 {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("bytesPerSecond must be >= 1, got %d", t.BytesPerSecond))
+			return
+		}
+		l.mu.Lock()
+		if l.throttles == nil {
+			l.throttles = map[string]int64{}
+		}
+		l.throttles[r.PathValue("vm")] = t.BytesPerSecond
+		l.mu.Unlock()
+		writeJSON(w, http.StatusOK, t)
+	})
+	mux.HandleFunc("DELETE /lab/throttles/{vm}", func(w http.ResponseWriter, r *http.Request) {
+		l.mu.Lock()
+		delete(l.throttles, r.PathValue("vm"))
+		l.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("GET /lab/vms", func(w http.ResponseWriter, r *http.Request) {
 		vms, err := l.ListVMs(r.Context())
 		if err != nil {

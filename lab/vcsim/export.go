@@ -580,7 +580,9 @@ func (l *Lab) serveNFC(w http.ResponseWriter, r *http.Request) {
 // onlyReader hides os.File's ReadFrom/WriterTo so io.CopyBuffer really goes through leaseWriter in chunks.
 type onlyReader struct{ io.Reader }
 
-// leaseWriter counts served bytes and stops the body when the lease ends or an injected cut is reached.
+// leaseWriter counts served bytes, paces them to the VM's throttle (read at every chunk, so a throttle
+// set or lifted mid-download takes effect at once), and stops the body when the lease ends or an
+// injected cut is reached.
 type leaseWriter struct {
 	http.ResponseWriter
 	lab     *Lab
@@ -607,7 +609,15 @@ func (lw *leaseWriter) Write(p []byte) (int, error) {
 	}
 	lw.lab.mu.Lock()
 	lw.lease.bytesServed[lw.target] += int64(n)
+	rate := lw.lab.throttles[lw.lease.vmName]
 	lw.lab.mu.Unlock()
+	if rate > 0 && n > 0 {
+		pause := time.Duration(float64(n) / float64(rate) * float64(time.Second))
+		select {
+		case <-time.After(pause):
+		case <-lw.lease.done:
+		}
+	}
 	if err == nil && lw.stopped {
 		err = io.ErrShortWrite
 	}

@@ -71,7 +71,9 @@ type Lab struct {
 	leases []*exportLease          // every lease ever handed out, oldest first; guarded by mu
 	byTick map[string]*exportLease // NFC ticket -> lease; guarded by mu
 	faults []*cutFault             // pending download faults; guarded by mu
-	tools  map[string]bool         // VM moid -> tools run when the VM is on; guarded by mu
+	// throttles caps disk download speed by VM name, in bytes per second; guarded by mu.
+	throttles map[string]int64
+	tools     map[string]bool // VM moid -> tools run when the VM is on; guarded by mu
 	// exportOpts are per-VM lease settings by VM moid; guarded by mu.
 	exportOpts map[string]exportOptions
 	vmLock     sync.Mutex // serialises inventory shaping (folder creation, VM directories)

@@ -583,6 +583,50 @@ func TestFaultInjectionCutsDownload(t *testing.T) {
 	}
 }
 
+// TestThrottlePacesDownloads: a VM's throttle slows its disk downloads to the set rate, so a test can
+// act while a transfer is in flight without making the disk large; lifting it applies mid-download.
+func TestThrottlePacesDownloads(t *testing.T) {
+	h := startLab(t, 300*time.Second)
+	ctx := context.Background()
+	d := makeVMDK(t, t.TempDir(), "a", 4, 1<<20, "streamOptimized")
+	st, err := os.Stat(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := h.createVM(VMSpec{Name: "slow01", Disks: []DiskSpec{{Bus: "pvscsi", Path: d}}})
+	if code := h.control("PUT", "/throttles/slow01", map[string]any{"bytesPerSecond": 0}, nil); code != http.StatusBadRequest {
+		t.Fatalf("PUT a zero throttle: %d, want 400", code)
+	}
+	rate := st.Size() * 2 // the download should take at least half a second
+	if code := h.control("PUT", "/throttles/slow01", map[string]any{"bytesPerSecond": rate}, nil); code != http.StatusOK {
+		t.Fatalf("PUT /throttles/slow01: %d", code)
+	}
+	vc := h.mustLogin()
+	lease, err := exportVM(ctx, vc, types.ManagedObjectReference{Type: "VirtualMachine", Value: v.MoID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := lease.Wait(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	_, body, err := h.get(info.DeviceUrl[0].Url, nil)
+	took := time.Since(started)
+	if err != nil || int64(len(body)) != st.Size() {
+		t.Fatalf("throttled download: %d of %d bytes, %v", len(body), st.Size(), err)
+	}
+	if took < 450*time.Millisecond {
+		t.Fatalf("throttled download of %d bytes at %d B/s took %v, want at least 0.5 s", st.Size(), rate, took)
+	}
+	if code := h.control("DELETE", "/throttles/slow01", nil, nil); code != http.StatusNoContent {
+		t.Fatalf("DELETE /throttles/slow01: %d", code)
+	}
+	if err := lease.Abort(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestFaultsLikeARealVCenter(t *testing.T) {
 	h := startLab(t, 300*time.Second)
 	ctx := context.Background()

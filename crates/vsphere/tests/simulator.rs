@@ -978,3 +978,47 @@ async fn disks_are_downloaded_concurrently() {
         "every disk's transfer must be under way before the first one finishes: {events:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nic_on_an_opaque_network_is_described_with_its_name_and_type() {
+    let control = Control::new();
+    let network = unique("nsx-seg");
+    let id = unique("ls");
+    let created = control
+        .create_network(json!({"name": network, "kind": "opaque", "opaqueNetworkId": id}))
+        .await;
+    assert_eq!(created["opaqueNetworkType"], "nsx.LogicalSwitch", "{created}");
+    let name = unique("nsx");
+    control
+        .create_vm(json!({"name": name, "nics": [
+            {"type": "vmxnet3", "network": network, "mac": "00:50:56:aa:dd:01"},
+            {"type": "e1000", "network": "VM Network", "mac": "00:50:56:aa:dd:02"}
+        ]}))
+        .await;
+
+    let c = client().await;
+    let vm = c.inspect(&lab().vsphere_dc, None, &name).await.unwrap();
+    assert_eq!(vm.nics.len(), 2, "{:?}", vm.nics);
+    assert_eq!(vm.nics[0].device_type, "VirtualVmxnet3");
+    assert_eq!(vm.nics[0].mac_address.as_deref(), Some("00:50:56:aa:dd:01"));
+    assert_eq!(
+        vm.nics[0].network,
+        NicNetwork::Opaque {
+            name: Some(network.clone()),
+            id: id.clone(),
+            network_type: "nsx.LogicalSwitch".to_owned(),
+        }
+    );
+    assert_eq!(vm.nics[0].network.name(), Some(network.as_str()));
+    assert!(
+        matches!(&vm.nics[1].network, NicNetwork::Standard { name, .. } if name == "VM Network"),
+        "{:?}",
+        vm.nics[1]
+    );
+    // What `vm-import vsphere inspect` prints for it.
+    let json = serde_json::to_value(&vm.nics[0]).unwrap();
+    assert_eq!(json["network"]["kind"], "opaque", "{json}");
+    assert_eq!(json["network"]["name"], network.as_str(), "{json}");
+    assert_eq!(json["network"]["networkType"], "nsx.LogicalSwitch", "{json}");
+    c.logout().await.unwrap();
+}

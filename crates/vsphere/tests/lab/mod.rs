@@ -67,6 +67,11 @@ pub(crate) struct Control {
 
 impl Control {
     pub(crate) fn new() -> Self {
+        Self::at(&lab().vcsim_control_url)
+    }
+
+    /// The control API of another simulator serving the lab's certificate and credentials.
+    pub(crate) fn at(control_url: &str) -> Self {
         let tls = vsphere::tls::client_config(&TlsMode::CaBundle(ca_pem())).unwrap();
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -74,7 +79,7 @@ impl Control {
             .unwrap();
         Self {
             http,
-            base: lab().vcsim_control_url.trim_end_matches('/').to_owned(),
+            base: control_url.trim_end_matches('/').to_owned(),
         }
     }
 
@@ -104,6 +109,12 @@ impl Control {
         self.send(self.http.post(self.url("vms")).json_body(&spec)).await
     }
 
+    /// `POST /lab/networks`: a standard, distributed or opaque network.
+    pub(crate) async fn create_network(&self, spec: Value) -> Value {
+        self.send(self.http.post(self.url("networks")).json_body(&spec))
+            .await
+    }
+
     pub(crate) async fn leases(&self) -> Vec<Value> {
         match self.send(self.http.get(self.url("leases"))).await {
             Value::Array(v) => v,
@@ -125,6 +136,19 @@ impl Control {
             "cutAfterBytes": cut_after_bytes, "times": times, "vm": vm
         })))
         .await;
+    }
+
+    /// Paces `vm`'s disk downloads to `bytes_per_second`, or lifts the pace with `None`; applies to
+    /// downloads in flight too.
+    pub(crate) async fn throttle(&self, vm: &str, bytes_per_second: Option<u64>) {
+        let url = self.url(&format!("throttles/{vm}"));
+        match bytes_per_second {
+            Some(rate) => {
+                self.send(self.http.put(url).json_body(&json!({"bytesPerSecond": rate})))
+                    .await
+            }
+            None => self.send(self.http.delete(url)).await,
+        };
     }
 }
 

@@ -61,5 +61,6 @@ The scratch PVC's class: pvcClaim.storageClassName (documented by upstream's val
 pvcClaim.storageClass (what upstream's template actually read); "-" means the empty class.
 */}}
 {{- define "vm-import-controller.storageClass" -}}
-{{- coalesce .Values.pvcClaim.storageClassName .Values.pvcClaim.storageClass "" }}
+{{- /* coalesce of nothing is nil, which include would turn into "<no value>" (and helm then into ""): default it. */ -}}
+{{- coalesce .Values.pvcClaim.storageClassName .Values.pvcClaim.storageClass | default "" }}
 {{- end }}

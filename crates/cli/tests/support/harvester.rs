@@ -1,0 +1,245 @@
+//! Harvester and KubeVirt played on the lab, which has neither: what Longhorn or CDI and
+//! virt-controller would do with the objects vm-import creates. Each `VirtualMachineImage` URL is
+//! fetched as an importer would (status 200, `Content-Length` honoured, SHA-256 over the body), then
+//! the image gets the `Imported` condition; each KubeVirt `VirtualMachine` is marked ready. Shared by
+//! the controller's end-to-end tests and the demo.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use controller::kinds::{image_resource, virtual_machine_resource};
+use kube::{
+    Api, ResourceExt,
+    api::{DynamicObject, Patch, PatchParams},
+};
+use serde_json::json;
+use sha2::Digest;
+
+/// What was fetched for one `VirtualMachineImage`.
+#[derive(Clone, Debug)]
+pub(crate) struct Fetched {
+    pub(crate) url: String,
+    pub(crate) display_name: String,
+    pub(crate) sha256: String,
+    pub(crate) size: u64,
+}
+
+/// Runs on a blocking thread for each image once it was fetched and before it is marked `Imported`,
+/// while the controller still serves it (it deletes the files once the VM runs): e.g. a boot test.
+pub(crate) type BeforeImported = Arc<dyn Fn(&Fetched) -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub(crate) struct Options {
+    /// Fetch the first image with `qemu-img convert` straight from its URL, as CDI's importer does,
+    /// into this directory (the copy is deleted once hashed).
+    pub(crate) qemu_img_first_into: Option<PathBuf>,
+    pub(crate) before_imported: Option<BeforeImported>,
+}
+
+/// The stand-in, running until dropped.
+pub(crate) struct StandIn {
+    fetched: Arc<Mutex<BTreeMap<String, Fetched>>>,
+    last_error: Arc<Mutex<Option<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StandIn {
+    pub(crate) fn start(client: kube::Client, namespace: &str, options: Options) -> Self {
+        let images = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &image_resource());
+        let vms = Api::<DynamicObject>::namespaced_with(client, namespace, &virtual_machine_resource());
+        let fetched = Arc::new(Mutex::new(BTreeMap::new()));
+        let last_error = Arc::new(Mutex::new(None));
+        let player = Player {
+            images,
+            vms,
+            http: reqwest::Client::new(),
+            options,
+            fetched: fetched.clone(),
+        };
+        let errors = last_error.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                // A failed round is retried: the controller may be restarting or re-serving an image.
+                if let Err(e) = player.round().await {
+                    *errors.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        Self {
+            fetched,
+            last_error,
+            task,
+        }
+    }
+
+    /// What was fetched for the image named `image` (its object name).
+    pub(crate) fn fetched(&self, image: &str) -> Option<Fetched> {
+        lock(&self.fetched).get(image).cloned()
+    }
+
+    /// The last failed round's error, for a test's timeout message.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Player {
+    images: Api<DynamicObject>,
+    vms: Api<DynamicObject>,
+    http: reqwest::Client,
+    options: Options,
+    fetched: Arc<Mutex<BTreeMap<String, Fetched>>>,
+}
+
+impl Player {
+    async fn round(&self) -> Result<(), String> {
+        let images = self
+            .images
+            .list(&Default::default())
+            .await
+            .map_err(|e| format!("list images: {e}"))?;
+        for image in images.items {
+            let name = image.name_any();
+            if lock(&self.fetched).contains_key(&name) {
+                continue;
+            }
+            let Some(url) = image.data["spec"]["url"].as_str() else {
+                continue;
+            };
+            let display_name = image.data["spec"]["displayName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let use_qemu_img = lock(&self.fetched).is_empty();
+            let fetched = match (&self.options.qemu_img_first_into, use_qemu_img) {
+                (Some(dir), true) => fetch_with_qemu_img(url, dir, &name, display_name).await?,
+                _ => self.fetch(url, display_name).await?,
+            };
+            if let Some(hook) = &self.options.before_imported {
+                let hook = hook.clone();
+                let seen = fetched.clone();
+                tokio::task::spawn_blocking(move || hook(&seen))
+                    .await
+                    .map_err(|e| format!("before-imported hook: {e}"))??;
+            }
+            // Harvester's image CRD has no status subresource: status is written on the object.
+            self.images
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {
+                        "size": fetched.size, "storageClassName": format!("longhorn-{name}"), "progress": 100,
+                        "conditions": [{"type": "Imported", "status": "True",
+                                         "lastUpdateTime": "2026-11-23T00:00:00Z"}]
+                    }})),
+                )
+                .await
+                .map_err(|e| format!("mark image {name} Imported: {e}"))?;
+            lock(&self.fetched).insert(name, fetched);
+        }
+        let vms = self
+            .vms
+            .list(&Default::default())
+            .await
+            .map_err(|e| format!("list VMs: {e}"))?;
+        for vm in vms.items {
+            if vm.data["status"]["ready"] != json!(true) {
+                self.vms
+                    .patch_status(
+                        &vm.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {"ready": true, "printableStatus": "Running"}})),
+                    )
+                    .await
+                    .map_err(|e| format!("mark VM {} ready: {e}", vm.name_any()))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch(&self, url: &str, display_name: String) -> Result<Fetched, String> {
+        let mut response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if response.status() != reqwest::StatusCode::OK {
+            return Err(format!("GET {url}: {}", response.status()));
+        }
+        let announced = response.content_length();
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("GET {url} body: {e}"))?
+        {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+        }
+        if announced.is_some_and(|n| n != size) {
+            return Err(format!(
+                "GET {url}: {size} bytes, Content-Length said {announced:?}"
+            ));
+        }
+        Ok(Fetched {
+            url: url.to_owned(),
+            display_name,
+            sha256: hex::encode(hasher.finalize()),
+            size,
+        })
+    }
+}
+
+async fn fetch_with_qemu_img(
+    url: &str,
+    dir: &Path,
+    name: &str,
+    display_name: String,
+) -> Result<Fetched, String> {
+    let (url, out) = (url.to_owned(), dir.join(format!("{name}.raw")));
+    tokio::task::spawn_blocking(move || {
+        let status = Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "raw"])
+            .arg(&url)
+            .arg(&out)
+            .status()
+            .map_err(|e| format!("run qemu-img: {e}"))?;
+        if !status.success() {
+            return Err(format!("qemu-img convert {url}: {status}"));
+        }
+        let hashed = std::fs::File::open(&out).and_then(|mut file| {
+            let mut hasher = sha2::Sha256::new();
+            let size = std::io::copy(&mut file, &mut hasher)?;
+            Ok((hex::encode(hasher.finalize()), size))
+        });
+        let removed = std::fs::remove_file(&out);
+        let (sha256, size) = hashed.map_err(|e| format!("hash {}: {e}", out.display()))?;
+        removed.map_err(|e| format!("remove {}: {e}", out.display()))?;
+        Ok(Fetched {
+            url,
+            display_name,
+            sha256,
+            size,
+        })
+    })
+    .await
+    .map_err(|e| format!("qemu-img fetch: {e}"))?
+}
