@@ -13,6 +13,14 @@ vcsim_source_hash() {
   cat "$LAB_ROOT"/vcsim/go.mod "$LAB_ROOT"/vcsim/*.go 2>/dev/null | sha256sum | cut -c1-12
 }
 
+# The OpenStack venv (Keystone, Glance, gunicorn from PyPI) with its template databases, keyed by the
+# pinned versions and the constraints file, so bumping either installs afresh beside the old one.
+openstack_home() {
+  local key
+  key=$(cat "$LAB_ROOT/openstack/constraints.txt" "$LAB_ROOT/openstack/templates.sh" | sha256sum | cut -c1-12)
+  echo "$LAB_CACHE/openstack/keystone-$KEYSTONE_VERSION-glance-$GLANCE_VERSION-$key"
+}
+
 lab_bin() {
   case $1 in
     kube-apiserver|kubectl) echo "$LAB_CACHE/bin/$1-v$K8S_VERSION" ;;
@@ -66,7 +74,7 @@ wait_for() {
 lab_is_up() {
   [[ -s $LAB_STATE/lab.env ]] || return 1
   local name pid
-  for name in etcd kube-apiserver vcsim; do
+  for name in etcd kube-apiserver vcsim keystone glance openstack-fakes; do
     pid=$(cat "$LAB_STATE/pids/$name.pid" 2>/dev/null) || return 1
     kill -0 "$pid" 2>/dev/null || return 1
   done

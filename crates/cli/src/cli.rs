@@ -32,8 +32,9 @@ pub(crate) enum Command {
     /// vSphere source tools: inspect a VM, export its disks without scratch files, assess an estate.
     #[command(subcommand)]
     Vsphere(crate::vsphere_cmd::VsphereCommand),
-    /// OpenStack source tools: inspect a server, export its volumes and image-backed disks.
-    Openstack(SourceArgs),
+    /// OpenStack source tools: inspect a server, export its volumes and image-backed root disk.
+    #[command(subcommand)]
+    Openstack(crate::openstack_cmd::OpenstackCommand),
     /// Print the migration.harvesterhci.io CustomResourceDefinitions as YAML.
     Crds,
 }
@@ -178,13 +179,6 @@ pub(crate) struct InspectArgs {
     pub(crate) http: HttpArgs,
     /// Input: a file, `-` for stdin, or an http(s):// URL.
     pub(crate) input: String,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct SourceArgs {
-    /// Subcommand and its arguments (inspect, export, assess).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub(crate) rest: Vec<String>,
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
 //! `vm-import`: one binary for the controller, the local disk tools and the source tools.
 //!
 //! Parsing lives in [`cli`]; each subcommand's behaviour lives in its own crate or module
-//! (`convert` and `inspect` in [`disk`]). Commands whose issue has not landed yet say so and exit
-//! 2, so scripts never mistake them for success.
+//! (`convert` and `inspect` in [`disk`]).
 //!
 //! Exit codes: 0 success; 1 bad or unsupported input, or a failed conversion (the message names
 //! the file and the byte offset or element); 2 usage errors. A panic (101) is a bug.
@@ -11,6 +10,7 @@ mod cli;
 mod controller_cmd;
 mod disk;
 mod input;
+mod openstack_cmd;
 mod progress;
 mod vsphere_cmd;
 
@@ -20,8 +20,6 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
-/// Exit code for a command that exists in the plan but is not implemented in this build.
-const EXIT_NOT_IMPLEMENTED: u8 = 2;
 /// Exit code for bad input or a failed operation.
 const EXIT_FAILURE: u8 = 1;
 /// Exit code for usage errors (clap uses the same).
@@ -34,7 +32,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => disk::inspect(args),
         Command::Controller(args) => controller_cmd::run(args),
         Command::Vsphere(command) => vsphere_cmd::run(command),
-        Command::Openstack(_) => not_implemented("openstack"),
+        Command::Openstack(command) => openstack_cmd::run(command),
         Command::Crds => print_crds(),
     };
     match result {
@@ -42,10 +40,6 @@ fn main() -> ExitCode {
         Err(e) if e.downcast_ref::<disk::UsageError>().is_some() => {
             eprintln!("vm-import: usage error: {e}");
             ExitCode::from(EXIT_USAGE)
-        }
-        Err(e) if e.downcast_ref::<NotImplemented>().is_some() => {
-            eprintln!("vm-import {e}");
-            ExitCode::from(EXIT_NOT_IMPLEMENTED)
         }
         Err(e) => {
             eprintln!("vm-import: error: {e:#}");
@@ -59,12 +53,4 @@ fn print_crds() -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().lock().write_all(api::crds_yaml().as_bytes())?;
     Ok(())
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}: not yet implemented in this build")]
-struct NotImplemented(&'static str);
-
-fn not_implemented(name: &'static str) -> anyhow::Result<()> {
-    Err(NotImplemented(name).into())
 }

@@ -1,5 +1,5 @@
-//! Test support: the local lab (etcd + kube-apiserver with the real CRDs, and the vCenter simulator)
-//! for integration tests.
+//! Test support: the local lab (etcd + kube-apiserver with the real CRDs, the vCenter simulator, and
+//! OpenStack: Keystone, Glance and the fakes) for integration tests.
 //!
 //! [`Lab::get`] gives every test in a test binary the same lab:
 //! - when `VM_IMPORT_LAB_ENV` names a `lab.env` written by `lab/up`, the tests attach to that lab and
@@ -10,10 +10,13 @@
 //! [`Lab::start_private`] starts a lab that is taken down when the returned value is dropped; tests of
 //! the lab scripts themselves use it.
 //!
+//! [`openstack::OpenstackLab`] reads the lab's OpenStack part (Keystone, Glance, the fakes).
+//!
 //! [`boot`] builds a disk that boots on a PC BIOS and prints a marker, and boots disk images in
 //! `qemu-system-x86_64` to check a migrated disk still boots.
 
 pub mod boot;
+pub mod openstack;
 
 use std::{
     collections::HashMap,
