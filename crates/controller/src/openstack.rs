@@ -151,7 +151,12 @@ impl OpenstackError {
     }
 
     /// Maps a client error of `step` to its reason.
-    pub fn from_client(step: &'static str, endpoint: &str, insecure: bool, error: &openstack::client::Error) -> Self {
+    pub fn from_client(
+        step: &'static str,
+        endpoint: &str,
+        insecure: bool,
+        error: &openstack::client::Error,
+    ) -> Self {
         use openstack::client::Error as E;
         let detail = chain(error);
         match error {
@@ -161,7 +166,9 @@ impl OpenstackError {
                 region: region.clone(),
                 detail,
             },
-            E::Catalog(CatalogError::NoService { .. }) | E::BadEndpoint { .. } => Self::EndpointNotFound(detail),
+            E::Catalog(CatalogError::NoService { .. }) | E::BadEndpoint { .. } => {
+                Self::EndpointNotFound(detail)
+            }
             E::InvalidAuthUrl { .. } => Self::InvalidEndpoint {
                 endpoint: endpoint.to_owned(),
                 detail,
@@ -196,13 +203,15 @@ impl OpenstackError {
         match error {
             openstack::inspect::Error::NotFound { .. } => Self::ServerNotFound(chain(error)),
             openstack::inspect::Error::Ambiguous(_) => Self::ServerNameNotUnique(chain(error)),
-            openstack::inspect::Error::Call { step, source, .. } => match Self::from_client(step, endpoint, insecure, source) {
-                Self::Api { step, .. } => Self::Api {
-                    step,
-                    detail: chain(error),
-                },
-                other => other,
-            },
+            openstack::inspect::Error::Call { step, source, .. } => {
+                match Self::from_client(step, endpoint, insecure, source) {
+                    Self::Api { step, .. } => Self::Api {
+                        step,
+                        detail: chain(error),
+                    },
+                    other => other,
+                }
+            }
         }
     }
 }
@@ -262,11 +271,7 @@ pub async fn connect(kube: &kube::Client, source: &OpenstackSource) -> Result<Se
             name: name.clone(),
         })?;
     let data = secret.data.unwrap_or_default();
-    let optional = |key: &str| {
-        data.get(key)
-            .map(|v| v.0.clone())
-            .filter(|v| !v.is_empty())
-    };
+    let optional = |key: &str| data.get(key).map(|v| v.0.clone()).filter(|v| !v.is_empty());
     let required = |key: &'static str| {
         optional(key).ok_or_else(|| OpenstackError::SecretKeyMissing {
             namespace: namespace.clone(),
@@ -416,18 +421,15 @@ pub async fn cleanup_recorded(
         volumes: objects.volumes.clone(),
         snapshots: objects.snapshots.clone(),
     };
-    let result = session.client.cleanup(&ledger, &export_options(import, uid)).await;
+    let result = session
+        .client
+        .cleanup(&ledger, &export_options(import, uid))
+        .await;
     let (left, message) = match result {
         Ok(()) => (None, None),
         Err((left, errors)) => (
             recorded(&left),
-            Some(
-                errors
-                    .iter()
-                    .map(|e| chain(e))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
+            Some(errors.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; ")),
         ),
     };
     tracing::info!(import = %import, ?objects, left = ?left, "temporary OpenStack objects from an earlier export cleaned up");
@@ -624,7 +626,11 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(),
             }
             let message = match &error.error {
                 openstack::export::Error::Call { source, .. } if source.is_auth() => {
-                    format!("{} ({})", chain(&error), t.session.error("exporting", source).reason())
+                    format!(
+                        "{} ({})",
+                        chain(&error),
+                        t.session.error("exporting", source).reason()
+                    )
                 }
                 _ => chain(&error),
             };

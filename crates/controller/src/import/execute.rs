@@ -398,17 +398,13 @@ async fn openstack_stop(
         .into());
     };
     let session = facts.os_session(ctx, import).await?;
-    session
-        .client
-        .request_stop(&id)
-        .await
-        .map_err(|e| match &e {
-            openstack::inspect::StopError::Call { source, .. } => session.error("stopping the server", source),
-            _ => crate::openstack::OpenstackError::Api {
-                step: "stopping the server",
-                detail: chain(&e),
-            },
-        })?;
+    session.client.request_stop(&id).await.map_err(|e| match &e {
+        openstack::inspect::StopError::Call { source, .. } => session.error("stopping the server", source),
+        _ => crate::openstack::OpenstackError::Api {
+            step: "stopping the server",
+            detail: chain(&e),
+        },
+    })?;
     Ok(())
 }
 
