@@ -345,8 +345,13 @@ async fn volume_and_image_backed_servers_import_to_running_with_identical_images
         .await
         .unwrap();
     assert_eq!(
-        vm.data["metadata"]["annotations"]["field.cattle.io/description"],
-        "the database"
+        vm.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get("field.cattle.io/description")
+            .map(String::as_str),
+        Some("the database")
     );
     let domain = &vm.data["spec"]["template"]["spec"]["domain"];
     let cpu = &domain["cpu"];
