@@ -289,6 +289,7 @@ pub(super) async fn apply(
         Decision::TidyUp => {
             release_images(ctx, import, facts).await?;
             delete_files(ctx, &status).await?;
+            clean_source_objects(ctx, import, &status, facts, false).await;
             return Ok(Action::await_change());
         }
         Decision::CleanUp => {

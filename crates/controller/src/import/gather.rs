@@ -633,7 +633,12 @@ impl Facts {
         } else {
             false
         };
-        self.leftovers = Some(files || owned_images);
+        // Temporary OpenStack objects an export could not delete (or a crash left) count too.
+        let source_objects = status
+            .source_temporary_objects
+            .as_ref()
+            .is_some_and(|o| !o.is_empty());
+        self.leftovers = Some(files || owned_images || source_objects);
         Ok(())
     }
 }
