@@ -204,7 +204,8 @@ class State:
         self.faults, self.downloads, self.requests = [], [], []
         self.settings = {"maxMicroversion": DEFAULT_MAX_MICROVERSION, "transitionSeconds": 0.2}
 
-    # Faults: {"op", "mode": "http"|"status"|"cut"|"revokeTokens", "status", "cutAfterBytes", "times", "target"}
+    # Faults: {"op", "mode": "http"|"status"|"cut"|"revokeTokens"|"throttle", "status", "cutAfterBytes",
+    #          "bytesPerSecond", "times", "target"}
     def take_fault(self, op, *targets, modes=None):
         with self.lock:
             for fault in self.faults:
@@ -859,10 +860,17 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", resp_length)
             self.end_headers()
             cut_after = fault["cutAfterBytes"] if fault and fault["mode"] == "cut" else None
+            rate = fault["bytesPerSecond"] if fault and fault["mode"] == "throttle" else None
+            started = time.monotonic()
             while True:
                 block = resp.read(CHUNK)
                 if not block:
                     break
+                if rate:
+                    # Paced: this body never runs ahead of bytesPerSecond.
+                    ahead = (record["bytes"] + len(block)) / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
                 if cut_after is not None and record["bytes"] + len(block) >= cut_after:
                     block = block[: cut_after - record["bytes"]]
                     self.write_body(block, chunked)
@@ -939,16 +947,19 @@ class Handler(BaseHTTPRequestHandler):
         if parts == ["faults"]:
             if method == "POST":
                 fault = self.body_json()
-                unknown = set(fault) - {"op", "mode", "status", "cutAfterBytes", "times", "target"}
+                unknown = set(fault) - {"op", "mode", "status", "cutAfterBytes", "bytesPerSecond", "times", "target"}
                 if unknown or not fault.get("op"):
                     raise ApiError(400, f"fault needs 'op'; unknown fields {sorted(unknown)}")
                 fault.setdefault("mode", "http")
                 fault.setdefault("times", 1)
                 fault.setdefault("target", "")
-                if fault["mode"] not in ("http", "status", "cut", "revokeTokens"):
+                if fault["mode"] not in ("http", "status", "cut", "revokeTokens", "throttle"):
                     raise ApiError(400, f"unknown fault mode {fault['mode']!r}")
                 if fault["mode"] == "cut" and not isinstance(fault.get("cutAfterBytes"), int):
                     raise ApiError(400, "mode 'cut' needs an integer cutAfterBytes")
+                if fault["mode"] == "throttle" and not (isinstance(fault.get("bytesPerSecond"), int)
+                                                         and fault["bytesPerSecond"] > 0):
+                    raise ApiError(400, "mode 'throttle' needs a positive integer bytesPerSecond")
                 with st.lock:
                     st.faults.append(fault)
                 return self.send_json(201, fault)

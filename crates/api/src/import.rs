@@ -260,6 +260,33 @@ pub struct VirtualMachineImportStatus {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub concerns: Vec<Concern>,
+    /// **Ours**: temporary objects an OpenStack export created at the source and has not deleted
+    /// yet, recorded as soon as each id is known so that a restarted controller deletes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_temporary_objects: Option<SourceTemporaryObjects>,
+}
+
+/// **Ours**: ids of temporary objects at an OpenStack source (deleted images first, then volumes,
+/// then snapshots: the order their dependencies require).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceTemporaryObjects {
+    /// Glance images.
+    #[serde(default, deserialize_with = "null_default")]
+    pub images: Vec<String>,
+    /// Cinder volumes made from snapshots.
+    #[serde(default, deserialize_with = "null_default")]
+    pub volumes: Vec<String>,
+    /// Cinder snapshots.
+    #[serde(default, deserialize_with = "null_default")]
+    pub snapshots: Vec<String>,
+}
+
+impl SourceTemporaryObjects {
+    /// Nothing recorded.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty() && self.volumes.is_empty() && self.snapshots.is_empty()
+    }
 }
 
 impl VirtualMachineImportStatus {

@@ -32,8 +32,8 @@ pub mod source;
 pub use condition::{Condition, ConditionStatus, ConditionType};
 pub use crd::{crds, crds_yaml};
 pub use import::{
-    Concern, DiskBus, DiskInfo, ImportPhase, NetworkMapping, NicModel, Severity, VirtualMachineImport,
-    VirtualMachineImportSpec, VirtualMachineImportStatus,
+    Concern, DiskBus, DiskInfo, ImportPhase, NetworkMapping, NicModel, Severity, SourceTemporaryObjects,
+    VirtualMachineImport, VirtualMachineImportSpec, VirtualMachineImportStatus,
 };
 pub use source::{
     ClusterStatus, OpenstackSource, OpenstackSourceSpec, OvaSource, OvaSourceSpec, SourceStatus,

@@ -131,6 +131,11 @@ pub struct OpenstackSourceSpec {
     )]
     #[schemars(schema_with = "crate::crd::go_int")]
     pub upload_image_retry_delay: i64,
+    /// **Ours**: skip TLS verification (reported as an `InsecureSkipVerify` warning condition). Unset
+    /// means verify against the Secret's `ca_cert`, else the system roots (upstream never verifies
+    /// without `ca_cert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// An OVA file reachable over HTTP(S).

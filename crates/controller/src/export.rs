@@ -8,7 +8,8 @@
 //! aborts its lease or download; partial files are removed.
 //!
 //! The source-specific halves are [`crate::vmware`]'s session and `ExportVm` lease (driven from
-//! here) and [`crate::ova`]'s download and archive walk; both commit disks through [`Shared`].
+//! here), [`crate::ova`]'s download and archive walk and [`crate::openstack`]'s Glance downloads
+//! through temporary cloud objects; all commit disks through [`Shared`].
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use api::{DiskInfo, OvaSource, VirtualMachineImport, VmwareSource};
+use api::{DiskInfo, OpenstackSource, OvaSource, SourceTemporaryObjects, VirtualMachineImport, VmwareSource};
 use bytes::Bytes;
 use kube::{
     Api,
@@ -54,6 +55,9 @@ pub enum ExportError {
     /// The OVA could not be fetched or did not check out.
     #[error(transparent)]
     Ova(#[from] OvaError),
+    /// No session with the OpenStack source.
+    #[error(transparent)]
+    Openstack(#[from] crate::openstack::OpenstackError),
     /// The VM could not be found or described.
     #[error("looking up the VM: {0}")]
     Inspect(String),
@@ -107,6 +111,15 @@ pub enum ExportSource {
     },
     /// The OVA at an `OvaSource`'s URL.
     Ova(OvaSource),
+    /// A server of an OpenStack cloud, through temporary snapshots, volumes and Glance images.
+    Openstack {
+        /// The source.
+        source: OpenstackSource,
+        /// Server name or UUID.
+        server: String,
+        /// Temporary objects recorded in status by an earlier export (deleted first).
+        recorded: Option<SourceTemporaryObjects>,
+    },
 }
 
 /// What one export needs.
@@ -324,6 +337,9 @@ impl Shared {
         self.with_disks(|disks| {
             if let Some(disk) = disks.get_mut(index) {
                 disk.sha256 = Some(report.sha256.clone());
+                if disk.disk_size == 0 {
+                    disk.disk_size = i64::try_from(report.virtual_size).unwrap_or(i64::MAX);
+                }
                 disk.bytes_done = Some(report.virtual_size);
                 disk.bytes_total = Some(report.virtual_size);
                 disk.bytes_per_second = None;
@@ -456,6 +472,32 @@ async fn run(ctx: &Arc<Context>, request: ExportRequest) -> Result<(), ExportErr
             let _running = RunningGauge::new(ctx.metrics.clone());
             let tracker = Tracker::start(ctx, &import, &disks).await?;
             let result = ova::transfer(&client, tracker.shared(), &ctx.settings.image_dir).await;
+            tracker.finish(ctx, &import, result, &mut disks).await
+        }
+        ExportSource::Openstack {
+            source,
+            server,
+            recorded,
+        } => {
+            let session = crate::openstack::connect(&ctx.kube, &source).await?;
+            let _slots = take_slots(ctx, &uid, &source.spec.endpoint_address).await?;
+            let _running = RunningGauge::new(ctx.metrics.clone());
+            let tracker = Tracker::start(ctx, &import, &disks).await?;
+            let result = crate::openstack::transfer(
+                crate::openstack::Transfer {
+                    session: &session,
+                    api: tracker.api.clone(),
+                    import: &import,
+                    uid: &uid,
+                    server: &server,
+                    recorded,
+                    dir: ctx.settings.image_dir.clone(),
+                },
+                tracker.shared(),
+            )
+            .await
+            .map_err(ExportError::Transfer);
+            let _ = session.client.logout().await;
             tracker.finish(ctx, &import, result, &mut disks).await
         }
     }

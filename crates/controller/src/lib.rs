@@ -1,6 +1,6 @@
 //! The Kubernetes controller of vm-import: a drop-in replacement for Harvester's
-//! `vm-import-controller`. It reconciles `VmwareSource` and `OvaSource` (and reports
-//! `OpenstackSource` as not supported yet) and `VirtualMachineImport` through `plan`'s state
+//! `vm-import-controller`. It reconciles `VmwareSource`, `OpenstackSource` and `OvaSource` and
+//! `VirtualMachineImport` through `plan`'s state
 //! machine, runs exports in the background, serves the converted images on port 8080 and metrics on
 //! a second port.
 //!
@@ -15,7 +15,8 @@
 //! * [`import`]: the import reconciler (gather facts → `plan::next` → execute → status, Event);
 //! * [`export`]: background exports with global and per-host limits, progress in status;
 //! * [`source`]: source reconcilers; [`vmware`]: sessions from a source and its Secret; [`ova`]:
-//!   HTTP(S) access to an OVA, its descriptor and the one-pass export;
+//!   HTTP(S) access to an OVA, its descriptor and the one-pass export; [`openstack`]: Keystone
+//!   sessions, server descriptions and exports through temporary cloud objects recorded in status;
 //! * [`image_server`], [`metrics`], [`http_server`]: the two HTTP listeners;
 //! * [`leader`], [`crds`], [`kinds`], [`context`], [`time`]: plumbing.
 
@@ -28,6 +29,7 @@ pub mod import;
 pub mod kinds;
 pub mod leader;
 pub mod metrics;
+pub mod openstack;
 pub mod ova;
 pub mod settings;
 pub mod source;
@@ -145,18 +147,10 @@ pub async fn run_with_client(client: kube::Client, settings: Settings) -> Result
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone(), wake_tx));
     metrics.set_ready(true);
 
-    let namespace = ctx.settings.namespace.clone();
-    let namespace = namespace.as_deref();
     let controllers = futures::future::join4(
         run_import_controller(client.clone(), ctx.clone(), wake_rx),
         run_vmware_controller(client.clone(), ctx.clone()),
-        Controller::new(
-            scoped::<OpenstackSource>(&client, namespace),
-            watcher::Config::default(),
-        )
-        .shutdown_on_signal()
-        .run(source::reconcile_openstack, source_error_policy, ctx.clone())
-        .for_each(|_| async {}),
+        run_openstack_controller(client.clone(), ctx.clone()),
         run_ova_controller(client.clone(), ctx.clone()),
     );
     match elector {
@@ -313,6 +307,34 @@ async fn run_ova_controller(client: kube::Client, ctx: Arc<Context>) {
         )
         .shutdown_on_signal()
         .run(source::reconcile_ova, source_error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn run_openstack_controller(client: kube::Client, ctx: Arc<Context>) {
+    let namespace = ctx.settings.namespace.clone();
+    let namespace = namespace.as_deref();
+    let controller = Controller::new(
+        scoped::<OpenstackSource>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    controller
+        .watches(
+            scoped::<Secret>(&client, namespace),
+            watcher::Config::default(),
+            move |secret| {
+                // Re-check every source whose credentials this Secret holds.
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|s| names_secret(&s.spec.credentials, s.namespace(), &secret))
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(source::reconcile_openstack, source_error_policy, ctx)
         .for_each(|_| async {})
         .await;
 }

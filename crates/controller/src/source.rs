@@ -5,8 +5,10 @@
 //! source opted out of TLS verification. Status is written only when it changes, so a failing
 //! source is not re-checked in a tight loop. An `OvaSource` is checked as upstream does (an http(s)
 //! URL answering a HEAD with 2xx, with the Secret's basic auth and `ca.crt`), on the same schedule
-//! and with the same conditions. `OpenstackSource` is not imported from yet: it is marked
-//! `clusterNotReady` with reason `SourceKindNotSupported`.
+//! and with the same conditions. An `OpenstackSource` is checked as upstream does (Keystone login
+//! with the Secret, the catalog of `spec.region`, a server list), TLS verified unless it opts out,
+//! on the same schedule; its reasons are `InvalidCredentials`, `ProjectNotFound`, `RegionNotFound`,
+//! `EndpointNotFound`, `TLSVerificationFailed`, `EndpointUnreachable` and the Secret's.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,7 +23,7 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::{context::Context, ova, time::now_rfc3339, vmware};
+use crate::{context::Context, openstack, ova, time::now_rfc3339, vmware};
 
 /// Re-check of a source that is not ready.
 const NOT_READY_RECHECK: Duration = Duration::from_secs(30);
@@ -282,34 +284,8 @@ where
     }))
 }
 
-/// Marks a source of a kind this version cannot import from `clusterNotReady`, with the reason.
-async fn report_unsupported<K>(
-    ctx: &Context,
-    source: &K,
-    status: Option<&SourceStatus>,
-    kind: &'static str,
-    label: &str,
-) -> Result<Action, SourceError>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let check = Check {
-        ready: false,
-        reason: "SourceKindNotSupported".into(),
-        message: format!("this version of vm-import does not import from {label} sources yet"),
-        insecure: false,
-    };
-    let next = status_for(&check, status, source.meta().generation);
-    if status != Some(&next) {
-        write_status(ctx, source, kind, next).await?;
-    }
-    Ok(Action::await_change())
-}
-
-/// Reconciles an `OpenstackSource` (not supported yet: says so in status).
+/// Reconciles an `OpenstackSource`: logs in with its Secret, reads the catalog of its region and
+/// lists servers, as upstream does, with the reason in the conditions when that fails.
 ///
 /// # Errors
 /// [`SourceError`] when status cannot be written.
@@ -317,12 +293,38 @@ pub async fn reconcile_openstack(
     source: Arc<OpenstackSource>,
     ctx: Arc<Context>,
 ) -> Result<Action, SourceError> {
-    report_unsupported(
+    if source.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let insecure = source.spec.insecure_skip_verify == Some(true);
+    let check = match openstack::verify(&ctx.kube, &source).await {
+        Ok(session) => {
+            let _ = session.client.logout().await;
+            Check {
+                ready: true,
+                reason: "Verified".into(),
+                message: String::new(),
+                insecure: session.insecure,
+            }
+        }
+        Err(error) => Check {
+            ready: false,
+            reason: error.reason().to_owned(),
+            message: vmware::chain(&error),
+            insecure,
+        },
+    };
+    let note = format!(
+        "logged in to {} and listed the servers of region {:?}",
+        source.spec.endpoint_address, source.spec.region
+    );
+    report(
         &ctx,
         &*source,
         source.status.as_ref(),
         "OpenstackSource",
-        "OpenStack",
+        check,
+        note,
     )
     .await
 }

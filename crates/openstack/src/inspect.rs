@@ -328,6 +328,67 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The server's status (`ACTIVE`, `SHUTOFF`, ...) and task state (`powering-off`, ...), for a
+    /// caller that polls on its own schedule.
+    ///
+    /// # Errors
+    /// [`client::Error`].
+    pub async fn server_status(&self, server_id: &str) -> Result<(String, Option<String>), client::Error> {
+        let found: ServerResponse = self
+            .get_json(Service::Compute, &format!("/servers/{server_id}"))
+            .await?;
+        Ok((found.server.status, found.server.task_state))
+    }
+
+    /// Asks Nova to stop the server (`os-stop`) and returns at once; [`Client::server_status`]
+    /// tells when it is `SHUTOFF`. A server already `SHUTOFF`, or one Nova refuses to stop because
+    /// it is already changing state (409), is left alone.
+    ///
+    /// # Errors
+    /// [`StopError::Call`].
+    pub async fn request_stop(&self, server_id: &str) -> Result<(), StopError> {
+        let call = |step| {
+            move |source| StopError::Call {
+                step,
+                server: server_id.to_owned(),
+                source,
+            }
+        };
+        let (status, _) = self.server_status(server_id).await.map_err(call("reading"))?;
+        if status == "SHUTOFF" {
+            return Ok(());
+        }
+        match self
+            .call(
+                Service::Compute,
+                Method::POST,
+                &format!("/servers/{server_id}/action"),
+                Some(&serde_json::json!({ "os-stop": null })),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(reqwest::StatusCode::CONFLICT) => Ok(()),
+            Err(e) => Err(call("os-stop")(e)),
+        }
+    }
+
+    /// Names of the networks the project sees (Neutron), or `None` when the catalog has no network
+    /// service.
+    ///
+    /// # Errors
+    /// [`client::Error`].
+    pub async fn network_names(&self) -> Result<Option<Vec<String>>, client::Error> {
+        if !self.has_network() {
+            return Ok(None);
+        }
+        let list: crate::proto::network::NetworkList =
+            self.get_json(Service::Network, "/v2.0/networks").await?;
+        Ok(Some(list.networks.into_iter().map(|n| n.name).collect()))
+    }
+}
+
 /// Escapes regular-expression syntax so a name is matched literally by Nova's filter.
 fn regex_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

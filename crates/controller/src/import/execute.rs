@@ -93,6 +93,34 @@ pub(super) async fn apply(
             status.phase = ImportPhase::SourceReady;
             Action::await_change()
         }
+        Decision::RequestShutdown if SourceKind::of(import) == SourceKind::Openstack => {
+            openstack_stop(ctx, import, facts).await?;
+            set_condition(
+                &mut status.import_conditions,
+                ConditionType::VmShutdownGuest,
+                ConditionStatus::True,
+                "",
+                "",
+            );
+            note = Some((
+                false,
+                "os-stop requested (Nova shuts the guest down, then forces it off after its shutdown_timeout)".into(),
+            ));
+            Action::requeue(plan::machine::POWER_POLL)
+        }
+        Decision::ForcePowerOff if SourceKind::of(import) == SourceKind::Openstack => {
+            // Nova has no harder stop than os-stop; asking again is harmless (409 while stopping).
+            openstack_stop(ctx, import, facts).await?;
+            set_condition(
+                &mut status.import_conditions,
+                ConditionType::VmPoweringOff,
+                ConditionStatus::True,
+                "",
+                "",
+            );
+            note = Some((false, "os-stop requested again; waiting for SHUTOFF".into()));
+            Action::requeue(plan::machine::POWER_POLL)
+        }
         Decision::RequestShutdown => {
             let moref = vm_moref(ctx, import, facts).await?;
             let (session, _) = facts.session(ctx, import).await?;
@@ -261,16 +289,19 @@ pub(super) async fn apply(
         Decision::TidyUp => {
             release_images(ctx, import, facts).await?;
             delete_files(ctx, &status).await?;
+            clean_source_objects(ctx, import, &status, facts, false).await;
             return Ok(Action::await_change());
         }
         Decision::CleanUp => {
-            ctx.exports.cancel(&uid);
+            let cancelled = ctx.exports.cancel(&uid);
             delete_files(ctx, &status).await?;
+            clean_source_objects(ctx, import, &status, facts, cancelled).await;
             return Ok(Action::await_change());
         }
         Decision::Finalize => {
             let cancelled = ctx.exports.cancel(&uid);
             delete_files(ctx, &status).await?;
+            clean_source_objects(ctx, import, &status, facts, cancelled).await;
             remove_finalizer(ctx, import).await?;
             ctx.metrics.set_phase(&uid, None);
             tracing::info!(import = %name, cancelled, "import deleted; files removed");
@@ -354,6 +385,60 @@ async fn vm_moref(
         })
 }
 
+/// Asks Nova to stop the import's server.
+async fn openstack_stop(
+    ctx: &Context,
+    import: &VirtualMachineImport,
+    facts: &mut Facts,
+) -> Result<(), ImportError> {
+    let Some(id) = facts.os_describe(ctx, import).await?.map(|s| s.id.clone()) else {
+        return Err(crate::openstack::OpenstackError::ServerNotFound(format!(
+            "server '{}' not found",
+            import.spec.virtual_machine_name
+        ))
+        .into());
+    };
+    let session = facts.os_session(ctx, import).await?;
+    session.client.request_stop(&id).await.map_err(|e| match &e {
+        openstack::inspect::StopError::Call { source, .. } => session.error("stopping the server", source),
+        _ => crate::openstack::OpenstackError::Api {
+            step: "stopping the server",
+            detail: chain(&e),
+        },
+    })?;
+    Ok(())
+}
+
+/// Deletes, in the background, the temporary OpenStack objects an export recorded in status, when
+/// no export of this process is there to do it (after a restart); a cancelled export's own guard
+/// deletes what it created.
+async fn clean_source_objects(
+    ctx: &Context,
+    import: &VirtualMachineImport,
+    status: &VirtualMachineImportStatus,
+    facts: &mut Facts,
+    cancelled: bool,
+) {
+    let Some(objects) = status.source_temporary_objects.clone().filter(|o| !o.is_empty()) else {
+        return;
+    };
+    if cancelled || SourceKind::of(import) != SourceKind::Openstack {
+        return;
+    }
+    match facts.openstack_source(ctx, import).await {
+        Ok(source) => crate::openstack::spawn_cleanup(
+            ctx.kube.clone(),
+            source.clone(),
+            ObjectRef::from_obj(import),
+            import.uid().unwrap_or_default(),
+            objects,
+        ),
+        Err(error) => {
+            tracing::warn!(import = %import.name_any(), error = %chain(&error), ?objects, "temporary OpenStack objects cannot be deleted: the source is gone");
+        }
+    }
+}
+
 async fn start_export(
     ctx: &Arc<Context>,
     import: &VirtualMachineImport,
@@ -363,6 +448,11 @@ async fn start_export(
     // The export connects on its own; this reconcile only needs the source object.
     let source = match SourceKind::of(import) {
         SourceKind::Ova => ExportSource::Ova(facts.ova_source(ctx, import).await?.clone()),
+        SourceKind::Openstack => ExportSource::Openstack {
+            source: facts.openstack_source(ctx, import).await?.clone(),
+            server: import.spec.virtual_machine_name.clone(),
+            recorded: status.source_temporary_objects.clone(),
+        },
         _ => ExportSource::Vmware {
             source: facts.vmware_source(ctx, import).await?.clone(),
             vm_name: import.spec.virtual_machine_name.clone(),

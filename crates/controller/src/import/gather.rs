@@ -1,11 +1,12 @@
 //! Fact gathering: each [`plan::machine::Fact`] the state machine asks for, read from the cluster,
 //! the source or this process's exports. One vSphere session per reconcile at most, opened lazily;
-//! an OVA's descriptor is read (the head of the archive only) at most once per reconcile.
+//! an OVA's descriptor is read (the head of the archive only) at most once per reconcile; one
+//! Keystone session and one server description per reconcile at most for OpenStack.
 
 use std::time::Duration;
 
 use api::{
-    ClusterStatus, ConditionType, OvaSource, VirtualMachineImport, VirtualMachineImportSpec,
+    ClusterStatus, ConditionType, OpenstackSource, OvaSource, VirtualMachineImport, VirtualMachineImportSpec,
     VirtualMachineImportStatus, VmwareSource,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -22,6 +23,7 @@ use crate::{
     context::Context,
     export::partial_path,
     kinds,
+    openstack::{self as os, OpenstackError},
     ova::{self, OvaClient, OvaError},
     vmware::{self, chain},
 };
@@ -33,7 +35,9 @@ pub(super) enum SourceKind {
     Vmware,
     /// `OvaSource`.
     Ova,
-    /// `OpenstackSource` (not imported from yet), or anything else (preflight rejects it).
+    /// `OpenstackSource`.
+    Openstack,
+    /// Anything else (preflight rejects it).
     Other,
 }
 
@@ -44,6 +48,8 @@ impl SourceKind {
             Self::Vmware
         } else if kind.eq_ignore_ascii_case("OvaSource") {
             Self::Ova
+        } else if kind.eq_ignore_ascii_case("OpenstackSource") {
+            Self::Openstack
         } else {
             Self::Other
         }
@@ -69,6 +75,9 @@ pub(super) struct Facts {
     pub(super) networks: Option<Vec<String>>,
     pub(super) ova_source: Option<OvaSource>,
     pub(super) ova_description: Option<::ova::VmDescription>,
+    pub(super) openstack_source: Option<OpenstackSource>,
+    pub(super) os_session: Option<os::Session>,
+    pub(super) os_server: Option<openstack::ServerDescription>,
 }
 
 impl Facts {
@@ -88,6 +97,8 @@ impl Facts {
         observed.images = self.images.as_deref();
         observed.vm = self.vm;
         observed.leftovers = self.leftovers;
+        // OpenStack: a UUID in spec.virtualMachineName names the VM after the server, as upstream.
+        observed.source_vm_name = self.os_server.as_ref().map(|s| s.name.as_str());
         observed
     }
 
@@ -99,7 +110,16 @@ impl Facts {
         fact: Fact,
     ) -> Result<(), ImportError> {
         match fact {
-            Fact::Source => self.gather_source(ctx, import).await,
+            Fact::Source => {
+                self.gather_source(ctx, import).await?;
+                if SourceKind::of(import) == SourceKind::Openstack
+                    && status.phase == api::ImportPhase::Valid
+                    && self.source == Some(SourceFact::Ready)
+                {
+                    self.os_describe(ctx, import).await?;
+                }
+                Ok(())
+            }
             Fact::Preflight => self.gather_preflight(ctx, import).await,
             Fact::Power => self.gather_power(ctx, import, status).await,
             Fact::Export => {
@@ -157,23 +177,22 @@ impl Facts {
                 );
                 self.ova_source = source;
             }
-            SourceKind::Other => {
-                // OpenStack sources: their reconciler marks them clusterNotReady with the reason, so
-                // the import waits visibly rather than failing.
-                let ready = Api::<api::OpenstackSource>::namespaced(ctx.kube.clone(), &namespace)
+            SourceKind::Openstack => {
+                let source = Api::<OpenstackSource>::namespaced(ctx.kube.clone(), &namespace)
                     .get_opt(&name)
                     .await
-                    .map_err(ImportError::kube("reading the source"))?
-                    .map(|s| s.status.unwrap_or_default().status);
-                self.source = Some(match ready {
-                    None => SourceFact::Missing,
-                    Some(ClusterStatus::ClusterReady) => {
-                        return Err(ImportError::UnsupportedSource(
-                            reference.kind.clone().unwrap_or_default(),
-                        ));
-                    }
-                    Some(_) => SourceFact::NotReady,
-                });
+                    .map_err(ImportError::kube("reading the OpenstackSource"))?;
+                self.source = Some(
+                    source
+                        .as_ref()
+                        .map_or(SourceFact::Missing, |s| fact(s.status.as_ref())),
+                );
+                self.openstack_source = source;
+            }
+            SourceKind::Other => {
+                return Err(ImportError::UnsupportedSource(
+                    reference.kind.clone().unwrap_or_default(),
+                ));
             }
         }
         Ok(())
@@ -225,8 +244,57 @@ impl Facts {
                     &import.spec.virtual_machine_name,
                 )))
             }
+            SourceKind::Openstack => Ok(self.os_describe(ctx, import).await?.map(os::source_vm)),
             _ => Ok(self.describe(ctx, import).await?.map(vmware::source_vm)),
         }
+    }
+
+    /// The import's `OpenstackSource` (read on first use).
+    pub(super) async fn openstack_source(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<&OpenstackSource, ImportError> {
+        if self.openstack_source.is_none() {
+            self.gather_source(ctx, import).await?;
+        }
+        self.openstack_source.as_ref().ok_or_else(|| ImportError::Build {
+            step: "finding the OpenstackSource",
+            detail: format!(
+                "source {} not found",
+                import.spec.source_cluster.name.as_deref().unwrap_or_default()
+            ),
+        })
+    }
+
+    /// The Keystone session for this reconcile (opened on first use).
+    pub(super) async fn os_session(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<&os::Session, ImportError> {
+        if self.os_session.is_none() {
+            let source = self.openstack_source(ctx, import).await?.clone();
+            self.os_session = Some(os::connect(&ctx.kube, &source).await?);
+        }
+        self.os_session.as_ref().ok_or(ImportError::Undecided)
+    }
+
+    /// The server the import names; `Ok(None)` when no server has that name or id.
+    pub(super) async fn os_describe(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<Option<&openstack::ServerDescription>, ImportError> {
+        if self.os_server.is_none() {
+            let session = self.os_session(ctx, import).await?;
+            match session.inspect(&import.spec.virtual_machine_name).await {
+                Ok(server) => self.os_server = Some(server),
+                Err(OpenstackError::ServerNotFound(_)) => return Ok(None),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(self.os_server.as_ref())
     }
 
     /// The import's `VmwareSource` (read on first use).
@@ -368,6 +436,38 @@ impl Facts {
             });
             return Ok(());
         }
+        if SourceKind::of(import) == SourceKind::Openstack {
+            // Upstream: OpenStack cannot power off (os-stop does it, graceful then forced by Nova),
+            // so no guest-tools check; a name that matches several servers is reported as such.
+            let (server, source_error) = match self.os_describe(ctx, import).await {
+                Ok(server) => (server.cloned(), None),
+                Err(ImportError::Openstack(error @ OpenstackError::ServerNameNotUnique(_))) => {
+                    (None, Some(chain(&error)))
+                }
+                Err(error) => return Err(error),
+            };
+            let networks = if skip_source {
+                None
+            } else {
+                let session = self.os_session(ctx, import).await?;
+                session
+                    .client
+                    .network_names()
+                    .await
+                    .map_err(|e| session.error("listing networks", &e))?
+            };
+            self.preflight = Some(PreflightFacts {
+                storage_class_exists,
+                missing_nads,
+                source_networks: networks,
+                vm: server.as_ref().map(os::source_vm),
+                source_error,
+                power_off_supported: false,
+                powered_off: server.as_ref().is_some_and(|s| s.status == "SHUTOFF"),
+                tools_running: false,
+            });
+            return Ok(());
+        }
         let description = self.describe(ctx, import).await?.cloned();
         // Source-side checks are skipped as upstream does; the VM is still described for warnings.
         let source_networks = if skip_source { None } else { self.networks.clone() };
@@ -395,6 +495,30 @@ impl Facts {
         if SourceKind::of(import) == SourceKind::Ova {
             // Upstream: an OVA's VM is always powered off.
             self.power = Some(PowerFact::Off);
+            return Ok(());
+        }
+        if SourceKind::of(import) == SourceKind::Openstack {
+            let Some(id) = self.os_describe(ctx, import).await?.map(|s| s.id.clone()) else {
+                return Err(OpenstackError::ServerNotFound(format!(
+                    "server '{}' not found",
+                    import.spec.virtual_machine_name
+                ))
+                .into());
+            };
+            let session = self.os_session(ctx, import).await?;
+            let (state, task) = session
+                .client
+                .server_status(&id)
+                .await
+                .map_err(|e| session.error("reading the server's status", &e))?;
+            self.power = Some(if state == "SHUTOFF" && task.is_none() {
+                PowerFact::Off
+            } else {
+                PowerFact::On
+            });
+            self.since_shutdown =
+                api::condition::find(&status.import_conditions, &ConditionType::VmShutdownGuest)
+                    .and_then(|c| crate::time::since(&c.last_update_time));
             return Ok(());
         }
         let Some(description) = self.describe(ctx, import).await?.cloned() else {
@@ -509,7 +633,12 @@ impl Facts {
         } else {
             false
         };
-        self.leftovers = Some(files || owned_images);
+        // Temporary OpenStack objects an export could not delete (or a crash left) count too.
+        let source_objects = status
+            .source_temporary_objects
+            .as_ref()
+            .is_some_and(|o| !o.is_empty());
+        self.leftovers = Some(files || owned_images || source_objects);
         Ok(())
     }
 }

@@ -46,6 +46,9 @@ pub enum ImportError {
     /// The OVA could not be read.
     #[error(transparent)]
     Ova(#[from] OvaError),
+    /// The OpenStack source or server could not be used.
+    #[error(transparent)]
+    Openstack(#[from] crate::openstack::OpenstackError),
     /// A vSphere call failed.
     #[error("{step}: {detail}")]
     Vsphere {
@@ -91,6 +94,7 @@ impl ImportError {
             Self::Kube { .. } => "KubernetesApiError",
             Self::Connect(e) => e.reason(),
             Self::Ova(e) => e.reason(),
+            Self::Openstack(e) => e.reason(),
             Self::Vsphere { .. } => "SourceApiError",
             Self::Build { .. } => "BuildFailed",
             Self::Conflict => "Conflict",

@@ -1,0 +1,644 @@
+//! The OpenStack side of the controller: a Keystone session from an `OpenstackSource` and its
+//! Secret (upstream's keys; TLS verified against `ca_cert`, else the system roots, unless the source
+//! opts out), each failure mapped to one low-cardinality reason; the server description in `plan`'s
+//! source-neutral model; and the export of a server's disks into the image directory, with the
+//! temporary snapshots, volumes and images recorded in `status.sourceTemporaryObjects` as soon as
+//! their ids are known, so that a restarted controller deletes them.
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use api::{OpenstackSource, SourceTemporaryObjects, VirtualMachineImport, names::openstack as keys};
+use bytes::Bytes;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::reflector::ObjectRef,
+};
+use openstack::{
+    Auth, Client, Config, Domain, ServerDescription, TlsMode,
+    convert::{ConvertingSink, ImageFormat},
+    export::{ExportOptions, Hooks, ImageMeta, ImageSink, SinkError, TempObjects},
+    proto::identity::CatalogError,
+};
+use plan::{ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm};
+use serde_json::json;
+
+use crate::{
+    export::{Shared, partial_path},
+    vmware::{chain, looks_like_certificate_failure},
+};
+
+/// Why the controller could not use an `OpenstackSource` or a server of it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenstackError {
+    /// The credentials Secret does not exist.
+    #[error("secret {namespace}/{name} not found")]
+    SecretNotFound {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The Secret lacks a key.
+    #[error("secret {namespace}/{name} has no '{key}' key")]
+    SecretKeyMissing {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key.
+        key: &'static str,
+    },
+    /// Reading the Secret failed.
+    #[error("reading secret {namespace}/{name}")]
+    ReadSecret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// `spec.endpoint` is not a Keystone URL.
+    #[error("spec.endpoint '{endpoint}' is not a usable Keystone URL: {detail}")]
+    InvalidEndpoint {
+        /// As given.
+        endpoint: String,
+        /// Why.
+        detail: String,
+    },
+    /// Keystone's certificate did not verify (or the `ca_cert` is unusable).
+    #[error(
+        "TLS verification of {endpoint} failed ({detail}); put the cloud's CA certificate (PEM) under the \
+         secret's 'ca_cert' key, or set spec.insecureSkipVerify: true to skip verification"
+    )]
+    TlsVerification {
+        /// Keystone.
+        endpoint: String,
+        /// The TLS error.
+        detail: String,
+    },
+    /// Keystone rejected the user name or password.
+    #[error("{0}")]
+    InvalidCredentials(String),
+    /// The project does not exist or the user has no role on it.
+    #[error("{0}")]
+    ProjectNotFound(String),
+    /// The catalog has the services, but not in `spec.region`.
+    #[error("region '{region}': {detail}")]
+    RegionNotFound {
+        /// The region.
+        region: String,
+        /// The catalog's answer.
+        detail: String,
+    },
+    /// The catalog lacks a service the importer needs.
+    #[error("{0}")]
+    EndpointNotFound(String),
+    /// The token expired or was revoked and logging in again failed.
+    #[error("{0}")]
+    TokenExpired(String),
+    /// Keystone or a service could not be reached.
+    #[error("cannot reach {endpoint}: {detail}")]
+    Unreachable {
+        /// What was called.
+        endpoint: String,
+        /// The error chain.
+        detail: String,
+    },
+    /// No server has this name or id.
+    #[error("{0}")]
+    ServerNotFound(String),
+    /// Several servers have this name.
+    #[error("{0}; use the server's UUID in spec.virtualMachineName")]
+    ServerNameNotUnique(String),
+    /// Any other API failure.
+    #[error("{step}: {detail}")]
+    Api {
+        /// What was being done.
+        step: &'static str,
+        /// The error chain.
+        detail: String,
+    },
+}
+
+impl OpenstackError {
+    /// Low-cardinality reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::SecretNotFound { .. } => "SecretNotFound",
+            Self::SecretKeyMissing { .. } => "SecretKeyMissing",
+            Self::ReadSecret { .. } => "SecretUnreadable",
+            Self::InvalidEndpoint { .. } => "InvalidEndpoint",
+            Self::TlsVerification { .. } => "TLSVerificationFailed",
+            Self::InvalidCredentials(_) => "InvalidCredentials",
+            Self::ProjectNotFound(_) => "ProjectNotFound",
+            Self::RegionNotFound { .. } => "RegionNotFound",
+            Self::EndpointNotFound(_) => "EndpointNotFound",
+            Self::TokenExpired(_) => "TokenExpired",
+            Self::Unreachable { .. } => "EndpointUnreachable",
+            Self::ServerNotFound(_) => "ServerNotFound",
+            Self::ServerNameNotUnique(_) => "ServerNameNotUnique",
+            Self::Api { .. } => "SourceApiError",
+        }
+    }
+
+    /// Maps a client error of `step` to its reason.
+    pub fn from_client(
+        step: &'static str,
+        endpoint: &str,
+        insecure: bool,
+        error: &openstack::client::Error,
+    ) -> Self {
+        use openstack::client::Error as E;
+        let detail = chain(error);
+        match error {
+            E::InvalidCredentials { .. } => Self::InvalidCredentials(detail),
+            E::UnknownProject { .. } => Self::ProjectNotFound(detail),
+            E::Catalog(CatalogError::NoEndpoint { region, .. }) => Self::RegionNotFound {
+                region: region.clone(),
+                detail,
+            },
+            E::Catalog(CatalogError::NoService { .. }) | E::BadEndpoint { .. } => {
+                Self::EndpointNotFound(detail)
+            }
+            E::InvalidAuthUrl { .. } => Self::InvalidEndpoint {
+                endpoint: endpoint.to_owned(),
+                detail,
+            },
+            E::Tls(_) => Self::TlsVerification {
+                endpoint: endpoint.to_owned(),
+                detail,
+            },
+            E::TokenRejected { .. } | E::Reauthenticate { .. } => Self::TokenExpired(detail),
+            E::Transport { url, .. } => {
+                if !insecure && looks_like_certificate_failure(&detail) {
+                    Self::TlsVerification {
+                        endpoint: endpoint.to_owned(),
+                        detail,
+                    }
+                } else {
+                    Self::Unreachable {
+                        endpoint: url.clone(),
+                        detail,
+                    }
+                }
+            }
+            E::Timeout { url, .. } => Self::Unreachable {
+                endpoint: url.clone(),
+                detail,
+            },
+            _ => Self::Api { step, detail },
+        }
+    }
+
+    fn from_inspect(endpoint: &str, insecure: bool, error: &openstack::inspect::Error) -> Self {
+        match error {
+            openstack::inspect::Error::NotFound { .. } => Self::ServerNotFound(chain(error)),
+            openstack::inspect::Error::Ambiguous(_) => Self::ServerNameNotUnique(chain(error)),
+            openstack::inspect::Error::Call { step, source, .. } => {
+                match Self::from_client(step, endpoint, insecure, source) {
+                    Self::Api { step, .. } => Self::Api {
+                        step,
+                        detail: chain(error),
+                    },
+                    other => other,
+                }
+            }
+        }
+    }
+}
+
+/// A logged-in session and what it was made from.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// The client.
+    pub client: Client,
+    /// Keystone, as the source names it.
+    pub endpoint: String,
+    /// Whether certificate checks are off.
+    pub insecure: bool,
+}
+
+impl Session {
+    /// Describes the server the import names (exact unique name, or UUID).
+    ///
+    /// # Errors
+    /// [`OpenstackError::ServerNotFound`], [`OpenstackError::ServerNameNotUnique`], call errors.
+    pub async fn inspect(&self, server: &str) -> Result<ServerDescription, OpenstackError> {
+        self.client
+            .inspect(server)
+            .await
+            .map_err(|e| OpenstackError::from_inspect(&self.endpoint, self.insecure, &e))
+    }
+
+    /// Maps a client error.
+    pub fn error(&self, step: &'static str, error: &openstack::client::Error) -> OpenstackError {
+        OpenstackError::from_client(step, &self.endpoint, self.insecure, error)
+    }
+}
+
+/// Logs in to the source's Keystone with its Secret and reads the catalog of `spec.region`.
+///
+/// # Errors
+/// [`OpenstackError`], each naming what to fix.
+pub async fn connect(kube: &kube::Client, source: &OpenstackSource) -> Result<Session, OpenstackError> {
+    let reference = &source.spec.credentials;
+    let namespace = reference
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| source.namespace())
+        .unwrap_or_default();
+    let name = reference.name.clone().unwrap_or_default();
+    let secret = Api::<Secret>::namespaced(kube.clone(), &namespace)
+        .get_opt(&name)
+        .await
+        .map_err(|source| OpenstackError::ReadSecret {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        })?
+        .ok_or_else(|| OpenstackError::SecretNotFound {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        })?;
+    let data = secret.data.unwrap_or_default();
+    let optional = |key: &str| data.get(key).map(|v| v.0.clone()).filter(|v| !v.is_empty());
+    let required = |key: &'static str| {
+        optional(key).ok_or_else(|| OpenstackError::SecretKeyMissing {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            key,
+        })
+    };
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    let username = text(required(keys::USERNAME)?);
+    let password = openstack::Secret::new(text(required(keys::PASSWORD)?));
+    let project = text(required(keys::PROJECT_NAME)?);
+    // Upstream uses domain_name for the user and the project; "Default" when it is not given.
+    let domain = optional(keys::DOMAIN_NAME).map_or_else(|| "Default".to_owned(), text);
+    let insecure = source.spec.insecure_skip_verify == Some(true);
+    let tls = match (insecure, optional(keys::CA_CERT)) {
+        (true, _) => TlsMode::Insecure,
+        (false, Some(pem)) => TlsMode::CaBundle(pem),
+        (false, None) => TlsMode::SystemRoots,
+    };
+    let endpoint = source.spec.endpoint_address.clone();
+    let mut config = Config::new(
+        endpoint.clone(),
+        Auth::Password {
+            username,
+            user_domain: Domain::Name(domain.clone()),
+            project,
+            project_domain: Domain::Name(domain),
+            password,
+        },
+    )
+    .with_tls(tls);
+    if !source.spec.region.is_empty() {
+        config = config.with_region(source.spec.region.clone());
+    }
+    let client = Client::connect(config)
+        .await
+        .map_err(|e| OpenstackError::from_client("logging in", &endpoint, insecure, &e))?;
+    Ok(Session {
+        client,
+        endpoint,
+        insecure,
+    })
+}
+
+/// Checks a source as upstream does (log in, list servers).
+///
+/// # Errors
+/// [`OpenstackError`].
+pub async fn verify(kube: &kube::Client, source: &OpenstackSource) -> Result<Session, OpenstackError> {
+    let session = connect(kube, source).await?;
+    session
+        .client
+        .verify()
+        .await
+        .map_err(|e| session.error("listing servers", &e))?;
+    Ok(session)
+}
+
+/// The server in `plan`'s terms. Disk buses and NIC models come from the import's defaults (the
+/// cloud's `hw_disk_bus`/`hw_vif_model` describe a KVM guest, which any default here suits).
+pub fn source_vm(server: &ServerDescription) -> SourceVm {
+    SourceVm {
+        name: server.name.clone(),
+        cpus: server.flavor.vcpus,
+        cores_per_socket: 1,
+        memory_mib: server.flavor.ram_mib,
+        firmware: if server.firmware.uefi {
+            Firmware::Efi
+        } else {
+            Firmware::Bios
+        },
+        secure_boot: server.firmware.secure_boot,
+        tpm: server.firmware.tpm,
+        disks: server
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(index, disk)| SourceDisk {
+                controller: ControllerKind::Unknown,
+                bus: 0,
+                unit: u32::try_from(index).unwrap_or(u32::MAX),
+                capacity_bytes: disk.capacity_bytes,
+                boot_order: u32::try_from(index + 1).ok(),
+            })
+            .collect(),
+        nics: server
+            .nics
+            .iter()
+            .map(|nic| SourceNic {
+                model: None,
+                mac: nic.nic.mac.clone(),
+                network: nic.nic.network.clone(),
+                switch: None,
+            })
+            .collect(),
+        description: server.description.clone().filter(|d| !d.is_empty()),
+    }
+}
+
+/// Export tuning for an import: temporary objects named after the import (so leftovers can also be
+/// found by name), polled every second.
+pub fn export_options(import: &ObjectRef<VirtualMachineImport>, uid: &str) -> ExportOptions {
+    ExportOptions {
+        name_prefix: format!("vm-import-{}-{}", import.name, uid.get(..8).unwrap_or(uid)),
+        poll_interval: Duration::from_secs(1),
+        ..ExportOptions::default()
+    }
+}
+
+fn recorded(objects: &TempObjects) -> Option<SourceTemporaryObjects> {
+    (!objects.is_empty()).then(|| SourceTemporaryObjects {
+        images: objects.images.clone(),
+        volumes: objects.volumes.clone(),
+        snapshots: objects.snapshots.clone(),
+    })
+}
+
+/// Writes the ledger to `status.sourceTemporaryObjects` (`null` once empty).
+async fn write_ledger(
+    api: &Api<VirtualMachineImport>,
+    name: &str,
+    objects: Option<SourceTemporaryObjects>,
+) -> Result<(), kube::Error> {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "sourceTemporaryObjects": objects } })),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Deletes temporary objects recorded in status (after a restart, or for a deleted import) and
+/// clears the record.
+///
+/// # Errors
+/// What could not be deleted, as text.
+pub async fn cleanup_recorded(
+    session: &Session,
+    api: &Api<VirtualMachineImport>,
+    import: &ObjectRef<VirtualMachineImport>,
+    uid: &str,
+    objects: &SourceTemporaryObjects,
+) -> Result<(), String> {
+    let ledger = TempObjects {
+        images: objects.images.clone(),
+        volumes: objects.volumes.clone(),
+        snapshots: objects.snapshots.clone(),
+    };
+    let result = session
+        .client
+        .cleanup(&ledger, &export_options(import, uid))
+        .await;
+    let (left, message) = match result {
+        Ok(()) => (None, None),
+        Err((left, errors)) => (
+            recorded(&left),
+            Some(errors.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; ")),
+        ),
+    };
+    tracing::info!(import = %import, ?objects, left = ?left, "temporary OpenStack objects from an earlier export cleaned up");
+    match write_ledger(api, &import.name, left).await {
+        Ok(()) | Err(kube::Error::Api(_)) => {}
+        Err(error) => return Err(format!("recording the cleanup: {error}")),
+    }
+    message.map_or(Ok(()), Err)
+}
+
+/// Imports whose recorded objects are being deleted by [`spawn_cleanup`].
+static CLEANUPS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Deletes an import's recorded temporary objects in the background (a deleted or failed import
+/// whose export is not running in this process), once at a time per import.
+pub fn spawn_cleanup(
+    kube: kube::Client,
+    source: OpenstackSource,
+    import: ObjectRef<VirtualMachineImport>,
+    uid: String,
+    objects: SourceTemporaryObjects,
+) {
+    let fresh = match CLEANUPS.lock() {
+        Ok(mut set) => set.insert(uid.clone()),
+        Err(poisoned) => poisoned.into_inner().insert(uid.clone()),
+    };
+    if !fresh {
+        return;
+    }
+    tokio::spawn(async move {
+        let api: Api<VirtualMachineImport> =
+            Api::namespaced(kube.clone(), import.namespace.as_deref().unwrap_or_default());
+        let result = match connect(&kube, &source).await {
+            Ok(session) => cleanup_recorded(&session, &api, &import, &uid, &objects).await,
+            Err(error) => Err(chain(&error)),
+        };
+        if let Err(error) = result {
+            tracing::warn!(import = %import, %error, ?objects, "temporary OpenStack objects not deleted");
+        }
+        match CLEANUPS.lock() {
+            Ok(mut set) => set.remove(&uid),
+            Err(poisoned) => poisoned.into_inner().remove(&uid),
+        };
+    });
+}
+
+/// Decodes one disk's Glance download into its `.part` file and, when complete, renames it to its
+/// servable name and records its digest at once.
+struct CommittingSink {
+    inner: ConvertingSink,
+    index: usize,
+    partial: PathBuf,
+    image: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl ImageSink for CommittingSink {
+    async fn begin(&mut self, meta: &ImageMeta) -> Result<(), SinkError> {
+        for path in [&self.image, &staging(&self.partial)] {
+            match tokio::fs::remove_file(path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("removing {}: {e}", path.display()).into()),
+            }
+        }
+        self.shared.restart(self.index, Some(meta.size));
+        self.inner.begin(meta).await
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
+        self.inner.write(chunk).await
+    }
+
+    async fn finish(&mut self) -> Result<(), SinkError> {
+        self.inner.finish().await?;
+        let Some(report) = self.inner.report.clone() else {
+            return Err("the decoder finished without a report".into());
+        };
+        tokio::fs::rename(&self.partial, &self.image)
+            .await
+            .map_err(|e| format!("renaming {} into place: {e}", self.partial.display()))?;
+        self.shared.committed(self.index, &report);
+        Ok(())
+    }
+}
+
+fn staging(partial: &std::path::Path) -> PathBuf {
+    let mut name = partial.as_os_str().to_owned();
+    name.push(".download");
+    PathBuf::from(name)
+}
+
+/// What [`transfer`] needs.
+pub(crate) struct Transfer<'a> {
+    pub(crate) session: &'a Session,
+    pub(crate) api: Api<VirtualMachineImport>,
+    pub(crate) import: &'a ObjectRef<VirtualMachineImport>,
+    pub(crate) uid: &'a str,
+    pub(crate) server: &'a str,
+    pub(crate) recorded: Option<SourceTemporaryObjects>,
+    pub(crate) dir: PathBuf,
+}
+
+/// Exports every disk not yet exported: first deletes what an earlier (crashed) export left, then
+/// runs the openstack crate's export with the ledger hook writing status, and records the final
+/// ledger before returning.
+///
+/// # Errors
+/// The failure, as text (the export has already deleted its temporary objects).
+pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(), String> {
+    if let Some(objects) = t.recorded.filter(|o| !o.is_empty()) {
+        cleanup_recorded(t.session, &t.api, t.import, t.uid, &objects)
+            .await
+            .map_err(|e| format!("deleting the temporary objects of an earlier export: {e}"))?;
+    }
+    let mut server = t.session.inspect(t.server).await.map_err(|e| chain(&e))?;
+    let names = shared.names();
+    if server.disks.len() != names.len() {
+        return Err(format!(
+            "the server has {} disks now but had {} when the import started",
+            server.disks.len(),
+            names.len()
+        ));
+    }
+    let mut sinks = Vec::new();
+    let mut indexes = Vec::new();
+    for (index, name) in names.iter().enumerate() {
+        if shared.is_exported(index) {
+            continue;
+        }
+        let partial = partial_path(&t.dir, name);
+        sinks.push(CommittingSink {
+            inner: ConvertingSink::new(&partial, ImageFormat::Raw),
+            index,
+            partial,
+            image: t.dir.join(name),
+            shared: shared.clone(),
+        });
+        indexes.push(index);
+    }
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    let mut position = 0;
+    let keep: Vec<bool> = (0..server.disks.len()).map(|i| indexes.contains(&i)).collect();
+    server.disks.retain(|_| {
+        let kept = keep[position];
+        position += 1;
+        kept
+    });
+
+    // The ledger goes to status through one writer, newest value last.
+    let (ledger_tx, mut ledger_rx) = tokio::sync::watch::channel(None::<SourceTemporaryObjects>);
+    let writer = {
+        let api = t.api.clone();
+        let name = t.import.name.clone();
+        tokio::spawn(async move {
+            while ledger_rx.changed().await.is_ok() {
+                let value = ledger_rx.borrow_and_update().clone();
+                if let Err(error) = write_ledger(&api, &name, value).await {
+                    tracing::warn!(import = %name, %error, "recording temporary objects failed");
+                }
+            }
+        })
+    };
+    let progress_shared = shared.clone();
+    let progress_indexes = indexes.clone();
+    let hooks = Hooks {
+        temp_objects: Some(Arc::new(move |objects: &TempObjects| {
+            ledger_tx.send_replace(recorded(objects));
+        })),
+        progress: Some(Arc::new(move |p| {
+            if let Some(&index) = progress_indexes.get(p.disk) {
+                progress_shared.set_done(index, p.bytes_done);
+            }
+        })),
+    };
+    let options = export_options(t.import, t.uid);
+    let result = t
+        .session
+        .client
+        .export_server(&server, sinks, &options, &hooks)
+        .await;
+    drop(hooks);
+    let _ = writer.await;
+    let (left, outcome) = match result {
+        Ok(exported) => (exported.report.left_behind.clone(), Ok(())),
+        Err(error) => {
+            for index in &indexes {
+                if let Some(name) = names.get(*index) {
+                    let _ = tokio::fs::remove_file(partial_path(&t.dir, name)).await;
+                    let _ = tokio::fs::remove_file(staging(&partial_path(&t.dir, name))).await;
+                }
+            }
+            let message = match &error.error {
+                openstack::export::Error::Call { source, .. } if source.is_auth() => {
+                    format!(
+                        "{} ({})",
+                        chain(&error),
+                        t.session.error("exporting", source).reason()
+                    )
+                }
+                _ => chain(&error),
+            };
+            (error.left_behind.clone(), Err(message))
+        }
+    };
+    write_ledger(&t.api, &t.import.name, recorded(&left))
+        .await
+        .map_err(|e| format!("recording the temporary objects left: {e}"))?;
+    outcome
+}
