@@ -365,6 +365,7 @@ impl Facts {
                 power_off_supported: false,
                 powered_off: true,
                 tools_running: false,
+                risks: Default::default(),
             });
             return Ok(());
         }
@@ -382,6 +383,7 @@ impl Facts {
                 .as_ref()
                 .is_some_and(|d| d.power_state == PowerState::PoweredOff),
             tools_running: description.as_ref().is_some_and(VmDescription::tools_running),
+            risks: Default::default(),
         });
         Ok(())
     }
