@@ -29,6 +29,7 @@ pub mod kinds;
 pub mod leader;
 pub mod metrics;
 pub mod ova;
+pub mod preflight;
 pub mod settings;
 pub mod source;
 pub mod time;
