@@ -75,6 +75,7 @@ async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
     let windows = unique("win");
     let other = unique("other");
     let running = unique("running");
+    let risky = unique("risky");
     let base = json!({"folder": folder, "hwVersion": "vmx-19", "power": "off"});
     let spec = |extra: Value| {
         let mut s = base.clone();
@@ -105,6 +106,13 @@ async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
             "disks": [{"bus": "lsilogic", "path": vmdk}],
             "nics": [{"type": "vmxnet3", "network": "VM Network"}]})))
         .await;
+    control
+        .create_vm(spec(json!({"name": risky, "guestId": "rhel9_64Guest",
+            "snapshot": "before-upgrade", "encrypted": true, "cdromIso": "[LocalDS_0] iso/tools.iso",
+            "disks": [{"bus": "lsilogic", "path": vmdk, "mode": "independent_persistent"},
+                      {"bus": "lsilogic", "path": vmdk, "sharing": "sharingMultiWriter"}],
+            "nics": [{"type": "vmxnet3", "network": "VM Network"}]})))
+        .await;
     let mapping = dir.path().join("mapping.json");
     std::fs::write(
         &mapping,
@@ -133,7 +141,7 @@ async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
     let mut sorted = names.clone();
     sorted.sort_unstable();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
 
     // The lab's ESXi host (DC0_H0) has no DNS name: both its ports are reported as unresolved, naming it.
     let host = ["HostUnresolved:Warning", "HostUnresolved:Warning"];
@@ -160,6 +168,19 @@ async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
     assert_eq!(
         got[&running],
         strings(&[host[0], host[1], "GuestShutdownImpossible:Critical"]),
+        "{report:#}"
+    );
+    assert_eq!(
+        got[&risky],
+        strings(&[
+            host[0],
+            host[1],
+            "SnapshotsPresent:Warning",
+            "EncryptedVm:Critical",
+            "IndependentDisk:Warning",
+            "SharedDisk:Warning",
+            "CdromNotCarried:Warning",
+        ]),
         "{report:#}"
     );
     let vm = report["vms"]
