@@ -55,6 +55,10 @@ type DiskSpec struct {
 	UnitNumber *int32 `json:"unitNumber,omitempty"`
 	// CapacityBytes overrides the capacity read from the VMDK header; with it the file may be anything.
 	CapacityBytes int64 `json:"capacityBytes,omitempty"`
+	// Mode is the backing's diskMode (default persistent), e.g. independent_persistent.
+	Mode string `json:"mode,omitempty"`
+	// Sharing is the backing's sharing (default sharingNone), e.g. sharingMultiWriter.
+	Sharing string `json:"sharing,omitempty"`
 }
 
 // NICSpec is one network adapter of a VMSpec.
@@ -91,6 +95,12 @@ type VMSpec struct {
 	ExportNvram bool       `json:"exportNvram,omitempty"`
 	Disks       []DiskSpec `json:"disks,omitempty"`
 	NICs        []NICSpec  `json:"nics,omitempty"`
+	// Snapshot, when set, names a snapshot taken right after creation (before power-on).
+	Snapshot string `json:"snapshot,omitempty"`
+	// Encrypted sets config.keyId as an encrypted VM reports it (the disks stay plain files).
+	Encrypted bool `json:"encrypted,omitempty"`
+	// CdromISO adds a CD-ROM on IDE 1:1 holding this datastore path, e.g. "[LocalDS_0] iso/tools.iso".
+	CdromISO string `json:"cdromIso,omitempty"`
 }
 
 // VMView is how GET /lab/vms reports a VM.
@@ -277,6 +287,15 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (VMView, error) {
 	if spec.VTPM {
 		add(&types.VirtualTPM{VirtualDevice: types.VirtualDevice{Key: -900}})
 	}
+	if spec.CdromISO != "" {
+		unit := int32(1)
+		add(&types.VirtualCdrom{VirtualDevice: types.VirtualDevice{
+			Key: -950, ControllerKey: defaultIDEKey(1), UnitNumber: &unit,
+			Backing: &types.VirtualCdromIsoBackingInfo{
+				VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: spec.CdromISO},
+			},
+		}})
+	}
 
 	cfg := types.VirtualMachineConfigSpec{
 		Name:              spec.Name,
@@ -325,10 +344,23 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (VMView, error) {
 	lctx.WithLock(vmObj, func() {
 		// mo.ApplyPropertyChange cannot set a *bool, and nothing waits on a VM this new: set it directly.
 		vmObj.Summary.Config.TpmPresent = types.NewBool(spec.VTPM)
+		if spec.Encrypted {
+			vmObj.Config.KeyId = &types.CryptoKeyId{KeyId: "lab-key", ProviderId: &types.KeyProviderId{Id: "lab-kms"}}
+		}
 		attachOpaque(lctx, vmObj, opaque)
 		lctx.Update(vmObj, append(toolsChanges(false),
 			types.PropertyChange{Name: "guest.toolsVersionStatus2", Val: "guestToolsCurrent"}))
 	})
+	if spec.Snapshot != "" {
+		vm := object.NewVirtualMachine(l.client, ref)
+		t, err := vm.CreateSnapshot(ctx, spec.Snapshot, "", false, false)
+		if err == nil {
+			err = t.Wait(ctx)
+		}
+		if err != nil {
+			return VMView{}, fmt.Errorf("snapshot %s: %w", spec.Name, err)
+		}
+	}
 	if spec.Power == "on" {
 		vm := object.NewVirtualMachine(l.client, ref)
 		t, err := vm.PowerOn(ctx)
@@ -539,8 +571,9 @@ func (l *Lab) diskDevices(spec VMSpec, vmDir string) ([]types.BaseVirtualDevice,
 					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{
 						FileName: fmt.Sprintf("[%s] %s/%s", defaultDatastore, spec.Name, name),
 					},
-					DiskMode:        string(types.VirtualDiskModePersistent),
+					DiskMode:        diskMode(d.Mode),
 					ThinProvisioned: types.NewBool(true),
+					Sharing:         d.Sharing,
 				},
 			},
 			CapacityInBytes: capacity,
@@ -550,6 +583,14 @@ func (l *Lab) diskDevices(spec VMSpec, vmDir string) ([]types.BaseVirtualDevice,
 		disks = append(disks, disk)
 	}
 	return disks, ctrls, nil
+}
+
+// diskMode is the backing's diskMode for a spec value (default persistent).
+func diskMode(mode string) string {
+	if mode == "" {
+		return string(types.VirtualDiskModePersistent)
+	}
+	return mode
 }
 
 func freeUnits(family string) int32 {

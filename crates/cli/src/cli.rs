@@ -85,6 +85,14 @@ pub(crate) struct ControllerArgs {
     /// Watch only this namespace (default: all namespaces, as upstream).
     #[arg(long)]
     pub(crate) namespace: Option<String>,
+    /// ESXi ports preflight TCP-probes on the host serving a VM's disks, comma-separated (empty: none).
+    #[arg(
+        long,
+        env = "VM_IMPORT_ESXI_PROBE_PORTS",
+        value_delimiter = ',',
+        default_value = "443,902"
+    )]
+    pub(crate) esxi_probe_ports: Vec<u16>,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,

@@ -49,6 +49,7 @@ fn settings(args: ControllerArgs) -> controller::Settings {
     settings.progress_interval = Duration::from_secs(args.progress_seconds);
     settings.install_crds = !args.no_install_crds;
     settings.namespace = args.namespace.filter(|n| !n.is_empty());
+    settings.esxi_probe_ports = args.esxi_probe_ports;
     settings
 }
 

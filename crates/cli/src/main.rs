@@ -4,8 +4,10 @@
 //! (`convert` and `inspect` in [`disk`]).
 //!
 //! Exit codes: 0 success; 1 bad or unsupported input, or a failed conversion (the message names
-//! the file and the byte offset or element); 2 usage errors. A panic (101) is a bug.
+//! the file and the byte offset or element); 2 usage errors; 3 `vsphere assess` found a Critical
+//! concern. A panic (101) is a bug.
 
+mod assess;
 mod cli;
 mod controller_cmd;
 mod disk;
@@ -37,6 +39,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<assess::CriticalFound>().is_some() => {
+            eprintln!("vm-import: {e}");
+            ExitCode::from(assess::EXIT_CRITICAL)
+        }
         Err(e) if e.downcast_ref::<disk::UsageError>().is_some() => {
             eprintln!("vm-import: usage error: {e}");
             ExitCode::from(EXIT_USAGE)

@@ -1,4 +1,4 @@
-//! `vm-import vsphere inspect|export`: the vSphere source tools, independent of Kubernetes.
+//! `vm-import vsphere inspect|export` (and the connection flags `assess` shares): the vSphere source tools, independent of Kubernetes.
 //!
 //! Credentials come from `VSPHERE_USERNAME`/`VSPHERE_PASSWORD` or a credentials file, never from
 //! argv (argv is world-readable in `ps`). TLS is verified unless `--insecure` is given, and an
@@ -23,23 +23,33 @@ pub(crate) enum VsphereCommand {
     /// Export every disk of a VM into DIR as sparse raw or qcow2 images, streamed and decoded on the
     /// fly through an ExportVm lease (no VMDK is stored), plus vm.json and report.json.
     Export(ExportArgs),
+    /// Preflight every VM in scope: concerns, disks, sizes and a transfer estimate. Exits 3 when any
+    /// concern is Critical.
+    Assess(crate::assess::AssessArgs),
 }
 
 /// Where the VM is and how to reach and trust vCenter.
 #[derive(Debug, Args)]
 pub(crate) struct SourceArgs {
-    /// vCenter or ESXi SDK endpoint, e.g. https://vcenter.example/sdk.
-    #[arg(long, env = "VSPHERE_URL")]
-    endpoint: String,
-    /// Datacenter name (a standalone ESXi host's is `ha-datacenter`).
-    #[arg(long, env = "VSPHERE_DC")]
-    dc: String,
+    #[command(flatten)]
+    conn: ConnArgs,
     /// Folder path under `<dc>/vm`, e.g. `prod/web`; without it the VM name must be unique in the datacenter.
     #[arg(long)]
     folder: Option<String>,
     /// The VM's name.
     #[arg(long)]
     vm: String,
+}
+
+/// How to reach and trust vCenter, and which datacenter.
+#[derive(Debug, Args)]
+pub(crate) struct ConnArgs {
+    /// vCenter or ESXi SDK endpoint, e.g. https://vcenter.example/sdk.
+    #[arg(long, env = "VSPHERE_URL")]
+    pub(crate) endpoint: String,
+    /// Datacenter name (a standalone ESXi host's is `ha-datacenter`).
+    #[arg(long, env = "VSPHERE_DC")]
+    pub(crate) dc: String,
     /// File with `username=…` and `password=…` lines; otherwise VSPHERE_USERNAME and VSPHERE_PASSWORD.
     #[arg(long)]
     credentials_file: Option<PathBuf>,
@@ -101,11 +111,17 @@ pub(crate) fn run(command: VsphereCommand) -> anyhow::Result<()> {
         match command {
             VsphereCommand::Inspect(args) => inspect(args).await,
             VsphereCommand::Export(args) => export(args).await,
+            VsphereCommand::Assess(args) => crate::assess::run(args).await,
         }
     })
 }
 
 async fn connect(source: &SourceArgs) -> anyhow::Result<Client> {
+    connect_to(&source.conn).await
+}
+
+/// Logs in to the endpoint with the credentials and trust the flags say.
+pub(crate) async fn connect_to(source: &ConnArgs) -> anyhow::Result<Client> {
     let (username, password) = credentials(source.credentials_file.as_deref())?;
     let tls = if source.insecure {
         eprintln!(
@@ -157,7 +173,7 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let source = &args.source;
     let client = connect(source).await?;
     let described = client
-        .inspect(&source.dc, source.folder.as_deref(), &source.vm)
+        .inspect(&source.conn.dc, source.folder.as_deref(), &source.vm)
         .await;
     let logged_out = client.logout().await;
     let vm = described.with_context(|| format!("failed to describe VM {:?}", source.vm))?;
@@ -180,7 +196,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
 async fn export_with(client: &Client, args: &ExportArgs) -> anyhow::Result<()> {
     let source = &args.source;
     let vm = client
-        .inspect(&source.dc, source.folder.as_deref(), &source.vm)
+        .inspect(&source.conn.dc, source.folder.as_deref(), &source.vm)
         .await
         .with_context(|| format!("failed to describe VM {:?}", source.vm))?;
     let mode = match args.power_off {

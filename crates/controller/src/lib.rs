@@ -31,6 +31,7 @@ pub mod leader;
 pub mod metrics;
 pub mod openstack;
 pub mod ova;
+pub mod preflight;
 pub mod settings;
 pub mod source;
 pub mod time;

@@ -36,6 +36,8 @@ pub struct Settings {
     pub install_crds: bool,
     /// Watch only this namespace (default: all, as upstream).
     pub namespace: Option<String>,
+    /// ESXi ports preflight probes on the host serving a VM's disks (default 443 and 902; empty: none).
+    pub esxi_probe_ports: Vec<u16>,
 }
 
 impl Settings {
@@ -54,6 +56,7 @@ impl Settings {
             progress_interval: Duration::from_secs(5),
             install_crds: true,
             namespace: None,
+            esxi_probe_ports: crate::preflight::ESXI_PORTS.to_vec(),
         }
     }
 }

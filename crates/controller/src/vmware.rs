@@ -227,7 +227,8 @@ pub fn datacenter_name(spec_value: &str) -> &str {
     spec_value.trim_start_matches('/')
 }
 
-fn controller_kind(family: BusFamily, class: &str) -> ControllerKind {
+/// The neutral controller kind of a vSphere controller.
+pub fn controller_kind(family: BusFamily, class: &str) -> ControllerKind {
     match family {
         BusFamily::Scsi if class.to_ascii_lowercase().contains("paravirtual") => {
             ControllerKind::ParaVirtualScsi

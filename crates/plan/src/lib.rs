@@ -14,6 +14,7 @@ pub mod machine;
 pub mod model;
 pub mod names;
 pub mod preflight;
+pub mod risks;
 pub mod vm;
 
 pub use machine::{Decision, Observed, Phase as ImportPhase, next};

@@ -2,7 +2,9 @@
 //! (StorageClass and NAD lookups, the source's networks, the VM's hardware and power state) into
 //! [`PreflightFacts`]; [`check`] turns them into [`Concern`]s, recorded in `status.concerns` (ours).
 //! Any `Critical` concern makes the import `virtualMachineImportInvalid`, with the reason in status
-//! (upstream only logs it).
+//! (upstream only logs it). The migration-risk rules live in [`crate::risks`]; with
+//! `skipPreflightChecks` the source checks are skipped (as upstream) and the risks an admin may accept
+//! are downgraded from Critical to Warning, saying so in their message.
 
 use std::collections::BTreeSet;
 
@@ -11,6 +13,7 @@ use api::{Concern, Severity, VirtualMachineImportSpec};
 use crate::{
     model::SourceVm,
     names::sanitize_vm_name,
+    risks::{RiskFacts, downgrade, risks},
     vm::{BuildError, cpu_topology, mapping_matches, plan_nics},
 };
 
@@ -34,6 +37,8 @@ pub struct PreflightFacts {
     pub powered_off: bool,
     /// The guest tools run, so a graceful shutdown can be requested.
     pub tools_running: bool,
+    /// Facts for the migration-risk rules ([`crate::risks`]).
+    pub risks: RiskFacts,
 }
 
 fn concern(id: &str, severity: Severity, message: String, remedy: &str) -> Concern {
@@ -145,6 +150,10 @@ pub fn check(spec: &VirtualMachineImportSpec, facts: &PreflightFacts) -> Vec<Con
     }
     if let Some(vm) = &facts.vm {
         vm_concerns(spec, vm, &mut concerns);
+        concerns.extend(risks(vm, &facts.risks));
+    }
+    if spec.skip_preflight_checks == Some(true) {
+        downgrade(&mut concerns);
     }
     concerns
 }

@@ -263,6 +263,45 @@ impl Client {
         }
     }
 
+    /// Every VM below the datacenter's VM folder (or below `folder` in it, recursively), with its
+    /// name, sorted by name: the scope of `vm-import vsphere assess`.
+    ///
+    /// # Errors
+    /// [`Error::FolderNotFound`] or [`Error::Call`].
+    pub async fn list_vms(
+        &self,
+        dc: &Datacenter,
+        folder: Option<&str>,
+    ) -> Result<Vec<(MoRef, String)>, Error> {
+        let mut parent = dc.vm_folder.clone();
+        if let Some(folder) = folder.map(|f| f.trim_matches('/')).filter(|f| !f.is_empty()) {
+            for segment in folder.split('/').filter(|s| !s.is_empty()) {
+                match self.find_child(&parent, segment).await? {
+                    Some(child) if child.kind == "Folder" => parent = child,
+                    _ => {
+                        return Err(Error::FolderNotFound {
+                            datacenter: dc.name.clone(),
+                            folder: folder.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        let spec = PropertySpec::new("VirtualMachine", &["name"]);
+        let objects = self
+            .retrieve_in_container("listing VMs", &parent, &["VirtualMachine"], &[spec])
+            .await?;
+        let mut vms: Vec<(MoRef, String)> = objects
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.text("name")?.to_owned();
+                Some((o.obj, name))
+            })
+            .collect();
+        vms.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.value.cmp(&b.0.value)));
+        Ok(vms)
+    }
+
     async fn find_child(&self, parent: &MoRef, name: &str) -> Result<Option<MoRef>, Error> {
         let request = envelope::find_child(&self.service().search_index, parent, name);
         let body = self
@@ -346,7 +385,23 @@ impl Client {
             .into_iter()
             .find(|o| &o.obj == vm)
             .ok_or_else(|| Error::VmGone { vm: vm.clone() })?;
-        VmDescription::from_object(&object, networks).map_err(Error::Describe)
+        let mut description = VmDescription::from_object(&object, networks).map_err(Error::Describe)?;
+        if let Some(host) = &description.host {
+            let spec = PropertySpec::new("HostSystem", &["name"]);
+            let hosts = self
+                .retrieve(
+                    "reading the VM's host",
+                    &[spec],
+                    &[ObjectSpec::Object(host.clone())],
+                )
+                .await?;
+            description.host_name = hosts
+                .iter()
+                .find(|o| &o.obj == host)
+                .and_then(|o| o.text("name"))
+                .map(str::to_owned);
+        }
+        Ok(description)
     }
 
     /// Looks up datacenter, VM and networks, and describes the VM: what `vm-import vsphere inspect` prints.

@@ -63,6 +63,11 @@ pub(super) async fn apply(
     let reason = decision.reason();
     let mut note: Option<(bool, String)> = None;
     let mut export_recorded = false;
+    let concerns_recorded = match &decision {
+        Decision::Validated { concerns } => !concerns.is_empty(),
+        Decision::Fail(failure) => !failure.concerns.is_empty(),
+        _ => false,
+    };
     let action = match decision {
         Decision::Observe(_) => return Err(ImportError::Undecided),
         Decision::Wait { after, .. } => {
@@ -322,6 +327,14 @@ pub(super) async fn apply(
     }
     if let Some((warning, text)) = note {
         ctx.event(import, warning, reason, text).await;
+    }
+    if concerns_recorded {
+        // One Event per concern, named by its id, so `kubectl describe` shows each risk.
+        for c in &status.concerns {
+            let warning = c.severity != api::Severity::Info;
+            let text = format!("{:?}: {} (remedy: {})", c.severity, c.message, c.remedy);
+            ctx.event(import, warning, &c.id, text).await;
+        }
     }
     Ok(action)
 }

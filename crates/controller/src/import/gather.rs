@@ -15,6 +15,7 @@ use plan::{
     SourceVm,
     machine::{ExportFact, Fact, ImageFact, Observed, PowerFact, SourceFact, VmFact},
     preflight::PreflightFacts,
+    risks::RiskFacts,
 };
 use vsphere::proto::vm::{PowerState, VmDescription};
 
@@ -25,6 +26,7 @@ use crate::{
     kinds,
     openstack::{self as os, OpenstackError},
     ova::{self, OvaClient, OvaError},
+    preflight,
     vmware::{self, chain},
 };
 
@@ -433,6 +435,7 @@ impl Facts {
                 power_off_supported: false,
                 powered_off: true,
                 tools_running: false,
+                risks: Default::default(),
             });
             return Ok(());
         }
@@ -469,6 +472,7 @@ impl Facts {
             return Ok(());
         }
         let description = self.describe(ctx, import).await?.cloned();
+        let risks = self.risk_facts(ctx, import, description.as_ref()).await?;
         // Source-side checks are skipped as upstream does; the VM is still described for warnings.
         let source_networks = if skip_source { None } else { self.networks.clone() };
         self.preflight = Some(PreflightFacts {
@@ -482,8 +486,41 @@ impl Facts {
                 .as_ref()
                 .is_some_and(|d| d.power_state == PowerState::PoweredOff),
             tools_running: description.as_ref().is_some_and(VmDescription::tools_running),
+            risks,
         });
         Ok(())
+    }
+
+    /// Risk facts of a vSphere import: the VM's details, the namespace's VMs, scratch space, probes.
+    async fn risk_facts(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+        description: Option<&VmDescription>,
+    ) -> Result<RiskFacts, ImportError> {
+        let namespace = import.namespace().unwrap_or_default();
+        let namespace_vms = preflight::namespace_vms(&ctx.kube, &namespace)
+            .await
+            .map_err(ImportError::kube("listing the namespace's VirtualMachines"))?;
+        let endpoint = self
+            .vmware_source(ctx, import)
+            .await?
+            .spec
+            .endpoint_address
+            .clone();
+        let targets = preflight::targets(
+            &endpoint,
+            description.and_then(|d| d.host_name.as_deref()),
+            &ctx.settings.esxi_probe_ports,
+        );
+        Ok(RiskFacts {
+            vm: description.map(preflight::vm_risk),
+            graceful_shutdown: false,
+            namespace_vms: Some(namespace_vms),
+            target_name: plan::names::sanitize_vm_name(&import.spec.virtual_machine_name).name,
+            scratch: preflight::scratch(&ctx.settings.image_dir),
+            probes: preflight::probe_all(targets, preflight::PROBE_TIMEOUT).await,
+        })
     }
 
     async fn gather_power(

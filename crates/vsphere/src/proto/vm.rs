@@ -20,6 +20,7 @@ pub const VM_PROPERTIES: &[&str] = &[
     "guest.toolsRunningStatus",
     "summary.config.tpmPresent",
     "snapshot",
+    "layoutEx",
 ];
 
 /// Why a VM description could not be built.
@@ -164,6 +165,10 @@ pub struct Disk {
     pub rdm: Option<String>,
     /// Multi-writer sharing or a shared SCSI bus.
     pub shared: bool,
+    /// Bytes allocated on the datastore (the extents of its current chain in `layoutEx`); `None` when
+    /// the VM's layout was not reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_bytes: Option<u64>,
 }
 
 /// Which network a NIC is on.
@@ -302,6 +307,12 @@ pub struct VmDescription {
     pub vtpm: bool,
     /// The VM has at least one snapshot (ExportVm exports the current state).
     pub snapshot_present: bool,
+    /// The VM is encrypted (`config.keyId` set).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// Name of the ESXi host running the VM (`runtime.host`'s `name`), filled by the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
     /// Disks in device order.
     pub disks: Vec<Disk>,
     /// NICs in device order.
@@ -459,6 +470,27 @@ fn text(e: &Element, path: &str) -> Option<String> {
     e.text_at(path).filter(|t| !t.is_empty()).map(str::to_owned)
 }
 
+/// Bytes of the files in disk `key`'s chain (descriptor and extents, parents included), from
+/// `layoutEx` (`disk[key].chain[].fileKey` into `file[key].size`); `None` when the layout does not
+/// list the disk.
+fn allocated(object: &ObjectContent, key: i32) -> Option<u64> {
+    let layout = object.prop("layoutEx")?;
+    let disk = layout.children_named("disk").find(|d| key_of(d) == Some(key))?;
+    let file_keys: Vec<i64> = disk
+        .children_named("chain")
+        .flat_map(|c| c.children_named("fileKey"))
+        .filter_map(|k| k.text.trim().parse().ok())
+        .collect();
+    let mut total = None::<u64>;
+    for file in layout.children_named("file") {
+        if int(file, "key").is_some_and(|k| file_keys.contains(&k)) {
+            let size = int(file, "size").and_then(|s| u64::try_from(s).ok())?;
+            total = Some(total.unwrap_or_default().saturating_add(size));
+        }
+    }
+    total
+}
+
 fn key_of(device: &Element) -> Option<i32> {
     int(device, "key").and_then(|k| i32::try_from(k).ok())
 }
@@ -611,6 +643,7 @@ impl VmDescription {
                         independent: disk_mode.as_deref().is_some_and(|m| m.starts_with("independent")),
                         disk_mode,
                         rdm,
+                        allocated_bytes: allocated(object, key),
                     });
                 }
                 "VirtualCdrom" => {
@@ -668,6 +701,8 @@ impl VmDescription {
             snapshot_present: object
                 .prop("snapshot")
                 .is_some_and(|s| s.child("rootSnapshotList").is_some()),
+            encrypted: config.child("keyId").is_some(),
+            host_name: None,
             disks,
             nics,
             cdroms,

@@ -1,0 +1,355 @@
+//! Preflight on the lab: `vm-import vsphere assess` over VMs shaped to trigger rules (and one that
+//! triggers none), its JSON stability and exit codes, and a blocked ESXi port named with its host.
+
+// Test helpers: a failed step must fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Output},
+};
+
+use serde_json::{Value, json};
+use support::lab::{self, Control, make_vmdk, unique};
+
+fn assess(args: &[&str]) -> Output {
+    let lab = lab::lab();
+    Command::new(env!("CARGO_BIN_EXE_vm-import"))
+        .args([
+            "vsphere",
+            "assess",
+            "--endpoint",
+            &lab.vsphere_url,
+            "--dc",
+            &lab.vsphere_dc,
+        ])
+        .arg("--ca-cert")
+        .arg(&lab.vsphere_ca_cert)
+        .args(args)
+        .env("VSPHERE_USERNAME", &lab.vsphere_username)
+        .env("VSPHERE_PASSWORD", &lab.vsphere_password)
+        .output()
+        .expect("run vm-import")
+}
+
+/// VM name → sorted "Id:Severity" list.
+fn concerns(report: &Value) -> BTreeMap<String, Vec<String>> {
+    report["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vm| {
+            let mut ids: Vec<String> = vm["concerns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}:{}",
+                        c["id"].as_str().unwrap(),
+                        c["severity"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            ids.sort();
+            (vm["name"].as_str().unwrap().to_owned(), ids)
+        })
+        .collect()
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|s| (*s).to_owned()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "d", 1 << 20, 7);
+    let folder = unique("assess");
+    let clean = unique("clean");
+    let windows = unique("win");
+    let other = unique("other");
+    let running = unique("running");
+    let risky = unique("risky");
+    let base = json!({"folder": folder, "hwVersion": "vmx-19", "power": "off"});
+    let spec = |extra: Value| {
+        let mut s = base.clone();
+        s.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        s
+    };
+    control
+        .create_vm(spec(json!({"name": clean, "guestId": "rhel9_64Guest",
+            "disks": [{"bus": "lsilogic", "path": vmdk}],
+            "nics": [{"type": "vmxnet3", "network": "VM Network"}]})))
+        .await;
+    control
+        .create_vm(spec(json!({"name": windows, "guestId": "windows2019srv_64Guest",
+            "firmware": "efi", "secureBoot": true, "vtpm": true,
+            "disks": [{"bus": "nvme", "path": vmdk}, {"bus": "pvscsi", "path": vmdk}],
+            "nics": [{"type": "vmxnet3", "network": "VM Network"}]})))
+        .await;
+    control
+        .create_vm(spec(json!({"name": other, "guestId": "otherGuest64",
+            "disks": [{"bus": "sata", "path": vmdk}],
+            "nics": [{"type": "e1000", "network": "VM Network"}]})))
+        .await;
+    control
+        .create_vm(spec(json!({"name": running, "guestId": "ubuntu64Guest",
+            "power": "on", "tools": "notRunning",
+            "disks": [{"bus": "lsilogic", "path": vmdk}],
+            "nics": [{"type": "vmxnet3", "network": "VM Network"}]})))
+        .await;
+    control
+        .create_vm(spec(json!({"name": risky, "guestId": "rhel9_64Guest",
+            "snapshot": "before-upgrade", "encrypted": true, "cdromIso": "[LocalDS_0] iso/tools.iso",
+            "disks": [{"bus": "lsilogic", "path": vmdk, "mode": "independent_persistent"},
+                      {"bus": "lsilogic", "path": vmdk, "sharing": "sharingMultiWriter"}],
+            "nics": [{"type": "vmxnet3", "network": "VM Network"}]})))
+        .await;
+    let mapping = dir.path().join("mapping.json");
+    std::fs::write(
+        &mapping,
+        r#"[{"sourceNetwork": "VM Network", "destinationNetwork": "default/vlan1"}]"#,
+    )
+    .unwrap();
+    let mapping = mapping.to_str().unwrap();
+
+    let out = assess(&["--folder", &folder, "--mapping", mapping, "--format", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let again = assess(&["--folder", &folder, "--mapping", mapping, "--format", "json"]);
+    assert_eq!(out.stdout, again.stdout, "JSON is stable between runs");
+
+    let names: Vec<&str> = report["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+    assert_eq!(names.len(), 5, "{names:?}");
+
+    // The lab's ESXi host (DC0_H0) has no DNS name: both its ports are reported as unresolved, naming it.
+    let host = ["HostUnresolved:Warning", "HostUnresolved:Warning"];
+    let got = concerns(&report);
+    assert_eq!(got[&clean], strings(&host), "{report:#}");
+    assert_eq!(
+        got[&windows],
+        strings(&[
+            host[0],
+            host[1],
+            "WindowsNeedsVirtioDrivers:Warning",
+            "WindowsNeedsVirtioDrivers:Warning",
+            "WindowsNeedsAhci:Info",
+            "VtpmStateNotCarried:Warning",
+            "SecureBootNeedsSmm:Info",
+        ]),
+        "{report:#}"
+    );
+    assert_eq!(
+        got[&other],
+        strings(&[host[0], host[1], "GuestOs:Info", "EmulatedNicsOnly:Info"]),
+        "{report:#}"
+    );
+    assert_eq!(
+        got[&running],
+        strings(&[host[0], host[1], "GuestShutdownImpossible:Critical"]),
+        "{report:#}"
+    );
+    assert_eq!(
+        got[&risky],
+        strings(&[
+            host[0],
+            host[1],
+            "SnapshotsPresent:Warning",
+            "EncryptedVm:Critical",
+            "IndependentDisk:Warning",
+            "SharedDisk:Warning",
+            "CdromNotCarried:Warning",
+        ]),
+        "{report:#}"
+    );
+    let vm = report["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == windows.as_str())
+        .unwrap();
+    assert_eq!(vm["disks"], 2);
+    assert_eq!(vm["provisionedBytes"], 2 << 20);
+    assert_eq!(vm["critical"], false);
+    let text = vm.to_string();
+    assert!(text.contains("DC0_H0") && text.contains("902"), "{text}");
+
+    // Nothing Critical in scope: exit 0; CSV has a header and one line per VM.
+    let out = assess(&[
+        "--folder",
+        &folder,
+        "--mapping",
+        mapping,
+        "--vm",
+        &clean,
+        "--vm",
+        &windows,
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // A name not in scope is a Critical row.
+    let out = assess(&["--folder", &folder, "--vm", "no-such-vm-here", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        concerns(&report)["no-such-vm-here"],
+        strings(&["VirtualMachineNotFound:Critical"])
+    );
+}
+
+#[test]
+fn assess_over_the_default_inventory_is_sorted_and_blocks_on_critical() {
+    let out = assess(&["--format", "json"]);
+    // The simulator's own VMs run without tools: a graceful shutdown is impossible (Critical).
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<String> = report["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains(&"DC0_H0_VM0".to_owned()), "{names:?}");
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    let got = concerns(&report);
+    assert!(got["DC0_H0_VM0"].contains(&"GuestShutdownImpossible:Critical".to_owned()));
+}
+
+/// The Events of `namespace` with this reason.
+async fn events(scene: &support::Scene, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let api: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(scene.client.clone(), &scene.namespace);
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duplicate_mac_blocks_before_power_off_and_skip_preflight_downgrades_it() {
+    use api::{ImportPhase, Severity};
+    use std::time::Duration;
+    use support::{Scene, phase, vm_resource};
+
+    let scene = Scene::new("e2e-pre").await;
+    let control = Control::new();
+    let (vmdk, _) = make_vmdk(scene.dir.path(), "d", 1 << 20, 9);
+    let vm_name = unique("dupmac");
+    let mac = "00:50:56:aa:ee:42";
+    control
+        .create_vm(
+            json!({"name": vm_name, "cpus": 1, "memoryMB": 256, "hwVersion": "vmx-19",
+            "guestId": "rhel9_64Guest", "power": "on", "tools": "running",
+            "disks": [{"bus": "lsilogic", "path": vmdk}],
+            "nics": [{"type": "vmxnet3", "network": "VM Network", "mac": mac}]}),
+        )
+        .await;
+    // A VM already in the namespace holds the same MAC.
+    let mut existing = kube::api::DynamicObject::new("holder", &vm_resource());
+    existing.data = json!({"spec": {"running": false, "template": {"spec": {"domain": {"devices": {
+        "interfaces": [{"name": "default", "macAddress": mac.to_uppercase(), "masquerade": {}}]}}}}}});
+    scene
+        .dynamic(&vm_resource())
+        .create(&Default::default(), &existing)
+        .await
+        .unwrap();
+    let controller = scene.start_controller();
+    scene.source("vc", &lab::lab().vsphere_password).await;
+    scene.import("blocked", "vc", &vm_name, json!({})).await;
+    let import = scene
+        .wait_import(&controller, "blocked", Duration::from_secs(60), |i| {
+            phase(i) == ImportPhase::Invalid
+        })
+        .await;
+    let status = import.status.unwrap();
+    let dup: Vec<_> = status
+        .concerns
+        .iter()
+        .filter(|c| c.id == "DuplicateMac")
+        .collect();
+    assert_eq!(dup.len(), 1, "{:?}", status.concerns);
+    assert_eq!(dup[0].severity, Severity::Critical);
+    assert!(
+        dup[0].message.contains(mac) && dup[0].message.contains("holder"),
+        "{}",
+        dup[0].message
+    );
+    let failed = api::condition::find(&status.import_conditions, &api::ConditionType::ImportFailed).unwrap();
+    assert_eq!(failed.reason, "PreflightFailed");
+    // Nothing touched the source: still on, no export lease.
+    let vm = lab::client()
+        .await
+        .inspect(&lab::lab().vsphere_dc, None, &vm_name)
+        .await
+        .unwrap();
+    assert_eq!(vm.power_state, vsphere::proto::vm::PowerState::PoweredOn);
+    assert!(control.leases_of(&vm_name).await.is_empty());
+    let start = std::time::Instant::now();
+    while events(&scene, "DuplicateMac").await.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no DuplicateMac Event");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // skipPreflightChecks: the same risk is a Warning that says it was downgraded, and the import runs.
+    scene
+        .import(
+            "accepted",
+            "vc",
+            &vm_name,
+            json!({"skipPreflightChecks": true, "forcePowerOff": true}),
+        )
+        .await;
+    let import = scene
+        .wait_import(&controller, "accepted", Duration::from_secs(60), |i| {
+            !matches!(phase(i), ImportPhase::New) && !i.status.as_ref().is_some_and(|s| s.concerns.is_empty())
+        })
+        .await;
+    assert_ne!(phase(&import), ImportPhase::Invalid, "{:?}", import.status);
+    let status = import.status.unwrap();
+    let dup = status.concerns.iter().find(|c| c.id == "DuplicateMac").unwrap();
+    assert_eq!(dup.severity, Severity::Warning);
+    assert!(
+        dup.message
+            .starts_with("downgraded from Critical by skipPreflightChecks"),
+        "{}",
+        dup.message
+    );
+}
