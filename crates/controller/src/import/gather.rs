@@ -468,6 +468,7 @@ impl Facts {
                 power_off_supported: false,
                 powered_off: server.as_ref().is_some_and(|s| s.status == "SHUTOFF"),
                 tools_running: false,
+                risks: Default::default(),
             });
             return Ok(());
         }
