@@ -173,6 +173,19 @@ func (l *Lab) controlHandler() http.Handler {
 		l.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("PUT /lab/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
+		var h struct {
+			Name string `json:"name"`
+		}
+		if !readJSON(w, r, &h) {
+			return
+		}
+		if err := l.RenameHost(r.Context(), r.PathValue("name"), h.Name); err != nil {
+			writeError(w, statusOf(err), err)
+			return
+		}
+		writeJSON(w, http.StatusOK, h)
+	})
 	mux.HandleFunc("GET /lab/vms", func(w http.ResponseWriter, r *http.Request) {
 		vms, err := l.ListVMs(r.Context())
 		if err != nil {

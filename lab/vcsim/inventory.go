@@ -1136,3 +1136,32 @@ func (l *Lab) ListNetworks(ctx context.Context) ([]NetworkView, error) {
 	slices.SortFunc(out, func(a, b NetworkView) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
+
+// RenameHost gives a host a new inventory name, e.g. an address a preflight probe can reach (or
+// fail to reach) the way it would reach a real ESXi host by its name.
+func (l *Lab) RenameHost(ctx context.Context, name, newName string) error {
+	if newName == "" {
+		return badSpec("name must not be empty")
+	}
+	l.vmLock.Lock()
+	defer l.vmLock.Unlock()
+	finder := find.NewFinder(l.client, false)
+	dc, err := finder.Datacenter(ctx, l.Datacenter)
+	if err != nil {
+		return fmt.Errorf("find datacenter: %w", err)
+	}
+	finder.SetDatacenter(dc)
+	host, err := finder.HostSystem(ctx, name)
+	if err != nil {
+		return badSpec("host %q: %v", name, err)
+	}
+	obj := l.model.Map().Get(host.Reference())
+	if obj == nil {
+		return fmt.Errorf("host %s is not in the registry", host.Reference())
+	}
+	lctx := l.lockCtx()
+	lctx.WithLock(obj, func() {
+		lctx.Update(obj, []types.PropertyChange{{Name: "name", Val: newName}})
+	})
+	return nil
+}

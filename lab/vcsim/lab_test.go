@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/fault"
+	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/nfc"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/property"
@@ -1067,5 +1068,42 @@ func TestOpaqueNetworkNICs(t *testing.T) {
 	}
 	if sum, ok := on.Summary.(*types.OpaqueNetworkSummary); !ok || on.Name != "nsx-seg-web" || sum.OpaqueNetworkId != id {
 		t.Fatalf("opaque network %s %#v", on.Name, on.Summary)
+	}
+}
+
+func TestRenameHostKeepsItsVMsAndTakesNewOnes(t *testing.T) {
+	h := startLab(t, 300*time.Second)
+	d := makeVMDK(t, t.TempDir(), "a", 1, 1<<20, "streamOptimized")
+	h.createVM(VMSpec{Name: "before01", Host: "DC0_C0_H1", Disks: []DiskSpec{{Bus: "pvscsi", Path: d}}})
+	if code := h.control("PUT", "/hosts/DC0_C0_H1", map[string]any{"name": "esx1.lab.test"}, nil); code != http.StatusOK {
+		t.Fatalf("PUT /hosts/DC0_C0_H1: %d", code)
+	}
+	h.createVM(VMSpec{Name: "after01", Host: "esx1.lab.test", Disks: []DiskSpec{{Bus: "pvscsi", Path: d}}})
+	if code := h.control("PUT", "/hosts/DC0_C0_H1", map[string]any{"name": "again"}, nil); code != http.StatusBadRequest {
+		t.Fatalf("PUT under the old name: %d, want 400", code)
+	}
+	if code := h.control("PUT", "/hosts/esx1.lab.test", map[string]any{"name": ""}, nil); code != http.StatusBadRequest {
+		t.Fatalf("PUT an empty name: %d, want 400", code)
+	}
+	ctx := context.Background()
+	finder := find.NewFinder(h.mustLogin(), false)
+	dc, err := finder.Datacenter(ctx, "DC0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	finder.SetDatacenter(dc)
+	host, err := finder.HostSystem(ctx, "esx1.lab.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"before01", "after01"} {
+		vm, err := finder.VirtualMachine(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		on, err := vm.HostSystem(ctx)
+		if err != nil || on.Reference() != host.Reference() {
+			t.Fatalf("%s runs on %v (%v), want %v", name, on, err, host.Reference())
+		}
 	}
 }

@@ -353,3 +353,37 @@ async fn a_duplicate_mac_blocks_before_power_off_and_skip_preflight_downgrades_i
         dup.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_esxi_port_is_reported_with_its_host_and_port() {
+    let control = Control::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (vmdk, _) = make_vmdk(dir.path(), "d", 1 << 20, 9);
+    let vm = unique("probed");
+    control
+        .create_vm(
+            json!({"name": vm, "host": "DC0_C0_H2", "guestId": "rhel9_64Guest",
+            "hwVersion": "vmx-19", "power": "off",
+            "disks": [{"bus": "lsilogic", "path": vmdk}]}),
+        )
+        .await;
+    // The probes reach a host by its inventory name, as they would a real ESXi: give the VM's host
+    // a name that resolves here. Nothing listens on port 1.
+    control.rename_host("DC0_C0_H2", "localhost").await;
+    let out = assess(&["--vm", &vm, "--esxi-port", "1", "--format", "json"]);
+    control.rename_host("localhost", "DC0_C0_H2").await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        concerns(&report)[&vm],
+        strings(&["HostPortUnreachable:Critical"]),
+        "{report:#}"
+    );
+    let message = report["vms"][0]["concerns"][0]["message"].as_str().unwrap();
+    assert!(message.contains("ESXi host localhost port 1"), "{message}");
+}

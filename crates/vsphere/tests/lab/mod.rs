@@ -150,6 +150,16 @@ impl Control {
             None => self.send(self.http.delete(url)).await,
         };
     }
+
+    /// Renames an ESXi host of the simulator's inventory (e.g. to an address probes can reach).
+    pub(crate) async fn rename_host(&self, host: &str, new_name: &str) {
+        self.send(
+            self.http
+                .put(self.url(&format!("hosts/{host}")))
+                .json_body(&json!({"name": new_name})),
+        )
+        .await;
+    }
 }
 
 trait JsonBody {
