@@ -1,5 +1,6 @@
 //! Preflight on the lab: `vm-import vsphere assess` over VMs shaped to trigger rules (and one that
-//! triggers none), its JSON stability and exit codes, and a blocked ESXi port named with its host.
+//! triggers none, on hosts renamed so its probes reach this machine), its JSON stability and exit
+//! codes, and a blocked ESXi port named with its host.
 
 // Test helpers: a failed step must fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -355,35 +356,94 @@ async fn a_duplicate_mac_blocks_before_power_off_and_skip_preflight_downgrades_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_esxi_port_is_reported_with_its_host_and_port() {
+async fn probes_name_a_closed_esxi_port_and_a_reachable_clean_vm_triggers_nothing() {
     let control = Control::new();
     let dir = tempfile::tempdir().unwrap();
     let (vmdk, _) = make_vmdk(dir.path(), "d", 1 << 20, 9);
-    let vm = unique("probed");
-    control
-        .create_vm(
-            json!({"name": vm, "host": "DC0_C0_H2", "guestId": "rhel9_64Guest",
+    let vm = |name: &str, host: &str, extra: Value| {
+        let mut spec = json!({"name": name, "host": host, "guestId": "rhel9_64Guest",
             "hwVersion": "vmx-19", "power": "off",
-            "disks": [{"bus": "lsilogic", "path": vmdk}]}),
-        )
+            "disks": [{"bus": "lsilogic", "path": vmdk}],
+            "nics": [{"type": "vmxnet3", "network": "VM Network"}]});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        spec
+    };
+    let (probed, old, efi, clean) = (unique("probed"), unique("old"), unique("efi"), unique("clean"));
+    control.create_vm(vm(&probed, "DC0_C0_H2", json!({}))).await;
+    control
+        .create_vm(vm(&old, "DC0_C0_H2", json!({"hwVersion": "vmx-04"})))
         .await;
-    // The probes reach a host by its inventory name, as they would a real ESXi: give the VM's host
-    // a name that resolves here. Nothing listens on port 1.
+    control
+        .create_vm(vm(&efi, "DC0_C0_H2", json!({"firmware": "efi"})))
+        .await;
+    control.create_vm(vm(&clean, "DC0_C0_H0", json!({}))).await;
+    // The probes reach a host by its inventory name, as they would a real ESXi: give the VMs'
+    // hosts names that resolve here. Nothing listens on port 1; the test listens on `open`.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().port().to_string();
     control.rename_host("DC0_C0_H2", "localhost").await;
-    let out = assess(&["--vm", &vm, "--esxi-port", "1", "--format", "json"]);
+    control.rename_host("DC0_C0_H0", "127.0.0.1").await;
+    let mapping = dir.path().join("mapping.json");
+    std::fs::write(
+        &mapping,
+        r#"[{"sourceNetwork": "VM Network", "destinationNetwork": "default/vlan1"}]"#,
+    )
+    .unwrap();
+    let mapping = mapping.to_str().unwrap();
+    let closed = assess(&[
+        "--vm",
+        &probed,
+        "--vm",
+        &old,
+        "--vm",
+        &efi,
+        "--esxi-port",
+        "1",
+        "--mapping",
+        mapping,
+        "--format",
+        "json",
+    ]);
+    let reachable = assess(&[
+        "--vm",
+        &clean,
+        "--esxi-port",
+        &open,
+        "--mapping",
+        mapping,
+        "--format",
+        "json",
+    ]);
     control.rename_host("localhost", "DC0_C0_H2").await;
+    control.rename_host("127.0.0.1", "DC0_C0_H0").await;
+
     assert_eq!(
-        out.status.code(),
+        closed.status.code(),
         Some(3),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&closed.stderr)
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&closed.stdout).unwrap();
+    let got = concerns(&report);
+    let port = "HostPortUnreachable:Critical";
+    assert_eq!(got[&probed], strings(&[port]), "{report:#}");
     assert_eq!(
-        concerns(&report)[&vm],
-        strings(&["HostPortUnreachable:Critical"]),
+        got[&old],
+        strings(&[port, "HardwareVersionTooOld:Critical"]),
         "{report:#}"
     );
-    let message = report["vms"][0]["concerns"][0]["message"].as_str().unwrap();
-    assert!(message.contains("ESXi host localhost port 1"), "{message}");
+    assert_eq!(got[&efi], strings(&[port, "EfiFirmware:Info"]), "{report:#}");
+    let text = report.to_string();
+    assert!(text.contains("ESXi host localhost port 1"), "{text}");
+
+    assert_eq!(
+        reachable.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&reachable.stderr)
+    );
+    let report: Value = serde_json::from_slice(&reachable.stdout).unwrap();
+    assert_eq!(concerns(&report)[&clean], strings(&[]), "{report:#}");
 }
