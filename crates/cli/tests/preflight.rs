@@ -329,6 +329,29 @@ async fn a_duplicate_mac_blocks_before_power_off_and_skip_preflight_downgrades_i
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    // A VM of the import's name already in the namespace: Critical, and not downgradable.
+    let mut same_name = kube::api::DynamicObject::new(&vm_name, &vm_resource());
+    same_name.data = json!({"spec": {"running": false, "template": {"spec": {"domain": {"devices": {}}}}}});
+    let vms = scene.dynamic(&vm_resource());
+    vms.create(&Default::default(), &same_name).await.unwrap();
+    scene
+        .import("taken", "vc", &vm_name, json!({"skipPreflightChecks": true}))
+        .await;
+    let import = scene
+        .wait_import(&controller, "taken", Duration::from_secs(60), |i| {
+            phase(i) == ImportPhase::Invalid
+        })
+        .await;
+    let status = import.status.unwrap();
+    let taken = status
+        .concerns
+        .iter()
+        .find(|c| c.id == "VirtualMachineExists")
+        .unwrap_or_else(|| panic!("{:?}", status.concerns));
+    assert_eq!(taken.severity, Severity::Critical);
+    assert!(taken.message.contains(&vm_name), "{}", taken.message);
+    vms.delete(&vm_name, &Default::default()).await.unwrap();
+
     // skipPreflightChecks: the same risk is a Warning that says it was downgraded, and the import runs.
     scene
         .import(
