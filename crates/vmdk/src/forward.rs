@@ -1,0 +1,321 @@
+//! [`SparseForward`]: a hosted sparse extent (monolithicSparse, uncompressed grains) decoded from a
+//! forward-only `Read` (a pipe, an HTTP body, an OVA member), with no seeking and no scratch file.
+//!
+//! The walk follows the file in physical order: header, grain directory, grain tables (captured as
+//! the stream passes them; qemu-img and VMware put them all before the first grain), then grains.
+//! Grains come out in ascending logical order. A grain stored before the one the walk is waiting
+//! for is taken from a [`Window`] of the last bytes read, so a small disorder (a writer's parallel
+//! requests) is absorbed; anything the window no longer holds is a [`Error::OutOfOrder`], as is a
+//! grain table stored after the grains it maps beyond the window. Memory: the window, plus 4 bytes
+//! per grain of each grain table read ahead of the logical cursor.
+
+use std::{collections::BTreeMap, io::Read};
+
+use crate::{
+    SECTOR_SIZE,
+    header::{self, GdLocation, SparseHeader},
+    window::Window,
+};
+
+/// Default window: absorbs the disorder of qemu-img's parallel writers (8 requests of 2 MiB).
+pub const DEFAULT_WINDOW: usize = 16 << 20;
+
+/// Why a forward-only decode failed. Offsets are byte offsets in the sparse file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading the input failed.
+    #[error("failed to read the input at byte offset {offset}")]
+    Read {
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input ended before `what` was complete.
+    #[error("input ends at byte offset {len}, inside the {what} at byte offset {offset}")]
+    Truncated { what: &'static str, offset: u64, len: u64 },
+    /// The sparse header is invalid.
+    #[error("invalid sparse header")]
+    Header(#[source] header::Error),
+    /// A layout this decoder does not read (the seekable reader or the stream decoder does).
+    #[error("{0} cannot be decoded forward-only")]
+    Unsupported(&'static str),
+    /// A table entry is corrupt.
+    #[error("{what} entry {index} ({entry:#x}) is corrupt: {reason}")]
+    CorruptEntry {
+        what: &'static str,
+        index: u64,
+        entry: u32,
+        reason: &'static str,
+    },
+    /// An item lies before bytes already passed and no longer held by the window.
+    #[error(
+        "{what} at byte offset {offset} lies before the read position {position} \
+         (more than the {window}-byte window back): the file cannot be read in one pass"
+    )]
+    OutOfOrder {
+        what: &'static str,
+        offset: u64,
+        position: u64,
+        window: u64,
+    },
+}
+
+impl Error {
+    /// Whether the failure is the file's layout (readable with random access), not corruption.
+    pub fn needs_random_access(&self) -> bool {
+        matches!(self, Error::OutOfOrder { .. })
+    }
+
+    /// The byte offset the error names, if any.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            Error::Read { offset, .. } | Error::Truncated { offset, .. } | Error::OutOfOrder { offset, .. } => {
+                Some(*offset)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Forward-only decoder of a hosted sparse extent; see the module docs.
+pub struct SparseForward<R> {
+    window: Window<R>,
+    header: SparseHeader,
+    /// Grain tables not yet read: byte offset → directory index.
+    pending: BTreeMap<u64, u64>,
+    /// Grain tables read and not yet passed by the cursor, by directory index.
+    tables: BTreeMap<u64, Vec<u32>>,
+    /// Byte offset of each directory index's table, 0 for none.
+    table_offsets: Vec<u64>,
+    /// Next logical grain to look at.
+    cursor: u64,
+    grains: u64,
+}
+
+impl<R: Read> SparseForward<R> {
+    /// Reads the header and the grain directory; `window` is the byte budget for disorder
+    /// ([`DEFAULT_WINDOW`] is a good value).
+    ///
+    /// # Errors
+    /// Header errors, [`Error::Unsupported`] for streamOptimized or compressed extents and a
+    /// directory at the end, [`Error::Truncated`], [`Error::OutOfOrder`].
+    pub fn new(input: R, window: usize) -> Result<Self, Error> {
+        let mut window = Window::new(input, window);
+        let mut head = [0u8; header::HEADER_SIZE];
+        read_at(&mut window, 0, &mut head, "sparse header")?;
+        let header = SparseHeader::parse(&head).map_err(Error::Header)?;
+        if header.flags & header::FLAG_COMPRESSED != 0 {
+            return Err(Error::Unsupported("a compressed sparse extent"));
+        }
+        // A grain table entry is a sector number, a grain needs to fit the window.
+        if header.grain_bytes() * 4 > window.capacity() {
+            return Err(Error::Unsupported("a grain larger than a quarter of the window"));
+        }
+        let gd_sector = match header.gd {
+            GdLocation::Sector(s) => s,
+            GdLocation::AtEnd => return Err(Error::Unsupported("a grain directory at the end of the file")),
+        };
+        let entries = header.gd_entries();
+        let gd_offset = sector_bytes(gd_sector, "grain directory", 0)?;
+        let mut raw = vec![0u8; (entries * 4) as usize];
+        read_at(&mut window, gd_offset, &mut raw, "grain directory")?;
+        let mut pending = BTreeMap::new();
+        let mut table_offsets = vec![0u64; entries as usize];
+        for (index, chunk) in raw.chunks_exact(4).enumerate() {
+            let entry = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            if entry == 0 {
+                continue;
+            }
+            let offset = sector_bytes(u64::from(entry), "grain directory", index as u64)?;
+            if pending.insert(offset, index as u64).is_some() {
+                return Err(Error::CorruptEntry {
+                    what: "grain directory",
+                    index: index as u64,
+                    entry,
+                    reason: "two grain tables at one offset",
+                });
+            }
+            table_offsets[index] = offset;
+        }
+        let grains = header.capacity_sectors.div_ceil(header.grain_sectors);
+        let mut decoder = Self {
+            window,
+            header,
+            pending,
+            tables: BTreeMap::new(),
+            table_offsets,
+            cursor: 0,
+            grains,
+        };
+        // Tables already passed (before or inside the directory) must come from the window now.
+        decoder.capture_tables(decoder.window.position())?;
+        Ok(decoder)
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &SparseHeader {
+        &self.header
+    }
+
+    /// Virtual size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.header.capacity_bytes()
+    }
+
+    /// Bytes read from the input so far.
+    pub fn position(&self) -> u64 {
+        self.window.position()
+    }
+
+    /// Appends the next allocated grain to `out` and returns its logical byte offset; `None` once
+    /// every grain is out. Offsets ascend; unallocated and zeroed grains are skipped (they read as
+    /// zeros). The last grain is cut at the capacity.
+    ///
+    /// # Errors
+    /// [`Error::OutOfOrder`] when the layout needs random access, [`Error::Truncated`],
+    /// [`Error::CorruptEntry`], [`Error::Read`].
+    pub fn next_grain(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, Error> {
+        let per_gt = u64::from(self.header.gtes_per_gt);
+        while self.cursor < self.grains {
+            let gd_index = self.cursor / per_gt;
+            let table_offset = self.table_offsets.get(gd_index as usize).copied().unwrap_or(0);
+            if table_offset == 0 {
+                self.cursor = (gd_index + 1) * per_gt;
+                continue;
+            }
+            if !self.tables.contains_key(&gd_index) {
+                self.capture_tables(table_offset.saturating_add(self.header.gt_bytes()))?;
+            }
+            // Tables behind the cursor are done with.
+            while let Some((&first, _)) = self.tables.first_key_value() {
+                if first >= gd_index {
+                    break;
+                }
+                self.tables.remove(&first);
+            }
+            let index = self.cursor;
+            let entry = self
+                .tables
+                .get(&gd_index)
+                .and_then(|t| t.get((index % per_gt) as usize).copied())
+                .unwrap_or(0);
+            self.cursor += 1;
+            if entry == 0 || (entry == 1 && self.header.zeroed_grain_entries()) {
+                continue;
+            }
+            let offset = sector_bytes(u64::from(entry), "grain table", index)?;
+            let logical = index * self.header.grain_bytes();
+            let len = self.header.grain_bytes().min(self.capacity() - logical);
+            let start = out.len();
+            out.resize(start + len as usize, 0);
+            self.capture_tables(offset.saturating_add(len))?;
+            if !self.window.copy_out(offset, &mut out[start..]) {
+                out.truncate(start);
+                return Err(self.behind_or_truncated("grain", offset));
+            }
+            return Ok(Some(logical));
+        }
+        Ok(None)
+    }
+
+    /// Reads up to `end`, capturing every pending grain table on the way.
+    fn capture_tables(&mut self, end: u64) -> Result<(), Error> {
+        let gt_bytes = self.header.gt_bytes();
+        let per_gt = self.header.gtes_per_gt as usize;
+        loop {
+            let next = self.pending.first_key_value().map(|(&o, &i)| (o, i));
+            let Some((offset, index)) = next.filter(|&(o, _)| o < end) else {
+                fill(&mut self.window, end)?;
+                return Ok(());
+            };
+            self.pending.remove(&offset);
+            let mut raw = vec![0u8; gt_bytes as usize];
+            let table_end = offset.saturating_add(gt_bytes);
+            fill(&mut self.window, table_end)?;
+            if !self.window.copy_out(offset, &mut raw) {
+                return Err(self.behind_or_truncated("grain table", offset));
+            }
+            let table = raw
+                .chunks_exact(4)
+                .take(per_gt)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            self.tables.insert(index, table);
+        }
+    }
+
+    fn behind_or_truncated(&self, what: &'static str, offset: u64) -> Error {
+        if offset < self.window.oldest() {
+            Error::OutOfOrder {
+                what,
+                offset,
+                position: self.window.position(),
+                window: self.window.capacity(),
+            }
+        } else {
+            Error::Truncated {
+                what,
+                offset,
+                len: self.window.position(),
+            }
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for SparseForward<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SparseForward")
+            .field("header", &self.header)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sector_bytes(sector: u64, what: &'static str, index: u64) -> Result<u64, Error> {
+    sector.checked_mul(SECTOR_SIZE).ok_or(Error::CorruptEntry {
+        what,
+        index,
+        entry: u32::try_from(sector).unwrap_or(u32::MAX),
+        reason: "offset overflows",
+    })
+}
+
+/// Reads up to `end` (or the end of the input: a short read is reported by the caller's copy,
+/// which knows what was cut).
+fn fill<R: Read>(window: &mut Window<R>, end: u64) -> Result<(), Error> {
+    window.fill_to(end).map(drop).map_err(|source| Error::Read {
+        offset: window.position(),
+        source,
+    })
+}
+
+/// Reads `[offset, offset + out.len())` in window-sized pieces (a directory may be larger).
+fn read_at<R: Read>(window: &mut Window<R>, offset: u64, out: &mut [u8], what: &'static str) -> Result<(), Error> {
+    let piece = (window.capacity() / 4) as usize;
+    let mut done = 0usize;
+    while done < out.len() {
+        let n = piece.min(out.len() - done);
+        let at = offset.saturating_add(done as u64);
+        let end = at.saturating_add(n as u64);
+        fill(window, end)?;
+        if !window.copy_out(at, &mut out[done..done + n]) {
+            return Err(if at < window.oldest() {
+                Error::OutOfOrder {
+                    what,
+                    offset: at,
+                    position: window.position(),
+                    window: window.capacity(),
+                }
+            } else {
+                Error::Truncated {
+                    what,
+                    offset,
+                    len: window.position(),
+                }
+            });
+        }
+        done += n;
+    }
+    Ok(())
+}
