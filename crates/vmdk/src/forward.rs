@@ -319,3 +319,118 @@ fn read_at<R: Read>(window: &mut Window<R>, offset: u64, out: &mut [u8], what: &
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::{FLAG_COMPRESSED, FLAG_MARKERS, RawSparseHeader, tests::stream_raw};
+
+    const GRAIN: usize = 4096;
+
+    /// A sparse file of `grains` 4 KiB grains (one grain table of 512 entries): header at sector 0,
+    /// directory at sector 1, table at sector 2, grains stored in the order of `placement`
+    /// (logical grain indexes), each grain filled with its index + 1.
+    fn image(grains: u64, placement: &[u64], table_last: bool) -> Vec<u8> {
+        let mut raw: RawSparseHeader = stream_raw(grains * 8);
+        raw.flags &= !(FLAG_COMPRESSED | FLAG_MARKERS);
+        raw.version = 1;
+        raw.grain_size = 8;
+        raw.compress_algorithm = 0;
+        raw.gd_offset = 1;
+        raw.overhead = 6;
+        let mut file = raw.to_bytes().to_vec();
+        file.resize(6 * 512, 0);
+        let mut table = vec![0u32; 512];
+        for &g in placement {
+            table[g as usize] = (file.len() / 512) as u32;
+            file.extend(std::iter::repeat_n((g as u8).wrapping_add(1), GRAIN));
+        }
+        let gt_sector = if table_last { (file.len() / 512) as u32 } else { 2 };
+        if table_last {
+            file.resize(file.len() + 2048, 0);
+        }
+        file[512..516].copy_from_slice(&gt_sector.to_le_bytes());
+        let at = gt_sector as usize * 512;
+        for (i, e) in table.iter().enumerate() {
+            file[at + i * 4..at + i * 4 + 4].copy_from_slice(&e.to_le_bytes());
+        }
+        file
+    }
+
+    fn decode(file: &[u8], window: usize) -> Result<Vec<(u64, u8)>, Error> {
+        let mut d = SparseForward::new(file, window)?;
+        let mut out = Vec::new();
+        let mut grain = Vec::new();
+        while let Some(offset) = d.next_grain(&mut grain)? {
+            assert_eq!(grain.len(), GRAIN);
+            out.push((offset, grain[0]));
+            grain.clear();
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn in_order_grains_come_out_ascending_and_holes_are_skipped() {
+        let file = image(8, &[0, 2, 5], false);
+        let got = decode(&file, 1 << 20).unwrap();
+        assert_eq!(got, [(0, 1), (2 * 4096, 3), (5 * 4096, 6)]);
+    }
+
+    #[test]
+    fn small_disorder_is_absorbed_by_the_window() {
+        let file = image(8, &[3, 1, 0, 2], false);
+        let got = decode(&file, 1 << 20).unwrap();
+        assert_eq!(got, [(0, 1), (4096, 2), (2 * 4096, 3), (3 * 4096, 4)]);
+    }
+
+    #[test]
+    fn disorder_beyond_the_window_names_the_offset() {
+        // Grain 0 is stored first, then 400 grains (1.6 MiB), then grain 1.. the window is 512 KiB:
+        // grain 0 is fine, but grain 1 is stored after grain 401 and grain 2 long before it.
+        let mut placement: Vec<u64> = (2..402).collect();
+        placement.insert(0, 0);
+        placement.push(1);
+        let file = image(402, &placement, false);
+        let err = decode(&file, 512 << 10).unwrap_err();
+        let Error::OutOfOrder { what, offset, .. } = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(what, "grain");
+        // Grain 2 is the second one stored.
+        assert_eq!(offset, 6 * 512 + GRAIN as u64);
+    }
+
+    #[test]
+    fn a_table_after_its_grains_is_read_from_the_window() {
+        let file = image(4, &[0, 1], true);
+        assert_eq!(decode(&file, 1 << 20).unwrap(), [(0, 1), (4096, 2)]);
+    }
+
+    #[test]
+    fn truncation_is_an_error() {
+        let file = image(8, &[0, 2, 5], false);
+        let err = decode(&file[..file.len() - 100], 1 << 20).unwrap_err();
+        assert!(matches!(err, Error::Truncated { what: "grain", .. }), "{err:?}");
+        let err = decode(&file[..700], 1 << 20).unwrap_err();
+        assert!(matches!(err, Error::Truncated { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn stream_optimized_is_refused() {
+        let file = stream_raw(4096).to_bytes();
+        let err = decode(&file, 1 << 20).unwrap_err();
+        assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
+    }
+
+    #[test]
+    fn hostile_directory_entries_do_not_panic() {
+        let mut file = image(8, &[0, 1], false);
+        // Table far past the end of the input, then at an overflowing sector.
+        file[512..516].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(&file, 1 << 20).is_err());
+        let mut file = image(8, &[0, 1], false);
+        let at = 2 * 512;
+        file[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(&file, 1 << 20).is_err());
+    }
+}
