@@ -1,0 +1,372 @@
+//! [`Qcow2Forward`]: a standalone qcow2 image (v2 or v3) decoded from a forward-only `Read` (a
+//! pipe, an HTTP body, an OVA member), with no seeking and no scratch file.
+//!
+//! The walk follows the file in physical order: header, L1 table, then L2 tables captured as the
+//! stream passes them (their offsets come from L1), data clusters mapped by L2 tables already
+//! read; refcount blocks, snapshots and everything else are skipped. Clusters come out in
+//! ascending guest order: plain and compressed (deflate) ones as data, zero and unallocated ones
+//! not at all (they read as zeros). A cluster stored before the one the walk is waiting for is
+//! taken from a [`Window`] of the last bytes read, which absorbs the disorder of qemu-img's
+//! parallel writers; anything the window no longer holds is a [`Error::OutOfOrder`] naming the
+//! offset. Backing files, encryption, external data files, zstd and extended L2 entries are
+//! refused. Memory: the window, plus the L2 tables read ahead of the guest cursor.
+
+use std::{collections::BTreeMap, io::Read};
+
+use crate::{
+    header::{COMPRESSED, Header, OFFSET_MASK, V3_HEADER_LEN, ZERO, l1_entries_for},
+    reader::inflate_cluster,
+    window::Window,
+};
+
+/// Default window: absorbs the disorder of qemu-img's parallel writers (8 requests of 2 MiB).
+pub const DEFAULT_WINDOW: usize = 16 << 20;
+
+/// Why a forward-only decode failed. Offsets are byte offsets in the qcow2 file (host offsets).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading the input failed.
+    #[error("failed to read the input at byte offset {offset}")]
+    Read {
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input ended before `what` was complete.
+    #[error("input ends at byte offset {len}, inside the {what} at byte offset {offset}")]
+    Truncated { what: &'static str, offset: u64, len: u64 },
+    /// The header, a table entry or a compressed cluster is invalid, or the image uses a feature
+    /// that is not supported.
+    #[error("invalid or unsupported qcow2 image")]
+    Image(#[source] crate::Error),
+    /// A layout this decoder does not read (the seekable reader does).
+    #[error("{0} cannot be decoded forward-only")]
+    Unsupported(&'static str),
+    /// An item lies before bytes already passed and no longer held by the window.
+    #[error(
+        "{what} at byte offset {offset} lies before the read position {position} \
+         (more than the {window}-byte window back): the file cannot be read in one pass"
+    )]
+    OutOfOrder {
+        what: &'static str,
+        offset: u64,
+        position: u64,
+        window: u64,
+    },
+}
+
+impl Error {
+    /// Whether the failure is the file's layout (readable with random access), not corruption.
+    pub fn needs_random_access(&self) -> bool {
+        matches!(self, Error::OutOfOrder { .. })
+    }
+
+    /// The byte offset the error names, if any.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            Error::Read { offset, .. } | Error::Truncated { offset, .. } | Error::OutOfOrder { offset, .. } => {
+                Some(*offset)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Forward-only decoder of a qcow2 image; see the module docs.
+pub struct Qcow2Forward<R> {
+    window: Window<R>,
+    header: Header,
+    /// L2 tables not yet read: host offset → L1 index.
+    pending: BTreeMap<u64, u64>,
+    /// L2 tables read and not yet passed by the cursor, by L1 index.
+    tables: BTreeMap<u64, Vec<u64>>,
+    /// Host offset of each used L1 entry's table, 0 for none.
+    l2_offsets: Vec<u64>,
+    /// Next guest cluster to look at.
+    cursor: u64,
+    clusters: u64,
+    l2_bits: u32,
+    compressed: Vec<u8>,
+    inflated: Vec<u8>,
+}
+
+impl<R: Read> Qcow2Forward<R> {
+    /// Reads the header and the L1 table; `window` is the byte budget for disorder
+    /// ([`DEFAULT_WINDOW`] is a good value).
+    ///
+    /// # Errors
+    /// [`Error::Image`] for header and L1 problems (including backing files, encryption and the
+    /// other refused features), [`Error::Unsupported`], [`Error::Truncated`], [`Error::OutOfOrder`].
+    pub fn new(input: R, window: usize) -> Result<Self, Error> {
+        let mut window = Window::new(input, window);
+        let mut head = [0u8; V3_HEADER_LEN + 8];
+        fill(&mut window, head.len() as u64)?;
+        let n = (window.position() as usize).min(head.len());
+        window.copy_out(0, &mut head[..n]);
+        let header = Header::parse(&head[..n]).map_err(Error::Image)?;
+        if header.backing_file_offset != 0 {
+            let mut name = vec![0u8; header.backing_file_size as usize];
+            read_at(&mut window, header.backing_file_offset, &mut name, "backing file name")?;
+            return Err(Error::Image(crate::Error::BackingFile {
+                name: String::from_utf8_lossy(&name).into_owned(),
+            }));
+        }
+        if header.has_extended_l2() {
+            return Err(Error::Unsupported("an image with extended L2 entries"));
+        }
+        let cluster_size = header.cluster_size();
+        // A compressed cluster may take two clusters of the file; both must fit with room to spare.
+        if cluster_size * 8 > window.capacity() {
+            return Err(Error::Unsupported("a cluster larger than an eighth of the window"));
+        }
+        let l2_bits = header.l2_bits();
+        let used = l1_entries_for(header.virtual_size, header.cluster_bits + l2_bits).min(header.l1_size);
+        let mut raw = vec![0u8; (used * 8) as usize];
+        read_at(&mut window, header.l1_table_offset, &mut raw, "L1 table")?;
+        let mut pending = BTreeMap::new();
+        let mut l2_offsets = vec![0u64; used as usize];
+        for (index, chunk) in raw.chunks_exact(8).enumerate() {
+            let entry = be_u64(chunk);
+            let offset = entry & OFFSET_MASK;
+            if offset == 0 {
+                continue;
+            }
+            let corrupt = |reason| {
+                Error::Image(crate::Error::CorruptL1Entry {
+                    index: index as u64,
+                    entry,
+                    reason,
+                })
+            };
+            if !offset.is_multiple_of(cluster_size) {
+                return Err(corrupt("L2 table offset is not cluster aligned"));
+            }
+            if pending.insert(offset, index as u64).is_some() {
+                return Err(corrupt("two L1 entries share an L2 table"));
+            }
+            l2_offsets[index] = offset;
+        }
+        let clusters = header.virtual_size.div_ceil(cluster_size);
+        let mut decoder = Self {
+            window,
+            header,
+            pending,
+            tables: BTreeMap::new(),
+            l2_offsets,
+            cursor: 0,
+            clusters,
+            l2_bits,
+            compressed: Vec::new(),
+            inflated: Vec::new(),
+        };
+        // Tables already passed (before or inside L1) must come from the window now.
+        decoder.capture_tables(decoder.window.position())?;
+        Ok(decoder)
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Virtual size in bytes.
+    pub fn virtual_size(&self) -> u64 {
+        self.header.virtual_size
+    }
+
+    /// Bytes read from the input so far.
+    pub fn position(&self) -> u64 {
+        self.window.position()
+    }
+
+    /// Appends the next cluster holding data to `out` and returns its guest offset; `None` once
+    /// every cluster is out. Offsets ascend; zero and unallocated clusters are skipped (they read
+    /// as zeros). The last cluster is cut at the virtual size.
+    ///
+    /// # Errors
+    /// [`Error::OutOfOrder`] when the layout needs random access, [`Error::Truncated`],
+    /// [`Error::Image`] for corrupt entries and compressed clusters, [`Error::Read`].
+    pub fn next_cluster(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, Error> {
+        let per_l2 = 1u64 << self.l2_bits;
+        let cluster_size = self.header.cluster_size();
+        while self.cursor < self.clusters {
+            let l1_index = self.cursor >> self.l2_bits;
+            let l2_offset = self.l2_offsets.get(l1_index as usize).copied().unwrap_or(0);
+            if l2_offset == 0 {
+                self.cursor = (l1_index + 1) * per_l2;
+                continue;
+            }
+            if !self.tables.contains_key(&l1_index) {
+                self.capture_tables(l2_offset.saturating_add(cluster_size))?;
+            }
+            // Tables behind the cursor are done with.
+            while let Some((&first, _)) = self.tables.first_key_value() {
+                if first >= l1_index {
+                    break;
+                }
+                self.tables.remove(&first);
+            }
+            let cluster = self.cursor;
+            let entry = self
+                .tables
+                .get(&l1_index)
+                .and_then(|t| t.get((cluster & (per_l2 - 1)) as usize).copied())
+                .unwrap_or(0);
+            self.cursor += 1;
+            let guest_offset = cluster << self.header.cluster_bits;
+            let len = cluster_size.min(self.header.virtual_size - guest_offset) as usize;
+            let corrupt = |reason| {
+                Error::Image(crate::Error::CorruptL2Entry {
+                    guest_offset,
+                    entry,
+                    reason,
+                })
+            };
+            if entry & COMPRESSED != 0 {
+                let bits = self.header.cluster_bits;
+                let x = 62 - (bits - 8);
+                let host_offset = entry & ((1u64 << x) - 1);
+                let sectors = (entry >> x) & ((1u64 << (62 - x)) - 1);
+                let stored = ((sectors + 1) * 512).saturating_sub(host_offset & 511);
+                // The sector count is rounded up; the file may end before it.
+                let end = host_offset.saturating_add(stored);
+                self.capture_tables(end)?;
+                let available = end.min(self.window.position()).saturating_sub(host_offset) as usize;
+                if available == 0 {
+                    return Err(self.behind_or_truncated("compressed cluster", host_offset));
+                }
+                self.compressed.resize(available, 0);
+                if !self.window.copy_out(host_offset, &mut self.compressed) {
+                    return Err(self.behind_or_truncated("compressed cluster", host_offset));
+                }
+                self.inflated.resize(cluster_size as usize, 0);
+                inflate_cluster(&self.compressed, &mut self.inflated).map_err(|reason| {
+                    Error::Image(crate::Error::BadCompressedCluster {
+                        guest_offset,
+                        host_offset,
+                        reason,
+                    })
+                })?;
+                out.extend_from_slice(&self.inflated[..len]);
+                return Ok(Some(guest_offset));
+            }
+            if entry & ZERO != 0 {
+                if self.header.version < 3 {
+                    return Err(corrupt("zero flag in a version 2 image"));
+                }
+                continue;
+            }
+            let host_offset = entry & OFFSET_MASK;
+            if host_offset == 0 {
+                continue;
+            }
+            if !host_offset.is_multiple_of(cluster_size) {
+                return Err(corrupt("data cluster offset is not cluster aligned"));
+            }
+            let end = host_offset.saturating_add(len as u64);
+            self.capture_tables(end)?;
+            // Like qemu, a last cluster cut by the end of the file reads as zeros past it.
+            let present = end.min(self.window.position()).saturating_sub(host_offset) as usize;
+            if present == 0 {
+                return Err(self.behind_or_truncated("data cluster", host_offset));
+            }
+            let start = out.len();
+            out.resize(start + len, 0);
+            if !self.window.copy_out(host_offset, &mut out[start..start + present]) {
+                out.truncate(start);
+                return Err(self.behind_or_truncated("data cluster", host_offset));
+            }
+            return Ok(Some(guest_offset));
+        }
+        Ok(None)
+    }
+
+    /// Reads up to `end`, capturing every pending L2 table on the way.
+    fn capture_tables(&mut self, end: u64) -> Result<(), Error> {
+        let cluster_size = self.header.cluster_size();
+        loop {
+            let next = self.pending.first_key_value().map(|(&o, &i)| (o, i));
+            let Some((offset, index)) = next.filter(|&(o, _)| o < end) else {
+                return fill(&mut self.window, end);
+            };
+            self.pending.remove(&offset);
+            let mut raw = vec![0u8; cluster_size as usize];
+            fill(&mut self.window, offset.saturating_add(cluster_size))?;
+            if !self.window.copy_out(offset, &mut raw) {
+                return Err(self.behind_or_truncated("L2 table", offset));
+            }
+            self.tables.insert(index, raw.chunks_exact(8).map(be_u64).collect());
+        }
+    }
+
+    fn behind_or_truncated(&self, what: &'static str, offset: u64) -> Error {
+        if offset < self.window.oldest() {
+            Error::OutOfOrder {
+                what,
+                offset,
+                position: self.window.position(),
+                window: self.window.capacity(),
+            }
+        } else {
+            Error::Truncated {
+                what,
+                offset,
+                len: self.window.position(),
+            }
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Qcow2Forward<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qcow2Forward")
+            .field("header", &self.header)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+fn be_u64(c: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&c[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// Reads up to `end` (or the end of the input: a short read is reported by the caller's copy,
+/// which knows what was cut).
+fn fill<R: Read>(window: &mut Window<R>, end: u64) -> Result<(), Error> {
+    window.fill_to(end).map(drop).map_err(|source| Error::Read {
+        offset: window.position(),
+        source,
+    })
+}
+
+/// Reads `[offset, offset + out.len())` in window-sized pieces (an L1 table may be larger).
+fn read_at<R: Read>(window: &mut Window<R>, offset: u64, out: &mut [u8], what: &'static str) -> Result<(), Error> {
+    let piece = (window.capacity() / 4) as usize;
+    let mut done = 0usize;
+    while done < out.len() {
+        let n = piece.min(out.len() - done);
+        let at = offset.saturating_add(done as u64);
+        fill(window, at.saturating_add(n as u64))?;
+        if !window.copy_out(at, &mut out[done..done + n]) {
+            return Err(if at < window.oldest() {
+                Error::OutOfOrder {
+                    what,
+                    offset: at,
+                    position: window.position(),
+                    window: window.capacity(),
+                }
+            } else {
+                Error::Truncated {
+                    what,
+                    offset,
+                    len: window.position(),
+                }
+            });
+        }
+        done += n;
+    }
+    Ok(())
+}
