@@ -233,8 +233,33 @@ pub fn convert_path(path: &Path, output: Output, opts: &Options) -> Result<Repor
     }
 }
 
+struct SparseForwardSource<R>(vmdk::SparseForward<R>);
+
+impl<R: Read> pipeline::ForwardDecoder for SparseForwardSource<R> {
+    fn virtual_size(&self) -> u64 {
+        self.0.capacity()
+    }
+    fn next_run(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, Error> {
+        Ok(self.0.next_grain(out)?)
+    }
+}
+
+struct Qcow2ForwardSource<R>(qcow2::Qcow2Forward<R>);
+
+impl<R: Read> pipeline::ForwardDecoder for Qcow2ForwardSource<R> {
+    fn virtual_size(&self) -> u64 {
+        self.0.virtual_size()
+    }
+    fn next_run(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, Error> {
+        Ok(self.0.next_cluster(out)?)
+    }
+}
+
 /// Converts a disk image read sequentially (stdin, an HTTP body, a tar entry): a streamOptimized
-/// VMDK or raw bytes. Formats that need random access are refused with a clear error.
+/// VMDK, a hosted sparse VMDK (monolithicSparse), qcow2 or raw bytes. The sparse VMDK and qcow2
+/// are decoded forward-only ([`vmdk::SparseForward`], [`qcow2::Qcow2Forward`]); a layout that
+/// needs random access fails with [`Error::NotOnePass`]. A descriptor with extents beside it is
+/// refused with [`Error::NeedsSeekable`].
 pub fn convert_reader(mut input: impl Read, output: Output, opts: &Options) -> Result<Report, Error> {
     let head = read_head(&mut input)?;
     let format = detect(&head);
@@ -242,6 +267,26 @@ pub fn convert_reader(mut input: impl Read, output: Output, opts: &Options) -> R
     match format {
         InputFormat::VmdkStream => pipeline::convert_stream_optimized(chained, output, opts),
         InputFormat::Raw => pipeline::convert_raw_stream(chained, output, opts),
+        InputFormat::VmdkSparse => {
+            let count = Arc::new(AtomicU64::new(0));
+            let counted = pipeline::Counting {
+                inner: chained,
+                count: count.clone(),
+            };
+            let decoder = vmdk::SparseForward::new(counted, vmdk::forward::DEFAULT_WINDOW)?;
+            let mut source = SparseForwardSource(decoder);
+            pipeline::convert_forward(&mut source, format.name(), output, opts, count)
+        }
+        InputFormat::Qcow2 => {
+            let count = Arc::new(AtomicU64::new(0));
+            let counted = pipeline::Counting {
+                inner: chained,
+                count: count.clone(),
+            };
+            let decoder = qcow2::Qcow2Forward::new(counted, qcow2::forward::DEFAULT_WINDOW)?;
+            let mut source = Qcow2ForwardSource(decoder);
+            pipeline::convert_forward(&mut source, format.name(), output, opts, count)
+        }
         InputFormat::Ova => Err(Error::IsOva),
         other => Err(Error::NeedsSeekable { format: other.name() }),
     }

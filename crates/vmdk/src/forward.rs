@@ -13,6 +13,7 @@ use std::{collections::BTreeMap, io::Read};
 
 use crate::{
     SECTOR_SIZE,
+    descriptor::Descriptor,
     header::{self, GdLocation, SparseHeader},
     window::Window,
 };
@@ -37,6 +38,9 @@ pub enum Error {
     /// The sparse header is invalid.
     #[error("invalid sparse header")]
     Header(#[source] header::Error),
+    /// The embedded descriptor is invalid.
+    #[error("invalid embedded descriptor")]
+    Descriptor(#[source] crate::descriptor::Error),
     /// A layout this decoder does not read (the seekable reader or the stream decoder does).
     #[error("{0} cannot be decoded forward-only")]
     Unsupported(&'static str),
@@ -82,6 +86,7 @@ impl Error {
 pub struct SparseForward<R> {
     window: Window<R>,
     header: SparseHeader,
+    descriptor: Option<Descriptor>,
     /// Grain tables not yet read: byte offset → directory index.
     pending: BTreeMap<u64, u64>,
     /// Grain tables read and not yet passed by the cursor, by directory index.
@@ -118,6 +123,16 @@ impl<R: Read> SparseForward<R> {
         };
         let entries = header.gd_entries();
         let gd_offset = sector_bytes(gd_sector, "grain directory", 0)?;
+        // The embedded descriptor, when it comes before the directory (it does in every writer's
+        // layout); the header bounds its size.
+        let descriptor = match header.descriptor {
+            Some((sector, sectors)) if sector.saturating_mul(SECTOR_SIZE) < gd_offset => {
+                let mut bytes = vec![0u8; (sectors * SECTOR_SIZE) as usize];
+                read_at(&mut window, sector * SECTOR_SIZE, &mut bytes, "embedded descriptor")?;
+                Some(Descriptor::parse_bytes(&bytes).map_err(Error::Descriptor)?)
+            }
+            _ => None,
+        };
         let mut raw = vec![0u8; (entries * 4) as usize];
         read_at(&mut window, gd_offset, &mut raw, "grain directory")?;
         let mut pending = BTreeMap::new();
@@ -142,6 +157,7 @@ impl<R: Read> SparseForward<R> {
         let mut decoder = Self {
             window,
             header,
+            descriptor,
             pending,
             tables: BTreeMap::new(),
             table_offsets,
@@ -156,6 +172,11 @@ impl<R: Read> SparseForward<R> {
     /// The validated header.
     pub fn header(&self) -> &SparseHeader {
         &self.header
+    }
+
+    /// The embedded descriptor, if the file has one before its grain directory.
+    pub fn descriptor(&self) -> Option<&Descriptor> {
+        self.descriptor.as_ref()
     }
 
     /// Virtual size in bytes.
