@@ -135,7 +135,8 @@ pub fn inspect_reader(mut input: impl Read) -> Result<ImageInfo, Error> {
     match detect(&head) {
         InputFormat::VmdkStream => inspect_stream(Cursor::new(head).chain(input)),
         InputFormat::VmdkSparse => {
-            let mut d = vmdk::SparseForward::new(Cursor::new(head).chain(input), vmdk::forward::DEFAULT_WINDOW)?;
+            let mut d =
+                vmdk::SparseForward::new(Cursor::new(head).chain(input), vmdk::forward::DEFAULT_WINDOW)?;
             let h = *d.header();
             let mut info = ImageInfo {
                 format: "vmdk".into(),
@@ -151,7 +152,8 @@ pub fn inspect_reader(mut input: impl Read) -> Result<ImageInfo, Error> {
             Ok(info)
         }
         InputFormat::Qcow2 => {
-            let mut d = qcow2::Qcow2Forward::new(Cursor::new(head).chain(input), qcow2::forward::DEFAULT_WINDOW)?;
+            let mut d =
+                qcow2::Qcow2Forward::new(Cursor::new(head).chain(input), qcow2::forward::DEFAULT_WINDOW)?;
             let (version, virtual_size, cluster) =
                 (d.header().version, d.virtual_size(), d.header().cluster_size());
             let allocated = count_allocated(|out| Ok(d.next_cluster(out)?))?;

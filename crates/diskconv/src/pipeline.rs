@@ -663,7 +663,8 @@ pub(crate) fn convert_forward(
         |done, credits| {
             let mut seq = 0u64;
             let mut send = |offset: u64, data: Vec<u8>| -> bool {
-                let sent = credits.recv().is_ok() && done.send(Msg::Block(Block { seq, offset, data })).is_ok();
+                let sent =
+                    credits.recv().is_ok() && done.send(Msg::Block(Block { seq, offset, data })).is_ok();
                 seq += 1;
                 sent
             };

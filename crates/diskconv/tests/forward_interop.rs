@@ -35,7 +35,11 @@ fn opts() -> Options {
 
 /// Runs `f` on a pipe carrying `image` (`cat`'s stdout: no seeking possible).
 fn with_pipe<T>(image: &Path, f: impl FnOnce(std::process::ChildStdout) -> T) -> T {
-    let mut cat = Command::new("cat").arg(image).stdout(Stdio::piped()).spawn().unwrap();
+    let mut cat = Command::new("cat")
+        .arg(image)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pipe = cat.stdout.take().unwrap();
     let result = f(pipe);
     let _ = cat.wait();
@@ -85,7 +89,11 @@ fn qcow2_from_a_pipe_is_byte_identical() {
         assert_eq!(report.virtual_size, data.len() as u64);
         assert_eq!(report.sha256, sha, "{extra:?}: sha256");
         assert!(fs::read(&out).unwrap() == data, "{extra:?}: bytes differ");
-        assert_eq!(report.bytes_read, fs::metadata(&image).unwrap().len(), "{extra:?}: read all");
+        assert_eq!(
+            report.bytes_read,
+            fs::metadata(&image).unwrap().len(),
+            "{extra:?}: read all"
+        );
 
         let info = with_pipe(&image, inspect::inspect_reader).unwrap();
         assert_eq!(info.format, "qcow2");
@@ -100,7 +108,15 @@ fn monolithic_sparse_inspects_from_a_pipe() {
     let (raw, data) = raw_disk(dir.path());
     let image = dir.path().join("disk.vmdk");
     run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse,adapter_type=lsilogic"])
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=monolithicSparse,adapter_type=lsilogic",
+        ])
         .arg(&raw)
         .arg(&image));
     let info = with_pipe(&image, inspect::inspect_reader).unwrap();
@@ -118,20 +134,35 @@ fn monolithic_sparse_inspects_from_a_pipe() {
 fn qcow2_needing_random_access_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("rev.qcow2");
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&image).arg("64M"));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("64M"));
     run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x77 40M 24M", "-c", "write -P 0x11 0 64k"])
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x77 40M 24M",
+            "-c",
+            "write -P 0x11 0 64k",
+        ])
         .arg(&image));
     let out = dir.path().join("out.raw");
-    let err = with_pipe(&image, |pipe| diskconv::convert_reader(pipe, Output::RawFile(out.clone()), &opts()))
-        .expect_err("layout needs random access");
+    let err = with_pipe(&image, |pipe| {
+        diskconv::convert_reader(pipe, Output::RawFile(out.clone()), &opts())
+    })
+    .expect_err("layout needs random access");
     let Error::NotOnePass { format, offset, .. } = &err else {
         panic!("{err:?}");
     };
     assert_eq!(*format, "qcow2");
     assert!(*offset > 0);
     let msg = err.to_string();
-    assert!(msg.contains("vm-import convert FILE.ova") && msg.contains(&offset.to_string()), "{msg}");
+    assert!(
+        msg.contains("vm-import convert FILE.ova") && msg.contains(&offset.to_string()),
+        "{msg}"
+    );
     // The same file converts from a file (random access).
     let report = diskconv::convert_path(&image, Output::RawFile(out.clone()), &opts()).unwrap();
     assert_eq!(report.virtual_size, 64 << 20);

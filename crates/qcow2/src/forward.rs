@@ -35,7 +35,11 @@ pub enum Error {
     },
     /// The input ended before `what` was complete.
     #[error("input ends at byte offset {len}, inside the {what} at byte offset {offset}")]
-    Truncated { what: &'static str, offset: u64, len: u64 },
+    Truncated {
+        what: &'static str,
+        offset: u64,
+        len: u64,
+    },
     /// The header, a table entry or a compressed cluster is invalid, or the image uses a feature
     /// that is not supported.
     #[error("invalid or unsupported qcow2 image")]
@@ -65,9 +69,9 @@ impl Error {
     /// The byte offset the error names, if any.
     pub fn offset(&self) -> Option<u64> {
         match self {
-            Error::Read { offset, .. } | Error::Truncated { offset, .. } | Error::OutOfOrder { offset, .. } => {
-                Some(*offset)
-            }
+            Error::Read { offset, .. }
+            | Error::Truncated { offset, .. }
+            | Error::OutOfOrder { offset, .. } => Some(*offset),
             _ => None,
         }
     }
@@ -107,7 +111,12 @@ impl<R: Read> Qcow2Forward<R> {
         let header = Header::parse(&head[..n]).map_err(Error::Image)?;
         if header.backing_file_offset != 0 {
             let mut name = vec![0u8; header.backing_file_size as usize];
-            read_at(&mut window, header.backing_file_offset, &mut name, "backing file name")?;
+            read_at(
+                &mut window,
+                header.backing_file_offset,
+                &mut name,
+                "backing file name",
+            )?;
             return Err(Error::Image(crate::Error::BackingFile {
                 name: String::from_utf8_lossy(&name).into_owned(),
             }));
@@ -118,7 +127,9 @@ impl<R: Read> Qcow2Forward<R> {
         let cluster_size = header.cluster_size();
         // A compressed cluster may take two clusters of the file; both must fit with room to spare.
         if cluster_size * 8 > window.capacity() {
-            return Err(Error::Unsupported("a cluster larger than an eighth of the window"));
+            return Err(Error::Unsupported(
+                "a cluster larger than an eighth of the window",
+            ));
         }
         let l2_bits = header.l2_bits();
         let used = l1_entries_for(header.virtual_size, header.cluster_bits + l2_bits).min(header.l1_size);
@@ -273,7 +284,10 @@ impl<R: Read> Qcow2Forward<R> {
             }
             let start = out.len();
             out.resize(start + len, 0);
-            if !self.window.copy_out(host_offset, &mut out[start..start + present]) {
+            if !self
+                .window
+                .copy_out(host_offset, &mut out[start..start + present])
+            {
                 out.truncate(start);
                 return Err(self.behind_or_truncated("data cluster", host_offset));
             }
@@ -296,7 +310,8 @@ impl<R: Read> Qcow2Forward<R> {
             if !self.window.copy_out(offset, &mut raw) {
                 return Err(self.behind_or_truncated("L2 table", offset));
             }
-            self.tables.insert(index, raw.chunks_exact(8).map(be_u64).collect());
+            self.tables
+                .insert(index, raw.chunks_exact(8).map(be_u64).collect());
         }
     }
 
@@ -343,7 +358,12 @@ fn fill<R: Read>(window: &mut Window<R>, end: u64) -> Result<(), Error> {
 }
 
 /// Reads `[offset, offset + out.len())` in window-sized pieces (an L1 table may be larger).
-fn read_at<R: Read>(window: &mut Window<R>, offset: u64, out: &mut [u8], what: &'static str) -> Result<(), Error> {
+fn read_at<R: Read>(
+    window: &mut Window<R>,
+    offset: u64,
+    out: &mut [u8],
+    what: &'static str,
+) -> Result<(), Error> {
     let piece = (window.capacity() / 4) as usize;
     let mut done = 0usize;
     while done < out.len() {
@@ -403,13 +423,19 @@ mod tests {
     fn writer_image_decodes_forward() {
         // The writer puts its tables at the end, after the clusters they map: the window holds
         // them, since the whole image is smaller than it.
-        assert_eq!(decode(&image()).unwrap(), [(128 << 10, 65536), ((1 << 20) - 65536, 65536)]);
+        assert_eq!(
+            decode(&image()).unwrap(),
+            [(128 << 10, 65536), ((1 << 20) - 65536, 65536)]
+        );
     }
 
     #[test]
     fn refuses_a_non_qcow2_header() {
         let err = decode(&[0u8; 512]).unwrap_err();
-        assert!(matches!(err, Error::Image(crate::Error::BadMagic { .. })), "{err:?}");
+        assert!(
+            matches!(err, Error::Image(crate::Error::BadMagic { .. })),
+            "{err:?}"
+        );
     }
 
     proptest! {

@@ -78,7 +78,10 @@ fn qemu_images_decode_forward_identical() {
         )
         .unwrap_or_else(|e| panic!("{extra:?}: {e}"));
         let first = got.iter().zip(&data).position(|(a, b)| a != b);
-        assert!(got == data, "{extra:?}: content differs from the raw original at {first:?}");
+        assert!(
+            got == data,
+            "{extra:?}: content differs from the raw original at {first:?}"
+        );
     }
 }
 
@@ -173,18 +176,45 @@ fn refuses_backing_file_and_extended_l2() {
     let dir = tmp();
     let base = join(&dir, "base.qcow2");
     let top = join(&dir, "top.qcow2");
-    run_ok("qemu-img", &["create", "-q", "-f", "qcow2", path_str(&base), "1M"]);
     run_ok(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", path_str(&base), "-F", "qcow2", path_str(&top)],
+        &["create", "-q", "-f", "qcow2", path_str(&base), "1M"],
+    );
+    run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            path_str(&base),
+            "-F",
+            "qcow2",
+            path_str(&top),
+        ],
     );
     let err = decode(File::open(&top).unwrap(), DEFAULT_WINDOW).expect_err("backing file");
-    let chain = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
     assert!(chain.contains("base.qcow2"), "{chain}");
     let ext = join(&dir, "ext.qcow2");
     run_ok(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", path_str(&ext), "1M"],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            path_str(&ext),
+            "1M",
+        ],
     );
     let err = decode(File::open(&ext).unwrap(), DEFAULT_WINDOW).expect_err("extended L2");
     assert!(matches!(err, qcow2::forward::Error::Unsupported(_)), "{err}");
@@ -201,7 +231,10 @@ fn truncated_image_is_an_error() {
     for cut in [50, 300 << 10, bytes.len() / 2] {
         let err = decode(&bytes[..cut], DEFAULT_WINDOW).expect_err("truncated");
         assert!(
-            matches!(err, qcow2::forward::Error::Truncated { .. } | qcow2::forward::Error::Image(_)),
+            matches!(
+                err,
+                qcow2::forward::Error::Truncated { .. } | qcow2::forward::Error::Image(_)
+            ),
             "{cut}: {err}"
         );
     }

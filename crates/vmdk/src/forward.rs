@@ -34,7 +34,11 @@ pub enum Error {
     },
     /// The input ended before `what` was complete.
     #[error("input ends at byte offset {len}, inside the {what} at byte offset {offset}")]
-    Truncated { what: &'static str, offset: u64, len: u64 },
+    Truncated {
+        what: &'static str,
+        offset: u64,
+        len: u64,
+    },
     /// The sparse header is invalid.
     #[error("invalid sparse header")]
     Header(#[source] header::Error),
@@ -74,9 +78,9 @@ impl Error {
     /// The byte offset the error names, if any.
     pub fn offset(&self) -> Option<u64> {
         match self {
-            Error::Read { offset, .. } | Error::Truncated { offset, .. } | Error::OutOfOrder { offset, .. } => {
-                Some(*offset)
-            }
+            Error::Read { offset, .. }
+            | Error::Truncated { offset, .. }
+            | Error::OutOfOrder { offset, .. } => Some(*offset),
             _ => None,
         }
     }
@@ -128,7 +132,12 @@ impl<R: Read> SparseForward<R> {
         let descriptor = match header.descriptor {
             Some((sector, sectors)) if sector.saturating_mul(SECTOR_SIZE) < gd_offset => {
                 let mut bytes = vec![0u8; (sectors * SECTOR_SIZE) as usize];
-                read_at(&mut window, sector * SECTOR_SIZE, &mut bytes, "embedded descriptor")?;
+                read_at(
+                    &mut window,
+                    sector * SECTOR_SIZE,
+                    &mut bytes,
+                    "embedded descriptor",
+                )?;
                 Some(Descriptor::parse_bytes(&bytes).map_err(Error::Descriptor)?)
             }
             _ => None,
@@ -312,7 +321,12 @@ fn fill<R: Read>(window: &mut Window<R>, end: u64) -> Result<(), Error> {
 }
 
 /// Reads `[offset, offset + out.len())` in window-sized pieces (a directory may be larger).
-fn read_at<R: Read>(window: &mut Window<R>, offset: u64, out: &mut [u8], what: &'static str) -> Result<(), Error> {
+fn read_at<R: Read>(
+    window: &mut Window<R>,
+    offset: u64,
+    out: &mut [u8],
+    what: &'static str,
+) -> Result<(), Error> {
     let piece = (window.capacity() / 4) as usize;
     let mut done = 0usize;
     while done < out.len() {

@@ -97,7 +97,19 @@ fn large_disk_with_small_window() {
     data[end - (3 << 20)..end - (1 << 19)].fill(0x22);
     data[40 << 20] = 7;
     fs::write(&raw, &data).unwrap();
-    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse"], &raw, &vmdk);
+    qemu_img(
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=monolithicSparse",
+        ],
+        &raw,
+        &vmdk,
+    );
     let out = decode(fs::File::open(&vmdk).unwrap(), 1 << 20);
     assert!(out == data, "decoded bytes differ");
 }
