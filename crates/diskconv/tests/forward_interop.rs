@@ -127,9 +127,9 @@ fn monolithic_sparse_inspects_from_a_pipe() {
     assert_eq!(info.grain_size, Some(65536));
 }
 
-/// qemu-io writes 24 MiB at the end of the disk first, then the first cluster: the first cluster's
-/// data follows the end's in the file, and by the time the walk reaches it the end's data has left
-/// the 16 MiB window.
+/// qemu-io writes 56 MiB at the end of the disk first, then the first cluster: the first cluster's
+/// data follows the end's in the file, and the end's data is more than the decoder holds (32 MiB
+/// reorder budget plus 16 MiB window).
 #[test]
 fn qcow2_needing_random_access_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,7 +143,7 @@ fn qcow2_needing_random_access_fails_clearly() {
             "-f",
             "qcow2",
             "-c",
-            "write -P 0x77 40M 24M",
+            "write -P 0x77 8M 56M",
             "-c",
             "write -P 0x11 0 64k",
         ])

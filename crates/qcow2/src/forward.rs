@@ -5,13 +5,19 @@
 //! stream passes them (their offsets come from L1), data clusters mapped by L2 tables already
 //! read; refcount blocks, snapshots and everything else are skipped. Clusters come out in
 //! ascending guest order: plain and compressed (deflate) ones as data, zero and unallocated ones
-//! not at all (they read as zeros). A cluster stored before the one the walk is waiting for is
-//! taken from a [`Window`] of the last bytes read, which absorbs the disorder of qemu-img's
-//! parallel writers; anything the window no longer holds is a [`Error::OutOfOrder`] naming the
-//! offset. Backing files, encryption, external data files, zstd and extended L2 entries are
-//! refused. Memory: the window, plus the L2 tables read ahead of the guest cursor.
+//! not at all (they read as zeros). A mapped cluster the stream passes before its turn is held
+//! (up to [`REORDER_BUDGET`] bytes, compressed ones compressed: qemu-img `convert -c` interleaves
+//! regions); a cluster stored before the L2 table that maps it is taken from a [`Window`] of the
+//! last bytes read. Anything neither holds is a [`Error::OutOfOrder`] naming the offset.
+//! Backing files, encryption, external data files, zstd and extended L2 entries are refused.
+//! Memory: the window, the held clusters, and the L2 tables read ahead of the guest cursor with
+//! 4 bytes per entry of physical order.
 
-use std::{collections::BTreeMap, io::Read};
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap},
+    io::Read,
+};
 
 use crate::{
     header::{COMPRESSED, Header, OFFSET_MASK, V3_HEADER_LEN, ZERO, l1_entries_for},
@@ -19,8 +25,13 @@ use crate::{
     window::Window,
 };
 
-/// Default window: absorbs the disorder of qemu-img's parallel writers (8 requests of 2 MiB).
+/// Default window of recent bytes: clusters stored before the L2 table that maps them.
 pub const DEFAULT_WINDOW: usize = 16 << 20;
+
+/// Most bytes of clusters held because the stream passed them before their turn (qemu-img
+/// `convert -c` interleaves the compressed clusters of one region with the plain clusters of the
+/// one before, across tens of MiB of file). Compressed clusters are held compressed.
+pub const REORDER_BUDGET: usize = 32 << 20;
 
 /// Why a forward-only decode failed. Offsets are byte offsets in the qcow2 file (host offsets).
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +104,14 @@ pub struct Qcow2Forward<R> {
     l2_bits: u32,
     compressed: Vec<u8>,
     inflated: Vec<u8>,
+    /// Per captured L2 table: its mapped entries ahead of the stream, by host offset (4 bytes per
+    /// entry), and how many of them the stream has passed.
+    orders: BTreeMap<u64, (Vec<u32>, usize)>,
+    /// The next entry ahead of the stream of each table in `orders`: (host offset, L1 index).
+    ahead: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Stored bytes of clusters passed before their turn, by guest cluster.
+    held: BTreeMap<u64, Vec<u8>>,
+    held_bytes: usize,
 }
 
 impl<R: Read> Qcow2Forward<R> {
@@ -170,6 +189,10 @@ impl<R: Read> Qcow2Forward<R> {
             l2_bits,
             compressed: Vec::new(),
             inflated: Vec::new(),
+            orders: BTreeMap::new(),
+            ahead: BinaryHeap::new(),
+            held: BTreeMap::new(),
+            held_bytes: 0,
         };
         // Tables already passed (before or inside L1) must come from the window now.
         decoder.capture_tables(decoder.window.position())?;
@@ -209,7 +232,7 @@ impl<R: Read> Qcow2Forward<R> {
                 continue;
             }
             if !self.tables.contains_key(&l1_index) {
-                self.capture_tables(l2_offset.saturating_add(cluster_size))?;
+                self.advance(l2_offset.saturating_add(cluster_size))?;
             }
             // Tables behind the cursor are done with.
             while let Some((&first, _)) = self.tables.first_key_value() {
@@ -217,6 +240,7 @@ impl<R: Read> Qcow2Forward<R> {
                     break;
                 }
                 self.tables.remove(&first);
+                self.orders.remove(&first);
             }
             let cluster = self.cursor;
             let entry = self
@@ -224,7 +248,6 @@ impl<R: Read> Qcow2Forward<R> {
                 .get(&l1_index)
                 .and_then(|t| t.get((cluster & (per_l2 - 1)) as usize).copied())
                 .unwrap_or(0);
-            self.cursor += 1;
             let guest_offset = cluster << self.header.cluster_bits;
             let len = cluster_size.min(self.header.virtual_size - guest_offset) as usize;
             let corrupt = |reason| {
@@ -241,16 +264,8 @@ impl<R: Read> Qcow2Forward<R> {
                 let sectors = (entry >> x) & ((1u64 << (62 - x)) - 1);
                 let stored = ((sectors + 1) * 512).saturating_sub(host_offset & 511);
                 // The sector count is rounded up; the file may end before it.
-                let end = host_offset.saturating_add(stored);
-                self.capture_tables(end)?;
-                let available = end.min(self.window.position()).saturating_sub(host_offset) as usize;
-                if available == 0 {
-                    return Err(self.behind_or_truncated("compressed cluster", host_offset));
-                }
-                self.compressed.resize(available, 0);
-                if !self.window.copy_out(host_offset, &mut self.compressed) {
-                    return Err(self.behind_or_truncated("compressed cluster", host_offset));
-                }
+                let stored = self.fetch(cluster, host_offset, stored, "compressed cluster")?;
+                self.compressed = stored;
                 self.inflated.resize(cluster_size as usize, 0);
                 inflate_cluster(&self.compressed, &mut self.inflated).map_err(|reason| {
                     Error::Image(crate::Error::BadCompressedCluster {
@@ -260,37 +275,31 @@ impl<R: Read> Qcow2Forward<R> {
                     })
                 })?;
                 out.extend_from_slice(&self.inflated[..len]);
+                self.cursor += 1;
                 return Ok(Some(guest_offset));
             }
             if entry & ZERO != 0 {
                 if self.header.version < 3 {
                     return Err(corrupt("zero flag in a version 2 image"));
                 }
+                self.cursor += 1;
                 continue;
             }
             let host_offset = entry & OFFSET_MASK;
             if host_offset == 0 {
+                self.cursor += 1;
                 continue;
             }
             if !host_offset.is_multiple_of(cluster_size) {
                 return Err(corrupt("data cluster offset is not cluster aligned"));
             }
-            let end = host_offset.saturating_add(len as u64);
-            self.capture_tables(end)?;
+            let stored = self.fetch(cluster, host_offset, len as u64, "data cluster")?;
             // Like qemu, a last cluster cut by the end of the file reads as zeros past it.
-            let present = end.min(self.window.position()).saturating_sub(host_offset) as usize;
-            if present == 0 {
-                return Err(self.behind_or_truncated("data cluster", host_offset));
-            }
             let start = out.len();
+            out.extend_from_slice(&stored);
             out.resize(start + len, 0);
-            if !self
-                .window
-                .copy_out(host_offset, &mut out[start..start + present])
-            {
-                out.truncate(start);
-                return Err(self.behind_or_truncated("data cluster", host_offset));
-            }
+            self.recycle(stored);
+            self.cursor += 1;
             return Ok(Some(guest_offset));
         }
         Ok(None)
@@ -310,8 +319,133 @@ impl<R: Read> Qcow2Forward<R> {
             if !self.window.copy_out(offset, &mut raw) {
                 return Err(self.behind_or_truncated("L2 table", offset));
             }
-            self.tables
-                .insert(index, raw.chunks_exact(8).map(be_u64).collect());
+            let table: Vec<u64> = raw.chunks_exact(8).map(be_u64).collect();
+            self.index_table(index, &table);
+            self.tables.insert(index, table);
+        }
+    }
+
+    /// Orders a freshly read table's mapped entries not yet gone from the window by host offset
+    /// (those already passed are picked up from the window by the next advance).
+    fn index_table(&mut self, l1_index: u64, table: &[u64]) {
+        let oldest = self.window.oldest();
+        let mut order: Vec<(u64, u32)> = table
+            .iter()
+            .enumerate()
+            .filter_map(|(j, &e)| stored_range(&self.header, e).map(|(host, _)| (host, j as u32)))
+            .filter(|&(host, _)| host >= oldest)
+            .collect();
+        order.sort_unstable();
+        if let Some(&(host, _)) = order.first() {
+            self.ahead.push(Reverse((host, l1_index)));
+            self.orders
+                .insert(l1_index, (order.into_iter().map(|(_, j)| j).collect(), 0));
+        }
+    }
+
+    /// The stored bytes of `cluster` (`len` bytes at `host`, fewer if the input ends first): held,
+    /// or read forward (holding the clusters passed on the way), or still in the window.
+    fn fetch(&mut self, cluster: u64, host: u64, len: u64, what: &'static str) -> Result<Vec<u8>, Error> {
+        if let Some(bytes) = self.held.remove(&cluster) {
+            self.held_bytes -= bytes.len();
+            return Ok(bytes);
+        }
+        let end = host.saturating_add(len);
+        if end > self.window.position() {
+            self.advance(end)?;
+            if let Some(bytes) = self.held.remove(&cluster) {
+                self.held_bytes -= bytes.len();
+                return Ok(bytes);
+            }
+        }
+        let available = end.min(self.window.position()).saturating_sub(host) as usize;
+        let mut bytes = self.spare();
+        bytes.resize(available, 0);
+        if available == 0 || !self.window.copy_out(host, &mut bytes) {
+            return Err(self.behind_or_truncated(what, host));
+        }
+        Ok(bytes)
+    }
+
+    /// Reads up to `end`, capturing pending L2 tables and holding (within [`REORDER_BUDGET`]) the
+    /// clusters not yet emitted that the stream passes.
+    fn advance(&mut self, end: u64) -> Result<(), Error> {
+        let per_l2 = 1u64 << self.l2_bits;
+        loop {
+            let table = self
+                .pending
+                .first_key_value()
+                .map(|(&o, _)| o)
+                .filter(|&o| o < end);
+            let item = self.ahead.peek().map(|Reverse(i)| *i).filter(|&(h, _)| h < end);
+            let (host, l1_index) = match (table, item) {
+                (None, None) => return fill(&mut self.window, end),
+                (Some(t), i) if i.is_none_or(|(h, _)| t <= h) => {
+                    self.capture_tables(t.saturating_add(1))?;
+                    continue;
+                }
+                (_, Some(i)) => i,
+                // The guard above takes every `(Some, None)`.
+                (Some(_), None) => return fill(&mut self.window, end),
+            };
+            self.ahead.pop();
+            let Some(j) = self.next_in_order(l1_index) else {
+                continue;
+            };
+            let cluster = l1_index * per_l2 + u64::from(j);
+            let entry = self
+                .tables
+                .get(&l1_index)
+                .and_then(|t| t.get(j as usize).copied())
+                .unwrap_or(0);
+            let Some((_, stored)) = stored_range(&self.header, entry) else {
+                continue;
+            };
+            if cluster < self.cursor || self.held.contains_key(&cluster) {
+                continue;
+            }
+            let item_end = host.saturating_add(stored);
+            fill(&mut self.window, item_end)?;
+            let available = item_end.min(self.window.position()).saturating_sub(host) as usize;
+            if available == 0 || self.held_bytes + available > REORDER_BUDGET {
+                continue;
+            }
+            let mut bytes = self.spare();
+            bytes.resize(available, 0);
+            if self.window.copy_out(host, &mut bytes) {
+                self.held_bytes += available;
+                self.held.insert(cluster, bytes);
+            }
+        }
+    }
+
+    /// Moves table `l1_index`'s order past its current entry, queues the next one, and returns the
+    /// entry index passed (`None` if the table is gone).
+    fn next_in_order(&mut self, l1_index: u64) -> Option<u32> {
+        let (order, next) = self.orders.get_mut(&l1_index)?;
+        let j = *order.get(*next)?;
+        *next += 1;
+        let following = order.get(*next).copied();
+        let table = self.tables.get(&l1_index);
+        if let Some(k) = following
+            && let Some((host, _)) = table
+                .and_then(|t| t.get(k as usize))
+                .and_then(|&e| stored_range(&self.header, e))
+        {
+            self.ahead.push(Reverse((host, l1_index)));
+        }
+        Some(j)
+    }
+
+    fn spare(&mut self) -> Vec<u8> {
+        let mut v = std::mem::take(&mut self.compressed);
+        v.clear();
+        v
+    }
+
+    fn recycle(&mut self, v: Vec<u8>) {
+        if v.capacity() > self.compressed.capacity() {
+            self.compressed = v;
         }
     }
 
@@ -340,6 +474,22 @@ impl<R> std::fmt::Debug for Qcow2Forward<R> {
             .field("cursor", &self.cursor)
             .finish_non_exhaustive()
     }
+}
+
+/// `(host offset, stored length)` of a plain or compressed L2 entry (`None` for zero, unallocated
+/// and entries whose offset is not cluster aligned: those are judged when their turn comes).
+fn stored_range(header: &Header, entry: u64) -> Option<(u64, u64)> {
+    if entry & COMPRESSED != 0 {
+        let x = 62 - (header.cluster_bits - 8);
+        let host = entry & ((1u64 << x) - 1);
+        let sectors = (entry >> x) & ((1u64 << (62 - x)) - 1);
+        return Some((host, ((sectors + 1) * 512).saturating_sub(host & 511)));
+    }
+    let host = entry & OFFSET_MASK;
+    if entry & ZERO != 0 || host == 0 || !host.is_multiple_of(header.cluster_size()) {
+        return None;
+    }
+    Some((host, header.cluster_size()))
 }
 
 fn be_u64(c: &[u8]) -> u64 {

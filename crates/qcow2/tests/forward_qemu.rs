@@ -141,10 +141,11 @@ fn zero_clusters_read_as_zeros() {
     assert!(got == expected, "content differs");
 }
 
-/// qemu-io writes the end of the disk first: with a window smaller than the distance, the data of
-/// the start comes after data it must follow, and the error names an offset.
+/// qemu-io writes the end of the disk first, then the start: the end's clusters are held while the
+/// walk reads on to the start's (2 MiB, within the reorder budget, with a window of only 1 MiB).
+/// 56 MiB written first exceed the budget and the window together: the error names an offset.
 #[test]
-fn disorder_beyond_the_window_is_a_clear_error() {
+fn disorder_is_held_within_the_budget_and_beyond_it_is_a_clear_error() {
     let dir = tmp();
     let img = join(&dir, "rev.qcow2");
     run_ok("qemu-img", &["create", "-q", "-f", "qcow2", path_str(&img), "8M"]);
@@ -160,15 +161,59 @@ fn disorder_beyond_the_window_is_a_clear_error() {
             path_str(&img),
         ],
     );
-    let err = decode(File::open(&img).unwrap(), 1 << 20).expect_err("needs random access");
-    assert!(err.needs_random_access(), "{err}");
-    assert!(err.offset().is_some());
-    assert!(err.to_string().contains("cannot be read in one pass"), "{err}");
-    // The default window holds all of it.
     let mut expected = vec![0u8; 8 * MIB];
     expected[6 * MIB..].fill(0x77);
     expected[..65536].fill(0x11);
-    assert!(decode(File::open(&img).unwrap(), DEFAULT_WINDOW).unwrap() == expected);
+    assert!(decode(File::open(&img).unwrap(), 1 << 20).unwrap() == expected);
+
+    let big = join(&dir, "big.qcow2");
+    run_ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", path_str(&big), "64M"],
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x77 8M 56M",
+            "-c",
+            "write -P 0x11 0 64k",
+            path_str(&big),
+        ],
+    );
+    let Err(err) = decode(File::open(&big).unwrap(), DEFAULT_WINDOW) else {
+        panic!("decoded a layout that needs random access");
+    };
+    assert!(err.needs_random_access(), "{err}");
+    assert!(err.offset().is_some());
+    assert!(err.to_string().contains("cannot be read in one pass"), "{err}");
+}
+
+/// `qemu-img convert -c` of a disk alternating incompressible and text regions interleaves the
+/// compressed clusters of one region with the plain clusters of the region before, across tens
+/// of MiB: the compressed ones are held until their turn.
+#[test]
+fn compressed_convert_with_interleaved_regions() {
+    let dir = tmp();
+    let raw = join(&dir, "disk.raw");
+    let img = join(&dir, "disk.qcow2");
+    let region = 24 * MIB;
+    let mut data = sparse_content(5, 4 * region, 0);
+    for (i, chunk) in data.chunks_mut(region).enumerate() {
+        if i % 2 == 0 {
+            common::Rng(i as u64 + 1).fill(chunk);
+        } else {
+            for (j, b) in chunk.iter_mut().enumerate() {
+                *b = b'a' + (j % 23) as u8;
+            }
+        }
+    }
+    write_file(&raw, &data);
+    convert(&raw, &img, &["-c"]);
+    let got = decode(File::open(&img).unwrap(), DEFAULT_WINDOW).unwrap();
+    assert!(got == data, "content differs");
 }
 
 #[test]
