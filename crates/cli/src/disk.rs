@@ -155,10 +155,7 @@ fn convert_ova(
     }
     fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
     let result = match opened {
-        Opened::File(path, _) => {
-            let file = fs::File::open(&path).with_context(|| format!("cannot open {name}"))?;
-            archive::convert_ova(file, dir, format, opts, require_manifest)
-        }
+        Opened::File(path, _) => archive::convert_ova_file(&path, dir, format, opts, require_manifest),
         Opened::Stream(reader, _) => archive::convert_ova(reader, dir, format, opts, require_manifest),
     }
     .with_context(|| name.to_owned())?;

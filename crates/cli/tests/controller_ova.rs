@@ -325,10 +325,32 @@ fn tar(dir: &Path, ova: &Path, members: &[&str]) {
 /// an ISO member), its capacities set to the real disks'. `corrupt_manifest` lists a wrong digest
 /// for the second disk.
 fn vmware_ova(dir: &Path, sizes: [u64; 2], seed: u64, corrupt_manifest: bool) -> Ova {
+    vmware_ova_with(dir, sizes, seed, corrupt_manifest, [&[], &[]])
+}
+
+/// [`vmware_ova`] with each disk re-made by `qemu-img convert -f raw <args>` from its raw original
+/// (empty args: the streamOptimized VMDK stays); the member names stay those of the fixture.
+fn vmware_ova_with(
+    dir: &Path,
+    sizes: [u64; 2],
+    seed: u64,
+    corrupt_manifest: bool,
+    layouts: [&[&str]; 2],
+) -> Ova {
     let d = dir.join(format!("vmware-{seed}"));
     std::fs::create_dir_all(&d).unwrap();
     let (vmdk1, raw1) = make_vmdk(&d, "web-01-disk1", sizes[0], seed);
     let (vmdk2, raw2) = make_vmdk(&d, "web-01-disk2", sizes[1], seed + 1);
+    for ((vmdk, raw), args) in [(&vmdk1, &raw1), (&vmdk2, &raw2)].into_iter().zip(layouts) {
+        if !args.is_empty() {
+            std::fs::remove_file(vmdk).unwrap();
+            run(Command::new("qemu-img")
+                .args(["convert", "-f", "raw"])
+                .args(args)
+                .arg(raw)
+                .arg(vmdk));
+        }
+    }
     run(Command::new("gzip").arg("-n").arg(&vmdk2));
     assert!(vmdk1.ends_with("web-01-disk1.vmdk"));
     std::fs::write(d.join("tools.iso"), vec![7u8; 4096]).unwrap();
@@ -756,6 +778,56 @@ async fn vmware_and_virtualbox_ovas_import_to_running_with_identical_images() {
     // Every GET of the HTTPS OVA carried the credentials (the server would have said 401).
     assert!(tls.seen().iter().all(|s| s.status != 401), "{:?}", tls.seen());
     assert!(!controller.log_tail().contains("ova-pass"));
+}
+
+/// Disks inside the OVA in the layouts besides streamOptimized: the first a monolithicSparse VMDK,
+/// the second a compressed qcow2 (gzip-compressed in the archive, as the fixture's `.vmdk.gz`),
+/// both decoded forward-only while the archive streams over HTTP; images are byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ova_with_sparse_vmdk_and_qcow2_disks_imports_identical() {
+    let scene = Scene::new("ova-layouts").await;
+    let ova = vmware_ova_with(
+        scene.dir.path(),
+        [5 << 20, 3 << 20],
+        75,
+        false,
+        [
+            &["-O", "vmdk", "-o", "subformat=monolithicSparse"],
+            &["-O", "qcow2", "-c"],
+        ],
+    );
+    let plain = OvaServer::start(None);
+    let url = format!("http://{}", plain.serve("web-01.ova", &ova.path));
+    let image_dir = scene.dir.path().join("images");
+    std::fs::create_dir_all(&image_dir).unwrap();
+    let controller = ControllerProcess::start(
+        &scene.namespace,
+        &image_dir,
+        scene.dir.path().join("controller.log"),
+    );
+    let harvester = scene.harvester(harvester::Options::default());
+    scene.nad("vlan1").await;
+    ova_source(&scene, "layouts-ova", &url, None, json!({})).await;
+    let status = source_checked(&scene, &controller, "layouts-ova").await;
+    assert_eq!(status["status"], "clusterReady", "{status}");
+    scene
+        .import_from(
+            "OvaSource",
+            "layouts",
+            "layouts-ova",
+            "Web_01",
+            json!({"networkMapping": [{"sourceNetwork": "VM Network", "destinationNetwork": "vlan1"}]}),
+        )
+        .await;
+    let import = finished(&scene, &controller, "layouts").await;
+    let status = import.status.clone().unwrap();
+    assert_eq!(
+        status.phase,
+        ImportPhase::VirtualMachineRunning,
+        "{status:#?}\n{}",
+        controller.log_tail()
+    );
+    assert_digests(&import, &harvester, &ova);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,6 +11,7 @@
 
 use std::{
     collections::BTreeSet,
+    fs::File,
     io::{self, Cursor, Read},
     path::{Path, PathBuf},
 };
@@ -165,14 +166,51 @@ pub fn convert_ova(
         opts,
         created: Vec::new(),
     };
-    let result = walk(input, &mut Mode::Convert(&mut targets), require_manifest);
+    let result = walk(input, &mut Mode::Convert(&mut targets), require_manifest, None);
+    remove_on_error(&result, &targets.created);
+    result
+}
+
+/// [`convert_ova`] for an OVA file: one forward pass as well, but a qcow2 or hosted sparse VMDK
+/// member whose layout cannot be read in one pass ([`Error::NotOnePass`]) is converted again
+/// with random access to its bytes in the file (its digest is still taken on the forward pass).
+pub fn convert_ova_file(
+    path: &Path,
+    dir: &Path,
+    format: DiskFormat,
+    opts: &Options,
+    require_manifest: bool,
+) -> Result<OvaResult, Error> {
+    let open = || {
+        File::open(path).map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let (walked, random) = (open()?, open()?);
+    let mut targets = DirTargets {
+        dir,
+        format,
+        opts,
+        created: Vec::new(),
+    };
+    let result = walk(
+        io::BufReader::with_capacity(crate::pipeline::READ_CHUNK, walked),
+        &mut Mode::Convert(&mut targets),
+        require_manifest,
+        Some(&random),
+    );
+    remove_on_error(&result, &targets.created);
+    result
+}
+
+fn remove_on_error(result: &Result<OvaResult, Error>, created: &[PathBuf]) {
     if result.is_err() {
-        for path in &targets.created {
+        for path in created {
             // Best effort: the conversion error is the one to report.
             let _ = std::fs::remove_file(path);
         }
     }
-    result
 }
 
 /// Converts the disks of an OVA read from `input` into the outputs `targets` chooses, telling it
@@ -183,12 +221,12 @@ pub fn convert_ova_into(
     targets: &mut dyn DiskTargets,
     require_manifest: bool,
 ) -> Result<OvaResult, Error> {
-    walk(input, &mut Mode::Convert(targets), require_manifest)
+    walk(input, &mut Mode::Convert(targets), require_manifest, None)
 }
 
 /// Describes an OVA: the VM, each disk image (scanned, not converted) and the manifest check.
 pub fn inspect_ova(input: impl Read, require_manifest: bool) -> Result<OvaResult, Error> {
-    walk(input, &mut Mode::Inspect, require_manifest)
+    walk(input, &mut Mode::Inspect, require_manifest, None)
 }
 
 fn member_err(member: &str, source: Error) -> Error {
@@ -198,7 +236,14 @@ fn member_err(member: &str, source: Error) -> Error {
     }
 }
 
-fn walk(input: impl Read, mode: &mut Mode<'_>, require_manifest: bool) -> Result<OvaResult, Error> {
+/// `ova_file` is the archive's file when it has one: a member that cannot be decoded in one pass
+/// is then re-read from it with random access.
+fn walk(
+    input: impl Read,
+    mode: &mut Mode<'_>,
+    require_manifest: bool,
+    ova_file: Option<&File>,
+) -> Result<OvaResult, Error> {
     let mut walker = TarWalker::new(input);
     let mut vm: Option<VmDescription> = None;
     let mut ovf: Option<(String, Vec<u8>)> = None;
@@ -252,6 +297,7 @@ fn walk(input: impl Read, mode: &mut Mode<'_>, require_manifest: bool) -> Result
                 .as_ref()
                 .is_some_and(|f| f.href == name && f.chunk_size.is_none())
         });
+        let range = (entry.data_offset(), entry.size());
         let algorithm: Option<Algorithm> = manifest.as_ref().and_then(|m| m.get(&name)).map(|e| e.algorithm);
         let mut hashed = HashedMember {
             inner: &mut entry,
@@ -260,7 +306,9 @@ fn walk(input: impl Read, mode: &mut Mode<'_>, require_manifest: bool) -> Result
         let mut converted = None;
         if let Some((index, d)) = disk {
             let gzip = d.file.as_ref().is_some_and(|f| f.compression.is_some());
-            let result = convert_member(&mut hashed, gzip, index, &name, mode);
+            // A gzip member's bytes in the file are not the image: no random access to them.
+            let random = ova_file.filter(|_| !gzip).map(|f| (f, range));
+            let result = convert_member(&mut hashed, gzip, (index, &name, random), mode);
             let result = match result {
                 Ok(result) => result,
                 Err(e) => {
@@ -380,24 +428,33 @@ impl<R: Read> Read for HashedMember<R> {
     }
 }
 
+/// Which disk a member is: OVF index, member name, and its byte range in the OVA file if the
+/// archive is a file.
+type MemberRef<'a> = (usize, &'a str, Option<(&'a File, (u64, u64))>);
+
 fn convert_member(
     member: &mut impl Read,
     gzip: bool,
-    index: usize,
-    name: &str,
+    disk: MemberRef<'_>,
     mode: &mut Mode<'_>,
 ) -> Result<OvaDisk, Error> {
     if gzip {
         let mut decoder = flate2::read::GzDecoder::new(member);
-        return convert_disk(&mut decoder, index, name, mode);
+        return convert_disk(&mut decoder, disk, mode);
     }
-    convert_disk(member, index, name, mode)
+    convert_disk(member, disk, mode)
+}
+
+fn output_path(output: &Output) -> Option<PathBuf> {
+    match output {
+        Output::RawFile(path) | Output::Qcow2File(path) => Some(path.clone()),
+        Output::RawStream(_) => None,
+    }
 }
 
 fn convert_disk(
     input: &mut impl Read,
-    index: usize,
-    name: &str,
+    (index, name, random): MemberRef<'_>,
     mode: &mut Mode<'_>,
 ) -> Result<OvaDisk, Error> {
     let empty = OvaDisk {
@@ -412,11 +469,18 @@ fn convert_disk(
             let Some((output, opts)) = targets.output(index, name) else {
                 return Ok(empty);
             };
-            let path = match &output {
-                Output::RawFile(path) | Output::Qcow2File(path) => Some(path.clone()),
-                Output::RawStream(_) => None,
+            let mut path = output_path(&output);
+            let report = match (source::convert_reader(input, output, &opts), random) {
+                (Err(Error::NotOnePass { .. }), Some((file, range))) => {
+                    // The archive is a file: read this member with random access instead.
+                    let Some((output, opts)) = targets.output(index, name) else {
+                        return Ok(empty);
+                    };
+                    path = output_path(&output);
+                    source::convert_file_range(file, range, output, &opts)?
+                }
+                (result, _) => result?,
             };
-            let report = source::convert_reader(input, output, &opts)?;
             Ok(OvaDisk {
                 output: path,
                 report: Some(report),

@@ -41,6 +41,24 @@ pub enum Error {
     /// The qcow2 image could not be read.
     #[error("invalid qcow2 image")]
     Qcow2(#[source] qcow2::Error),
+    /// The hosted sparse VMDK read from a pipe is invalid.
+    #[error("invalid VMDK sparse extent")]
+    VmdkForward(#[source] vmdk::forward::Error),
+    /// The qcow2 image read from a pipe is invalid or uses an unsupported feature.
+    #[error("invalid qcow2 image")]
+    Qcow2Forward(#[source] qcow2::forward::Error),
+    /// The image's layout needs random access: data stored before the tables that map it, or
+    /// out of order beyond what the bounded window absorbs.
+    #[error(
+        "{format} image cannot be converted in one pass (layout problem at byte offset {offset} of the image); \
+         convert it from a file instead (for an OVA: `vm-import convert FILE.ova DIR`)"
+    )]
+    NotOnePass {
+        format: &'static str,
+        offset: u64,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The format needs random access but the input is a pipe.
     #[error("{format} input needs random access; give a file, not a pipe or URL")]
     NeedsSeekable { format: &'static str },
@@ -78,4 +96,30 @@ pub enum Error {
     /// A pipeline thread could not be started.
     #[error("cannot start a conversion thread")]
     Spawn(#[source] io::Error),
+}
+
+impl From<vmdk::forward::Error> for Error {
+    fn from(e: vmdk::forward::Error) -> Self {
+        match (e.needs_random_access(), e.offset()) {
+            (true, Some(offset)) => Error::NotOnePass {
+                format: "vmdk",
+                offset,
+                source: Box::new(e),
+            },
+            _ => Error::VmdkForward(e),
+        }
+    }
+}
+
+impl From<qcow2::forward::Error> for Error {
+    fn from(e: qcow2::forward::Error) -> Self {
+        match (e.needs_random_access(), e.offset()) {
+            (true, Some(offset)) => Error::NotOnePass {
+                format: "qcow2",
+                offset,
+                source: Box::new(e),
+            },
+            _ => Error::Qcow2Forward(e),
+        }
+    }
 }

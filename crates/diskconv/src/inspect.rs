@@ -124,7 +124,8 @@ pub fn inspect_path(path: &Path) -> Result<ImageInfo, Error> {
 }
 
 /// Inspects a sequential input (stdin, URL): a streamOptimized VMDK is scanned to the end
-/// without inflating; raw input is measured.
+/// without inflating; a hosted sparse VMDK or a qcow2 is walked forward-only to count its
+/// allocated bytes; raw input is measured.
 pub fn inspect_reader(mut input: impl Read) -> Result<ImageInfo, Error> {
     let mut head = Vec::with_capacity(SNIFF_LEN);
     (&mut input)
@@ -133,6 +134,38 @@ pub fn inspect_reader(mut input: impl Read) -> Result<ImageInfo, Error> {
         .map_err(|source| Error::Read { offset: 0, source })?;
     match detect(&head) {
         InputFormat::VmdkStream => inspect_stream(Cursor::new(head).chain(input)),
+        InputFormat::VmdkSparse => {
+            let mut d =
+                vmdk::SparseForward::new(Cursor::new(head).chain(input), vmdk::forward::DEFAULT_WINDOW)?;
+            let h = *d.header();
+            let mut info = ImageInfo {
+                format: "vmdk".into(),
+                virtual_size: h.capacity_bytes(),
+                grain_size: Some(h.grain_bytes()),
+                extents: Some(1),
+                ..ImageInfo::default()
+            };
+            if let Some(descriptor) = d.descriptor() {
+                apply_descriptor(&mut info, descriptor);
+            }
+            info.allocated = Some(count_allocated(|out| Ok(d.next_grain(out)?))?);
+            Ok(info)
+        }
+        InputFormat::Qcow2 => {
+            let mut d =
+                qcow2::Qcow2Forward::new(Cursor::new(head).chain(input), qcow2::forward::DEFAULT_WINDOW)?;
+            let (version, virtual_size, cluster) =
+                (d.header().version, d.virtual_size(), d.header().cluster_size());
+            let allocated = count_allocated(|out| Ok(d.next_cluster(out)?))?;
+            Ok(ImageInfo {
+                format: "qcow2".into(),
+                subformat: Some(format!("v{version}")),
+                virtual_size,
+                grain_size: Some(cluster),
+                allocated: Some(allocated),
+                ..ImageInfo::default()
+            })
+        }
         InputFormat::Raw => {
             let rest = std::io::copy(&mut input, &mut std::io::sink()).map_err(|source| Error::Read {
                 offset: head.len() as u64,
@@ -147,6 +180,17 @@ pub fn inspect_reader(mut input: impl Read) -> Result<ImageInfo, Error> {
         InputFormat::Ova => Err(Error::IsOva),
         other => Err(Error::NeedsSeekable { format: other.name() }),
     }
+}
+
+/// Bytes of the runs a forward decoder yields (the runs themselves are dropped).
+fn count_allocated(mut next: impl FnMut(&mut Vec<u8>) -> Result<Option<u64>, Error>) -> Result<u64, Error> {
+    let mut buf = Vec::new();
+    let mut allocated = 0u64;
+    while next(&mut buf)?.is_some() {
+        allocated += buf.len() as u64;
+        buf.clear();
+    }
+    Ok(allocated)
 }
 
 fn inspect_stream(mut input: impl Read) -> Result<ImageInfo, Error> {

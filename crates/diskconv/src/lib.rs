@@ -2,8 +2,8 @@
 //! or qcow2), with SHA-256 of the logical content and byte-level progress on the way.
 //!
 //! - [`source`]: format detection and the entry points [`convert_path`] (a file: every VMDK
-//!   subformat, qcow2, raw) and [`convert_reader`] (a pipe or HTTP body: streamOptimized VMDK or
-//!   raw).
+//!   subformat, qcow2, raw) and [`convert_reader`] (a pipe or HTTP body: streamOptimized or
+//!   monolithicSparse VMDK, qcow2, raw; the table-mapped ones decoded forward-only).
 //! - [`pipeline`]: producer → inflate workers → ordered consumer, memory bounded by
 //!   [`pipeline::MAX_IN_FLIGHT`] blocks; [`convert_stream_optimized`] is the one-pass path for
 //!   vCenter exports and OVA entries.

@@ -632,6 +632,74 @@ pub(crate) fn convert_random(
     )
 }
 
+/// A forward-only decoder of a table-mapped format (hosted sparse VMDK, qcow2): allocated runs of
+/// logical content in ascending order; what it never yields reads as zeros.
+pub(crate) trait ForwardDecoder {
+    /// Virtual size in bytes.
+    fn virtual_size(&self) -> u64;
+    /// Appends the next allocated run to `out` and returns its logical offset; `None` at the end.
+    fn next_run(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, Error>;
+}
+
+/// Converts from a [`ForwardDecoder`] reading a pipe: runs are coalesced into blocks of up to
+/// [`RANDOM_BLOCK`] and written in order; holes are left to the sink. `bytes_read` is the
+/// counter of the decoder's input.
+pub(crate) fn convert_forward(
+    decoder: &mut dyn ForwardDecoder,
+    format: &str,
+    output: Output,
+    opts: &Options,
+    bytes_read: Arc<AtomicU64>,
+) -> Result<Report, Error> {
+    let started = Instant::now();
+    let virtual_size = decoder.virtual_size();
+    let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
+    let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), bytes_read);
+    let pool = consumer.pool.clone();
+    run_pipeline(
+        consumer,
+        MAX_IN_FLIGHT_LARGE,
+        (format, started, opts.sync),
+        |done, credits| {
+            let mut seq = 0u64;
+            let mut send = |offset: u64, data: Vec<u8>| -> bool {
+                let sent =
+                    credits.recv().is_ok() && done.send(Msg::Block(Block { seq, offset, data })).is_ok();
+                seq += 1;
+                sent
+            };
+            let mut block = pool.take();
+            block.clear();
+            let mut block_offset = 0u64;
+            loop {
+                let before = block.len();
+                let Some(offset) = decoder.next_run(&mut block)? else {
+                    break;
+                };
+                let contiguous = before > 0 && block_offset + before as u64 == offset;
+                if before == 0 {
+                    block_offset = offset;
+                } else if !contiguous || block.len() > RANDOM_BLOCK {
+                    // The new run starts a block of its own.
+                    let mut next = pool.take();
+                    next.clear();
+                    next.extend_from_slice(&block[before..]);
+                    block.truncate(before);
+                    // A closed channel means the consumer failed; its error wins.
+                    if !send(block_offset, std::mem::replace(&mut block, next)) {
+                        return Ok(());
+                    }
+                    block_offset = offset;
+                }
+            }
+            if !block.is_empty() {
+                send(block_offset, block);
+            }
+            Ok(())
+        },
+    )
+}
+
 /// Converts raw bytes read sequentially (a pipe): the virtual size is whatever length arrives.
 pub(crate) fn convert_raw_stream(input: impl Read, output: Output, opts: &Options) -> Result<Report, Error> {
     let started = Instant::now();

@@ -150,9 +150,9 @@ impl RandomSource for VmdkSource {
     }
 }
 
-struct Qcow2Source(qcow2::Qcow2Reader<File>);
+struct Qcow2Source<R>(qcow2::Qcow2Reader<R>);
 
-impl RandomSource for Qcow2Source {
+impl<R: Read + io::Seek> RandomSource for Qcow2Source<R> {
     fn size(&self) -> u64 {
         self.0.virtual_size()
     }
@@ -233,8 +233,138 @@ pub fn convert_path(path: &Path, output: Output, opts: &Options) -> Result<Repor
     }
 }
 
+/// One tar member of an OVA file, as a file of its own (reads with `pread`, so the tar walk's
+/// handle on the same file keeps its position).
+struct FileRange {
+    file: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for FileRange {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = self.len.saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let read = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
+        self.pos += read as u64;
+        Ok(read)
+    }
+}
+
+impl io::Seek for FileRange {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let target = match pos {
+            io::SeekFrom::Start(p) => Some(p),
+            io::SeekFrom::End(d) => self.len.checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?;
+        Ok(self.pos)
+    }
+}
+
+/// A hosted sparse VMDK inside an OVA file (no flat extents, so no hole probing).
+struct SparseRangeSource(VmdkReader<FileRange>);
+
+impl RandomSource for SparseRangeSource {
+    fn size(&self) -> u64 {
+        self.0.capacity()
+    }
+    fn segment(&mut self, offset: u64) -> Result<(bool, u64), Error> {
+        let s = self.0.segment(offset).map_err(Error::Vmdk)?;
+        Ok((s.allocated, s.len))
+    }
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self
+                .0
+                .read_at(offset + done as u64, &mut buf[done..])
+                .map_err(Error::Vmdk)?;
+            if n == 0 {
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Converts the disk image stored at `[start, start + len)` of `file` (an OVA member) with random
+/// access: the fallback for a member whose layout cannot be read in one pass.
+pub(crate) fn convert_file_range(
+    file: &File,
+    (start, len): (u64, u64),
+    output: Output,
+    opts: &Options,
+) -> Result<Report, Error> {
+    let reopen = || {
+        file.try_clone()
+            .map(|file| FileRange {
+                file,
+                start,
+                len,
+                pos: 0,
+            })
+            .map_err(|source| Error::Read {
+                offset: start,
+                source,
+            })
+    };
+    let format = detect(&read_head(&mut reopen()?)?);
+    let bytes_read = Arc::new(AtomicU64::new(0));
+    match format {
+        InputFormat::Qcow2 => {
+            let mut source = Qcow2Source(qcow2::Qcow2Reader::new(reopen()?).map_err(Error::Qcow2)?);
+            pipeline::convert_random(&mut source, format.name(), output, opts, bytes_read)
+        }
+        InputFormat::VmdkSparse => {
+            let reader = VmdkReader::open_sparse(reopen()?, "OVA member").map_err(Error::Vmdk)?;
+            pipeline::convert_random(
+                &mut SparseRangeSource(reader),
+                format.name(),
+                output,
+                opts,
+                bytes_read,
+            )
+        }
+        other => Err(Error::NeedsSeekable { format: other.name() }),
+    }
+}
+
+struct SparseForwardSource<R>(vmdk::SparseForward<R>);
+
+impl<R: Read> pipeline::ForwardDecoder for SparseForwardSource<R> {
+    fn virtual_size(&self) -> u64 {
+        self.0.capacity()
+    }
+    fn next_run(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, Error> {
+        Ok(self.0.next_grain(out)?)
+    }
+}
+
+struct Qcow2ForwardSource<R>(qcow2::Qcow2Forward<R>);
+
+impl<R: Read> pipeline::ForwardDecoder for Qcow2ForwardSource<R> {
+    fn virtual_size(&self) -> u64 {
+        self.0.virtual_size()
+    }
+    fn next_run(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, Error> {
+        Ok(self.0.next_cluster(out)?)
+    }
+}
+
 /// Converts a disk image read sequentially (stdin, an HTTP body, a tar entry): a streamOptimized
-/// VMDK or raw bytes. Formats that need random access are refused with a clear error.
+/// VMDK, a hosted sparse VMDK (monolithicSparse), qcow2 or raw bytes. The sparse VMDK and qcow2
+/// are decoded forward-only ([`vmdk::SparseForward`], [`qcow2::Qcow2Forward`]); a layout that
+/// needs random access fails with [`Error::NotOnePass`]. A descriptor with extents beside it is
+/// refused with [`Error::NeedsSeekable`].
 pub fn convert_reader(mut input: impl Read, output: Output, opts: &Options) -> Result<Report, Error> {
     let head = read_head(&mut input)?;
     let format = detect(&head);
@@ -242,6 +372,26 @@ pub fn convert_reader(mut input: impl Read, output: Output, opts: &Options) -> R
     match format {
         InputFormat::VmdkStream => pipeline::convert_stream_optimized(chained, output, opts),
         InputFormat::Raw => pipeline::convert_raw_stream(chained, output, opts),
+        InputFormat::VmdkSparse => {
+            let count = Arc::new(AtomicU64::new(0));
+            let counted = pipeline::Counting {
+                inner: chained,
+                count: count.clone(),
+            };
+            let decoder = vmdk::SparseForward::new(counted, vmdk::forward::DEFAULT_WINDOW)?;
+            let mut source = SparseForwardSource(decoder);
+            pipeline::convert_forward(&mut source, format.name(), output, opts, count)
+        }
+        InputFormat::Qcow2 => {
+            let count = Arc::new(AtomicU64::new(0));
+            let counted = pipeline::Counting {
+                inner: chained,
+                count: count.clone(),
+            };
+            let decoder = qcow2::Qcow2Forward::new(counted, qcow2::forward::DEFAULT_WINDOW)?;
+            let mut source = Qcow2ForwardSource(decoder);
+            pipeline::convert_forward(&mut source, format.name(), output, opts, count)
+        }
         InputFormat::Ova => Err(Error::IsOva),
         other => Err(Error::NeedsSeekable { format: other.name() }),
     }

@@ -12,6 +12,9 @@
 //!   (deflate) clusters, and extended L2 entries (32 subclusters per cluster). It rejects backing
 //!   files, encryption, external data files and zstd with an [`Error`] that says so. [`Qcow2Reader::extents`] /
 //!   [`Qcow2Reader::extent_at`] report data / zero / unallocated runs so a converter skips holes.
+//! * [`Qcow2Forward`] reads the same images from a forward-only `Read` (a pipe, an HTTP body, an OVA
+//!   member): header, L1, then L2 tables and clusters as the stream passes them, clusters out in
+//!   ascending guest order; a layout that needs random access is a clear error naming the offset.
 //! * [`Qcow2Writer`] takes data in ascending guest order and writes a v3 image with 16-bit refcounts
 //!   that `qemu-img check` accepts; all-zero clusters are left unallocated. Memory is one L2 table, one
 //!   cluster buffer and the L1 table (16 KiB per TiB at 64 KiB clusters), whatever the disk size.
@@ -42,11 +45,14 @@
 //! ```
 
 mod error;
+pub mod forward;
 mod header;
 mod reader;
+mod window;
 mod writer;
 
 pub use error::{Error, ErrorKind, Result};
+pub use forward::Qcow2Forward;
 pub use header::{Header, MAX_CLUSTER_BITS, MAX_L1_ENTRIES, MAX_VIRTUAL_SIZE, MIN_CLUSTER_BITS, RawHeader};
 pub use reader::{Extent, ExtentKind, Extents, Qcow2Reader};
 pub use writer::{DEFAULT_CLUSTER_SIZE, Qcow2Writer};

@@ -591,7 +591,7 @@ impl<R: Read + Seek> Iterator for Extents<'_, R> {
 /// Raw-deflate (qcow2 uses a 4 KiB window, no zlib wrapper) into exactly `out.len()` bytes.
 ///
 /// Like qemu, success means the output is full; the input may carry sector padding after the stream.
-fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+pub(crate) fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
     let mut inflater = Decompress::new(false);
     let status = inflater
         .decompress(input, out, FlushDecompress::Finish)

@@ -8,6 +8,8 @@
 //! - [`grain`]: compressed grain records and the zlib inflater.
 //! - [`stream`]: [`StreamDecoder`], a sans-IO decoder for streamOptimized bytes of unknown length
 //!   that yields grains with their LBA; it needs no seeking, footer or grain directory.
+//! - [`forward`]: [`SparseForward`], a hosted sparse extent (monolithicSparse) decoded from a
+//!   forward-only `Read`: directory and tables first, then grains in ascending logical order.
 //! - [`reader`]: [`VmdkReader`], random access over every hosted layout (sparse, flat, split,
 //!   vmfs), opening extents through a caller's callback.
 //!
@@ -15,12 +17,15 @@
 //! quirks of qemu-written files (no EOS marker, metadata before `overHead`).
 
 pub mod descriptor;
+pub mod forward;
 pub mod grain;
 pub mod header;
 pub mod reader;
 pub mod stream;
+mod window;
 
 pub use descriptor::{CreateType, Descriptor};
+pub use forward::SparseForward;
 pub use grain::GrainInflater;
 pub use header::SparseHeader;
 pub use reader::{Segment, VmdkReader};
