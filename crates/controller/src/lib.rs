@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use api::{OpenstackSource, OvaSource, VirtualMachineImport, VmwareSource};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, SecretReference};
 use kube::{
     Api, ResourceExt,
     api::DynamicObject,
@@ -150,9 +150,24 @@ pub async fn run_with_client(client: kube::Client, settings: Settings) -> Result
 
     let controllers = futures::future::join4(
         run_import_controller(client.clone(), ctx.clone(), wake_rx),
-        run_vmware_controller(client.clone(), ctx.clone()),
-        run_openstack_controller(client.clone(), ctx.clone()),
-        run_ova_controller(client.clone(), ctx.clone()),
+        run_source_controller(
+            client.clone(),
+            ctx.clone(),
+            |s: &VmwareSource| Some(&s.spec.credentials),
+            source::reconcile_vmware,
+        ),
+        run_source_controller(
+            client.clone(),
+            ctx.clone(),
+            |s: &OpenstackSource| Some(&s.spec.credentials),
+            source::reconcile_openstack,
+        ),
+        run_source_controller(
+            client.clone(),
+            ctx.clone(),
+            |s: &OvaSource| s.spec.credentials.as_ref(),
+            source::reconcile_ova,
+        ),
     );
     match elector {
         Some(elector) => {
@@ -266,11 +281,7 @@ async fn run_import_controller(
 
 /// Whether `secret` is the one `reference` names, a reference without a namespace meaning the
 /// source's own.
-fn names_secret(
-    reference: &k8s_openapi::api::core::v1::SecretReference,
-    source_namespace: Option<String>,
-    secret: &Secret,
-) -> bool {
+fn names_secret(reference: &SecretReference, source_namespace: Option<String>, secret: &Secret) -> bool {
     let secret_namespace = reference
         .namespace
         .clone()
@@ -279,27 +290,38 @@ fn names_secret(
     reference.name.as_deref() == Some(secret.name_any().as_str()) && secret_namespace == secret.namespace()
 }
 
-async fn run_ova_controller(client: kube::Client, ctx: Arc<Context>) {
+/// Runs the controller of one source kind: `reconcile` on every change of a source, and again on
+/// every change of a Secret a source's `credentials` (which `credentials` reads) names.
+async fn run_source_controller<K, F, Fut>(
+    client: kube::Client,
+    ctx: Arc<Context>,
+    credentials: fn(&K) -> Option<&SecretReference>,
+    reconcile: F,
+) where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    F: FnMut(Arc<K>, Arc<Context>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, source::SourceError>> + Send + 'static,
+{
     let namespace = ctx.settings.namespace.clone();
     let namespace = namespace.as_deref();
-    let controller = Controller::new(
-        scoped::<OvaSource>(&client, namespace),
-        watcher::Config::default(),
-    );
+    let controller = Controller::new(scoped::<K>(&client, namespace), watcher::Config::default());
     let store = controller.store();
     controller
         .watches(
             scoped::<Secret>(&client, namespace),
             watcher::Config::default(),
             move |secret| {
-                // Re-check every source whose (optional) credentials this Secret holds.
                 store
                     .state()
                     .into_iter()
                     .filter(|s| {
-                        s.spec
-                            .credentials
-                            .as_ref()
+                        credentials(s)
                             .is_some_and(|reference| names_secret(reference, s.namespace(), &secret))
                     })
                     .map(|s| ObjectRef::from_obj(&*s))
@@ -307,63 +329,7 @@ async fn run_ova_controller(client: kube::Client, ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(source::reconcile_ova, source_error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
-}
-
-async fn run_openstack_controller(client: kube::Client, ctx: Arc<Context>) {
-    let namespace = ctx.settings.namespace.clone();
-    let namespace = namespace.as_deref();
-    let controller = Controller::new(
-        scoped::<OpenstackSource>(&client, namespace),
-        watcher::Config::default(),
-    );
-    let store = controller.store();
-    controller
-        .watches(
-            scoped::<Secret>(&client, namespace),
-            watcher::Config::default(),
-            move |secret| {
-                // Re-check every source whose credentials this Secret holds.
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|s| names_secret(&s.spec.credentials, s.namespace(), &secret))
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .shutdown_on_signal()
-        .run(source::reconcile_openstack, source_error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
-}
-
-async fn run_vmware_controller(client: kube::Client, ctx: Arc<Context>) {
-    let namespace = ctx.settings.namespace.clone();
-    let namespace = namespace.as_deref();
-    let controller = Controller::new(
-        scoped::<VmwareSource>(&client, namespace),
-        watcher::Config::default(),
-    );
-    let store = controller.store();
-    controller
-        .watches(
-            scoped::<Secret>(&client, namespace),
-            watcher::Config::default(),
-            move |secret| {
-                // Re-check every source whose credentials this Secret holds.
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|s| names_secret(&s.spec.credentials, s.namespace(), &secret))
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .shutdown_on_signal()
-        .run(source::reconcile_vmware, source_error_policy, ctx)
+        .run(reconcile, source_error_policy, ctx)
         .for_each(|_| async {})
         .await;
 }
