@@ -21,7 +21,10 @@ use openstack::{
     inspect,
 };
 use serde_json::{Value, json};
-use test_support::{Lab, openstack::OpenstackLab};
+use test_support::{
+    Lab,
+    openstack::{KeystoneAdmin, OpenstackLab},
+};
 
 fn lab() -> OpenstackLab {
     OpenstackLab::of(Lab::get()).expect("the lab has its OpenStack part")
@@ -774,12 +777,12 @@ async fn tokens_are_renewed_before_expiry_and_after_a_revocation() {
 #[tokio::test]
 async fn a_token_that_cannot_be_renewed_is_a_clear_error() {
     let os = lab();
-    let keystone = Keystone::admin(&os).await;
+    let keystone = KeystoneAdmin::login(&os).unwrap();
     // A user of its own: its password changes under the client (which revokes its tokens).
     let user = unique("rotated");
     let user_id = keystone
-        .create_member(&user, "first-password", &os.project_id)
-        .await;
+        .create_member(&user, "first-password", "Default", &os.project_id)
+        .unwrap();
     let auth = Auth::Password {
         username: user.clone(),
         user_domain: Domain::Name("Default".into()),
@@ -791,7 +794,7 @@ async fn a_token_that_cannot_be_renewed_is_a_clear_error() {
         .await
         .expect("login");
     client.verify().await.expect("works before the change");
-    keystone.set_password(&user_id, "second-password").await;
+    keystone.set_password(&user_id, "second-password").unwrap();
     let err = client.verify().await.unwrap_err();
     assert!(
         matches!(&err, client::Error::Reauthenticate { source, .. } if matches!(**source, client::Error::InvalidCredentials { .. })),
@@ -799,90 +802,7 @@ async fn a_token_that_cannot_be_renewed_is_a_clear_error() {
         err.source_text()
     );
     assert!(err.is_auth());
-    keystone.delete_user(&user_id).await;
-}
-
-/// Keystone's admin API, for tests that change users.
-struct Keystone {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Keystone {
-    async fn admin(os: &OpenstackLab) -> Self {
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(openstack::tls::client_config(&TlsMode::CaBundle(ca(os))).unwrap())
-            .build()
-            .unwrap();
-        let response = http
-            .post(format!("{}/auth/tokens", os.auth_url))
-            .json(
-                &json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-                "name": "admin", "domain": {"name": "Default"}, "password": os.admin_password}}},
-                "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        let token = response.headers()["X-Subject-Token"].to_str().unwrap().to_owned();
-        Self {
-            http,
-            url: os.auth_url.clone(),
-            token,
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .header("X-Auth-Token", &self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        assert!(response.status().is_success(), "{path}: {}", response.status());
-        response.json().await.unwrap_or(Value::Null)
-    }
-
-    async fn create_member(&self, name: &str, password: &str, project_id: &str) -> String {
-        let user = self
-            .call(
-                reqwest::Method::POST,
-                "/users",
-                Some(json!({"user": {"name": name, "password": password, "domain_id": "default"}})),
-            )
-            .await;
-        let id = user["user"]["id"].as_str().unwrap().to_owned();
-        let roles = self.call(reqwest::Method::GET, "/roles?name=member", None).await;
-        let role = roles["roles"][0]["id"].as_str().unwrap().to_owned();
-        self.call(
-            reqwest::Method::PUT,
-            &format!("/projects/{project_id}/users/{id}/roles/{role}"),
-            None,
-        )
-        .await;
-        id
-    }
-
-    async fn set_password(&self, user_id: &str, password: &str) {
-        self.call(
-            reqwest::Method::PATCH,
-            &format!("/users/{user_id}"),
-            Some(json!({"user": {"password": password}})),
-        )
-        .await;
-        // Revocations are compared to the second: let it pass so the old token counts as revoked
-        // and nothing issued in that same second is mistaken for it.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-    }
-
-    async fn delete_user(&self, user_id: &str) {
-        self.call(reqwest::Method::DELETE, &format!("/users/{user_id}"), None)
-            .await;
-    }
+    keystone.delete_user(&user_id).unwrap();
 }
 
 /// Test conveniences on the library's types.
