@@ -21,7 +21,10 @@ use kube::api::{ApiResource, PostParams};
 use openstack::TlsMode;
 use serde_json::{Value, json};
 use support::{ControllerProcess, Scene, harvester, lab::sha256_file, phase, vm_resource};
-use test_support::{Lab, openstack::OpenstackLab};
+use test_support::{
+    Lab,
+    openstack::{KeystoneAdmin, OpenstackLab},
+};
 
 fn os_lab() -> OpenstackLab {
     OpenstackLab::of(Lab::get()).expect("the lab has its OpenStack part")
@@ -391,6 +394,17 @@ async fn bad_sources_and_bad_imports_end_with_clear_reasons() {
     let scene = Scene::new("os-bad").await;
     let controller = scene.start_controller();
     let unreachable = format!("https://127.0.0.1:{}/v3", support::free_port());
+    // A project whose catalog (Keystone's endpoint filter) offers identity and image only: compute
+    // and block storage are missing from the whole catalog, not just from a region.
+    let keystone = KeystoneAdmin::login(&os).unwrap();
+    let suffix = scene.namespace.rsplit('-').next().unwrap().to_owned();
+    let partial = format!("partial-{suffix}");
+    let partial_id = keystone.create_project(&partial, &os.project_domain).unwrap();
+    let importer = keystone.user_id(&os.username, &os.user_domain).unwrap();
+    keystone.grant_member(&partial_id, &importer).unwrap();
+    keystone
+        .restrict_catalog(&partial_id, &["identity", "image"])
+        .unwrap();
     let cases = [
         (
             "wrong-password",
@@ -434,6 +448,12 @@ async fn bad_sources_and_bad_imports_end_with_clear_reasons() {
             json!({}),
             "SecretKeyMissing",
         ),
+        (
+            "no-compute",
+            json!({"project_name": partial}),
+            json!({}),
+            "EndpointNotFound",
+        ),
     ];
     for (name, secret, spec, _) in &cases {
         openstack_source(&scene, name, secret.clone(), spec.clone()).await;
@@ -454,6 +474,13 @@ async fn bad_sources_and_bad_imports_end_with_clear_reasons() {
         assert!(!error["message"].as_str().unwrap().is_empty(), "{status}");
         assert!(!status.to_string().contains(&os.password));
     }
+    let no_compute = source_checked(&scene, &controller, "no-compute").await;
+    let message = condition(&no_compute, "ClusterError").unwrap()["message"].to_string();
+    assert!(
+        message.contains("compute"),
+        "names the missing service: {message}"
+    );
+    keystone.delete_project(&partial_id).unwrap();
     let status = source_checked(&scene, &controller, "insecure").await;
     assert_eq!(status["status"], "clusterReady", "{status}");
     assert_eq!(
@@ -468,7 +495,6 @@ async fn bad_sources_and_bad_imports_end_with_clear_reasons() {
     // Unknown server, ambiguous name: invalid imports saying so.
     let dir = scene.dir.path();
     let disk = raw_disk(dir, "twin.raw", 2, 21);
-    let suffix = scene.namespace.rsplit('-').next().unwrap().to_owned();
     let twin = format!("twin-{suffix}");
     for _ in 0..2 {
         control
@@ -623,4 +649,107 @@ async fn killed_controller_mid_download_deletes_the_recorded_objects_and_finishe
         text.contains("temporary OpenStack objects from an earlier export cleaned up"),
         "the restarted controller deleted the recorded objects first"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_that_cannot_be_renewed_mid_import_fails_with_token_expired_and_nothing_is_lost() {
+    let os = os_lab();
+    let control = Control::new(&os);
+    let scene = Scene::new("os-rotate").await;
+    let dir = scene.dir.path();
+    let suffix = scene.namespace.rsplit('-').next().unwrap().to_owned();
+    // A user of its own, whose password an admin changes while its import downloads: Keystone
+    // revokes the user's tokens, and logging in again with the Secret's password fails.
+    let keystone = KeystoneAdmin::login(&os).unwrap();
+    let user = format!("rotate-{suffix}");
+    let (first, second) = (format!("first-{suffix}"), format!("second-{suffix}"));
+    let user_id = keystone
+        .create_member(&user, &first, &os.user_domain, &os.project_id)
+        .unwrap();
+    let root = raw_disk(dir, "root.raw", 8, 41);
+    let data = raw_disk(dir, "data.raw", 2, 42);
+    let name = format!("rotate-{suffix}");
+    control
+        .create_server(
+            json!({"name": name, "status": "SHUTOFF", "volumes": [{"path": root}, {"path": data}]}),
+        )
+        .await;
+    let controller = scene.start_controller();
+    openstack_source(
+        &scene,
+        "rotating",
+        json!({"username": user, "password": first}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        source_checked(&scene, &controller, "rotating").await["status"],
+        "clusterReady"
+    );
+    scene
+        .import_from("OpenstackSource", "rotate", "rotating", &name, json!({}))
+        .await;
+    let prefix = temp_prefix(&scene.get_import("rotate").await);
+    // 8 MiB at 1 MiB/s: the first disk is still downloading when the password changes.
+    control
+        .fault(json!({"op": "image.download", "mode": "throttle", "bytesPerSecond": 1 << 20, "target": format!("{prefix}-0")}))
+        .await;
+    scene
+        .wait_import(&controller, "rotate", Duration::from_secs(120), |i| {
+            i.status
+                .as_ref()
+                .and_then(|s| s.disk_import_status.first())
+                .is_some_and(|d| d.bytes_done.unwrap_or(0) > 0)
+        })
+        .await;
+    let admin = tokio::task::spawn_blocking(move || {
+        keystone.set_password(&user_id, &second).unwrap();
+        (keystone, user_id, second)
+    });
+    let (keystone, user_id, second) = admin.await.unwrap();
+
+    let import = finished(&scene, &controller, "rotate").await;
+    let status = import.status.clone().unwrap();
+    assert_eq!(status.phase, ImportPhase::MigrationFailed, "{status:#?}");
+    let failed = status
+        .import_conditions
+        .iter()
+        .find(|c| c.type_ == api::ConditionType::ImportFailed)
+        .unwrap();
+    assert_eq!(failed.reason, "TokenExpired", "{status:#?}");
+    assert!(!failed.message.is_empty());
+    let text = serde_json::to_string(&status).unwrap();
+    assert!(
+        !text.contains(&first) && !text.contains(&second),
+        "no password in status"
+    );
+    // The first disk's snapshot, volume and image could not be deleted without a token: they stay
+    // at the cloud and in status, not forgotten.
+    let (count, objects) = control.count_objects(&prefix).await;
+    assert!(count > 0, "{objects}");
+    let recorded = status.source_temporary_objects.clone().unwrap_or_default();
+    assert!(!recorded.is_empty(), "left objects are recorded: {status:#?}");
+
+    // The admin puts the new password into the Secret: the controller deletes them by itself.
+    scene
+        .api::<Secret>()
+        .patch(
+            "rotating",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {"password": second}})),
+        )
+        .await
+        .unwrap();
+    let import = scene
+        .wait_import(&controller, "rotate", Duration::from_secs(120), |i| {
+            i.status
+                .as_ref()
+                .is_some_and(|s| s.source_temporary_objects.is_none())
+        })
+        .await;
+    assert_eq!(phase(&import), ImportPhase::MigrationFailed);
+    control.assert_no_objects(&prefix).await;
+    tokio::task::spawn_blocking(move || keystone.delete_user(&user_id).unwrap())
+        .await
+        .unwrap();
 }

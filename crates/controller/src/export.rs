@@ -85,11 +85,31 @@ pub enum ExportError {
     Status(#[source] kube::Error),
 }
 
+impl ExportError {
+    /// The reason the import fails with, when the source refused the export for a reason an admin
+    /// acts on (credentials, TLS, a token that cannot be renewed); `None` for a failed transfer.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Connect(e) => Some(e.reason()),
+            Self::Ova(e) => Some(e.reason()),
+            Self::Openstack(e) => Some(e.reason()),
+            Self::Inspect(_)
+            | Self::DisksChanged { .. }
+            | Self::Prepare { .. }
+            | Self::Transfer(_)
+            | Self::Status(_) => None,
+        }
+    }
+}
+
 enum JobState {
     Queued,
     Running,
     Succeeded,
-    Failed(String),
+    Failed {
+        reason: Option<&'static str>,
+        message: String,
+    },
 }
 
 struct Job {
@@ -167,7 +187,8 @@ impl Exports {
             None => ExportFact::Idle,
             Some(JobState::Queued | JobState::Running) => ExportFact::Running,
             Some(JobState::Succeeded) => ExportFact::Succeeded,
-            Some(JobState::Failed(message)) => ExportFact::Failed {
+            Some(JobState::Failed { reason, message }) => ExportFact::Failed {
+                reason: *reason,
                 message: message.clone(),
             },
         })
@@ -178,7 +199,7 @@ impl Exports {
         self.with_jobs(|jobs| {
             if matches!(
                 jobs.get(uid).map(|j| &j.state),
-                Some(JobState::Succeeded | JobState::Failed(_))
+                Some(JobState::Succeeded | JobState::Failed { .. })
             ) {
                 jobs.remove(uid);
             }
@@ -251,7 +272,10 @@ impl Exports {
                 Err(error) => {
                     let message = chain(&error);
                     tracing::warn!(import = %import, error = %message, "export failed");
-                    JobState::Failed(message)
+                    JobState::Failed {
+                        reason: error.reason(),
+                        message,
+                    }
                 }
             };
             task_ctx.exports.set_state(&uid, state);
@@ -495,8 +519,7 @@ async fn run(ctx: &Arc<Context>, request: ExportRequest) -> Result<(), ExportErr
                 },
                 tracker.shared(),
             )
-            .await
-            .map_err(ExportError::Transfer);
+            .await;
             let _ = session.client.logout().await;
             tracker.finish(ctx, &import, result, &mut disks).await
         }

@@ -30,7 +30,7 @@ use plan::{ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm};
 use serde_json::json;
 
 use crate::{
-    export::{Shared, partial_path},
+    export::{ExportError, Shared, partial_path},
     vmware::{chain, looks_like_certificate_failure},
 };
 
@@ -538,21 +538,26 @@ pub(crate) struct Transfer<'a> {
 /// ledger before returning.
 ///
 /// # Errors
-/// The failure, as text (the export has already deleted its temporary objects).
-pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(), String> {
+/// [`ExportError::Openstack`] when the source refused the session (its reason names what to fix),
+/// otherwise the failure as text. The export has already deleted what it could of its temporary
+/// objects; the rest is recorded in status.
+pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(), ExportError> {
     if let Some(objects) = t.recorded.filter(|o| !o.is_empty()) {
         cleanup_recorded(t.session, &t.api, t.import, t.uid, &objects)
             .await
-            .map_err(|e| format!("deleting the temporary objects of an earlier export: {e}"))?;
+            .map_err(|e| {
+                ExportError::Transfer(format!(
+                    "deleting the temporary objects of an earlier export: {e}"
+                ))
+            })?;
     }
-    let mut server = t.session.inspect(t.server).await.map_err(|e| chain(&e))?;
+    let mut server = t.session.inspect(t.server).await?;
     let names = shared.names();
     if server.disks.len() != names.len() {
-        return Err(format!(
-            "the server has {} disks now but had {} when the import started",
-            server.disks.len(),
-            names.len()
-        ));
+        return Err(ExportError::DisksChanged {
+            recorded: names.len(),
+            found: server.disks.len(),
+        });
     }
     let mut sinks = Vec::new();
     let mut indexes = Vec::new();
@@ -624,21 +629,22 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(),
                     let _ = tokio::fs::remove_file(staging(&partial_path(&t.dir, name))).await;
                 }
             }
-            let message = match &error.error {
+            let failure = match &error.error {
+                // The token expired or was revoked and logging in again failed: say so with the
+                // reason an admin acts on, not as a generic transfer failure.
                 openstack::export::Error::Call { source, .. } if source.is_auth() => {
-                    format!(
-                        "{} ({})",
-                        chain(&error),
-                        t.session.error("exporting", source).reason()
-                    )
+                    ExportError::Openstack(match t.session.error("exporting", source) {
+                        OpenstackError::TokenExpired(_) => OpenstackError::TokenExpired(chain(&error)),
+                        other => other,
+                    })
                 }
-                _ => chain(&error),
+                _ => ExportError::Transfer(chain(&error)),
             };
-            (error.left_behind.clone(), Err(message))
+            (error.left_behind.clone(), Err(failure))
         }
     };
     write_ledger(&t.api, &t.import.name, recorded(&left))
         .await
-        .map_err(|e| format!("recording the temporary objects left: {e}"))?;
+        .map_err(|e| ExportError::Transfer(format!("recording the temporary objects left: {e}")))?;
     outcome
 }

@@ -72,6 +72,9 @@ pub enum ExportFact {
     Succeeded,
     /// The export failed.
     Failed {
+        /// The source's reason when it refused the export (`TokenExpired`, `InvalidCredentials`…);
+        /// `None` for a failed transfer, which fails as `ExportFailed`.
+        reason: Option<&'static str>,
         /// Why (the error chain, for the condition message).
         message: String,
     },
@@ -552,9 +555,9 @@ fn source_ready(o: &Observed<'_>) -> Result<Decision, Decision> {
             reason: "Exporting",
             after: None,
         }),
-        ExportFact::Failed { message } => Err(Decision::Fail(Failure {
+        ExportFact::Failed { reason, message } => Err(Decision::Fail(Failure {
             terminal: Terminal::MigrationFailed,
-            reason: "ExportFailed",
+            reason: reason.unwrap_or("ExportFailed"),
             message: format!("error exporting VM: {message}"),
             condition: Some(ConditionType::VmExportFailed),
             concerns: Vec::new(),

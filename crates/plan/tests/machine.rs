@@ -560,6 +560,7 @@ fn a_failed_export_fails_the_import_with_upstreams_condition() {
     let (spec, status) = (spec(), source_ready(vec![ConditionType::VmPoweredOff]));
     let observed = Observed {
         export: Some(ExportFact::Failed {
+            reason: None,
             message: "lease aborted".into(),
         }),
         ..Observed::new(&spec, &status)
@@ -571,6 +572,24 @@ fn a_failed_export_fails_the_import_with_upstreams_condition() {
     );
     assert_eq!(f.condition, Some(ConditionType::VmExportFailed));
     assert_eq!(f.message, "error exporting VM: lease aborted");
+}
+
+#[test]
+fn an_export_the_source_refused_fails_with_the_sources_reason() {
+    let (spec, status) = (spec(), source_ready(vec![ConditionType::VmPoweredOff]));
+    let observed = Observed {
+        export: Some(ExportFact::Failed {
+            reason: Some("TokenExpired"),
+            message: "logging in again: the password is wrong".into(),
+        }),
+        ..Observed::new(&spec, &status)
+    };
+    let f = failure(next(&observed));
+    assert_eq!(
+        (f.terminal, f.reason),
+        (Terminal::MigrationFailed, "TokenExpired")
+    );
+    assert_eq!(f.condition, Some(ConditionType::VmExportFailed));
 }
 
 #[test]
@@ -843,7 +862,10 @@ fn an_unknown_phase_is_left_alone() {
 fn decisions_name_a_pascal_case_reason() {
     let (spec, status) = (spec(), source_ready(vec![ConditionType::VmPoweredOff]));
     let observed = Observed {
-        export: Some(ExportFact::Failed { message: "x".into() }),
+        export: Some(ExportFact::Failed {
+            reason: None,
+            message: "x".into(),
+        }),
         ..Observed::new(&spec, &status)
     };
     assert_eq!(next(&observed).reason(), "ExportFailed");

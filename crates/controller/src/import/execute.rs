@@ -295,13 +295,13 @@ pub(super) async fn apply(
             release_images(ctx, import, facts).await?;
             delete_files(ctx, &status).await?;
             clean_source_objects(ctx, import, &status, facts, false).await;
-            return Ok(Action::await_change());
+            return Ok(until_source_objects_gone(&status));
         }
         Decision::CleanUp => {
             let cancelled = ctx.exports.cancel(&uid);
             delete_files(ctx, &status).await?;
             clean_source_objects(ctx, import, &status, facts, cancelled).await;
-            return Ok(Action::await_change());
+            return Ok(until_source_objects_gone(&status));
         }
         Decision::Finalize => {
             let cancelled = ctx.exports.cancel(&uid);
@@ -420,6 +420,25 @@ async fn openstack_stop(
         },
     })?;
     Ok(())
+}
+
+/// How often the deletion of temporary source objects is tried again while some stay recorded: the
+/// source may refuse it for a while (its password changed, the cloud is down), and an admin fixing
+/// that changes nothing this import watches.
+const SOURCE_CLEANUP_RETRY: Duration = Duration::from_secs(20);
+
+/// After a cleanup: a successful deletion clears the record in status (a watch event); while
+/// objects stay recorded, look again later.
+fn until_source_objects_gone(status: &VirtualMachineImportStatus) -> Action {
+    if status
+        .source_temporary_objects
+        .as_ref()
+        .is_some_and(|o| !o.is_empty())
+    {
+        Action::requeue(SOURCE_CLEANUP_RETRY)
+    } else {
+        Action::await_change()
+    }
 }
 
 /// Deletes, in the background, the temporary OpenStack objects an export recorded in status, when
