@@ -59,6 +59,9 @@ type DiskSpec struct {
 	Mode string `json:"mode,omitempty"`
 	// Sharing is the backing's sharing (default sharingNone), e.g. sharingMultiWriter.
 	Sharing string `json:"sharing,omitempty"`
+	// RDM makes the disk a raw device mapping in this compatibility mode (physicalMode or
+	// virtualMode): its backing is a mapping file for a LUN, as vSphere reports one.
+	RDM string `json:"rdm,omitempty"`
 }
 
 // NICSpec is one network adapter of a VMSpec.
@@ -562,19 +565,35 @@ func (l *Lab) diskDevices(spec VMSpec, vmDir string) ([]types.BaseVirtualDevice,
 			}
 		}
 		u := unit
+		file := types.VirtualDeviceFileBackingInfo{
+			FileName: fmt.Sprintf("[%s] %s/%s", defaultDatastore, spec.Name, name),
+		}
+		var backing types.BaseVirtualDeviceBackingInfo = &types.VirtualDiskFlatVer2BackingInfo{
+			VirtualDeviceFileBackingInfo: file,
+			DiskMode:                     diskMode(d.Mode),
+			ThinProvisioned:              types.NewBool(true),
+			Sharing:                      d.Sharing,
+		}
+		switch d.RDM {
+		case "":
+		case "physicalMode", "virtualMode":
+			backing = &types.VirtualDiskRawDiskMappingVer1BackingInfo{
+				VirtualDeviceFileBackingInfo: file,
+				CompatibilityMode:            d.RDM,
+				DiskMode:                     diskMode(d.Mode),
+				DeviceName:                   fmt.Sprintf("/vmfs/devices/disks/naa.600a0980383030%010d", i),
+				LunUuid:                      fmt.Sprintf("0200000000600a0980383030%010d", i),
+				Sharing:                      d.Sharing,
+			}
+		default:
+			return nil, nil, badSpec("%s: rdm %q is not physicalMode or virtualMode", where, d.RDM)
+		}
 		disk := &types.VirtualDisk{
 			VirtualDevice: types.VirtualDevice{
 				Key:           nextKey,
 				ControllerKey: st.key,
 				UnitNumber:    &u,
-				Backing: &types.VirtualDiskFlatVer2BackingInfo{
-					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{
-						FileName: fmt.Sprintf("[%s] %s/%s", defaultDatastore, spec.Name, name),
-					},
-					DiskMode:        diskMode(d.Mode),
-					ThinProvisioned: types.NewBool(true),
-					Sharing:         d.Sharing,
-				},
+				Backing:       backing,
 			},
 			CapacityInBytes: capacity,
 			CapacityInKB:    capacity / 1024,

@@ -1107,3 +1107,36 @@ func TestRenameHostKeepsItsVMsAndTakesNewOnes(t *testing.T) {
 		}
 	}
 }
+
+func TestRawDeviceMappingDisks(t *testing.T) {
+	h := startLab(t, 300*time.Second)
+	ctx := context.Background()
+	dir := t.TempDir()
+	disk := makeVMDK(t, dir, "lun.vmdk", 1, 4096, "streamOptimized")
+	v := h.createVM(VMSpec{Name: "rdm01", Disks: []DiskSpec{
+		{Bus: "lsilogic", Path: disk, RDM: "physicalMode"},
+		{Bus: "lsilogic", Path: disk, RDM: "virtualMode"},
+		{Bus: "lsilogic", Path: disk},
+	}})
+	if st := h.control("POST", "/vms", VMSpec{Name: "rdm02", Disks: []DiskSpec{{Bus: "lsilogic", Path: disk, RDM: "passthrough"}}}, nil); st != http.StatusBadRequest {
+		t.Fatalf("unknown compatibility mode: %d, want 400", st)
+	}
+	var vm mo.VirtualMachine
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: v.MoID}
+	if err := property.DefaultCollector(h.mustLogin()).RetrieveOne(ctx, ref, []string{"config.hardware.device"}, &vm); err != nil {
+		t.Fatal(err)
+	}
+	disks := object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualDisk)(nil))
+	if len(disks) != 3 {
+		t.Fatalf("%d disks, want 3", len(disks))
+	}
+	for i, want := range []string{"physicalMode", "virtualMode"} {
+		b, ok := disks[i].GetVirtualDevice().Backing.(*types.VirtualDiskRawDiskMappingVer1BackingInfo)
+		if !ok || b.CompatibilityMode != want || b.LunUuid == "" || b.DeviceName == "" {
+			t.Fatalf("disk %d backing %#v, want an RDM in %s", i, disks[i].GetVirtualDevice().Backing, want)
+		}
+	}
+	if _, ok := disks[2].GetVirtualDevice().Backing.(*types.VirtualDiskFlatVer2BackingInfo); !ok {
+		t.Fatalf("plain disk backing %#v", disks[2].GetVirtualDevice().Backing)
+	}
+}

@@ -93,6 +93,15 @@ pub(crate) struct ControllerArgs {
         default_value = "443,902"
     )]
     pub(crate) esxi_probe_ports: Vec<u16>,
+    /// Space preflight keeps free on the image directory's file system: an import that would need
+    /// it is refused as ScratchSpaceLow. Bytes, or with a suffix: 512Mi, 1Gi, 2Ti.
+    #[arg(
+        long,
+        env = "VM_IMPORT_IMAGE_DIR_RESERVE",
+        default_value = "1Gi",
+        value_parser = parse_size
+    )]
+    pub(crate) image_dir_reserve: u64,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
@@ -189,14 +198,53 @@ pub(crate) struct InspectArgs {
     pub(crate) input: String,
 }
 
+/// A byte count: digits, optionally followed by a binary suffix (Ki, Mi, Gi, Ti, Pi).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count such as 1073741824 or 1Gi"))?;
+    let shift = match suffix {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        "Ti" => 40,
+        "Pi" => 50,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown suffix {suffix:?} (use Ki, Mi, Gi, Ti or Pi)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
-    use super::Cli;
+    use super::{Cli, parse_size};
 
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes_and_bad_ones_are_refused() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_size("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_size("2Pi"), Ok(2 << 50));
+        assert!(parse_size("1GB").unwrap_err().contains("suffix"));
+        assert!(parse_size("Gi").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999Pi").unwrap_err().contains("too large"));
     }
 }

@@ -50,6 +50,7 @@ fn settings(args: ControllerArgs) -> controller::Settings {
     settings.install_crds = !args.no_install_crds;
     settings.namespace = args.namespace.filter(|n| !n.is_empty());
     settings.esxi_probe_ports = args.esxi_probe_ports;
+    settings.image_dir_reserve = args.image_dir_reserve;
     settings
 }
 

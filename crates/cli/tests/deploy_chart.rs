@@ -441,6 +441,7 @@ fn defaults_keep_upstreams_names_ports_and_scratch_mount() {
             "--metrics-listen=0.0.0.0:9090",
             "--max-concurrent-imports=4",
             "--max-imports-per-host=2",
+            "--image-dir-reserve=1Gi",
             "--leader-election-namespace=harvester-system",
         ]
     );
@@ -572,6 +573,7 @@ fn own_values_reach_args_env_and_ports() {
     let objects = render(&[
         "imports.maxConcurrent=8",
         "imports.maxPerHost=3",
+        "imports.imageDirReserve=20Gi",
         "metrics.port=9191",
         "logFormat=json",
         "debug=true",
@@ -582,6 +584,7 @@ fn own_values_reach_args_env_and_ports() {
         "--metrics-listen=0.0.0.0:9191",
         "--max-concurrent-imports=8",
         "--max-imports-per-host=3",
+        "--image-dir-reserve=20Gi",
     ] {
         assert!(given.contains(&expected), "{expected} in {given:?}");
     }
@@ -842,6 +845,7 @@ fn schema_rejects_values_the_controller_cannot_run_with() {
         ("logFormat=yaml", "/logFormat"),
         ("imports.maxConcurrent=0", "/imports/maxConcurrent"),
         ("imports.maxPerHost=0", "/imports/maxPerHost"),
+        ("imports.imageDirReserve=1GB", "/imports/imageDirReserve"),
         ("metrics.port=8080", "/metrics/port"),
         ("pvcClaim.size=lots", "/pvcClaim/size"),
     ] {

@@ -77,6 +77,7 @@ async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
     let other = unique("other");
     let running = unique("running");
     let risky = unique("risky");
+    let rdm = unique("rdm");
     let base = json!({"folder": folder, "hwVersion": "vmx-19", "power": "off"});
     let spec = |extra: Value| {
         let mut s = base.clone();
@@ -114,6 +115,16 @@ async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
                       {"bus": "lsilogic", "path": vmdk, "sharing": "sharingMultiWriter"}],
             "nics": [{"type": "vmxnet3", "network": "VM Network"}]})))
         .await;
+    // Newer hardware than the rules know, and two raw device mappings: a physical-mode LUN cannot
+    // be exported, a virtual-mode one is copied into an image.
+    control
+        .create_vm(spec(
+            json!({"name": rdm, "guestId": "rhel9_64Guest", "hwVersion": "vmx-22",
+            "disks": [{"bus": "lsilogic", "path": vmdk, "rdm": "physicalMode"},
+                      {"bus": "lsilogic", "path": vmdk, "rdm": "virtualMode"}],
+            "nics": [{"type": "vmxnet3", "network": "VM Network"}]}),
+        ))
+        .await;
     let mapping = dir.path().join("mapping.json");
     std::fs::write(
         &mapping,
@@ -142,7 +153,7 @@ async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
     let mut sorted = names.clone();
     sorted.sort_unstable();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 6, "{names:?}");
 
     // The lab's ESXi host (DC0_H0) has no DNS name: both its ports are reported as unresolved, naming it.
     let host = ["HostUnresolved:Warning", "HostUnresolved:Warning"];
@@ -181,6 +192,17 @@ async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
             "IndependentDisk:Warning",
             "SharedDisk:Warning",
             "CdromNotCarried:Warning",
+        ]),
+        "{report:#}"
+    );
+    assert_eq!(
+        got[&rdm],
+        strings(&[
+            host[0],
+            host[1],
+            "HardwareVersionUnknown:Warning",
+            "RawDeviceMapping:Critical",
+            "RawDeviceMapping:Warning",
         ]),
         "{report:#}"
     );
@@ -469,4 +491,73 @@ async fn probes_name_a_closed_esxi_port_and_a_reachable_clean_vm_triggers_nothin
     );
     let report: Value = serde_json::from_slice(&reachable.stdout).unwrap();
     assert_eq!(concerns(&report)[&clean], strings(&[]), "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_import_that_would_eat_the_image_directory_reserve_is_refused_before_power_off() {
+    use api::{ImportPhase, Severity};
+    use std::time::Duration;
+    use support::{ControllerProcess, Scene, phase};
+
+    let scene = Scene::new("e2e-scratch").await;
+    let control = Control::new();
+    let (vmdk, _) = make_vmdk(scene.dir.path(), "d", 1 << 20, 11);
+    let vm_name = unique("big");
+    control
+        .create_vm(
+            json!({"name": vm_name, "cpus": 1, "memoryMB": 256, "hwVersion": "vmx-19",
+            "guestId": "rhel9_64Guest", "power": "on", "tools": "running",
+            "disks": [{"bus": "lsilogic", "path": vmdk}],
+            "nics": [{"type": "vmxnet3", "network": "VM Network"}]}),
+        )
+        .await;
+    // No file system here has a pebibyte free: whatever this machine has, the import's bytes do
+    // not fit beside the reserve.
+    let image_dir = scene.image_dir();
+    let controller = ControllerProcess::start_with_env(
+        &scene.namespace,
+        &image_dir,
+        scene.dir.path().join("controller.log"),
+        &[("VM_IMPORT_IMAGE_DIR_RESERVE", std::ffi::OsStr::new("1Pi"))],
+    );
+    scene.source("vc", &lab::lab().vsphere_password).await;
+    scene.import("big", "vc", &vm_name, json!({})).await;
+    let import = scene
+        .wait_import(&controller, "big", Duration::from_secs(60), |i| {
+            phase(i) == ImportPhase::Invalid
+        })
+        .await;
+    let status = import.status.unwrap();
+    let low: Vec<_> = status
+        .concerns
+        .iter()
+        .filter(|c| c.id == "ScratchSpaceLow")
+        .collect();
+    assert_eq!(low.len(), 1, "{:?}", status.concerns);
+    assert_eq!(low[0].severity, Severity::Critical);
+    let dir = image_dir.display().to_string();
+    assert!(low[0].message.contains(&dir), "{}", low[0].message);
+    assert!(
+        low[0].message.contains("kept in reserve") && !low[0].remedy.is_empty(),
+        "{:?}",
+        low[0]
+    );
+    let failed = api::condition::find(&status.import_conditions, &api::ConditionType::ImportFailed).unwrap();
+    assert_eq!(failed.reason, "PreflightFailed");
+    // Nothing touched the source: still on, no export lease, nothing written.
+    let vm = lab::client()
+        .await
+        .inspect(&lab::lab().vsphere_dc, None, &vm_name)
+        .await
+        .unwrap();
+    assert_eq!(vm.power_state, vsphere::proto::vm::PowerState::PoweredOn);
+    assert!(control.leases_of(&vm_name).await.is_empty());
+    let start = std::time::Instant::now();
+    while events(&scene, "ScratchSpaceLow").await.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no ScratchSpaceLow Event"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

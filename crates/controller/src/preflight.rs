@@ -65,13 +65,14 @@ pub fn vm_risk(vm: &VmDescription) -> VmRisk {
     }
 }
 
-/// Free space in `dir` for this process; `None` when it cannot be measured (the directory does not
-/// exist yet: the import creates it).
-pub fn scratch(dir: &Path) -> Option<Scratch> {
+/// Free space in `dir` for this process, less `reserved_bytes` kept free; `None` when it cannot be
+/// measured (the directory does not exist yet: the import creates it).
+pub fn scratch(dir: &Path, reserved_bytes: u64) -> Option<Scratch> {
     let stat = rustix::fs::statvfs(dir).ok()?;
     Some(Scratch {
         dir: dir.display().to_string(),
         free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+        reserved_bytes,
     })
 }
 

@@ -6,6 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// Upstream's image directory (served on port 8080, on the chart's `/tmp` volume).
 pub const DEFAULT_IMAGE_DIR: &str = "/tmp/vm-import-controller";
+
+/// Default [`Settings::image_dir_reserve`]: 1 GiB.
+pub const DEFAULT_IMAGE_DIR_RESERVE: u64 = 1 << 30;
 /// Name of the coordination Lease the replicas compete for.
 pub const LEADER_LEASE_NAME: &str = "vm-import-controller";
 
@@ -38,6 +41,9 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// ESXi ports preflight probes on the host serving a VM's disks (default 443 and 902; empty: none).
     pub esxi_probe_ports: Vec<u16>,
+    /// Bytes of the image directory's file system preflight keeps free: an import that would eat
+    /// into them is `ScratchSpaceLow` (default 1 GiB, for logs and other imports' last bytes).
+    pub image_dir_reserve: u64,
 }
 
 impl Settings {
@@ -57,6 +63,7 @@ impl Settings {
             install_crds: true,
             namespace: None,
             esxi_probe_ports: crate::preflight::ESXI_PORTS.to_vec(),
+            image_dir_reserve: DEFAULT_IMAGE_DIR_RESERVE,
         }
     }
 }

@@ -160,6 +160,8 @@ pub struct Scratch {
     pub dir: String,
     /// Free bytes there (available to the controller).
     pub free_bytes: u64,
+    /// Bytes the admin keeps free there whatever the imports need (`--image-dir-reserve`).
+    pub reserved_bytes: u64,
 }
 
 /// Which end a probe tried.
@@ -529,18 +531,24 @@ fn scratch(vm: &SourceVm, facts: &RiskFacts, out: &mut Vec<Concern>) {
         || vm.disks.iter().map(|d| d.capacity_bytes).sum(),
         VmRisk::bytes_to_write,
     );
-    if needed > space.free_bytes {
+    let usable = space.free_bytes.saturating_sub(space.reserved_bytes);
+    if needed > usable {
+        let reserve = if space.reserved_bytes == 0 {
+            String::new()
+        } else {
+            format!(", of which {} are kept in reserve", bytes(space.reserved_bytes))
+        };
         out.push(concern(
             "ScratchSpaceLow",
             Severity::Critical,
             format!(
-                "the import writes {} ({needed} bytes) to {} which has {} ({} bytes) free",
+                "the import writes {} ({needed} bytes) to {} which has {} ({} bytes) free{reserve}",
                 bytes(needed),
                 space.dir,
                 bytes(space.free_bytes),
                 space.free_bytes
             ),
-            "free space there, grow the controller's volume, or import fewer VMs at once",
+            "free space there, grow the controller's volume, lower --image-dir-reserve, or import fewer VMs at once",
         ));
     }
 }

@@ -82,6 +82,7 @@ fn facts(vm: SourceVm, risk: VmRisk) -> PreflightFacts {
             scratch: Some(Scratch {
                 dir: "/images".into(),
                 free_bytes: 100 * MIB,
+                reserved_bytes: 0,
             }),
             probes: vec![
                 probe(ProbeRole::Vcenter, "vc", 443, ProbeOutcome::Open),
@@ -393,6 +394,17 @@ fn scratch_space_counts_allocated_bytes() {
         "ScratchSpaceLow",
         Severity::Critical,
         "8388608 bytes",
+    );
+    // The reserve the admin keeps free is not for imports: 3 MiB free less 2 MiB kept is too little.
+    only(
+        &run(|_, _, f| {
+            let space = f.scratch.as_mut().unwrap();
+            space.free_bytes = 3 * MIB;
+            space.reserved_bytes = 2 * MIB;
+        }),
+        "ScratchSpaceLow",
+        Severity::Critical,
+        "2.0 MiB are kept in reserve",
     );
 }
 

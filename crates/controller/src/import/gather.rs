@@ -519,7 +519,7 @@ impl Facts {
             graceful_shutdown: false,
             namespace_vms: Some(namespace_vms),
             target_name: plan::names::sanitize_vm_name(&import.spec.virtual_machine_name).name,
-            scratch: preflight::scratch(&ctx.settings.image_dir),
+            scratch: preflight::scratch(&ctx.settings.image_dir, ctx.settings.image_dir_reserve),
             probes: preflight::probe_all(targets, preflight::PROBE_TIMEOUT).await,
         })
     }
