@@ -535,6 +535,37 @@ async fn bad_sources_and_bad_imports_end_with_clear_reasons() {
         "{concerns:#?}"
     );
 
+    // A VM of the server's name already in the namespace: refused by preflight, with the running
+    // server left alone (not stopped).
+    let taken = format!("taken-{suffix}");
+    let server = control
+        .create_server(json!({"name": taken, "status": "ACTIVE", "volumes": [{"path": disk}]}))
+        .await;
+    let mut existing = kube::api::DynamicObject::new(&taken, &vm_resource());
+    existing.data = json!({"spec": {"running": false, "template": {"spec": {"domain": {"devices": {}}}}}});
+    scene
+        .dynamic(&vm_resource())
+        .create(&PostParams::default(), &existing)
+        .await
+        .unwrap();
+    scene
+        .import_from("OpenstackSource", "taken", "cloud", &taken, json!({}))
+        .await;
+    let import = finished(&scene, &controller, "taken").await;
+    assert_eq!(phase(&import), ImportPhase::Invalid, "{:#?}", import.status);
+    let concerns = import.status.clone().unwrap().concerns;
+    assert!(
+        concerns
+            .iter()
+            .any(|c| c.id == "VirtualMachineExists" && c.severity == api::Severity::Critical),
+        "{concerns:#?}"
+    );
+    let id = server["id"].as_str().unwrap();
+    let now = control
+        .call(reqwest::Method::GET, &format!("/servers/{id}"), None)
+        .await;
+    assert_eq!(now["status"], "ACTIVE", "the server was not stopped: {now}");
+
     // A failure injected between steps (the temporary volume cannot be made): the import fails with
     // the step in its message and nothing is left at the cloud.
     let broken = format!("broken-{suffix}");

@@ -970,17 +970,18 @@ async fn bad_sources_and_bad_ovas_end_with_clear_reasons() {
             web_mapping(),
         )
         .await;
+    // A broken archive fails the import with the OVA source's reason, not a generic ExportFailed.
     let expected = [
         (
             "mismatch",
             ImportPhase::MigrationFailed,
-            "ExportFailed",
+            "InvalidOVA",
             "web-01-disk2.vmdk.gz",
         ),
         (
             "truncated",
             ImportPhase::MigrationFailed,
-            "ExportFailed",
+            "InvalidOVA",
             "web-01-disk1.vmdk",
         ),
         (
@@ -992,7 +993,7 @@ async fn bad_sources_and_bad_ovas_end_with_clear_reasons() {
         (
             "no-manifest",
             ImportPhase::MigrationFailed,
-            "ExportFailed",
+            "InvalidOVA",
             "\"web-01-disk1.vmdk\" has no digest in a manifest",
         ),
     ];

@@ -435,7 +435,7 @@ impl Facts {
                 power_off_supported: false,
                 powered_off: true,
                 tools_running: false,
-                risks: Default::default(),
+                risks: target_risk_facts(ctx, import).await?,
             });
             return Ok(());
         }
@@ -468,7 +468,7 @@ impl Facts {
                 power_off_supported: false,
                 powered_off: server.as_ref().is_some_and(|s| s.status == "SHUTOFF"),
                 tools_running: false,
-                risks: Default::default(),
+                risks: target_risk_facts(ctx, import).await?,
             });
             return Ok(());
         }
@@ -492,17 +492,15 @@ impl Facts {
         Ok(())
     }
 
-    /// Risk facts of a vSphere import: the VM's details, the namespace's VMs, scratch space, probes.
+    /// Risk facts of a vSphere import: the target's, plus the VM's details and TCP probes of the
+    /// vCenter and of the ESXi host serving its disks.
     async fn risk_facts(
         &mut self,
         ctx: &Context,
         import: &VirtualMachineImport,
         description: Option<&VmDescription>,
     ) -> Result<RiskFacts, ImportError> {
-        let namespace = import.namespace().unwrap_or_default();
-        let namespace_vms = preflight::namespace_vms(&ctx.kube, &namespace)
-            .await
-            .map_err(ImportError::kube("listing the namespace's VirtualMachines"))?;
+        let target = target_risk_facts(ctx, import).await?;
         let endpoint = self
             .vmware_source(ctx, import)
             .await?
@@ -516,11 +514,8 @@ impl Facts {
         );
         Ok(RiskFacts {
             vm: description.map(preflight::vm_risk),
-            graceful_shutdown: false,
-            namespace_vms: Some(namespace_vms),
-            target_name: plan::names::sanitize_vm_name(&import.spec.virtual_machine_name).name,
-            scratch: preflight::scratch(&ctx.settings.image_dir, ctx.settings.image_dir_reserve),
             probes: preflight::probe_all(targets, preflight::PROBE_TIMEOUT).await,
+            ..target
         })
     }
 
@@ -679,6 +674,21 @@ impl Facts {
         self.leftovers = Some(files || owned_images || source_objects);
         Ok(())
     }
+}
+
+/// Risk facts every source has: the namespace's VMs (name collisions, duplicate MACs) and the image
+/// directory's free space.
+async fn target_risk_facts(ctx: &Context, import: &VirtualMachineImport) -> Result<RiskFacts, ImportError> {
+    let namespace = import.namespace().unwrap_or_default();
+    let namespace_vms = preflight::namespace_vms(&ctx.kube, &namespace)
+        .await
+        .map_err(ImportError::kube("listing the namespace's VirtualMachines"))?;
+    Ok(RiskFacts {
+        namespace_vms: Some(namespace_vms),
+        target_name: plan::names::sanitize_vm_name(&import.spec.virtual_machine_name).name,
+        scratch: preflight::scratch(&ctx.settings.image_dir, ctx.settings.image_dir_reserve),
+        ..RiskFacts::default()
+    })
 }
 
 /// An image's readiness from its `Imported` condition, as upstream reads it.
