@@ -204,7 +204,7 @@ class State:
         self.faults, self.downloads, self.requests = [], [], []
         self.settings = {"maxMicroversion": DEFAULT_MAX_MICROVERSION, "transitionSeconds": 0.2}
 
-    # Faults: {"op", "mode": "http"|"status"|"cut"|"revokeTokens"|"throttle", "status", "cutAfterBytes",
+    # Faults: {"op", "mode": "http"|"status"|"cut"|"revokeTokens"|"throttle"|"lostAnswer", "status", "cutAfterBytes",
     #          "bytesPerSecond", "times", "target"}
     def take_fault(self, op, *targets, modes=None):
         with self.lock:
@@ -677,6 +677,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(fault.get("status", 500), "injected fault: volume create failed")
         if snap["status"] != "available":
             raise ApiError(400, f"Invalid snapshot: Originating snapshot status must be one of 'available' values")
+        lost = bool(fault and fault["mode"] == "lostAnswer")
         size = int(req.get("size") or snap["size"])
         if size < snap["size"]:
             raise ApiError(400, f"Invalid input received: Volume size '{size}'GB cannot be smaller than the "
@@ -693,6 +694,10 @@ class Handler(BaseHTTPRequestHandler):
                 v["updated_at"] = now_iso()
         st.later(done)
         self.after_fault(fault, token)
+        if lost:
+            # The volume exists, but the caller never learns its id: as when the answer is lost on
+            # the way, or the caller dies before recording it.
+            raise ApiError(502, "injected fault: the answer to volume create was lost")
         return self.send_json(202, {"volume": volume_view(v)}, headers)
 
     def cinder_delete_volume(self, v, headers):
@@ -953,7 +958,7 @@ class Handler(BaseHTTPRequestHandler):
                 fault.setdefault("mode", "http")
                 fault.setdefault("times", 1)
                 fault.setdefault("target", "")
-                if fault["mode"] not in ("http", "status", "cut", "revokeTokens", "throttle"):
+                if fault["mode"] not in ("http", "status", "cut", "revokeTokens", "throttle", "lostAnswer"):
                     raise ApiError(400, f"unknown fault mode {fault['mode']!r}")
                 if fault["mode"] == "cut" and not isinstance(fault.get("cutAfterBytes"), int):
                     raise ApiError(400, "mode 'cut' needs an integer cutAfterBytes")

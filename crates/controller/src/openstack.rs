@@ -404,7 +404,8 @@ async fn write_ledger(
     .map(|_| ())
 }
 
-/// Deletes temporary objects recorded in status (after a restart, or for a deleted import) and
+/// Deletes temporary objects recorded in status (after a restart, or for a deleted import), and
+/// those an export of `disks` disks named but never recorded (a crash right after a create), then
 /// clears the record.
 ///
 /// # Errors
@@ -415,6 +416,7 @@ pub async fn cleanup_recorded(
     import: &ObjectRef<VirtualMachineImport>,
     uid: &str,
     objects: &SourceTemporaryObjects,
+    disks: usize,
 ) -> Result<(), String> {
     let ledger = TempObjects {
         images: objects.images.clone(),
@@ -423,7 +425,7 @@ pub async fn cleanup_recorded(
     };
     let result = session
         .client
-        .cleanup(&ledger, &export_options(import, uid))
+        .cleanup(&ledger, &export_options(import, uid), disks)
         .await;
     let (left, message) = match result {
         Ok(()) => (None, None),
@@ -451,6 +453,7 @@ pub fn spawn_cleanup(
     import: ObjectRef<VirtualMachineImport>,
     uid: String,
     objects: SourceTemporaryObjects,
+    disks: usize,
 ) {
     let fresh = match CLEANUPS.lock() {
         Ok(mut set) => set.insert(uid.clone()),
@@ -463,7 +466,7 @@ pub fn spawn_cleanup(
         let api: Api<VirtualMachineImport> =
             Api::namespaced(kube.clone(), import.namespace.as_deref().unwrap_or_default());
         let result = match connect(&kube, &source).await {
-            Ok(session) => cleanup_recorded(&session, &api, &import, &uid, &objects).await,
+            Ok(session) => cleanup_recorded(&session, &api, &import, &uid, &objects, disks).await,
             Err(error) => Err(chain(&error)),
         };
         if let Err(error) = result {
@@ -542,8 +545,28 @@ pub(crate) struct Transfer<'a> {
 /// otherwise the failure as text. The export has already deleted what it could of its temporary
 /// objects; the rest is recorded in status.
 pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(), ExportError> {
-    if let Some(objects) = t.recorded.filter(|o| !o.is_empty()) {
-        cleanup_recorded(t.session, &t.api, t.import, t.uid, &objects)
+    // What an earlier export of this import recorded, and what it made without recording (killed
+    // between a create and its record): both go before anything new is made.
+    let mut objects = t.recorded.unwrap_or_default();
+    let unrecorded = t
+        .session
+        .client
+        .find_named(&export_options(t.import, t.uid), 0..shared.names().len())
+        .await
+        .map_err(|e| ExportError::Openstack(t.session.error("finding earlier temporary objects", &e)))?;
+    for (list, found) in [
+        (&mut objects.images, unrecorded.images),
+        (&mut objects.volumes, unrecorded.volumes),
+        (&mut objects.snapshots, unrecorded.snapshots),
+    ] {
+        for id in found {
+            if !list.contains(&id) {
+                list.push(id);
+            }
+        }
+    }
+    if !objects.is_empty() {
+        cleanup_recorded(t.session, &t.api, t.import, t.uid, &objects, 0)
             .await
             .map_err(|e| {
                 ExportError::Transfer(format!(

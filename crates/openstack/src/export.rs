@@ -537,6 +537,15 @@ pub enum CleanupError {
         #[source]
         source: client::Error,
     },
+    /// Listing the objects named like the export's failed.
+    #[error("finding temporary objects named {names}")]
+    Find {
+        /// The name pattern.
+        names: String,
+        /// Why.
+        #[source]
+        source: client::Error,
+    },
     /// It was still there at the deadline.
     #[error("{kind} {id} still exists after {waited:?}")]
     Timeout {
@@ -586,12 +595,13 @@ struct Guard {
     client: Client,
     ledger: Ledger,
     options: ExportOptions,
+    disks: usize,
     armed: bool,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if !self.armed || self.ledger.get().is_empty() {
+        if !self.armed {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -601,8 +611,11 @@ impl Drop for Guard {
         let client = self.client.clone();
         let ledger = self.ledger.clone();
         let options = self.options.clone();
+        let disks = self.disks;
         handle.spawn(async move {
-            let (left, errors) = client.cleanup_ledger(&ledger, &options).await;
+            let mut errors = client.adopt_named(&ledger, &options, 0..disks).await;
+            let (left, more) = client.cleanup_ledger(&ledger, &options).await;
+            errors.extend(more);
             if !left.is_empty() {
                 tracing::warn!(
                     ?left,
@@ -673,6 +686,7 @@ impl Client {
             client: self.clone(),
             ledger: ledger.clone(),
             options: options.clone(),
+            disks: server.disks.len(),
             armed: true,
         };
         let started = Instant::now();
@@ -699,7 +713,9 @@ impl Client {
                 reports.push(report);
                 // Free the cloud's space as soon as a disk is done.
                 emit(hooks, index, Step::Cleanup, 0, None);
-                let (left, errors) = self.cleanup_ledger(&ledger, options).await;
+                let mut errors = self.adopt_named(&ledger, options, index..index + 1).await;
+                let (left, more) = self.cleanup_ledger(&ledger, options).await;
+                errors.extend(more);
                 merge(&mut left_behind, &left);
                 cleanup_errors.extend(errors.iter().map(|e| report_chain(e)));
                 ledger.update(|o| *o = TempObjects::default());
@@ -721,7 +737,9 @@ impl Client {
                 })
             }
             Err(error) => {
-                let (left, errors) = self.cleanup_ledger(&ledger, options).await;
+                let mut errors = self.adopt_named(&ledger, options, 0..server.disks.len()).await;
+                let (left, more) = self.cleanup_ledger(&ledger, options).await;
+                errors.extend(more);
                 guard.armed = false;
                 merge(&mut left_behind, &left);
                 cleanup_errors.extend(errors.iter().map(|e| report_chain(e)));
@@ -1140,7 +1158,9 @@ impl Client {
 
     /// Deletes temporary objects in dependency order (images, then volumes, then snapshots),
     /// waiting for each volume and snapshot to be gone; a missing object counts as deleted. For a
-    /// controller after a restart, with the ids it recorded.
+    /// controller after a restart, with the ids it recorded; with `disks`, also whatever an export of
+    /// that many disks named `options.name_prefix` left without recording it (see
+    /// [`Client::find_named`]).
     ///
     /// # Errors
     /// The objects still there and why, when anything could not be deleted.
@@ -1148,16 +1168,95 @@ impl Client {
         &self,
         objects: &TempObjects,
         options: &ExportOptions,
+        disks: usize,
     ) -> Result<(), (TempObjects, Vec<CleanupError>)> {
         let ledger = Ledger {
             objects: Arc::new(Mutex::new(objects.clone())),
             hook: None,
         };
-        let (left, errors) = self.cleanup_ledger(&ledger, options).await;
+        let mut errors = self.adopt_named(&ledger, options, 0..disks).await;
+        let (left, more) = self.cleanup_ledger(&ledger, options).await;
+        errors.extend(more);
         if left.is_empty() {
             Ok(())
         } else {
             Err((left, errors))
+        }
+    }
+
+    /// The snapshots, volumes and images named like the temporary objects of `disks`
+    /// (`<name_prefix>-<disk>`): what is left when an object was made but its id never reached the
+    /// ledger (the answer to the create was lost, or the process died before recording it).
+    ///
+    /// # Errors
+    /// The first list call that failed.
+    pub async fn find_named(
+        &self,
+        options: &ExportOptions,
+        disks: std::ops::Range<usize>,
+    ) -> Result<TempObjects, client::Error> {
+        #[derive(Deserialize)]
+        struct Listed {
+            #[serde(default)]
+            images: Vec<Named>,
+            #[serde(default)]
+            volumes: Vec<Named>,
+            #[serde(default)]
+            snapshots: Vec<Named>,
+        }
+        #[derive(Deserialize)]
+        struct Named {
+            id: String,
+        }
+        let mut found = TempObjects::default();
+        for disk in disks {
+            let name = crate::inspect::percent_encode(&format!("{}-{disk}", options.name_prefix));
+            // Only the project's own images: a public or shared image of that name is not ours.
+            let images: Listed = self
+                .get_json(
+                    Service::Image,
+                    &format!("/v2/images?name={name}&owner={}", self.project_id()),
+                )
+                .await?;
+            let volumes: Listed = self
+                .get_json(Service::BlockStorage, &format!("/volumes/detail?name={name}"))
+                .await?;
+            let snapshots: Listed = self
+                .get_json(Service::BlockStorage, &format!("/snapshots/detail?name={name}"))
+                .await?;
+            found.images.extend(images.images.into_iter().map(|n| n.id));
+            found.volumes.extend(volumes.volumes.into_iter().map(|n| n.id));
+            found
+                .snapshots
+                .extend(snapshots.snapshots.into_iter().map(|n| n.id));
+        }
+        Ok(found)
+    }
+
+    /// Adds to `ledger` what [`Client::find_named`] finds and it lacks; a failed search is
+    /// returned as a cleanup error (the recorded objects are still deleted).
+    async fn adopt_named(
+        &self,
+        ledger: &Ledger,
+        options: &ExportOptions,
+        disks: std::ops::Range<usize>,
+    ) -> Vec<CleanupError> {
+        match self.find_named(options, disks).await {
+            Ok(mut found) => {
+                let mut known = ledger.get();
+                for kind in [Kind::Image, Kind::Volume, Kind::Snapshot] {
+                    let recorded = known.list(kind).clone();
+                    for id in found.list(kind).iter().filter(|id| !recorded.contains(id)) {
+                        tracing::info!(kind = kind.name(), %id, "unrecorded temporary object found by name");
+                        ledger.add(kind, id);
+                    }
+                }
+                Vec::new()
+            }
+            Err(source) => vec![CleanupError::Find {
+                names: format!("{}-*", options.name_prefix),
+                source,
+            }],
         }
     }
 

@@ -402,7 +402,7 @@ fn regex_escape(text: &str) -> String {
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::new();
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -294,19 +294,19 @@ pub(super) async fn apply(
         Decision::TidyUp => {
             release_images(ctx, import, facts).await?;
             delete_files(ctx, &status).await?;
-            clean_source_objects(ctx, import, &status, facts, false).await;
+            clean_source_objects(ctx, import, &status, facts, false, false).await;
             return Ok(until_source_objects_gone(&status));
         }
         Decision::CleanUp => {
             let cancelled = ctx.exports.cancel(&uid);
             delete_files(ctx, &status).await?;
-            clean_source_objects(ctx, import, &status, facts, cancelled).await;
+            clean_source_objects(ctx, import, &status, facts, cancelled, false).await;
             return Ok(until_source_objects_gone(&status));
         }
         Decision::Finalize => {
             let cancelled = ctx.exports.cancel(&uid);
             delete_files(ctx, &status).await?;
-            clean_source_objects(ctx, import, &status, facts, cancelled).await;
+            clean_source_objects(ctx, import, &status, facts, cancelled, true).await;
             remove_finalizer(ctx, import).await?;
             ctx.metrics.set_phase(&uid, None);
             tracing::info!(import = %name, cancelled, "import deleted; files removed");
@@ -443,17 +443,23 @@ fn until_source_objects_gone(status: &VirtualMachineImportStatus) -> Action {
 
 /// Deletes, in the background, the temporary OpenStack objects an export recorded in status, when
 /// no export of this process is there to do it (after a restart); a cancelled export's own guard
-/// deletes what it created.
+/// deletes what it created. With `sweep` (the import is being deleted), also when nothing is
+/// recorded, since an export killed right after a create leaves an object nobody recorded.
 async fn clean_source_objects(
     ctx: &Context,
     import: &VirtualMachineImport,
     status: &VirtualMachineImportStatus,
     facts: &mut Facts,
     cancelled: bool,
+    sweep: bool,
 ) {
-    let Some(objects) = status.source_temporary_objects.clone().filter(|o| !o.is_empty()) else {
+    let objects = status.source_temporary_objects.clone().unwrap_or_default();
+    // A finished import's export swept its names disk by disk already.
+    let interrupted =
+        !status.disk_import_status.is_empty() && status.phase != api::ImportPhase::VirtualMachineRunning;
+    if objects.is_empty() && !(sweep && interrupted) {
         return;
-    };
+    }
     if cancelled || SourceKind::of(import) != SourceKind::Openstack {
         return;
     }
@@ -464,6 +470,7 @@ async fn clean_source_objects(
             ObjectRef::from_obj(import),
             import.uid().unwrap_or_default(),
             objects,
+            status.disk_import_status.len(),
         ),
         Err(error) => {
             tracing::warn!(import = %import.name_any(), error = %chain(&error), ?objects, "temporary OpenStack objects cannot be deleted: the source is gone");
