@@ -46,7 +46,8 @@ const (
 
 // DiskSpec is one disk of a VMSpec.
 type DiskSpec struct {
-	// Bus is the controller kind: pvscsi, scsi (= lsilogic), lsilogic, lsilogicsas, buslogic, sata, nvme or ide.
+	// Bus is the controller kind: pvscsi, scsi (= lsilogic), lsilogic, lsilogicsas, buslogic, sata, nvme,
+	// ide, or usb (not a real vSphere disk bus: a lab shape for the unsupported-controller rule).
 	Bus string `json:"bus"`
 	// Path is a VMDK on this machine; it is copied into the datastore as disk-N.vmdk.
 	Path string `json:"path"`
@@ -207,6 +208,13 @@ var controllerKinds = map[string]controllerKind{
 		return c
 	}},
 	"ide": {"ide", nil},
+	// No real vSphere attaches a disk to USB; the lab does, to shape a disk on a controller KubeVirt
+	// cannot boot from.
+	"usb": {"usb", func(b, k int32) types.BaseVirtualDevice {
+		c := &types.VirtualUSBXHCIController{}
+		c.BusNumber, c.Key, c.ControllerKey = b, k, 100
+		return c
+	}},
 }
 
 func unitsOf(family string) int32 {

@@ -1108,7 +1108,7 @@ func TestRenameHostKeepsItsVMsAndTakesNewOnes(t *testing.T) {
 	}
 }
 
-func TestRawDeviceMappingDisks(t *testing.T) {
+func TestRawDeviceMappingAndUSBDisks(t *testing.T) {
 	h := startLab(t, 300*time.Second)
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -1117,6 +1117,7 @@ func TestRawDeviceMappingDisks(t *testing.T) {
 		{Bus: "lsilogic", Path: disk, RDM: "physicalMode"},
 		{Bus: "lsilogic", Path: disk, RDM: "virtualMode"},
 		{Bus: "lsilogic", Path: disk},
+		{Bus: "usb", Path: disk},
 	}})
 	if st := h.control("POST", "/vms", VMSpec{Name: "rdm02", Disks: []DiskSpec{{Bus: "lsilogic", Path: disk, RDM: "passthrough"}}}, nil); st != http.StatusBadRequest {
 		t.Fatalf("unknown compatibility mode: %d, want 400", st)
@@ -1127,8 +1128,12 @@ func TestRawDeviceMappingDisks(t *testing.T) {
 		t.Fatal(err)
 	}
 	disks := object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualDisk)(nil))
-	if len(disks) != 3 {
-		t.Fatalf("%d disks, want 3", len(disks))
+	if len(disks) != 4 {
+		t.Fatalf("%d disks, want 4", len(disks))
+	}
+	usb := object.VirtualDeviceList(vm.Config.Hardware.Device).FindByKey(disks[3].GetVirtualDevice().ControllerKey)
+	if _, ok := usb.(*types.VirtualUSBXHCIController); !ok {
+		t.Fatalf("fourth disk's controller %#v, want USB xHCI", usb)
 	}
 	for i, want := range []string{"physicalMode", "virtualMode"} {
 		b, ok := disks[i].GetVirtualDevice().Backing.(*types.VirtualDiskRawDiskMappingVer1BackingInfo)

@@ -115,13 +115,15 @@ async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
                       {"bus": "lsilogic", "path": vmdk, "sharing": "sharingMultiWriter"}],
             "nics": [{"type": "vmxnet3", "network": "VM Network"}]})))
         .await;
-    // Newer hardware than the rules know, and two raw device mappings: a physical-mode LUN cannot
-    // be exported, a virtual-mode one is copied into an image.
+    // Newer hardware than the rules know, two raw device mappings (a physical-mode LUN cannot be
+    // exported, a virtual-mode one is copied into an image) and a disk on a controller KubeVirt
+    // cannot boot from.
     control
         .create_vm(spec(
             json!({"name": rdm, "guestId": "rhel9_64Guest", "hwVersion": "vmx-22",
             "disks": [{"bus": "lsilogic", "path": vmdk, "rdm": "physicalMode"},
-                      {"bus": "lsilogic", "path": vmdk, "rdm": "virtualMode"}],
+                      {"bus": "lsilogic", "path": vmdk, "rdm": "virtualMode"},
+                      {"bus": "usb", "path": vmdk}],
             "nics": [{"type": "vmxnet3", "network": "VM Network"}]}),
         ))
         .await;
@@ -203,6 +205,7 @@ async fn assess_reports_each_shaped_risk_sorted_and_stable_with_exit_codes() {
             "HardwareVersionUnknown:Warning",
             "RawDeviceMapping:Critical",
             "RawDeviceMapping:Warning",
+            "UnsupportedController:Critical",
         ]),
         "{report:#}"
     );
