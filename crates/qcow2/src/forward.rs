@@ -19,10 +19,11 @@ use std::{
     io::Read,
 };
 
+use window::{Miss, Window};
+
 use crate::{
     header::{COMPRESSED, Header, OFFSET_MASK, V3_HEADER_LEN, ZERO, l1_entries_for},
     reader::inflate_cluster,
-    window::Window,
 };
 
 /// Default window of recent bytes: clusters stored before the L2 table that maps them.
@@ -72,6 +73,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error for `what` at `offset` that the window could not hand out.
+    fn missed(miss: Miss, what: &'static str, offset: u64) -> Self {
+        match miss {
+            Miss::Read { offset, source } => Error::Read { offset, source },
+            Miss::Truncated { len } => Error::Truncated { what, offset, len },
+            Miss::OutOfOrder {
+                offset,
+                position,
+                window,
+            } => Error::OutOfOrder {
+                what,
+                offset,
+                position,
+                window,
+            },
+        }
+    }
+
     /// Whether the failure is the file's layout (readable with random access), not corruption.
     pub fn needs_random_access(&self) -> bool {
         matches!(self, Error::OutOfOrder { .. })
@@ -501,10 +520,7 @@ fn be_u64(c: &[u8]) -> u64 {
 /// Reads up to `end` (or the end of the input: a short read is reported by the caller's copy,
 /// which knows what was cut).
 fn fill<R: Read>(window: &mut Window<R>, end: u64) -> Result<(), Error> {
-    window.fill_to(end).map(drop).map_err(|source| Error::Read {
-        offset: window.position(),
-        source,
-    })
+    window.fill(end).map_err(|miss| Error::missed(miss, "input", end))
 }
 
 /// Reads `[offset, offset + out.len())` in window-sized pieces (an L1 table may be larger).
@@ -514,31 +530,9 @@ fn read_at<R: Read>(
     out: &mut [u8],
     what: &'static str,
 ) -> Result<(), Error> {
-    let piece = (window.capacity() / 4) as usize;
-    let mut done = 0usize;
-    while done < out.len() {
-        let n = piece.min(out.len() - done);
-        let at = offset.saturating_add(done as u64);
-        fill(window, at.saturating_add(n as u64))?;
-        if !window.copy_out(at, &mut out[done..done + n]) {
-            return Err(if at < window.oldest() {
-                Error::OutOfOrder {
-                    what,
-                    offset: at,
-                    position: window.position(),
-                    window: window.capacity(),
-                }
-            } else {
-                Error::Truncated {
-                    what,
-                    offset,
-                    len: window.position(),
-                }
-            });
-        }
-        done += n;
-    }
-    Ok(())
+    window
+        .read_at(offset, out)
+        .map_err(|miss| Error::missed(miss, what, offset))
 }
 
 #[cfg(test)]

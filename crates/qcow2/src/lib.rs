@@ -48,7 +48,6 @@ mod error;
 pub mod forward;
 mod header;
 mod reader;
-mod window;
 mod writer;
 
 pub use error::{Error, ErrorKind, Result};

@@ -11,11 +11,12 @@
 
 use std::{collections::BTreeMap, io::Read};
 
+use window::{Miss, Window};
+
 use crate::{
     SECTOR_SIZE,
     descriptor::Descriptor,
     header::{self, GdLocation, SparseHeader},
-    window::Window,
 };
 
 /// Default window: absorbs the disorder of qemu-img's parallel writers (8 requests of 2 MiB).
@@ -70,6 +71,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error for `what` at `offset` that the window could not hand out.
+    fn missed(miss: Miss, what: &'static str, offset: u64) -> Self {
+        match miss {
+            Miss::Read { offset, source } => Error::Read { offset, source },
+            Miss::Truncated { len } => Error::Truncated { what, offset, len },
+            Miss::OutOfOrder {
+                offset,
+                position,
+                window,
+            } => Error::OutOfOrder {
+                what,
+                offset,
+                position,
+                window,
+            },
+        }
+    }
+
     /// Whether the failure is the file's layout (readable with random access), not corruption.
     pub fn needs_random_access(&self) -> bool {
         matches!(self, Error::OutOfOrder { .. })
@@ -314,10 +333,7 @@ fn sector_bytes(sector: u64, what: &'static str, index: u64) -> Result<u64, Erro
 /// Reads up to `end` (or the end of the input: a short read is reported by the caller's copy,
 /// which knows what was cut).
 fn fill<R: Read>(window: &mut Window<R>, end: u64) -> Result<(), Error> {
-    window.fill_to(end).map(drop).map_err(|source| Error::Read {
-        offset: window.position(),
-        source,
-    })
+    window.fill(end).map_err(|miss| Error::missed(miss, "input", end))
 }
 
 /// Reads `[offset, offset + out.len())` in window-sized pieces (a directory may be larger).
@@ -327,32 +343,9 @@ fn read_at<R: Read>(
     out: &mut [u8],
     what: &'static str,
 ) -> Result<(), Error> {
-    let piece = (window.capacity() / 4) as usize;
-    let mut done = 0usize;
-    while done < out.len() {
-        let n = piece.min(out.len() - done);
-        let at = offset.saturating_add(done as u64);
-        let end = at.saturating_add(n as u64);
-        fill(window, end)?;
-        if !window.copy_out(at, &mut out[done..done + n]) {
-            return Err(if at < window.oldest() {
-                Error::OutOfOrder {
-                    what,
-                    offset: at,
-                    position: window.position(),
-                    window: window.capacity(),
-                }
-            } else {
-                Error::Truncated {
-                    what,
-                    offset,
-                    len: window.position(),
-                }
-            });
-        }
-        done += n;
-    }
-    Ok(())
+    window
+        .read_at(offset, out)
+        .map_err(|miss| Error::missed(miss, what, offset))
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ pub mod grain;
 pub mod header;
 pub mod reader;
 pub mod stream;
-mod window;
 
 pub use descriptor::{CreateType, Descriptor};
 pub use forward::SparseForward;
