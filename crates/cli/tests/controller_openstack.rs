@@ -20,7 +20,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ApiResource, PostParams};
 use openstack::TlsMode;
 use serde_json::{Value, json};
-use support::{ControllerProcess, Scene, harvester, lab::sha256_file, phase, vm_resource};
+use support::{
+    ControllerProcess, Scene, condition, harvester, import_failed, lab::sha256_file, phase, vm_resource,
+};
 use test_support::{
     Lab,
     openstack::{KeystoneAdmin, OpenstackLab},
@@ -198,35 +200,12 @@ async fn openstack_source(scene: &Scene, name: &str, secret: Value, spec: Value)
 }
 
 async fn source_checked(scene: &Scene, controller: &ControllerProcess, name: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let status = scene.status_of(&source_resource(), name).await;
-        if status["status"].as_str().is_some_and(|s| !s.is_empty()) {
-            return status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "source {name} never checked: {status}\n{}",
-            controller.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
-    status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+    scene.source_checked(controller, &source_resource(), name).await
 }
 
 async fn finished(scene: &Scene, controller: &ControllerProcess, name: &str) -> VirtualMachineImport {
     scene
-        .wait_import(controller, name, Duration::from_secs(240), |i| {
-            matches!(
-                phase(i),
-                ImportPhase::VirtualMachineRunning | ImportPhase::MigrationFailed | ImportPhase::Invalid
-            )
-        })
+        .wait_finished(controller, name, Duration::from_secs(240))
         .await
 }
 
@@ -586,11 +565,7 @@ async fn bad_sources_and_bad_imports_end_with_clear_reasons() {
     let import = finished(&scene, &controller, "broken").await;
     let status = import.status.clone().unwrap();
     assert_eq!(status.phase, ImportPhase::MigrationFailed, "{status:#?}");
-    let failed = status
-        .import_conditions
-        .iter()
-        .find(|c| c.type_ == api::ConditionType::ImportFailed)
-        .unwrap();
+    let failed = import_failed(&import);
     assert_eq!(failed.reason, "ExportFailed", "{status:#?}");
     assert!(failed.message.contains("disk 1"), "{}", failed.message);
     control.assert_no_objects(&prefix).await;
@@ -742,11 +717,7 @@ async fn a_token_that_cannot_be_renewed_mid_import_fails_with_token_expired_and_
     let import = finished(&scene, &controller, "rotate").await;
     let status = import.status.clone().unwrap();
     assert_eq!(status.phase, ImportPhase::MigrationFailed, "{status:#?}");
-    let failed = status
-        .import_conditions
-        .iter()
-        .find(|c| c.type_ == api::ConditionType::ImportFailed)
-        .unwrap();
+    let failed = import_failed(&import);
     assert_eq!(failed.reason, "TokenExpired", "{status:#?}");
     assert!(!failed.message.is_empty());
     let text = serde_json::to_string(&status).unwrap();

@@ -34,7 +34,7 @@ use kube::api::{ApiResource, PostParams};
 use serde_json::{Value, json};
 
 use support::{
-    ControllerProcess, Scene, files_in, harvester, lab,
+    ControllerProcess, Scene, condition, files_in, harvester, lab,
     lab::{make_vmdk, run, sha256_file},
     phase, vm_resource,
 };
@@ -494,19 +494,7 @@ async fn ova_source(scene: &Scene, name: &str, url: &str, credentials: Option<&s
 
 /// Waits for the source's `status.status` to be set, returns the status.
 async fn source_checked(scene: &Scene, controller: &ControllerProcess, name: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let status = scene.status_of(&ova_resource(), name).await;
-        if status["status"].as_str().is_some_and(|s| !s.is_empty()) {
-            return status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "source {name} never checked: {status}\n{}",
-            controller.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    scene.source_checked(controller, &ova_resource(), name).await
 }
 
 /// The VMware OVA's first NIC to a NAD (the second uses the pod network).
@@ -514,20 +502,9 @@ fn web_mapping() -> Value {
     json!({"networkMapping": [{"sourceNetwork": "VM Network", "destinationNetwork": "vlan1"}]})
 }
 
-fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
-    status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-}
-
 async fn finished(scene: &Scene, controller: &ControllerProcess, name: &str) -> VirtualMachineImport {
     scene
-        .wait_import(controller, name, Duration::from_secs(240), |i| {
-            matches!(
-                phase(i),
-                ImportPhase::VirtualMachineRunning | ImportPhase::MigrationFailed | ImportPhase::Invalid
-            )
-        })
+        .wait_finished(controller, name, Duration::from_secs(240))
         .await
 }
 

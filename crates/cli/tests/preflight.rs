@@ -276,6 +276,32 @@ fn assess_over_the_default_inventory_is_sorted_and_blocks_on_critical() {
     assert!(got["DC0_H0_VM0"].contains(&"GuestShutdownImpossible:Critical".to_owned()));
 }
 
+/// A preflight refusal: the import failed with `PreflightFailed`, the source VM is still on with no
+/// export lease, and an Event of the concern's `reason` was recorded.
+async fn refused_before_power_off(
+    scene: &support::Scene,
+    control: &Control,
+    status: &api::VirtualMachineImportStatus,
+    vm_name: &str,
+    reason: &str,
+) {
+    use std::time::Duration;
+    let failed = api::condition::find(&status.import_conditions, &api::ConditionType::ImportFailed).unwrap();
+    assert_eq!(failed.reason, "PreflightFailed");
+    let vm = lab::client()
+        .await
+        .inspect(&lab::lab().vsphere_dc, None, vm_name)
+        .await
+        .unwrap();
+    assert_eq!(vm.power_state, vsphere::proto::vm::PowerState::PoweredOn);
+    assert!(control.leases_of(vm_name).await.is_empty());
+    let start = std::time::Instant::now();
+    while events(scene, reason).await.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no {reason} Event");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// The Events of `namespace` with this reason.
 async fn events(scene: &support::Scene, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
     let api: kube::Api<k8s_openapi::api::events::v1::Event> =
@@ -338,21 +364,7 @@ async fn a_duplicate_mac_blocks_before_power_off_and_skip_preflight_downgrades_i
         "{}",
         dup[0].message
     );
-    let failed = api::condition::find(&status.import_conditions, &api::ConditionType::ImportFailed).unwrap();
-    assert_eq!(failed.reason, "PreflightFailed");
-    // Nothing touched the source: still on, no export lease.
-    let vm = lab::client()
-        .await
-        .inspect(&lab::lab().vsphere_dc, None, &vm_name)
-        .await
-        .unwrap();
-    assert_eq!(vm.power_state, vsphere::proto::vm::PowerState::PoweredOn);
-    assert!(control.leases_of(&vm_name).await.is_empty());
-    let start = std::time::Instant::now();
-    while events(&scene, "DuplicateMac").await.is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "no DuplicateMac Event");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    refused_before_power_off(&scene, &control, &status, &vm_name, "DuplicateMac").await;
 
     // A VM of the import's name already in the namespace: Critical, and not downgradable.
     let mut same_name = kube::api::DynamicObject::new(&vm_name, &vm_resource());
@@ -545,22 +557,6 @@ async fn an_import_that_would_eat_the_image_directory_reserve_is_refused_before_
         "{:?}",
         low[0]
     );
-    let failed = api::condition::find(&status.import_conditions, &api::ConditionType::ImportFailed).unwrap();
-    assert_eq!(failed.reason, "PreflightFailed");
-    // Nothing touched the source: still on, no export lease, nothing written.
-    let vm = lab::client()
-        .await
-        .inspect(&lab::lab().vsphere_dc, None, &vm_name)
-        .await
-        .unwrap();
-    assert_eq!(vm.power_state, vsphere::proto::vm::PowerState::PoweredOn);
-    assert!(control.leases_of(&vm_name).await.is_empty());
-    let start = std::time::Instant::now();
-    while events(&scene, "ScratchSpaceLow").await.is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no ScratchSpaceLow Event"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    refused_before_power_off(&scene, &control, &status, &vm_name, "ScratchSpaceLow").await;
+    assert!(support::files_in(&image_dir).is_empty(), "nothing was written");
 }

@@ -296,11 +296,49 @@ impl Scene {
             .await
     }
 
+    /// Waits (60 s at most) until the source `name` of kind `resource` was checked (`status.status`
+    /// set) and returns its status.
+    pub(crate) async fn source_checked(
+        &self,
+        controller: &ControllerProcess,
+        resource: &ApiResource,
+        name: &str,
+    ) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            let status = self.status_of(resource, name).await;
+            if status["status"].as_str().is_some_and(|s| !s.is_empty()) {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "source {name} never checked: {status}\n{}",
+                controller.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// `status` of the object `name` of kind `resource`.
     pub(crate) async fn status_of(&self, resource: &ApiResource, name: &str) -> Value {
         let object = self.dynamic(resource).get(name).await.unwrap();
         object.data["status"].clone()
     }
+}
+
+/// The condition of `type_` in a source's status (JSON).
+pub(crate) fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+}
+
+/// The import's `ImportFailed` condition; fails the test when there is none.
+pub(crate) fn import_failed(import: &VirtualMachineImport) -> api::Condition {
+    let status = import.status.clone().unwrap_or_default();
+    api::condition::find(&status.import_conditions, &api::ConditionType::ImportFailed)
+        .cloned()
+        .unwrap_or_else(|| panic!("no ImportFailed condition: {status:#?}"))
 }
 
 pub(crate) fn phase(import: &VirtualMachineImport) -> ImportPhase {
