@@ -116,6 +116,26 @@ impl Control {
     }
 }
 
+/// Waits (120 s at most) until the failed import `name` has no temporary objects recorded, and
+/// checks that none named `prefix…` is left at the cloud.
+async fn failed_and_cleaned(
+    scene: &Scene,
+    controller: &ControllerProcess,
+    control: &Control,
+    name: &str,
+    prefix: &str,
+) {
+    let import = scene
+        .wait_import(controller, name, Duration::from_secs(120), |i| {
+            i.status
+                .as_ref()
+                .is_some_and(|s| s.source_temporary_objects.is_none())
+        })
+        .await;
+    assert_eq!(phase(&import), ImportPhase::MigrationFailed);
+    control.assert_no_objects(prefix).await;
+}
+
 /// A raw disk of `mib` MiB with distinct non-zero regions (the rest a hole).
 fn raw_disk(dir: &Path, name: &str, mib: u64, seed: u8) -> PathBuf {
     use std::os::unix::fs::FileExt;
@@ -571,15 +591,7 @@ async fn bad_sources_and_bad_imports_end_with_clear_reasons() {
     control.assert_no_objects(&prefix).await;
     // Whatever the export could not delete itself (e.g. its token revoked by another test's fault
     // during its cleanup) is deleted from the record in status, and the record cleared.
-    let import = scene
-        .wait_import(&controller, "broken", Duration::from_secs(60), |i| {
-            i.status
-                .as_ref()
-                .is_some_and(|s| s.source_temporary_objects.is_none())
-        })
-        .await;
-    assert_eq!(phase(&import), ImportPhase::MigrationFailed);
-    control.assert_no_objects(&prefix).await;
+    failed_and_cleaned(&scene, &controller, &control, "broken", &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -742,15 +754,7 @@ async fn a_token_that_cannot_be_renewed_mid_import_fails_with_token_expired_and_
         )
         .await
         .unwrap();
-    let import = scene
-        .wait_import(&controller, "rotate", Duration::from_secs(120), |i| {
-            i.status
-                .as_ref()
-                .is_some_and(|s| s.source_temporary_objects.is_none())
-        })
-        .await;
-    assert_eq!(phase(&import), ImportPhase::MigrationFailed);
-    control.assert_no_objects(&prefix).await;
+    failed_and_cleaned(&scene, &controller, &control, "rotate", &prefix).await;
     tokio::task::spawn_blocking(move || keystone.delete_user(&user_id).unwrap())
         .await
         .unwrap();
