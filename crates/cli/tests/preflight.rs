@@ -276,6 +276,13 @@ fn assess_over_the_default_inventory_is_sorted_and_blocks_on_critical() {
     assert!(got["DC0_H0_VM0"].contains(&"GuestShutdownImpossible:Critical".to_owned()));
 }
 
+/// The one concern of `id` in `status`; fails the test when there is none or more than one.
+fn only_concern<'a>(status: &'a api::VirtualMachineImportStatus, id: &str) -> &'a api::Concern {
+    let found: Vec<_> = status.concerns.iter().filter(|c| c.id == id).collect();
+    assert_eq!(found.len(), 1, "one {id}: {:?}", status.concerns);
+    found[0]
+}
+
 /// A preflight refusal: the import failed with `PreflightFailed`, the source VM is still on with no
 /// export lease, and an Event of the concern's `reason` was recorded.
 async fn refused_before_power_off(
@@ -352,17 +359,12 @@ async fn a_duplicate_mac_blocks_before_power_off_and_skip_preflight_downgrades_i
         })
         .await;
     let status = import.status.unwrap();
-    let dup: Vec<_> = status
-        .concerns
-        .iter()
-        .filter(|c| c.id == "DuplicateMac")
-        .collect();
-    assert_eq!(dup.len(), 1, "{:?}", status.concerns);
-    assert_eq!(dup[0].severity, Severity::Critical);
+    let dup = only_concern(&status, "DuplicateMac");
+    assert_eq!(dup.severity, Severity::Critical);
     assert!(
-        dup[0].message.contains(mac) && dup[0].message.contains("holder"),
+        dup.message.contains(mac) && dup.message.contains("holder"),
         "{}",
-        dup[0].message
+        dup.message
     );
     refused_before_power_off(&scene, &control, &status, &vm_name, "DuplicateMac").await;
 
@@ -543,19 +545,14 @@ async fn an_import_that_would_eat_the_image_directory_reserve_is_refused_before_
         })
         .await;
     let status = import.status.unwrap();
-    let low: Vec<_> = status
-        .concerns
-        .iter()
-        .filter(|c| c.id == "ScratchSpaceLow")
-        .collect();
-    assert_eq!(low.len(), 1, "{:?}", status.concerns);
-    assert_eq!(low[0].severity, Severity::Critical);
+    let low = only_concern(&status, "ScratchSpaceLow");
+    assert_eq!(low.severity, Severity::Critical);
     let dir = image_dir.display().to_string();
-    assert!(low[0].message.contains(&dir), "{}", low[0].message);
+    assert!(low.message.contains(&dir), "{}", low.message);
     assert!(
-        low[0].message.contains("kept in reserve") && !low[0].remedy.is_empty(),
+        low.message.contains("kept in reserve") && !low.remedy.is_empty(),
         "{:?}",
-        low[0]
+        low
     );
     refused_before_power_off(&scene, &control, &status, &vm_name, "ScratchSpaceLow").await;
     assert!(support::files_in(&image_dir).is_empty(), "nothing was written");
