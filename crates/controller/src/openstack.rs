@@ -548,12 +548,17 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(),
     // What an earlier export of this import recorded, and what it made without recording (killed
     // between a create and its record): both go before anything new is made.
     let mut objects = t.recorded.unwrap_or_default();
+    // A failed search does not stop the export: the export searches again after each disk and on
+    // failure, and a deleted import searches once more.
     let unrecorded = t
         .session
         .client
         .find_named(&export_options(t.import, t.uid), 0..shared.names().len())
         .await
-        .map_err(|e| ExportError::Openstack(t.session.error("finding earlier temporary objects", &e)))?;
+        .unwrap_or_else(|error| {
+            tracing::warn!(import = %t.import, error = %chain(&error), "searching for unrecorded temporary objects failed");
+            TempObjects::default()
+        });
     for (list, found) in [
         (&mut objects.images, unrecorded.images),
         (&mut objects.volumes, unrecorded.volumes),
