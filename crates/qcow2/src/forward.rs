@@ -8,7 +8,7 @@
 //! not at all (they read as zeros). A mapped cluster the stream passes before its turn is held
 //! (up to [`REORDER_BUDGET`] bytes, compressed ones compressed: qemu-img `convert -c` interleaves
 //! regions); a cluster stored before the L2 table that maps it is taken from a [`Window`] of the
-//! last bytes read. Anything neither holds is a [`Error::OutOfOrder`] naming the offset.
+//! last bytes read. Anything neither holds is a [`window::Error::OutOfOrder`] naming the offset.
 //! Backing files, encryption, external data files, zstd and extended L2 entries are refused.
 //! Memory: the window, the held clusters, and the L2 tables read ahead of the guest cursor with
 //! 4 bytes per entry of physical order.
@@ -19,7 +19,7 @@ use std::{
     io::Read,
 };
 
-use window::{Miss, Window};
+use window::Window;
 
 use crate::{
     header::{COMPRESSED, Header, OFFSET_MASK, V3_HEADER_LEN, ZERO, l1_entries_for},
@@ -38,20 +38,10 @@ pub const REORDER_BUDGET: usize = 32 << 20;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Reading the input failed.
-    #[error("failed to read the input at byte offset {offset}")]
-    Read {
-        offset: u64,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The input ended before `what` was complete.
-    #[error("input ends at byte offset {len}, inside the {what} at byte offset {offset}")]
-    Truncated {
-        what: &'static str,
-        offset: u64,
-        len: u64,
-    },
+    /// The window could not hand out bytes: the input failed or ended, or an item lies before
+    /// bytes already passed and no longer held (the file cannot be read in one pass).
+    #[error(transparent)]
+    Window(#[from] window::Error),
     /// The header, a table entry or a compressed cluster is invalid, or the image uses a feature
     /// that is not supported.
     #[error("invalid or unsupported qcow2 image")]
@@ -59,49 +49,18 @@ pub enum Error {
     /// A layout this decoder does not read (the seekable reader does).
     #[error("{0} cannot be decoded forward-only")]
     Unsupported(&'static str),
-    /// An item lies before bytes already passed and no longer held by the window.
-    #[error(
-        "{what} at byte offset {offset} lies before the read position {position} \
-         (more than the {window}-byte window back): the file cannot be read in one pass"
-    )]
-    OutOfOrder {
-        what: &'static str,
-        offset: u64,
-        position: u64,
-        window: u64,
-    },
 }
 
 impl Error {
-    /// The error for `what` at `offset` that the window could not hand out.
-    fn missed(miss: Miss, what: &'static str, offset: u64) -> Self {
-        match miss {
-            Miss::Read { offset, source } => Error::Read { offset, source },
-            Miss::Truncated { len } => Error::Truncated { what, offset, len },
-            Miss::OutOfOrder {
-                offset,
-                position,
-                window,
-            } => Error::OutOfOrder {
-                what,
-                offset,
-                position,
-                window,
-            },
-        }
-    }
-
     /// Whether the failure is the file's layout (readable with random access), not corruption.
     pub fn needs_random_access(&self) -> bool {
-        matches!(self, Error::OutOfOrder { .. })
+        matches!(self, Error::Window(e) if e.needs_random_access())
     }
 
     /// The byte offset the error names, if any.
     pub fn offset(&self) -> Option<u64> {
         match self {
-            Error::Read { offset, .. }
-            | Error::Truncated { offset, .. }
-            | Error::OutOfOrder { offset, .. } => Some(*offset),
+            Error::Window(e) => Some(e.offset()),
             _ => None,
         }
     }
@@ -139,22 +98,17 @@ impl<R: Read> Qcow2Forward<R> {
     ///
     /// # Errors
     /// [`Error::Image`] for header and L1 problems (including backing files, encryption and the
-    /// other refused features), [`Error::Unsupported`], [`Error::Truncated`], [`Error::OutOfOrder`].
+    /// other refused features), [`Error::Unsupported`], [`window::Error::Truncated`], [`window::Error::OutOfOrder`].
     pub fn new(input: R, window: usize) -> Result<Self, Error> {
         let mut window = Window::new(input, window);
         let mut head = [0u8; V3_HEADER_LEN + 8];
-        fill(&mut window, head.len() as u64)?;
+        window.fill(head.len() as u64)?;
         let n = (window.position() as usize).min(head.len());
         window.copy_out(0, &mut head[..n]);
         let header = Header::parse(&head[..n]).map_err(Error::Image)?;
         if header.backing_file_offset != 0 {
             let mut name = vec![0u8; header.backing_file_size as usize];
-            read_at(
-                &mut window,
-                header.backing_file_offset,
-                &mut name,
-                "backing file name",
-            )?;
+            window.read_at(header.backing_file_offset, &mut name, "backing file name")?;
             return Err(Error::Image(crate::Error::BackingFile {
                 name: String::from_utf8_lossy(&name).into_owned(),
             }));
@@ -172,7 +126,7 @@ impl<R: Read> Qcow2Forward<R> {
         let l2_bits = header.l2_bits();
         let used = l1_entries_for(header.virtual_size, header.cluster_bits + l2_bits).min(header.l1_size);
         let mut raw = vec![0u8; (used * 8) as usize];
-        read_at(&mut window, header.l1_table_offset, &mut raw, "L1 table")?;
+        window.read_at(header.l1_table_offset, &mut raw, "L1 table")?;
         let mut pending = BTreeMap::new();
         let mut l2_offsets = vec![0u64; used as usize];
         for (index, chunk) in raw.chunks_exact(8).enumerate() {
@@ -238,7 +192,7 @@ impl<R: Read> Qcow2Forward<R> {
     /// as zeros). The last cluster is cut at the virtual size.
     ///
     /// # Errors
-    /// [`Error::OutOfOrder`] when the layout needs random access, [`Error::Truncated`],
+    /// [`window::Error::OutOfOrder`] when the layout needs random access, [`window::Error::Truncated`],
     /// [`Error::Image`] for corrupt entries and compressed clusters, [`Error::Read`].
     pub fn next_cluster(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, Error> {
         let per_l2 = 1u64 << self.l2_bits;
@@ -330,13 +284,13 @@ impl<R: Read> Qcow2Forward<R> {
         loop {
             let next = self.pending.first_key_value().map(|(&o, &i)| (o, i));
             let Some((offset, index)) = next.filter(|&(o, _)| o < end) else {
-                return fill(&mut self.window, end);
+                return Ok(self.window.fill(end)?);
             };
             self.pending.remove(&offset);
             let mut raw = vec![0u8; cluster_size as usize];
-            fill(&mut self.window, offset.saturating_add(cluster_size))?;
+            self.window.fill(offset.saturating_add(cluster_size))?;
             if !self.window.copy_out(offset, &mut raw) {
-                return Err(self.behind_or_truncated("L2 table", offset));
+                return Err(Error::Window(self.window.missed("L2 table", offset)));
             }
             let table: Vec<u64> = raw.chunks_exact(8).map(be_u64).collect();
             self.index_table(index, &table);
@@ -381,7 +335,7 @@ impl<R: Read> Qcow2Forward<R> {
         let mut bytes = self.spare();
         bytes.resize(available, 0);
         if available == 0 || !self.window.copy_out(host, &mut bytes) {
-            return Err(self.behind_or_truncated(what, host));
+            return Err(Error::Window(self.window.missed(what, host)));
         }
         Ok(bytes)
     }
@@ -398,14 +352,14 @@ impl<R: Read> Qcow2Forward<R> {
                 .filter(|&o| o < end);
             let item = self.ahead.peek().map(|Reverse(i)| *i).filter(|&(h, _)| h < end);
             let (host, l1_index) = match (table, item) {
-                (None, None) => return fill(&mut self.window, end),
+                (None, None) => return Ok(self.window.fill(end)?),
                 (Some(t), i) if i.is_none_or(|(h, _)| t <= h) => {
                     self.capture_tables(t.saturating_add(1))?;
                     continue;
                 }
                 (_, Some(i)) => i,
                 // The guard above takes every `(Some, None)`.
-                (Some(_), None) => return fill(&mut self.window, end),
+                (Some(_), None) => return Ok(self.window.fill(end)?),
             };
             self.ahead.pop();
             let Some(j) = self.next_in_order(l1_index) else {
@@ -424,7 +378,7 @@ impl<R: Read> Qcow2Forward<R> {
                 continue;
             }
             let item_end = host.saturating_add(stored);
-            fill(&mut self.window, item_end)?;
+            self.window.fill(item_end)?;
             let available = item_end.min(self.window.position()).saturating_sub(host) as usize;
             if available == 0 || self.held_bytes + available > REORDER_BUDGET {
                 continue;
@@ -467,32 +421,6 @@ impl<R: Read> Qcow2Forward<R> {
             self.compressed = v;
         }
     }
-
-    fn behind_or_truncated(&self, what: &'static str, offset: u64) -> Error {
-        if offset < self.window.oldest() {
-            Error::OutOfOrder {
-                what,
-                offset,
-                position: self.window.position(),
-                window: self.window.capacity(),
-            }
-        } else {
-            Error::Truncated {
-                what,
-                offset,
-                len: self.window.position(),
-            }
-        }
-    }
-}
-
-impl<R> std::fmt::Debug for Qcow2Forward<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qcow2Forward")
-            .field("header", &self.header)
-            .field("cursor", &self.cursor)
-            .finish_non_exhaustive()
-    }
 }
 
 /// `(host offset, stored length)` of a plain or compressed L2 entry (`None` for zero, unallocated
@@ -515,24 +443,6 @@ fn be_u64(c: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&c[..8]);
     u64::from_be_bytes(b)
-}
-
-/// Reads up to `end` (or the end of the input: a short read is reported by the caller's copy,
-/// which knows what was cut).
-fn fill<R: Read>(window: &mut Window<R>, end: u64) -> Result<(), Error> {
-    window.fill(end).map_err(|miss| Error::missed(miss, "input", end))
-}
-
-/// Reads `[offset, offset + out.len())` in window-sized pieces (an L1 table may be larger).
-fn read_at<R: Read>(
-    window: &mut Window<R>,
-    offset: u64,
-    out: &mut [u8],
-    what: &'static str,
-) -> Result<(), Error> {
-    window
-        .read_at(offset, out)
-        .map_err(|miss| Error::missed(miss, what, offset))
 }
 
 #[cfg(test)]

@@ -278,7 +278,8 @@ fn truncated_image_is_an_error() {
         assert!(
             matches!(
                 err,
-                qcow2::forward::Error::Truncated { .. } | qcow2::forward::Error::Image(_)
+                qcow2::forward::Error::Window(window::Error::Truncated { .. })
+                    | qcow2::forward::Error::Image(_)
             ),
             "{cut}: {err}"
         );

@@ -5,13 +5,13 @@
 //! the stream passes them; qemu-img and VMware put them all before the first grain), then grains.
 //! Grains come out in ascending logical order. A grain stored before the one the walk is waiting
 //! for is taken from a [`Window`] of the last bytes read, so a small disorder (a writer's parallel
-//! requests) is absorbed; anything the window no longer holds is a [`Error::OutOfOrder`], as is a
+//! requests) is absorbed; anything the window no longer holds is a [`window::Error::OutOfOrder`], as is a
 //! grain table stored after the grains it maps beyond the window. Memory: the window, plus 4 bytes
 //! per grain of each grain table read ahead of the logical cursor.
 
 use std::{collections::BTreeMap, io::Read};
 
-use window::{Miss, Window};
+use window::Window;
 
 use crate::{
     SECTOR_SIZE,
@@ -26,20 +26,10 @@ pub const DEFAULT_WINDOW: usize = 16 << 20;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Reading the input failed.
-    #[error("failed to read the input at byte offset {offset}")]
-    Read {
-        offset: u64,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The input ended before `what` was complete.
-    #[error("input ends at byte offset {len}, inside the {what} at byte offset {offset}")]
-    Truncated {
-        what: &'static str,
-        offset: u64,
-        len: u64,
-    },
+    /// The window could not hand out bytes: the input failed or ended, or an item lies before
+    /// bytes already passed and no longer held (the file cannot be read in one pass).
+    #[error(transparent)]
+    Window(#[from] window::Error),
     /// The sparse header is invalid.
     #[error("invalid sparse header")]
     Header(#[source] header::Error),
@@ -57,49 +47,18 @@ pub enum Error {
         entry: u32,
         reason: &'static str,
     },
-    /// An item lies before bytes already passed and no longer held by the window.
-    #[error(
-        "{what} at byte offset {offset} lies before the read position {position} \
-         (more than the {window}-byte window back): the file cannot be read in one pass"
-    )]
-    OutOfOrder {
-        what: &'static str,
-        offset: u64,
-        position: u64,
-        window: u64,
-    },
 }
 
 impl Error {
-    /// The error for `what` at `offset` that the window could not hand out.
-    fn missed(miss: Miss, what: &'static str, offset: u64) -> Self {
-        match miss {
-            Miss::Read { offset, source } => Error::Read { offset, source },
-            Miss::Truncated { len } => Error::Truncated { what, offset, len },
-            Miss::OutOfOrder {
-                offset,
-                position,
-                window,
-            } => Error::OutOfOrder {
-                what,
-                offset,
-                position,
-                window,
-            },
-        }
-    }
-
     /// Whether the failure is the file's layout (readable with random access), not corruption.
     pub fn needs_random_access(&self) -> bool {
-        matches!(self, Error::OutOfOrder { .. })
+        matches!(self, Error::Window(e) if e.needs_random_access())
     }
 
     /// The byte offset the error names, if any.
     pub fn offset(&self) -> Option<u64> {
         match self {
-            Error::Read { offset, .. }
-            | Error::Truncated { offset, .. }
-            | Error::OutOfOrder { offset, .. } => Some(*offset),
+            Error::Window(e) => Some(e.offset()),
             _ => None,
         }
     }
@@ -127,11 +86,11 @@ impl<R: Read> SparseForward<R> {
     ///
     /// # Errors
     /// Header errors, [`Error::Unsupported`] for streamOptimized or compressed extents and a
-    /// directory at the end, [`Error::Truncated`], [`Error::OutOfOrder`].
+    /// directory at the end, [`window::Error::Truncated`], [`window::Error::OutOfOrder`].
     pub fn new(input: R, window: usize) -> Result<Self, Error> {
         let mut window = Window::new(input, window);
         let mut head = [0u8; header::HEADER_SIZE];
-        read_at(&mut window, 0, &mut head, "sparse header")?;
+        window.read_at(0, &mut head, "sparse header")?;
         let header = SparseHeader::parse(&head).map_err(Error::Header)?;
         if header.flags & header::FLAG_COMPRESSED != 0 {
             return Err(Error::Unsupported("a compressed sparse extent"));
@@ -151,18 +110,13 @@ impl<R: Read> SparseForward<R> {
         let descriptor = match header.descriptor {
             Some((sector, sectors)) if sector.saturating_mul(SECTOR_SIZE) < gd_offset => {
                 let mut bytes = vec![0u8; (sectors * SECTOR_SIZE) as usize];
-                read_at(
-                    &mut window,
-                    sector * SECTOR_SIZE,
-                    &mut bytes,
-                    "embedded descriptor",
-                )?;
+                window.read_at(sector * SECTOR_SIZE, &mut bytes, "embedded descriptor")?;
                 Some(Descriptor::parse_bytes(&bytes).map_err(Error::Descriptor)?)
             }
             _ => None,
         };
         let mut raw = vec![0u8; (entries * 4) as usize];
-        read_at(&mut window, gd_offset, &mut raw, "grain directory")?;
+        window.read_at(gd_offset, &mut raw, "grain directory")?;
         let mut pending = BTreeMap::new();
         let mut table_offsets = vec![0u64; entries as usize];
         for (index, chunk) in raw.chunks_exact(4).enumerate() {
@@ -222,7 +176,7 @@ impl<R: Read> SparseForward<R> {
     /// zeros). The last grain is cut at the capacity.
     ///
     /// # Errors
-    /// [`Error::OutOfOrder`] when the layout needs random access, [`Error::Truncated`],
+    /// [`window::Error::OutOfOrder`] when the layout needs random access, [`window::Error::Truncated`],
     /// [`Error::CorruptEntry`], [`Error::Read`].
     pub fn next_grain(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, Error> {
         let per_gt = u64::from(self.header.gtes_per_gt);
@@ -261,7 +215,7 @@ impl<R: Read> SparseForward<R> {
             self.capture_tables(offset.saturating_add(len))?;
             if !self.window.copy_out(offset, &mut out[start..]) {
                 out.truncate(start);
-                return Err(self.behind_or_truncated("grain", offset));
+                return Err(Error::Window(self.window.missed("grain", offset)));
             }
             return Ok(Some(logical));
         }
@@ -275,15 +229,15 @@ impl<R: Read> SparseForward<R> {
         loop {
             let next = self.pending.first_key_value().map(|(&o, &i)| (o, i));
             let Some((offset, index)) = next.filter(|&(o, _)| o < end) else {
-                fill(&mut self.window, end)?;
+                self.window.fill(end)?;
                 return Ok(());
             };
             self.pending.remove(&offset);
             let mut raw = vec![0u8; gt_bytes as usize];
             let table_end = offset.saturating_add(gt_bytes);
-            fill(&mut self.window, table_end)?;
+            self.window.fill(table_end)?;
             if !self.window.copy_out(offset, &mut raw) {
-                return Err(self.behind_or_truncated("grain table", offset));
+                return Err(Error::Window(self.window.missed("grain table", offset)));
             }
             let table = raw
                 .chunks_exact(4)
@@ -292,32 +246,6 @@ impl<R: Read> SparseForward<R> {
                 .collect();
             self.tables.insert(index, table);
         }
-    }
-
-    fn behind_or_truncated(&self, what: &'static str, offset: u64) -> Error {
-        if offset < self.window.oldest() {
-            Error::OutOfOrder {
-                what,
-                offset,
-                position: self.window.position(),
-                window: self.window.capacity(),
-            }
-        } else {
-            Error::Truncated {
-                what,
-                offset,
-                len: self.window.position(),
-            }
-        }
-    }
-}
-
-impl<R> std::fmt::Debug for SparseForward<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SparseForward")
-            .field("header", &self.header)
-            .field("cursor", &self.cursor)
-            .finish_non_exhaustive()
     }
 }
 
@@ -328,24 +256,6 @@ fn sector_bytes(sector: u64, what: &'static str, index: u64) -> Result<u64, Erro
         entry: u32::try_from(sector).unwrap_or(u32::MAX),
         reason: "offset overflows",
     })
-}
-
-/// Reads up to `end` (or the end of the input: a short read is reported by the caller's copy,
-/// which knows what was cut).
-fn fill<R: Read>(window: &mut Window<R>, end: u64) -> Result<(), Error> {
-    window.fill(end).map_err(|miss| Error::missed(miss, "input", end))
-}
-
-/// Reads `[offset, offset + out.len())` in window-sized pieces (a directory may be larger).
-fn read_at<R: Read>(
-    window: &mut Window<R>,
-    offset: u64,
-    out: &mut [u8],
-    what: &'static str,
-) -> Result<(), Error> {
-    window
-        .read_at(offset, out)
-        .map_err(|miss| Error::missed(miss, what, offset))
 }
 
 #[cfg(test)]
@@ -420,7 +330,7 @@ mod tests {
         placement.push(1);
         let file = image(402, &placement, false);
         let err = decode(&file, 512 << 10).unwrap_err();
-        let Error::OutOfOrder { what, offset, .. } = err else {
+        let Error::Window(window::Error::OutOfOrder { what, offset, .. }) = err else {
             panic!("{err:?}");
         };
         assert_eq!(what, "grain");
@@ -438,9 +348,15 @@ mod tests {
     fn truncation_is_an_error() {
         let file = image(8, &[0, 2, 5], false);
         let err = decode(&file[..file.len() - 100], 1 << 20).unwrap_err();
-        assert!(matches!(err, Error::Truncated { what: "grain", .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::Window(window::Error::Truncated { what: "grain", .. })),
+            "{err:?}"
+        );
         let err = decode(&file[..700], 1 << 20).unwrap_err();
-        assert!(matches!(err, Error::Truncated { .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::Window(window::Error::Truncated { .. })),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -85,23 +85,36 @@ impl<R: Read> Window<R> {
     }
 }
 
-/// Why [`Window::read_at`] could not hand out a range.
-#[derive(Debug)]
-pub enum Miss {
-    /// The input failed at `offset`.
+/// Why the window could not hand out bytes. Offsets are byte offsets in the input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the input failed.
+    #[error("failed to read the input at byte offset {offset}")]
     Read {
         /// The read position when it failed (bytes consumed so far).
         offset: u64,
         /// Why.
+        #[source]
         source: io::Error,
     },
-    /// The input ended at `len`, before the range was complete.
+    /// The input ended before `what` was complete.
+    #[error("input ends at byte offset {len}, inside the {what} at byte offset {offset}")]
     Truncated {
+        /// What was being read.
+        what: &'static str,
+        /// Where it starts.
+        offset: u64,
         /// Where the input ended.
         len: u64,
     },
-    /// The range starts at `offset`, before the oldest byte the ring still holds.
+    /// An item lies before bytes already passed and no longer held by the window.
+    #[error(
+        "{what} at byte offset {offset} lies before the read position {position} \
+         (more than the {window}-byte window back): the file cannot be read in one pass"
+    )]
     OutOfOrder {
+        /// What was being read.
+        what: &'static str,
         /// The first byte not held.
         offset: u64,
         /// The read position.
@@ -111,27 +124,43 @@ pub enum Miss {
     },
 }
 
+impl Error {
+    /// Whether the failure is the file's layout (readable with random access), not corruption.
+    pub fn needs_random_access(&self) -> bool {
+        matches!(self, Error::OutOfOrder { .. })
+    }
+
+    /// The byte offset the error names.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Error::Read { offset, .. }
+            | Error::Truncated { offset, .. }
+            | Error::OutOfOrder { offset, .. } => *offset,
+        }
+    }
+}
+
 impl<R: Read> Window<R> {
     /// Reads until the position reaches `end` (or the input ends).
     ///
     /// # Errors
-    /// [`Miss::Read`] when the input fails.
-    pub fn fill(&mut self, end: u64) -> Result<(), Miss> {
+    /// [`Error::Read`] when the input fails.
+    pub fn fill(&mut self, end: u64) -> Result<(), Error> {
         match self.fill_to(end) {
             Ok(_) => Ok(()),
-            Err(source) => Err(Miss::Read {
+            Err(source) => Err(Error::Read {
                 offset: self.pos,
                 source,
             }),
         }
     }
 
-    /// Copies `[offset, offset + out.len())` into `out`, reading forward as needed, in pieces of a
-    /// quarter of the ring (a table may be larger than the ring).
+    /// Copies `what`, at `[offset, offset + out.len())`, into `out`, reading forward as needed, in
+    /// pieces of a quarter of the ring (a table may be larger than the ring).
     ///
     /// # Errors
-    /// [`Miss`]: the input failed or ended, or the range is already behind the ring.
-    pub fn read_at(&mut self, offset: u64, out: &mut [u8]) -> Result<(), Miss> {
+    /// The input failed or ended, or the range is already behind the ring.
+    pub fn read_at(&mut self, offset: u64, out: &mut [u8], what: &'static str) -> Result<(), Error> {
         let piece = (self.capacity() / 4) as usize;
         let mut done = 0usize;
         while done < out.len() {
@@ -140,18 +169,36 @@ impl<R: Read> Window<R> {
             self.fill(at.saturating_add(n as u64))?;
             if !self.copy_out(at, &mut out[done..done + n]) {
                 return Err(if at < self.oldest() {
-                    Miss::OutOfOrder {
-                        offset: at,
-                        position: self.position(),
-                        window: self.capacity(),
-                    }
+                    self.missed(what, at)
                 } else {
-                    Miss::Truncated { len: self.position() }
+                    Error::Truncated {
+                        what,
+                        offset,
+                        len: self.pos,
+                    }
                 });
             }
             done += n;
         }
         Ok(())
+    }
+
+    /// Why `what` at `offset` is not in the ring: already behind it, or past the end of the input.
+    pub fn missed(&self, what: &'static str, offset: u64) -> Error {
+        if offset < self.oldest() {
+            Error::OutOfOrder {
+                what,
+                offset,
+                position: self.pos,
+                window: self.capacity(),
+            }
+        } else {
+            Error::Truncated {
+                what,
+                offset,
+                len: self.pos,
+            }
+        }
     }
 }
 
@@ -194,23 +241,26 @@ mod tests {
         let mut w = Window::new(Trickle(&data), 1 << 20);
         // Larger than the ring: read in pieces as the input passes.
         let mut big = vec![0u8; 1_500_000];
-        w.read_at(100, &mut big).unwrap();
+        w.read_at(100, &mut big, "table").unwrap();
         assert_eq!(big, data[100..1_500_100]);
         let mut out = [0u8; 10];
-        match w.read_at(50, &mut out) {
-            Err(Miss::OutOfOrder {
+        match w.read_at(50, &mut out, "table") {
+            Err(Error::OutOfOrder {
+                what,
                 offset,
                 position,
                 window,
             }) => {
-                assert_eq!(offset, 50);
+                assert_eq!((what, offset), ("table", 50));
                 assert!(position >= 1_500_100);
                 assert_eq!(window, 1 << 20);
             }
             other => panic!("{other:?}"),
         }
-        match w.read_at(2_999_995, &mut out) {
-            Err(Miss::Truncated { len }) => assert_eq!(len, 3_000_000),
+        match w.read_at(2_999_995, &mut out, "grain") {
+            Err(Error::Truncated { what, offset, len }) => {
+                assert_eq!((what, offset, len), ("grain", 2_999_995, 3_000_000));
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -230,7 +280,7 @@ mod tests {
         }
         let mut w = Window::new(Fails(4096), 1 << 20);
         match w.fill(10_000) {
-            Err(Miss::Read { offset, source }) => {
+            Err(Error::Read { offset, source }) => {
                 assert_eq!(offset, 4096);
                 assert_eq!(source.to_string(), "disk gone");
             }
