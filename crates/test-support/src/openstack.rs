@@ -119,6 +119,9 @@ impl KeystoneAdmin {
                     .build(),
             )
             .http_status_as_error(false)
+            // gunicorn closes an idle keep-alive connection after 2 s, and a blocking client only
+            // learns that when its next request on it is reset: a new connection per call.
+            .max_idle_connections(0)
             .build()
             .into();
         let mut admin = Self {
