@@ -31,6 +31,8 @@ pub mod vmware {
     pub const PASSWORD: &str = "password";
     /// Optional PEM CA bundle used to verify vCenter's certificate.
     pub const CA_CERT: &str = "caCert";
+    /// Optional SHA-256 fingerprint of vCenter's own certificate, trusted instead of a CA (ours).
+    pub const CERT_FINGERPRINT: &str = "certificateFingerprint";
 }
 
 /// Secret keys read for an `OpenstackSource`.
@@ -45,6 +47,9 @@ pub mod openstack {
     pub const DOMAIN_NAME: &str = "domain_name";
     /// Optional PEM CA bundle (note the underscore: each source spells it differently upstream).
     pub const CA_CERT: &str = "ca_cert";
+    /// Optional SHA-256 fingerprint of the certificate every endpoint presents, trusted instead of
+    /// a CA (ours; spelled like upstream's keys of this Secret).
+    pub const CERT_FINGERPRINT: &str = "certificate_fingerprint";
 }
 
 /// Secret keys read for an `OvaSource` (the Secret itself is optional).
@@ -55,4 +60,6 @@ pub mod ova {
     pub const PASSWORD: &str = "password";
     /// Optional PEM CA bundle.
     pub const CA_CERT: &str = "ca.crt";
+    /// Optional SHA-256 fingerprint of the server's own certificate, trusted instead of a CA (ours).
+    pub const CERT_FINGERPRINT: &str = "certificateFingerprint";
 }

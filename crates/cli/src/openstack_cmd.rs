@@ -1,9 +1,10 @@
 //! `vm-import openstack inspect|export`: the OpenStack source tools, independent of Kubernetes.
 //!
 //! Credentials come from the `OS_*` variables of an openrc file or from a clouds.yaml entry
-//! (`--cloud`), never from argv (argv is world-readable in `ps`). TLS is verified (against
-//! `--ca-cert`, `OS_CACERT` or the entry's `cacert`, else the system roots) unless `--insecure` is
-//! given, and an insecure connection is said so on stderr and in the export report.
+//! (`--cloud`), never from argv (argv is world-readable in `ps`). TLS is verified (pinned to
+//! `--fingerprint`, or against `--ca-cert`, `OS_CACERT` or the entry's `cacert`, else the system
+//! roots) unless `--insecure` is given, and an insecure connection is said so on stderr and in the
+//! export report.
 
 use std::{
     io::Write,
@@ -49,8 +50,12 @@ pub(crate) struct SourceArgs {
     #[arg(long)]
     region: Option<String>,
     /// PEM CA bundle to verify the cloud's certificates with (overrides OS_CACERT / cacert).
-    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["fingerprint", "insecure"])]
     ca_cert: Option<PathBuf>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint (hex, `:` separators allowed),
+    /// on Keystone and every endpoint of the catalog.
+    #[arg(long, conflicts_with = "insecure")]
+    fingerprint: Option<String>,
     /// Do not verify the cloud's certificates at all (reported as insecure).
     #[arg(long)]
     insecure: bool,
@@ -139,6 +144,13 @@ fn config(source: &SourceArgs) -> anyhow::Result<Config> {
     };
     if let Some(region) = &source.region {
         cloud.region = Some(region.clone());
+    }
+    if let Some(fingerprint) = &source.fingerprint {
+        // The flag is explicit: it wins over the cloud's CA file and its `verify: false`.
+        let pinned =
+            TlsMode::pinned_from_hex(fingerprint).context("--fingerprint is not a SHA-256 fingerprint")?;
+        cloud.insecure = false;
+        return Ok(Config::from_cloud(cloud, None).with_tls(pinned));
     }
     if source.insecure {
         eprintln!(

@@ -21,7 +21,8 @@ use kube::api::{ApiResource, PostParams};
 use openstack::TlsMode;
 use serde_json::{Value, json};
 use support::{
-    ControllerProcess, Scene, condition, harvester, import_failed, lab::sha256_file, phase, vm_resource,
+    ControllerProcess, Scene, condition, harvester, import_failed, lab::sha256_file, merged, phase,
+    vm_resource,
 };
 use test_support::{
     Lab,
@@ -176,47 +177,20 @@ fn source_resource() -> ApiResource {
     ApiResource::erase::<OpenstackSource>(&())
 }
 
-/// A Secret with upstream's keys and an `OpenstackSource` using it; `secret` and `spec` override.
+/// A Secret with upstream's keys and an `OpenstackSource` using it; `secret` and `spec` are merged
+/// over them (a null removes a key).
 async fn openstack_source(scene: &Scene, name: &str, secret: Value, spec: Value) {
     let os = os_lab();
-    let mut data = json!({
+    let base = json!({
         "username": os.username, "password": os.password, "project_name": os.project,
         "domain_name": os.user_domain, "ca_cert": ca(&os),
     });
-    if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), secret) {
-        for (key, value) in extra {
-            if value.is_null() {
-                data.remove(&key);
-            } else {
-                data.insert(key, value);
-            }
-        }
-    }
+    scene.secret(name, merged(base, secret)).await;
+    let base = json!({"endpoint": os.auth_url, "region": os.region,
+                      "credentials": {"name": name, "namespace": scene.namespace}});
     scene
-        .api::<Secret>()
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let mut body = json!({"endpoint": os.auth_url, "region": os.region,
-                          "credentials": {"name": name, "namespace": scene.namespace}});
-    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), spec) {
-        body.extend(extra);
-    }
-    scene
-        .dynamic(&source_resource())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "migration.harvesterhci.io/v1beta1", "kind": "OpenstackSource",
-                "metadata": {"name": name}, "spec": body
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+        .create_source(&source_resource(), name, merged(base, spec))
+        .await;
 }
 
 async fn source_checked(scene: &Scene, controller: &ControllerProcess, name: &str) -> Value {
@@ -289,7 +263,16 @@ async fn volume_and_image_backed_servers_import_to_running_with_identical_images
     let controller = scene.start_controller();
     let harvester = scene.harvester(harvester::Options::default());
     scene.nad("vlan1").await;
-    openstack_source(&scene, "cloud", json!({}), json!({})).await;
+    // Trusted by the SHA-256 of the certificate Keystone, the fakes and Glance present, not by a CA:
+    // login, the stop, every temporary object and the downloads go through the pin.
+    let pin = Lab::get().certificate_sha256("openstack");
+    openstack_source(
+        &scene,
+        "cloud",
+        json!({"ca_cert": null, "certificate_fingerprint": pin}),
+        json!({}),
+    )
+    .await;
     let status = source_checked(&scene, &controller, "cloud").await;
     assert_eq!(status["status"], "clusterReady", "{status}");
     assert!(condition(&status, "InsecureSkipVerify").is_none(), "{status}");
@@ -436,6 +419,18 @@ async fn bad_sources_and_bad_imports_end_with_clear_reasons() {
             "TLSVerificationFailed",
         ),
         (
+            "wrong-pin",
+            json!({"ca_cert": null, "certificate_fingerprint": Lab::get().certificate_sha256("vcsim")}),
+            json!({}),
+            "TLSVerificationFailed",
+        ),
+        (
+            "pin-and-ca",
+            json!({"certificate_fingerprint": "00".repeat(32)}),
+            json!({}),
+            "SecretKeyInvalid",
+        ),
+        (
             "nowhere",
             json!({}),
             json!({"endpoint": unreachable}),
@@ -478,6 +473,13 @@ async fn bad_sources_and_bad_imports_end_with_clear_reasons() {
     assert!(
         message.contains("compute"),
         "names the missing service: {message}"
+    );
+    let wrong_pin = source_checked(&scene, &controller, "wrong-pin").await;
+    let message = condition(&wrong_pin, "ClusterError").unwrap()["message"].to_string();
+    let served = Lab::get().certificate_sha256("openstack");
+    assert!(
+        message.contains(&served) && message.contains("certificate_fingerprint"),
+        "names the certificate presented and the key to fix: {message}"
     );
     keystone.delete_project(&partial_id).unwrap();
     let status = source_checked(&scene, &controller, "insecure").await;

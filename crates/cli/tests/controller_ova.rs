@@ -29,14 +29,13 @@ use std::{
 };
 
 use api::{ImportPhase, OvaSource, VirtualMachineImport};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ApiResource, PostParams};
+use kube::api::ApiResource;
 use serde_json::{Value, json};
 
 use support::{
     ControllerProcess, Scene, condition, files_in, harvester, lab,
     lab::{make_vmdk, run, sha256_file},
-    phase, vm_resource,
+    merged, phase, vm_resource,
 };
 
 // ---- the test's HTTP(S) server --------------------------------------------------------------
@@ -459,37 +458,14 @@ fn ova_resource() -> ApiResource {
     ApiResource::erase::<OvaSource>(&())
 }
 
-async fn secret(scene: &Scene, name: &str, data: Value) {
-    scene
-        .api::<Secret>()
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap(),
-        )
-        .await
-        .unwrap();
-}
-
 async fn ova_source(scene: &Scene, name: &str, url: &str, credentials: Option<&str>, extra: Value) {
     let mut spec = json!({"url": url, "httpTimeoutSeconds": 30});
     if let Some(secret) = credentials {
         spec["credentials"] = json!({"name": secret, "namespace": scene.namespace});
     }
-    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
-        spec.extend(extra);
-    }
     scene
-        .dynamic(&ova_resource())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "migration.harvesterhci.io/v1beta1", "kind": "OvaSource",
-                "metadata": {"name": name}, "spec": spec
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+        .create_source(&ova_resource(), name, merged(spec, extra))
+        .await;
 }
 
 /// Waits for the source's `status.status` to be set, returns the status.
@@ -614,12 +590,12 @@ async fn vmware_and_virtualbox_ovas_import_to_running_with_identical_images() {
     scene.nad("vlan1").await;
     ova_source(&scene, "vmware-ova", &vmware_url, None, json!({})).await;
     let ca = String::from_utf8(lab::ca_pem()).unwrap();
-    secret(
-        &scene,
-        "vbox-credentials",
-        json!({"username": "ova-user", "password": "ova-pass:word", "ca.crt": ca}),
-    )
-    .await;
+    scene
+        .secret(
+            "vbox-credentials",
+            json!({"username": "ova-user", "password": "ova-pass:word", "ca.crt": ca}),
+        )
+        .await;
     ova_source(&scene, "vbox-ova", &vbox_url, Some("vbox-credentials"), json!({})).await;
     for name in ["vmware-ova", "vbox-ova"] {
         let status = source_checked(&scene, &controller, name).await;
@@ -862,19 +838,33 @@ async fn bad_sources_and_bad_ovas_end_with_clear_reasons() {
     );
     scene.nad("vlan1").await;
     let ca = String::from_utf8(lab::ca_pem()).unwrap();
-    secret(&scene, "wrong", json!({"username": "ova", "password": "not-it"})).await;
-    secret(
-        &scene,
-        "right",
-        json!({"username": "ova", "password": "s3cret-pw"}),
-    )
-    .await;
-    secret(&scene, "ca", json!({"ca.crt": ca})).await;
+    scene
+        .secret("wrong", json!({"username": "ova", "password": "not-it"}))
+        .await;
+    scene
+        .secret("right", json!({"username": "ova", "password": "s3cret-pw"}))
+        .await;
+    scene.secret("ca", json!({"ca.crt": ca})).await;
+    // The test server serves the lab's vcsim certificate.
+    let served = lab::lab().certificate_sha256("vcsim");
+    let other = lab::lab().certificate_sha256("openstack");
+    scene
+        .secret("pin", json!({"certificateFingerprint": served}))
+        .await;
+    scene
+        .secret("wrong-pin", json!({"certificateFingerprint": other}))
+        .await;
+    scene
+        .secret("bad-pin", json!({"certificateFingerprint": "sha256:0123"}))
+        .await;
     ova_source(&scene, "no-credentials", &auth_url, None, json!({})).await;
     ova_source(&scene, "wrong-credentials", &auth_url, Some("wrong"), json!({})).await;
     ova_source(&scene, "right-credentials", &auth_url, Some("right"), json!({})).await;
     ova_source(&scene, "tls-no-ca", &tls_url, None, json!({})).await;
     ova_source(&scene, "tls-ca", &tls_url, Some("ca"), json!({})).await;
+    ova_source(&scene, "tls-pinned", &tls_url, Some("pin"), json!({})).await;
+    ova_source(&scene, "tls-wrong-pin", &tls_url, Some("wrong-pin"), json!({})).await;
+    ova_source(&scene, "tls-bad-pin", &tls_url, Some("bad-pin"), json!({})).await;
     ova_source(
         &scene,
         "tls-insecure",
@@ -893,6 +883,9 @@ async fn bad_sources_and_bad_ovas_end_with_clear_reasons() {
         ("right-credentials", "", ""),
         ("tls-no-ca", "TLSVerificationFailed", "'ca.crt'"),
         ("tls-ca", "", ""),
+        ("tls-pinned", "", ""),
+        ("tls-wrong-pin", "TLSVerificationFailed", served.as_str()),
+        ("tls-bad-pin", "SecretKeyInvalid", "'certificateFingerprint'"),
         ("tls-insecure", "", ""),
         ("ftp", "InvalidURL", "only http and https"),
         ("missing", "HTTPError", "404"),

@@ -182,6 +182,27 @@ fn a_clouds_yaml_entry_works_and_a_wrong_password_is_not_echoed() {
     assert!(stderr.contains("rejected the credentials"), "{stderr}");
     assert!(!stderr.contains(wrong) && !String::from_utf8_lossy(&out.stdout).contains(wrong));
 
+    // A pin replaces the CA (OS_CACERT stays set): the served certificate passes, another fails.
+    let served = Lab::get().certificate_sha256("openstack");
+    let out = run(
+        &os,
+        &os.password,
+        &["inspect", "--server", &name, "--fingerprint", &served],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let other = Lab::get().certificate_sha256("vcsim");
+    let out = run(
+        &os,
+        &os.password,
+        &["inspect", "--server", &name, "--fingerprint", &other],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not match the pinned fingerprint") && stderr.contains(&served),
+        "{stderr}"
+    );
+
     let out = Command::new(env!("CARGO_BIN_EXE_vm-import"))
         .args(["openstack", "inspect", "--server", &name])
         .env_clear()

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod openstack;
 pub mod ova;
 pub mod preflight;
+pub mod secret;
 pub mod settings;
 pub mod source;
 pub mod time;

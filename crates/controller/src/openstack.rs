@@ -1,6 +1,6 @@
 //! The OpenStack side of the controller: a Keystone session from an `OpenstackSource` and its
-//! Secret (upstream's keys; TLS verified against `ca_cert`, else the system roots, unless the source
-//! opts out), each failure mapped to one low-cardinality reason; the server description in `plan`'s
+//! Secret (upstream's keys; TLS verified against `ca_cert`, pinned to `certificate_fingerprint`, or
+//! the system roots, unless the source opts out), each failure mapped to one low-cardinality reason; the server description in `plan`'s
 //! source-neutral model; and the export of a server's disks into the image directory, with the
 //! temporary snapshots, volumes and images recorded in `status.sourceTemporaryObjects` as soon as
 //! their ids are known, so that a restarted controller deletes them.
@@ -14,14 +14,13 @@ use std::{
 
 use api::{OpenstackSource, SourceTemporaryObjects, VirtualMachineImport, names::openstack as keys};
 use bytes::Bytes;
-use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::reflector::ObjectRef,
 };
 use openstack::{
-    Auth, Client, Config, Domain, ServerDescription, TlsMode,
+    Auth, Client, Config, Domain, ServerDescription,
     convert::{ConvertingSink, ImageFormat},
     export::{ExportOptions, Hooks, ImageMeta, ImageSink, SinkError, TempObjects},
     proto::identity::CatalogError,
@@ -31,41 +30,16 @@ use serde_json::json;
 
 use crate::{
     export::{ExportError, Shared, partial_path},
+    secret::{SecretError, SourceSecret, TrustKeys},
     vmware::{chain, looks_like_certificate_failure},
 };
 
 /// Why the controller could not use an `OpenstackSource` or a server of it.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenstackError {
-    /// The credentials Secret does not exist.
-    #[error("secret {namespace}/{name} not found")]
-    SecretNotFound {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-    },
-    /// The Secret lacks a key.
-    #[error("secret {namespace}/{name} has no '{key}' key")]
-    SecretKeyMissing {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// The key.
-        key: &'static str,
-    },
-    /// Reading the Secret failed.
-    #[error("reading secret {namespace}/{name}")]
-    ReadSecret {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// Why.
-        #[source]
-        source: kube::Error,
-    },
+    /// The credentials Secret is missing, unreadable or lacks a key.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// `spec.endpoint` is not a Keystone URL.
     #[error("spec.endpoint '{endpoint}' is not a usable Keystone URL: {detail}")]
     InvalidEndpoint {
@@ -77,7 +51,8 @@ pub enum OpenstackError {
     /// Keystone's certificate did not verify (or the `ca_cert` is unusable).
     #[error(
         "TLS verification of {endpoint} failed ({detail}); put the cloud's CA certificate (PEM) under the \
-         secret's 'ca_cert' key, or set spec.insecureSkipVerify: true to skip verification"
+         secret's 'ca_cert' key or the SHA-256 fingerprint of the certificate its endpoints present \
+         under 'certificate_fingerprint', or set spec.insecureSkipVerify: true to skip verification"
     )]
     TlsVerification {
         /// Keystone.
@@ -133,9 +108,7 @@ impl OpenstackError {
     /// Low-cardinality reason for conditions, Events and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::SecretNotFound { .. } => "SecretNotFound",
-            Self::SecretKeyMissing { .. } => "SecretKeyMissing",
-            Self::ReadSecret { .. } => "SecretUnreadable",
+            Self::Secret(error) => error.reason(),
             Self::InvalidEndpoint { .. } => "InvalidEndpoint",
             Self::TlsVerification { .. } => "TLSVerificationFailed",
             Self::InvalidCredentials(_) => "InvalidCredentials",
@@ -245,52 +218,27 @@ impl Session {
     }
 }
 
+/// The trust keys of an `OpenstackSource`'s Secret.
+const TRUST_KEYS: TrustKeys = TrustKeys {
+    ca_cert: keys::CA_CERT,
+    fingerprint: keys::CERT_FINGERPRINT,
+};
+
 /// Logs in to the source's Keystone with its Secret and reads the catalog of `spec.region`.
 ///
 /// # Errors
 /// [`OpenstackError`], each naming what to fix.
 pub async fn connect(kube: &kube::Client, source: &OpenstackSource) -> Result<Session, OpenstackError> {
-    let reference = &source.spec.credentials;
-    let namespace = reference
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .or_else(|| source.namespace())
-        .unwrap_or_default();
-    let name = reference.name.clone().unwrap_or_default();
-    let secret = Api::<Secret>::namespaced(kube.clone(), &namespace)
-        .get_opt(&name)
-        .await
-        .map_err(|source| OpenstackError::ReadSecret {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source,
-        })?
-        .ok_or_else(|| OpenstackError::SecretNotFound {
-            namespace: namespace.clone(),
-            name: name.clone(),
-        })?;
-    let data = secret.data.unwrap_or_default();
-    let optional = |key: &str| data.get(key).map(|v| v.0.clone()).filter(|v| !v.is_empty());
-    let required = |key: &'static str| {
-        optional(key).ok_or_else(|| OpenstackError::SecretKeyMissing {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            key,
-        })
-    };
-    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
-    let username = text(required(keys::USERNAME)?);
-    let password = openstack::Secret::new(text(required(keys::PASSWORD)?));
-    let project = text(required(keys::PROJECT_NAME)?);
+    let secret = SourceSecret::read(kube, &source.spec.credentials, source.namespace()).await?;
+    let username = secret.required_text(keys::USERNAME)?;
+    let password = openstack::Secret::new(secret.required_text(keys::PASSWORD)?);
+    let project = secret.required_text(keys::PROJECT_NAME)?;
     // Upstream uses domain_name for the user and the project; "Default" when it is not given.
-    let domain = optional(keys::DOMAIN_NAME).map_or_else(|| "Default".to_owned(), text);
+    let domain = secret
+        .optional_text(keys::DOMAIN_NAME)
+        .unwrap_or_else(|| "Default".to_owned());
     let insecure = source.spec.insecure_skip_verify == Some(true);
-    let tls = match (insecure, optional(keys::CA_CERT)) {
-        (true, _) => TlsMode::Insecure,
-        (false, Some(pem)) => TlsMode::CaBundle(pem),
-        (false, None) => TlsMode::SystemRoots,
-    };
+    let tls = secret.tls(TRUST_KEYS, insecure)?;
     let endpoint = source.spec.endpoint_address.clone();
     let mut config = Config::new(
         endpoint.clone(),

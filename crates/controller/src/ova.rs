@@ -24,18 +24,19 @@ use std::{
 use api::{OvaSource, names::ova as ova_secret};
 use bytes::{Buf, Bytes};
 use diskconv::archive::{DiskTargets, convert_ova_into};
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use plan::{ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm};
 use reqwest::{
     StatusCode, Url,
     header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, HeaderMap, IF_RANGE, LAST_MODIFIED, RANGE},
 };
+use tls::TlsMode;
 use tokio::{sync::mpsc, task::AbortHandle};
-use vsphere::{Password, TlsMode};
+use vsphere::Password;
 
 use crate::{
     export::{ExportError, Shared, partial_path},
+    secret::{SecretError, SourceSecret, TrustKeys, default_tls},
     vmware::{chain, looks_like_certificate_failure},
 };
 
@@ -59,43 +60,17 @@ pub enum OvaError {
         /// What is wrong with it.
         detail: String,
     },
-    /// The credentials Secret does not exist.
-    #[error("secret {namespace}/{name} not found")]
-    SecretNotFound {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-    },
-    /// Reading the Secret failed.
-    #[error("reading secret {namespace}/{name}")]
-    ReadSecret {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// Why.
-        #[source]
-        source: kube::Error,
-    },
-    /// The Secret's `ca.crt` is not a usable PEM bundle.
-    #[error("secret {namespace}/{name} key 'ca.crt' holds no usable PEM certificate")]
-    CaCertificate {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// Why.
-        #[source]
-        source: vsphere::tls::Error,
-    },
+    /// The Secret is missing or unreadable, or a key of it unusable.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// The HTTP client could not be built.
     #[error("building the HTTP client")]
     Client(#[source] reqwest::Error),
     /// The server's certificate did not verify.
     #[error(
-        "TLS verification of {url} failed ({detail}); add the CA certificate (PEM) under the secret's \
-         'ca.crt' key, or set spec.insecureSkipVerify: true to skip verification"
+        "TLS verification of {url} failed ({detail}); put the CA certificate (PEM) under the secret's \
+         'ca.crt' key or the SHA-256 fingerprint of the server's certificate under \
+         'certificateFingerprint', or set spec.insecureSkipVerify: true to skip verification"
     )]
     TlsVerification {
         /// The URL.
@@ -152,9 +127,7 @@ impl OvaError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidUrl { .. } => "InvalidURL",
-            Self::SecretNotFound { .. } => "SecretNotFound",
-            Self::ReadSecret { .. } => "SecretUnreadable",
-            Self::CaCertificate { .. } => "InvalidCACertificate",
+            Self::Secret(error) => error.reason(),
             Self::Client(_) => "HTTPClientError",
             Self::TlsVerification { .. } => "TLSVerificationFailed",
             Self::Unauthorized { .. } => "Unauthorized",
@@ -210,71 +183,44 @@ pub fn idle_timeout(seconds: Option<i64>) -> Option<Duration> {
     }
 }
 
-/// TLS mode for a source: no verification when it asks for that, its CA when the Secret has one,
-/// else the system roots.
-fn tls_mode(ca_cert: Option<Vec<u8>>, insecure: bool) -> TlsMode {
-    match (insecure, ca_cert) {
-        (true, _) => TlsMode::Insecure,
-        (false, Some(pem)) => TlsMode::CaBundle(pem),
-        (false, None) => TlsMode::SystemRoots,
-    }
-}
+/// The trust keys of an `OvaSource`'s Secret.
+const TRUST_KEYS: TrustKeys = TrustKeys {
+    ca_cert: ova_secret::CA_CERT,
+    fingerprint: ova_secret::CERT_FINGERPRINT,
+};
 
-#[derive(Default)]
+/// What an `OvaSource` and its optional Secret say about talking to the server.
 struct Credentials {
     basic: Option<(String, Password)>,
-    ca_cert: Option<Vec<u8>>,
+    tls: TlsMode,
 }
 
 async fn read_credentials(kube: &kube::Client, source: &OvaSource) -> Result<Credentials, OvaError> {
+    let insecure = source.spec.insecure_skip_verify == Some(true);
     let Some(reference) = source
         .spec
         .credentials
         .as_ref()
         .filter(|r| r.name.as_deref().is_some_and(|n| !n.is_empty()))
     else {
-        return Ok(Credentials::default());
+        return Ok(Credentials {
+            basic: None,
+            tls: default_tls(insecure),
+        });
     };
-    let namespace = reference
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .or_else(|| source.namespace())
-        .unwrap_or_default();
-    let name = reference.name.clone().unwrap_or_default();
-    let secret = Api::<Secret>::namespaced(kube.clone(), &namespace)
-        .get_opt(&name)
-        .await
-        .map_err(|source| OvaError::ReadSecret {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source,
-        })?
-        .ok_or_else(|| OvaError::SecretNotFound {
-            namespace: namespace.clone(),
-            name: name.clone(),
-        })?;
-    let data = secret.data.unwrap_or_default();
-    let value = |key: &str| data.get(key).map(|v| v.0.clone()).filter(|v| !v.is_empty());
+    let secret = SourceSecret::read(kube, reference, source.namespace()).await?;
     // Upstream: basic auth only when both are there.
-    let basic = match (value(ova_secret::USERNAME), value(ova_secret::PASSWORD)) {
-        (Some(user), Some(password)) => Some((
-            String::from_utf8_lossy(&user).into_owned(),
-            Password::new(String::from_utf8_lossy(&password).into_owned()),
-        )),
+    let basic = match (
+        secret.optional_text(ova_secret::USERNAME),
+        secret.optional_text(ova_secret::PASSWORD),
+    ) {
+        (Some(user), Some(password)) => Some((user, Password::new(password))),
         _ => None,
     };
-    let ca_cert = value(ova_secret::CA_CERT);
-    if let Some(pem) = &ca_cert {
-        vsphere::tls::client_config(&TlsMode::CaBundle(pem.clone())).map_err(|source| {
-            OvaError::CaCertificate {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                source,
-            }
-        })?;
-    }
-    Ok(Credentials { basic, ca_cert })
+    Ok(Credentials {
+        basic,
+        tls: secret.tls(TRUST_KEYS, insecure)?,
+    })
 }
 
 /// An HTTP(S) client for one `OvaSource`.
@@ -305,26 +251,14 @@ impl OvaClient {
     pub async fn connect(kube: &kube::Client, source: &OvaSource) -> Result<Self, OvaError> {
         let url = parse_url(&source.spec.url)?;
         let credentials = read_credentials(kube, source).await?;
-        let insecure = source.spec.insecure_skip_verify == Some(true);
-        Self::new(
-            url,
-            credentials,
-            insecure,
-            idle_timeout(source.spec.http_timeout_seconds),
-        )
+        Self::new(url, credentials, idle_timeout(source.spec.http_timeout_seconds))
     }
 
-    fn new(
-        url: Url,
-        credentials: Credentials,
-        insecure: bool,
-        idle: Option<Duration>,
-    ) -> Result<Self, OvaError> {
-        let tls = vsphere::tls::client_config(&tls_mode(credentials.ca_cert, insecure)).map_err(|e| {
-            OvaError::TlsVerification {
-                url: display_url(&url),
-                detail: chain(&e),
-            }
+    fn new(url: Url, credentials: Credentials, idle: Option<Duration>) -> Result<Self, OvaError> {
+        let insecure = credentials.tls.is_insecure();
+        let tls = tls::client_config(&credentials.tls).map_err(|e| OvaError::TlsVerification {
+            url: display_url(&url),
+            detail: chain(&e),
         })?;
         let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -994,16 +928,6 @@ mod tests {
     }
 
     #[test]
-    fn tls_mode_prefers_the_opt_out_then_the_secret_ca_then_system_roots() {
-        assert!(tls_mode(Some(b"pem".to_vec()), true).is_insecure());
-        assert!(matches!(
-            tls_mode(Some(b"pem".to_vec()), false),
-            TlsMode::CaBundle(_)
-        ));
-        assert!(matches!(tls_mode(None, false), TlsMode::SystemRoots));
-    }
-
-    #[test]
     fn content_range_start_is_read_from_the_header() {
         assert_eq!(content_range_start("bytes 1000-1999/2000"), Some(1000));
         assert_eq!(content_range_start("bytes  0-0/*"), Some(0));
@@ -1037,7 +961,15 @@ mod tests {
     #[test]
     fn unauthorized_hint_depends_on_whether_credentials_were_sent() {
         let url = Url::parse("https://files.example/vm.ova").unwrap();
-        let anonymous = OvaClient::new(url.clone(), Credentials::default(), false, None).unwrap();
+        let anonymous = OvaClient::new(
+            url.clone(),
+            Credentials {
+                basic: None,
+                tls: TlsMode::SystemRoots,
+            },
+            None,
+        )
+        .unwrap();
         let error = anonymous.status_error(StatusCode::UNAUTHORIZED);
         assert_eq!(error.reason(), "Unauthorized");
         assert!(error.to_string().contains("spec.credentials"), "{error}");
@@ -1045,9 +977,8 @@ mod tests {
             url,
             Credentials {
                 basic: Some(("u".into(), Password::new("hunter2"))),
-                ca_cert: None,
+                tls: TlsMode::SystemRoots,
             },
-            false,
             None,
         )
         .unwrap();

@@ -1,54 +1,31 @@
 //! The VMware side of the controller: a vSphere session from a `VmwareSource` and its Secret (TLS
-//! verified unless the source opts out) and the VM description translated into `plan`'s
+//! verified against `caCert`, pinned to `certificateFingerprint`, or the system roots, unless the
+//! source opts out) and the VM description translated into `plan`'s
 //! source-neutral model.
 
 use std::error::Error as _;
 
 use api::{VmwareSource, names::vmware as vmware_secret};
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use plan::{ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm};
 use vsphere::{
-    Client, Config, Password, TlsMode,
+    Client, Config, Password,
     proto::vm::{BusFamily, NicNetwork, VmDescription},
 };
+
+use crate::secret::{SecretError, SourceSecret, TrustKeys};
 
 /// Why the controller could not get a working session (or datacenter) for a `VmwareSource`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The credentials Secret does not exist.
-    #[error("secret {namespace}/{name} not found")]
-    SecretNotFound {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-    },
-    /// The Secret lacks a key.
-    #[error("secret {namespace}/{name} has no '{key}' key")]
-    SecretKeyMissing {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// The key.
-        key: &'static str,
-    },
-    /// Reading the Secret failed.
-    #[error("reading secret {namespace}/{name}")]
-    ReadSecret {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// Why.
-        #[source]
-        source: kube::Error,
-    },
+    /// The credentials Secret is missing, unreadable or lacks a key.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// The server's certificate did not verify.
     #[error(
-        "TLS verification of {endpoint} failed ({detail}); add the vCenter CA certificate (PEM) under the \
-         secret's 'caCert' key, or set spec.insecureSkipVerify: true to skip verification"
+        "TLS verification of {endpoint} failed ({detail}); put the vCenter CA certificate (PEM) under the \
+         secret's 'caCert' key or the SHA-256 fingerprint of vCenter's certificate under \
+         'certificateFingerprint', or set spec.insecureSkipVerify: true to skip verification"
     )]
     TlsVerification {
         /// The endpoint.
@@ -81,9 +58,7 @@ impl ConnectError {
     /// Low-cardinality reason for conditions, Events and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::SecretNotFound { .. } => "SecretNotFound",
-            Self::SecretKeyMissing { .. } => "SecretKeyMissing",
-            Self::ReadSecret { .. } => "SecretUnreadable",
+            Self::Secret(error) => error.reason(),
             Self::TlsVerification { .. } => "TLSVerificationFailed",
             Self::InvalidCredentials { .. } => "InvalidCredentials",
             Self::Session { .. } => "EndpointUnreachable",
@@ -113,83 +88,29 @@ pub(crate) fn looks_like_certificate_failure(text: &str) -> bool {
     lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("fingerprint")
 }
 
-struct Credentials {
-    username: String,
-    password: Password,
-    ca_cert: Option<Vec<u8>>,
-}
-
-async fn read_credentials(kube: &kube::Client, source: &VmwareSource) -> Result<Credentials, ConnectError> {
-    let reference = &source.spec.credentials;
-    let namespace = reference
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .or_else(|| source.namespace())
-        .unwrap_or_default();
-    let name = reference.name.clone().unwrap_or_default();
-    let secret = Api::<Secret>::namespaced(kube.clone(), &namespace)
-        .get_opt(&name)
-        .await
-        .map_err(|source| ConnectError::ReadSecret {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source,
-        })?
-        .ok_or_else(|| ConnectError::SecretNotFound {
-            namespace: namespace.clone(),
-            name: name.clone(),
-        })?;
-    let data = secret.data.unwrap_or_default();
-    let value = |key: &'static str| {
-        data.get(key)
-            .map(|v| v.0.clone())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| ConnectError::SecretKeyMissing {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                key,
-            })
-    };
-    let username = String::from_utf8_lossy(&value(vmware_secret::USERNAME)?).into_owned();
-    let password = Password::new(String::from_utf8_lossy(&value(vmware_secret::PASSWORD)?).into_owned());
-    let ca_cert = value(vmware_secret::CA_CERT).ok();
-    Ok(Credentials {
-        username,
-        password,
-        ca_cert,
-    })
-}
-
-/// TLS mode for a source: its CA when the Secret has one, no verification when the source asks for
-/// that, else the system roots.
-fn tls_mode(ca_cert: Option<Vec<u8>>, insecure: bool) -> TlsMode {
-    match (insecure, ca_cert) {
-        (true, _) => TlsMode::Insecure,
-        (false, Some(pem)) => TlsMode::CaBundle(pem),
-        (false, None) => TlsMode::SystemRoots,
-    }
-}
+/// The trust keys of a `VmwareSource`'s Secret.
+const TRUST_KEYS: TrustKeys = TrustKeys {
+    ca_cert: vmware_secret::CA_CERT,
+    fingerprint: vmware_secret::CERT_FINGERPRINT,
+};
 
 /// Logs in to the source's vCenter (or ESXi).
 ///
 /// # Errors
 /// [`ConnectError`], each naming what to fix.
 pub async fn connect(kube: &kube::Client, source: &VmwareSource) -> Result<Client, ConnectError> {
-    let credentials = read_credentials(kube, source).await?;
-    let endpoint = source.spec.endpoint_address.clone();
+    let secret = SourceSecret::read(kube, &source.spec.credentials, source.namespace()).await?;
+    let username = secret.required_text(vmware_secret::USERNAME)?;
+    let password = Password::new(secret.required_text(vmware_secret::PASSWORD)?);
     let insecure = source.spec.insecure_skip_verify == Some(true);
-    let config = Config::new(
-        endpoint.clone(),
-        credentials.username.clone(),
-        credentials.password,
-    )
-    .with_tls(tls_mode(credentials.ca_cert, insecure));
+    let tls = secret.tls(TRUST_KEYS, insecure)?;
+    let endpoint = source.spec.endpoint_address.clone();
+    let config = Config::new(endpoint.clone(), username.clone(), password).with_tls(tls);
     Client::connect(config).await.map_err(|error| {
         if error.is_invalid_login() {
             return ConnectError::InvalidCredentials {
                 endpoint: endpoint.clone(),
-                username: credentials.username.clone(),
+                username: username.clone(),
             };
         }
         let detail = chain(&error);
@@ -298,16 +219,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tls_mode_prefers_the_opt_out_then_the_secret_ca_then_system_roots() {
-        assert!(tls_mode(Some(b"pem".to_vec()), true).is_insecure());
-        assert!(matches!(
-            tls_mode(Some(b"pem".to_vec()), false),
-            TlsMode::CaBundle(_)
-        ));
-        assert!(matches!(tls_mode(None, false), TlsMode::SystemRoots));
-    }
-
-    #[test]
     fn pvscsi_is_told_apart_from_other_scsi() {
         assert_eq!(
             controller_kind(BusFamily::Scsi, "ParaVirtualSCSIController"),
@@ -333,11 +244,11 @@ mod tests {
     #[test]
     fn chain_joins_sources_without_repeating_them() {
         let inner = std::io::Error::other("connection refused");
-        let outer = ConnectError::ReadSecret {
+        let outer = ConnectError::Secret(SecretError::Unreadable {
             namespace: "ns".into(),
             name: "s".into(),
             source: kube::Error::Service(Box::new(inner)),
-        };
+        });
         let text = chain(&outer);
         assert!(text.starts_with("reading secret ns/s: "), "{text}");
         assert!(text.contains("connection refused"), "{text}");

@@ -6,7 +6,7 @@
 //!   response models (serde), endpoint selection, server lookup by exact name, NIC merging, boot
 //!   order, microversion choice, `OS_*`/clouds.yaml settings, [`proto::description::ServerDescription`].
 //! - behind the default `client` feature: [`client::Client`] (token renewed before expiry and after
-//!   a 401, reqwest + rustls/ring, [`tls`] as for vSphere), [`inspect`] (find, describe, stop),
+//!   a 401, reqwest + rustls/ring, [`tls`] shared with vSphere: CA bundle, system roots, pinned SHA-256 or insecure), [`inspect`] (find, describe, stop),
 //!   [`export`] (per-disk temporary objects, Glance download resumed with Range and verified,
 //!   cleanup in dependency order, also after a crash), [`convert`] (`export_to_dir`: RAW or qcow2
 //!   images through `diskconv`).
@@ -51,8 +51,9 @@ pub mod convert;
 pub mod export;
 #[cfg(feature = "client")]
 pub mod inspect;
+/// The TLS policy crate, re-exported because [`client::Config`] takes its [`TlsMode`].
 #[cfg(feature = "client")]
-pub mod tls;
+pub use tls;
 
 #[cfg(feature = "client")]
 pub use client::{Client, Config};

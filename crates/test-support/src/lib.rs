@@ -114,6 +114,20 @@ impl Lab {
         })
     }
 
+    /// The SHA-256 fingerprint of the lab's serving certificate `name` (`vcsim`, `openstack`), as a
+    /// Secret's `certificateFingerprint` takes it.
+    ///
+    /// # Panics
+    /// When the certificate is not in the lab's PKI directory (beside its CA).
+    #[allow(clippy::panic)]
+    pub fn certificate_sha256(&self, name: &str) -> String {
+        let path = self.vsphere_ca_cert.with_file_name(format!("{name}.crt"));
+        let pem = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("reading the lab certificate {}: {e}", path.display()));
+        tls::fingerprint_sha256_of_pem(&pem)
+            .unwrap_or_else(|e| panic!("the lab certificate {}: {e}", path.display()))
+    }
+
     /// Attaches to the running lab described by `env_file`; dropping the value leaves the lab running.
     pub fn attach(env_file: &Path) -> Result<Lab, LabError> {
         let text = std::fs::read_to_string(env_file).map_err(|source| LabError::ReadEnvFile {

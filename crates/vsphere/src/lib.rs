@@ -5,7 +5,7 @@
 //! - [`proto`] (always built, pure): request envelopes, a bounded XML reader, typed faults,
 //!   response parsers, [`proto::vm::VmDescription`] and lease device-key matching. No IO.
 //! - behind the default `client` feature: [`client::Client`] (session over reqwest + rustls/ring),
-//!   [`tls`] (CA bundle / system roots / pinned SHA-256 / insecure), [`inventory`], [`power`] and
+//!   [`tls`] (re-exported: CA bundle / system roots / pinned SHA-256 / insecure), [`inventory`], [`power`] and
 //!   [`export`] (per-disk byte streams into caller sinks), [`convert`] (`export_to_dir`: streams
 //!   decoded by `diskconv` into RAW/qcow2 images, no VMDK stored).
 //!
@@ -49,8 +49,9 @@ pub mod export;
 pub mod inventory;
 #[cfg(feature = "client")]
 pub mod power;
+/// The TLS policy crate, re-exported because [`client::Config`] takes its [`TlsMode`].
 #[cfg(feature = "client")]
-pub mod tls;
+pub use tls;
 
 #[cfg(feature = "client")]
 pub use client::{Client, Config};

@@ -86,11 +86,45 @@ impl ControllerProcess {
             .stderr(log_file)
             .spawn()
             .expect("starting vm-import controller");
-        Self {
+        let mut process = Self {
             child,
             port,
             metrics_port,
             log,
+        };
+        process.wait_ready();
+        process
+    }
+
+    /// Blocks until `/readyz` answers 200, i.e. the controller has installed its CRDs (which carry
+    /// our additive fields; objects created earlier would lose them to the lab's upstream-shaped
+    /// CRDs) and its reconcilers run.
+    fn wait_ready(&mut self) {
+        use std::io::{Read, Write};
+        let start = Instant::now();
+        loop {
+            let answer =
+                std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).and_then(|mut stream| {
+                    stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: controller\r\n\r\n")?;
+                    let mut text = String::new();
+                    stream.read_to_string(&mut text)?;
+                    Ok(text)
+                });
+            if answer.is_ok_and(|text| text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200")) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the controller exited ({status}) before it was ready:\n{}",
+                    self.log_tail()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the controller was not ready after 60 s:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -193,28 +227,44 @@ impl Scene {
         Api::namespaced_with(self.client.clone(), &self.namespace, resource)
     }
 
+    /// A `VmwareSource` `name` for the lab's vCenter, with the lab user and `password`.
     pub(crate) async fn source(&self, name: &str, password: &str) {
+        self.vmware_source(name, json!({ "password": password }), json!({}))
+            .await;
+    }
+
+    /// A `VmwareSource` `name` for the lab's vCenter and its Secret: the lab user, password and
+    /// CA, with `secret` and `spec` merged over them (a null removes a key).
+    pub(crate) async fn vmware_source(&self, name: &str, secret: Value, spec: Value) {
         let lab = lab::lab();
         let ca = String::from_utf8(lab::ca_pem()).unwrap();
+        let base = json!({"username": lab.vsphere_username, "password": lab.vsphere_password, "caCert": ca});
+        self.secret(name, merged(base, secret)).await;
+        let base = json!({"endpoint": lab.vsphere_url, "dc": lab.vsphere_dc,
+                          "credentials": {"name": name, "namespace": self.namespace}});
+        let resource = ApiResource::erase::<api::VmwareSource>(&());
+        self.create_source(&resource, name, merged(base, spec)).await;
+    }
+
+    /// Creates the Secret `name` with these string values.
+    pub(crate) async fn secret(&self, name: &str, data: Value) {
         self.api::<Secret>()
             .create(
                 &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": {"name": name},
-                    "stringData": {"username": lab.vsphere_username, "password": password, "caCert": ca}
-                }))
-                .unwrap(),
+                &serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap(),
             )
             .await
             .unwrap();
-        self.dynamic(&ApiResource::erase::<api::VmwareSource>(&()))
+    }
+
+    /// Creates the source `name` of `resource`'s kind (a `VmwareSource`, `OpenstackSource`, ...).
+    pub(crate) async fn create_source(&self, resource: &ApiResource, name: &str, spec: Value) {
+        self.dynamic(resource)
             .create(
                 &PostParams::default(),
                 &serde_json::from_value(json!({
-                    "apiVersion": "migration.harvesterhci.io/v1beta1", "kind": "VmwareSource",
-                    "metadata": {"name": name},
-                    "spec": {"endpoint": lab.vsphere_url, "dc": lab.vsphere_dc,
-                             "credentials": {"name": name, "namespace": self.namespace}}
+                    "apiVersion": resource.api_version, "kind": resource.kind,
+                    "metadata": {"name": name}, "spec": spec
                 }))
                 .unwrap(),
             )
@@ -291,11 +341,6 @@ impl Scene {
         }
     }
 
-    pub(crate) async fn source_status(&self, name: &str) -> Value {
-        self.status_of(&ApiResource::erase::<api::VmwareSource>(&()), name)
-            .await
-    }
-
     /// Waits (60 s at most) until the source `name` of kind `resource` was checked (`status.status`
     /// set) and returns its status.
     pub(crate) async fn source_checked(
@@ -324,6 +369,20 @@ impl Scene {
         let object = self.dynamic(resource).get(name).await.unwrap();
         object.data["status"].clone()
     }
+}
+
+/// `base` with the keys of `overrides` set over it; a null in `overrides` removes the key.
+pub(crate) fn merged(mut base: Value, overrides: Value) -> Value {
+    if let (Some(object), Value::Object(overrides)) = (base.as_object_mut(), overrides) {
+        for (key, value) in overrides {
+            if value.is_null() {
+                object.remove(&key);
+            } else {
+                object.insert(key, value);
+            }
+        }
+    }
+    base
 }
 
 /// The condition of `type_` in a source's status (JSON).

@@ -1,6 +1,7 @@
-//! TLS policy for the vCenter/ESXi connection: verified by default (a CA bundle, or the system trust
-//! store), or pinned to the server certificate's SHA-256 fingerprint, or — only when asked —
-//! unverified. Everything is built on rustls' `ring` provider and handed to reqwest ready-made.
+//! TLS policy for every connection to a source (vCenter and ESXi, Keystone and the OpenStack
+//! services, an OVA's web server): verified by default against a CA bundle or the system trust
+//! store, or pinned to the server certificate's SHA-256 fingerprint, or, only when asked,
+//! unverified. Everything is built on rustls' `ring` provider and handed to HTTP clients ready-made.
 
 use std::{fmt, sync::Arc};
 
@@ -17,7 +18,7 @@ use sha2::{Digest, Sha256};
 pub enum TlsMode {
     /// Verify the chain and host name against the system trust store.
     SystemRoots,
-    /// Verify the chain and host name against these PEM certificates only (the Secret's `caCert`).
+    /// Verify the chain and host name against these PEM certificates only (a Secret's CA key).
     CaBundle(Vec<u8>),
     /// Accept exactly the certificate whose DER has this SHA-256 (host name not checked: a pin is
     /// stronger than a name).
@@ -64,8 +65,8 @@ impl TlsMode {
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The CA bundle has no PEM certificate, or one is malformed.
-    #[error("CA bundle contains no usable PEM certificate")]
+    /// The PEM text (a CA bundle) has no certificate, or a malformed one.
+    #[error("no usable PEM certificate")]
     NoCaCertificates,
     /// A certificate from the bundle was rejected by the trust store.
     #[error("CA bundle certificate {index} was rejected")]
@@ -99,6 +100,19 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The SHA-256 fingerprint (as [`fingerprint_sha256`] writes it) of the first certificate of a PEM
+/// text: what to pin for a server whose certificate file is at hand.
+///
+/// # Errors
+/// [`Error::NoCaCertificates`] when the text holds no PEM certificate.
+pub fn fingerprint_sha256_of_pem(pem: &[u8]) -> Result<String, Error> {
+    let first = CertificateDer::pem_slice_iter(pem)
+        .next()
+        .and_then(Result::ok)
+        .ok_or(Error::NoCaCertificates)?;
+    Ok(fingerprint_sha256(&first))
 }
 
 /// Builds the rustls client configuration for `mode`.
