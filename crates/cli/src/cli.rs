@@ -141,17 +141,27 @@ pub(crate) struct ConvertArgs {
     pub(crate) http: HttpArgs,
     /// Input: a file, `-` for stdin, or an http(s):// URL.
     pub(crate) input: String,
-    /// Output: a file, `-` for raw on stdout, or a directory for an OVA.
+    /// Output: a file, `-` for raw on stdout, or a directory for an OVA (receiving `disk-<N>.img`
+    /// or `disk-<N>.qcow2`, as the source tools' `export` names them).
     pub(crate) output: String,
 }
 
-/// Output formats of `convert`.
+/// Output formats of `convert` and of the source tools' `export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum OutputFormat {
     /// Sparse raw image (holes for zero runs).
     Raw,
     /// qcow2 v3 (zero clusters unallocated).
     Qcow2,
+}
+
+impl From<OutputFormat> for diskconv::ImageFormat {
+    fn from(format: OutputFormat) -> Self {
+        match format {
+            OutputFormat::Raw => Self::Raw,
+            OutputFormat::Qcow2 => Self::Qcow2,
+        }
+    }
 }
 
 /// How `convert` reports progress.

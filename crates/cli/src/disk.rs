@@ -68,11 +68,14 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         if output == "-" {
             return Err(UsageError("an OVA converts into a directory, not to stdout".into()).into());
         }
-        let format = match output_format {
-            OutputFormat::Raw => archive::DiskFormat::Raw,
-            OutputFormat::Qcow2 => archive::DiskFormat::Qcow2,
-        };
-        convert_ova(opened, &name, Path::new(&output), format, &opts, require_manifest)?
+        convert_ova(
+            opened,
+            &name,
+            Path::new(&output),
+            output_format.into(),
+            &opts,
+            require_manifest,
+        )?
     } else {
         let out = OutputTarget::parse(&output, output_format);
         let result = match opened {
@@ -143,7 +146,7 @@ fn convert_ova(
     opened: Opened,
     name: &str,
     dir: &Path,
-    format: archive::DiskFormat,
+    format: diskconv::ImageFormat,
     opts: &Options,
     require_manifest: bool,
 ) -> anyhow::Result<Vec<DiskReport>> {

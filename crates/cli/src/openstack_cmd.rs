@@ -14,13 +14,14 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use openstack::{
     Client, Config, TlsMode,
-    convert::ImageFormat,
     export::{ExportOptions, Hooks, Progress, Step, TempObjects},
     proto::clouds,
 };
+
+use crate::cli::OutputFormat;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum OpenstackCommand {
@@ -92,12 +93,6 @@ pub(crate) struct ExportArgs {
     /// Seconds between status reads of temporary objects.
     #[arg(long, default_value_t = 2)]
     poll_seconds: u64,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum OutputFormat {
-    Raw,
-    Qcow2,
 }
 
 pub(crate) fn run(command: OpenstackCommand) -> anyhow::Result<()> {
@@ -268,10 +263,7 @@ async fn export_with(client: &Client, args: &ExportArgs) -> anyhow::Result<()> {
         allow_running: args.allow_running,
         ..ExportOptions::default()
     };
-    let format = match args.format {
-        OutputFormat::Raw => ImageFormat::Raw,
-        OutputFormat::Qcow2 => ImageFormat::Qcow2,
-    };
+    let format = args.format.into();
     let exported = client
         .export_to_dir(&server, &args.out, format, &options, &progress_hooks())
         .await

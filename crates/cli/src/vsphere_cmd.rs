@@ -12,9 +12,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use vsphere::{
-    Client, Config, Password, TlsMode, convert::ImageFormat, export::ExportOptions, power::PowerOffMode,
-};
+use vsphere::{Client, Config, Password, TlsMode, export::ExportOptions, power::PowerOffMode};
+
+use crate::cli::OutputFormat;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum VsphereCommand {
@@ -87,12 +87,6 @@ pub(crate) struct ExportArgs {
     /// Seconds the guest gets to shut down with `--power-off graceful`.
     #[arg(long, default_value_t = 60)]
     shutdown_timeout: u64,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum OutputFormat {
-    Raw,
-    Qcow2,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -210,10 +204,7 @@ async fn export_with(client: &Client, args: &ExportArgs) -> anyhow::Result<()> {
         .ensure_powered_off(&vm.moref, mode)
         .await
         .with_context(|| format!("VM {:?} cannot be exported while it runs", vm.name))?;
-    let format = match args.format {
-        OutputFormat::Raw => ImageFormat::Raw,
-        OutputFormat::Qcow2 => ImageFormat::Qcow2,
-    };
+    let format = args.format.into();
     std::fs::create_dir_all(&args.out).with_context(|| format!("failed to create {}", args.out.display()))?;
     write_json(&args.out.join("vm.json"), &vm)?;
     let exported = client

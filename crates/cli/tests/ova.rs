@@ -118,8 +118,8 @@ fn build(manifest: bool, corrupt_iso: bool) -> Ova {
 }
 
 fn check_output(out: &Path, ova: &Ova) {
-    assert_eq!(fs::read(out.join("disk-0.raw")).unwrap(), ova.raw1);
-    assert_eq!(fs::read(out.join("disk-1.raw")).unwrap(), ova.raw2);
+    assert_eq!(fs::read(out.join("disk-0.img")).unwrap(), ova.raw1);
+    assert_eq!(fs::read(out.join("disk-1.img")).unwrap(), ova.raw2);
     let vm: serde_json::Value = serde_json::from_slice(&fs::read(out.join("vm.json")).unwrap()).unwrap();
     assert_eq!(vm["name"], "web-01");
     assert_eq!(vm["cpus"], 4);

@@ -151,7 +151,7 @@ fn ova_with_sparse_vmdk_qcow2_and_raw_members_converts_from_stdin() {
         String::from_utf8_lossy(&result.stderr)
     );
     for (i, raw) in [&a, &b, &c].into_iter().enumerate() {
-        let got = fs::read(out.join(format!("disk-{i}.raw"))).unwrap();
+        let got = fs::read(out.join(format!("disk-{i}.img"))).unwrap();
         assert!(got == *raw, "disk {i} differs from its original");
     }
     let report: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
@@ -221,6 +221,6 @@ fn qcow2_member_needing_random_access_fails_naming_member_and_offset() {
         "{}",
         String::from_utf8_lossy(&result.stderr)
     );
-    let got = fs::read(d.join("out2/disk-0.raw")).unwrap();
+    let got = fs::read(d.join("out2/disk-0.img")).unwrap();
     assert!(got[..65536].iter().all(|&b| b == 0x11) && got[8 << 20..].iter().all(|&b| b == 0x77));
 }

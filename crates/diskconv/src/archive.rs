@@ -22,18 +22,9 @@ use crate::{
     Error,
     inspect::{self, ImageInfo},
     pipeline::{Options, Report},
-    sink::Output,
+    sink::{ImageFormat, Output},
     source::{self, InputFormat},
 };
-
-/// Output format for each disk of an OVA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskFormat {
-    /// `disk-<N>.raw`, sparse.
-    Raw,
-    /// `disk-<N>.qcow2`.
-    Qcow2,
-}
 
 /// What the manifest check found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -126,20 +117,16 @@ enum Mode<'a> {
 /// [`convert_ova`]'s targets: `dir/disk-<N>.<ext>`, every file remembered for removal.
 struct DirTargets<'a> {
     dir: &'a Path,
-    format: DiskFormat,
+    format: ImageFormat,
     opts: &'a Options,
     created: Vec<PathBuf>,
 }
 
 impl DiskTargets for DirTargets<'_> {
     fn output(&mut self, index: usize, _member: &str) -> Option<(Output, Options)> {
-        let (ext, make): (&str, fn(PathBuf) -> Output) = match self.format {
-            DiskFormat::Raw => ("raw", Output::RawFile),
-            DiskFormat::Qcow2 => ("qcow2", Output::Qcow2File),
-        };
-        let path = self.dir.join(format!("disk-{index}.{ext}"));
+        let path = self.dir.join(format!("disk-{index}.{}", self.format.extension()));
         self.created.push(path.clone());
-        Some((make(path), self.opts.clone()))
+        Some((self.format.output(path.clone()), self.opts.clone()))
     }
 
     fn verified(&mut self, _: usize, _: &str, _: &Report, _: bool) -> Result<(), Error> {
@@ -156,7 +143,7 @@ impl DiskTargets for DirTargets<'_> {
 pub fn convert_ova(
     input: impl Read,
     dir: &Path,
-    format: DiskFormat,
+    format: ImageFormat,
     opts: &Options,
     require_manifest: bool,
 ) -> Result<OvaResult, Error> {
@@ -177,7 +164,7 @@ pub fn convert_ova(
 pub fn convert_ova_file(
     path: &Path,
     dir: &Path,
-    format: DiskFormat,
+    format: ImageFormat,
     opts: &Options,
     require_manifest: bool,
 ) -> Result<OvaResult, Error> {

@@ -22,5 +22,5 @@ pub mod source;
 
 pub use error::Error;
 pub use pipeline::{Options, Progress, ProgressFn, Report, convert_stream_optimized};
-pub use sink::{Output, StreamWriter};
+pub use sink::{ImageFormat, Output, StreamWriter};
 pub use source::{InputFormat, convert_path, convert_reader, detect};

@@ -61,6 +61,34 @@ pub trait Sink: Send {
     fn finish(self: Box<Self>, virtual_size: u64, sync: bool) -> Result<u64, Error>;
 }
 
+/// The image file formats vm-import writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ImageFormat {
+    /// Sparse RAW file.
+    Raw,
+    /// qcow2 file.
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// The extension of image files in this format: `img` or `qcow2`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Raw => "img",
+            Self::Qcow2 => "qcow2",
+        }
+    }
+
+    /// The [`Output`] that writes `path` in this format.
+    pub fn output(self, path: impl Into<PathBuf>) -> Output {
+        match self {
+            Self::Raw => Output::RawFile(path.into()),
+            Self::Qcow2 => Output::Qcow2File(path.into()),
+        }
+    }
+}
+
 /// What to write and where; opened once the virtual size is known.
 #[derive(Debug)]
 pub enum Output {

@@ -15,10 +15,7 @@ use vmdk::{
     grain::deflate_grain,
     header::{FLAG_COMPRESSED, FLAG_MARKERS, FLAG_VALID_NEWLINE_TEST, GD_AT_END, MAGIC, RawSparseHeader},
 };
-use vmi_diskconv::{
-    Error, Options,
-    archive::{DiskFormat, convert_ova},
-};
+use vmi_diskconv::{Error, ImageFormat, Options, archive::convert_ova};
 
 #[path = "../../ova/tests/support/fixtures.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -105,7 +102,7 @@ fn convert(ova: &Path, out: &Path) -> Result<vmi_diskconv::archive::OvaResult, E
         progress: None,
         sync: false,
     };
-    convert_ova(fs::File::open(ova).unwrap(), out, DiskFormat::Raw, &opts, true)
+    convert_ova(fs::File::open(ova).unwrap(), out, ImageFormat::Raw, &opts, true)
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -150,10 +147,10 @@ fn successful_conversion_keeps_the_disks() {
     let out = tmp.path().join("out");
     let result = convert(&ova, &out).unwrap();
     assert_eq!(result.disks.len(), 2);
-    assert_eq!(entries(&out), ["disk-0.raw", "disk-1.raw"]);
+    assert_eq!(entries(&out), ["disk-0.img", "disk-1.img"]);
     let mut want = vec![0u8; 65536];
     want.extend_from_slice(&[2u8; 65536]);
-    assert_eq!(fs::read(out.join("disk-1.raw")).unwrap(), want);
+    assert_eq!(fs::read(out.join("disk-1.img")).unwrap(), want);
 }
 
 /// Records what [`convert_ova_into`] tells its targets.

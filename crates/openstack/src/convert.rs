@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncWriteExt, sync::mpsc, task::JoinHandle};
 
@@ -27,32 +27,8 @@ const CHANNEL_CHUNKS: usize = 32;
 /// Blocks handed to the disk sink: large enough for its zero detection and qcow2 clusters.
 const BLOCK: usize = 1 << 20;
 
-/// Output image format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ImageFormat {
-    /// Sparse RAW file.
-    Raw,
-    /// qcow2 file.
-    Qcow2,
-}
-
-impl ImageFormat {
-    /// File extension used by [`Client::export_to_dir`].
-    pub fn extension(self) -> &'static str {
-        match self {
-            Self::Raw => "img",
-            Self::Qcow2 => "qcow2",
-        }
-    }
-
-    fn output(self, path: &Path) -> diskconv::Output {
-        match self {
-            Self::Raw => diskconv::Output::RawFile(path.to_owned()),
-            Self::Qcow2 => diskconv::Output::Qcow2File(path.to_owned()),
-        }
-    }
-}
+/// Output image format (re-exported: what [`Client::export_to_dir`] writes).
+pub use diskconv::ImageFormat;
 
 /// Why a converting sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +188,7 @@ fn write_raw(
         path: path.clone(),
         source,
     };
-    let mut sink = format.output(&path).open(Some(size)).map_err(write_err)?;
+    let mut sink = format.output(path.clone()).open(Some(size)).map_err(write_err)?;
     let mut hasher = Sha256::new();
     let mut block = Vec::with_capacity(BLOCK);
     let mut offset = 0u64;

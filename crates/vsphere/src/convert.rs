@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
@@ -22,25 +22,8 @@ use crate::{
 /// tens of KiB, so this bounds memory per disk to about a MiB while letting the two sides overlap.
 const CHANNEL_CHUNKS: usize = 16;
 
-/// Output image format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ImageFormat {
-    /// Sparse RAW file.
-    Raw,
-    /// qcow2 file.
-    Qcow2,
-}
-
-impl ImageFormat {
-    /// File extension used by [`Client::export_to_dir`].
-    pub fn extension(self) -> &'static str {
-        match self {
-            Self::Raw => "img",
-            Self::Qcow2 => "qcow2",
-        }
-    }
-}
+/// Output image format (re-exported: what [`Client::export_to_dir`] writes).
+pub use diskconv::ImageFormat;
 
 /// Why a converting sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -197,10 +180,7 @@ impl DiskSink for ConvertingSink {
             rx,
             current: Bytes::new(),
         };
-        let output = match self.format {
-            ImageFormat::Raw => diskconv::Output::RawFile(self.path.clone()),
-            ImageFormat::Qcow2 => diskconv::Output::Qcow2File(self.path.clone()),
-        };
+        let output = self.format.output(self.path.clone());
         let options = diskconv::Options {
             threads: self.threads,
             progress: self.progress.clone(),
