@@ -147,48 +147,34 @@ impl Facts {
             .or_else(|| import.namespace())
             .unwrap_or_default();
         let name = reference.name.clone().unwrap_or_default();
-        let fact = |status: Option<&api::SourceStatus>| {
-            if status.map(|st| &st.status) == Some(&ClusterStatus::ClusterReady) {
-                SourceFact::Ready
-            } else {
-                SourceFact::NotReady
-            }
+        let fact = |status: Option<Option<&api::SourceStatus>>| match status {
+            None => SourceFact::Missing,
+            Some(Some(status)) if status.status == ClusterStatus::ClusterReady => SourceFact::Ready,
+            Some(_) => SourceFact::NotReady,
         };
         match SourceKind::of(import) {
             SourceKind::Vmware => {
-                let source = Api::<VmwareSource>::namespaced(ctx.kube.clone(), &namespace)
+                let source: Option<VmwareSource> = Api::namespaced(ctx.kube.clone(), &namespace)
                     .get_opt(&name)
                     .await
                     .map_err(ImportError::kube("reading the VmwareSource"))?;
-                self.source = Some(
-                    source
-                        .as_ref()
-                        .map_or(SourceFact::Missing, |s| fact(s.status.as_ref())),
-                );
+                self.source = Some(fact(source.as_ref().map(|s| s.status.as_ref())));
                 self.vmware_source = source;
             }
             SourceKind::Ova => {
-                let source = Api::<OvaSource>::namespaced(ctx.kube.clone(), &namespace)
+                let source: Option<OvaSource> = Api::namespaced(ctx.kube.clone(), &namespace)
                     .get_opt(&name)
                     .await
                     .map_err(ImportError::kube("reading the OvaSource"))?;
-                self.source = Some(
-                    source
-                        .as_ref()
-                        .map_or(SourceFact::Missing, |s| fact(s.status.as_ref())),
-                );
+                self.source = Some(fact(source.as_ref().map(|s| s.status.as_ref())));
                 self.ova_source = source;
             }
             SourceKind::Openstack => {
-                let source = Api::<OpenstackSource>::namespaced(ctx.kube.clone(), &namespace)
+                let source: Option<OpenstackSource> = Api::namespaced(ctx.kube.clone(), &namespace)
                     .get_opt(&name)
                     .await
                     .map_err(ImportError::kube("reading the OpenstackSource"))?;
-                self.source = Some(
-                    source
-                        .as_ref()
-                        .map_or(SourceFact::Missing, |s| fact(s.status.as_ref())),
-                );
+                self.source = Some(fact(source.as_ref().map(|s| s.status.as_ref())));
                 self.openstack_source = source;
             }
             SourceKind::Other => {
