@@ -14,6 +14,7 @@ mod disk;
 mod input;
 mod openstack_cmd;
 mod progress;
+mod tls_args;
 mod vsphere_cmd;
 
 use std::process::ExitCode;

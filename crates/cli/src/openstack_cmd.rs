@@ -16,12 +16,15 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use openstack::{
-    Client, Config, TlsMode,
+    Client, Config,
     export::{ExportOptions, Hooks, Progress, Step, TempObjects},
     proto::clouds,
 };
 
-use crate::cli::OutputFormat;
+use crate::{
+    cli::OutputFormat,
+    tls_args::{TlsArgs, warned},
+};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum OpenstackCommand {
@@ -50,16 +53,8 @@ pub(crate) struct SourceArgs {
     /// Region of the endpoints (overrides OS_REGION_NAME / region_name).
     #[arg(long)]
     region: Option<String>,
-    /// PEM CA bundle to verify the cloud's certificates with (overrides OS_CACERT / cacert).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["fingerprint", "insecure"])]
-    ca_cert: Option<PathBuf>,
-    /// Trust exactly the certificate with this SHA-256 fingerprint (hex, `:` separators allowed),
-    /// on Keystone and every endpoint of the catalog.
-    #[arg(long, conflicts_with = "insecure")]
-    fingerprint: Option<String>,
-    /// Do not verify the cloud's certificates at all (reported as insecure).
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -140,34 +135,19 @@ fn config(source: &SourceArgs) -> anyhow::Result<Config> {
     if let Some(region) = &source.region {
         cloud.region = Some(region.clone());
     }
-    if let Some(fingerprint) = &source.fingerprint {
-        // The flag is explicit: it wins over the cloud's CA file and its `verify: false`.
-        let pinned =
-            TlsMode::pinned_from_hex(fingerprint).context("--fingerprint is not a SHA-256 fingerprint")?;
-        cloud.insecure = false;
-        return Ok(Config::from_cloud(cloud, None).with_tls(pinned));
+    // A flag is explicit: it wins over the cloud's CA file and its `verify: false` (OS_INSECURE).
+    if let Some(mode) = source.tls.chosen()? {
+        return Ok(Config::from_cloud(cloud, None).with_tls(mode));
     }
-    if source.insecure {
-        eprintln!(
-            "vm-import: warning: TLS verification is off (--insecure); the connection can be intercepted"
-        );
-        cloud.insecure = true;
-    }
-    let ca_file = source
-        .ca_cert
-        .clone()
-        .or_else(|| cloud.ca_file.clone().map(PathBuf::from));
-    let ca_pem = match ca_file {
-        Some(path) if !cloud.insecure => Some(
-            std::fs::read(&path)
-                .with_context(|| format!("failed to read the CA bundle {}", path.display()))?,
-        ),
+    let ca_pem = match (&cloud.ca_file, cloud.insecure) {
+        (Some(path), false) => {
+            Some(std::fs::read(path).with_context(|| format!("failed to read the CA bundle {path}"))?)
+        }
         _ => None,
     };
-    if cloud.insecure {
-        return Ok(Config::from_cloud(cloud, None).with_tls(TlsMode::Insecure));
-    }
-    Ok(Config::from_cloud(cloud, ca_pem))
+    let config = Config::from_cloud(cloud, ca_pem);
+    let tls = warned(config.tls.clone());
+    Ok(config.with_tls(tls))
 }
 
 async fn connect(source: &SourceArgs) -> anyhow::Result<Client> {

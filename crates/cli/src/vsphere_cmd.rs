@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use vsphere::{Client, Config, Password, TlsMode, export::ExportOptions, power::PowerOffMode};
 
-use crate::cli::OutputFormat;
+use crate::{cli::OutputFormat, tls_args::TlsArgs};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum VsphereCommand {
@@ -53,15 +53,8 @@ pub(crate) struct ConnArgs {
     /// File with `username=…` and `password=…` lines; otherwise VSPHERE_USERNAME and VSPHERE_PASSWORD.
     #[arg(long)]
     credentials_file: Option<PathBuf>,
-    /// PEM CA bundle to verify vCenter's certificate with (default: the system trust store).
-    #[arg(long, conflicts_with_all = ["fingerprint", "insecure"])]
-    ca_cert: Option<PathBuf>,
-    /// Trust exactly the certificate with this SHA-256 fingerprint (hex, `:` separators allowed).
-    #[arg(long, conflicts_with = "insecure")]
-    fingerprint: Option<String>,
-    /// Do not verify vCenter's certificate at all (reported as insecure).
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -117,20 +110,7 @@ async fn connect(source: &SourceArgs) -> anyhow::Result<Client> {
 /// Logs in to the endpoint with the credentials and trust the flags say.
 pub(crate) async fn connect_to(source: &ConnArgs) -> anyhow::Result<Client> {
     let (username, password) = credentials(source.credentials_file.as_deref())?;
-    let tls = if source.insecure {
-        eprintln!(
-            "vm-import: warning: TLS verification is off (--insecure); the connection can be intercepted"
-        );
-        TlsMode::Insecure
-    } else if let Some(fingerprint) = &source.fingerprint {
-        TlsMode::pinned_from_hex(fingerprint).context("--fingerprint is not a SHA-256 fingerprint")?
-    } else if let Some(path) = &source.ca_cert {
-        let pem =
-            std::fs::read(path).with_context(|| format!("failed to read --ca-cert {}", path.display()))?;
-        TlsMode::CaBundle(pem)
-    } else {
-        TlsMode::SystemRoots
-    };
+    let tls = source.tls.chosen()?.unwrap_or(TlsMode::SystemRoots);
     let config = Config::new(source.endpoint.clone(), username, password).with_tls(tls);
     Client::connect(config)
         .await
