@@ -120,7 +120,7 @@ async fn three_disk_vm_is_imported_and_every_object_is_shaped_as_harvester_expec
 
     let started = Instant::now();
     let import = scene
-        .wait_finished(&controller, "full", Duration::from_secs(120))
+        .wait_finished(&controller, "full", Duration::from_secs(180))
         .await;
     let status = import.status.clone().unwrap();
     assert_eq!(

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use controller::kinds::{image_resource, virtual_machine_resource};
@@ -208,6 +208,9 @@ impl Player {
     }
 }
 
+/// How long `qemu-img convert` gets for one of the tests' images (a few MiB over loopback).
+const QEMU_IMG_FETCH_LIMIT: Duration = Duration::from_secs(30);
+
 async fn fetch_with_qemu_img(
     url: &str,
     dir: &Path,
@@ -216,12 +219,30 @@ async fn fetch_with_qemu_img(
 ) -> Result<Fetched, String> {
     let (url, out) = (url.to_owned(), dir.join(format!("{name}.raw")));
     tokio::task::spawn_blocking(move || {
-        let status = Command::new("qemu-img")
+        let mut child = Command::new("qemu-img")
             .args(["convert", "-q", "-f", "raw", "-O", "raw"])
             .arg(&url)
             .arg(&out)
-            .status()
+            .spawn()
             .map_err(|e| format!("run qemu-img: {e}"))?;
+        // QEMU's curl driver can hang for good once the server has closed a connection it still
+        // counts on (seen once in CI: both sockets in CLOSE-WAIT, no CPU). Longhorn would retry a
+        // stuck download; so does this stand-in, on its next round, after killing the stuck one.
+        let deadline = Instant::now() + QEMU_IMG_FETCH_LIMIT;
+        let status = loop {
+            match child.try_wait().map_err(|e| format!("wait for qemu-img: {e}"))? {
+                Some(status) => break status,
+                None if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let _ = std::fs::remove_file(&out);
+                    return Err(format!(
+                        "qemu-img convert {url}: not done after {QEMU_IMG_FETCH_LIMIT:?}, killed"
+                    ));
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
         if !status.success() {
             return Err(format!("qemu-img convert {url}: {status}"));
         }
