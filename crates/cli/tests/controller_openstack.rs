@@ -139,26 +139,7 @@ async fn failed_and_cleaned(
 
 /// A raw disk of `mib` MiB with distinct non-zero regions (the rest a hole).
 fn raw_disk(dir: &Path, name: &str, mib: u64, seed: u8) -> PathBuf {
-    use std::os::unix::fs::FileExt;
-    let path = dir.join(name);
-    let file = std::fs::File::create(&path).unwrap();
-    file.set_len(mib << 20).unwrap();
-    for (i, offset) in [0u64, 512 * 1024 + 17, (mib << 20) - 70_000]
-        .into_iter()
-        .enumerate()
-    {
-        let block: Vec<u8> = (0..65_536u32)
-            .map(|j| {
-                (j as u8)
-                    .wrapping_mul(31)
-                    .wrapping_add(seed)
-                    .wrapping_add(i as u8)
-                    | 1
-            })
-            .collect();
-        file.write_all_at(&block, offset).unwrap();
-    }
-    path
+    test_support::disk::seeded_raw_disk(dir, name, mib, seed).expect("writing a test disk")
 }
 
 fn qcow2_of(raw: &Path) -> PathBuf {

@@ -4,10 +4,7 @@
 // Test helpers outside #[test] functions fail loudly on purpose.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::{
-    path::Path,
-    process::{Command, Output},
-};
+use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 use test_support::{Lab, openstack::OpenstackLab};
@@ -59,25 +56,11 @@ fn run(os: &OpenstackLab, password: &str, args: &[&str]) -> Output {
         .expect("run vm-import")
 }
 
-fn raw_disk(path: &Path, seed: u8) {
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "raw"])
-        .arg(path)
-        .arg("2M")
-        .status()
-        .expect("qemu-img (qemu-utils)");
-    assert!(status.success());
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all_at(&[seed | 1; 100_000], 4096).unwrap();
-}
-
 #[test]
 fn inspect_and_export_a_server_from_os_variables() {
     let os = lab();
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("root.raw");
-    raw_disk(&disk, 3);
+    let disk = test_support::disk::seeded_raw_disk(dir.path(), "root.raw", 2, 3).unwrap();
     let name = format!("cli-export-{}", std::process::id());
     create_server(
         &os,
@@ -154,8 +137,7 @@ fn a_clouds_yaml_entry_works_and_a_wrong_password_is_not_echoed() {
     )
     .unwrap();
     let name = format!("cli-clouds-{}", std::process::id());
-    let disk = dir.path().join("d.raw");
-    raw_disk(&disk, 5);
+    let disk = test_support::disk::seeded_raw_disk(dir.path(), "d.raw", 2, 5).unwrap();
     create_server(&os, json!({"name": name, "volumes": [{"path": disk}]}));
     let clouds_str = clouds.to_str().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vm-import"))

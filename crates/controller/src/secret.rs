@@ -235,10 +235,7 @@ mod tests {
 
     #[test]
     fn a_fingerprint_pins_and_system_roots_are_the_default() {
-        let pinned = secret(&[
-            ("certificateFingerprint", "AB:".repeat(31).as_bytes()),
-            ("x", b""),
-        ]);
+        let pinned = secret(&[("certificateFingerprint", "AB:".repeat(31).as_bytes())]);
         assert!(matches!(
             pinned.tls(KEYS, false),
             Err(SecretError::KeyInvalid {

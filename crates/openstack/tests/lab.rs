@@ -169,36 +169,9 @@ fn assert_no_objects(objects: &Value, prefix: &str) {
     }
 }
 
-/// A raw disk of `mib` MiB with a few distinct, non-zero regions (the rest stays a hole), made with
-/// qemu-img and then written at known offsets.
+/// A raw disk of `mib` MiB with a few distinct, non-zero regions (the rest stays a hole).
 fn raw_disk(dir: &Path, name: &str, mib: u64, seed: u8) -> PathBuf {
-    let path = dir.join(name);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "raw",
-        path.to_str().unwrap(),
-        &format!("{mib}M"),
-    ]);
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    for (i, offset) in [0u64, 512 * 1024 + 17, (mib << 20) - 70_000]
-        .into_iter()
-        .enumerate()
-    {
-        let block: Vec<u8> = (0..65_536u32)
-            .map(|j| {
-                (j as u8)
-                    .wrapping_mul(31)
-                    .wrapping_add(seed)
-                    .wrapping_add(i as u8)
-                    | 1
-            })
-            .collect();
-        file.write_all_at(&block, offset).unwrap();
-    }
-    path
+    test_support::disk::seeded_raw_disk(dir, name, mib, seed).expect("writing a test disk")
 }
 
 fn qemu_img(args: &[&str]) -> String {

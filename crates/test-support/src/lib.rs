@@ -16,6 +16,7 @@
 //! `qemu-system-x86_64` to check a migrated disk still boots.
 
 pub mod boot;
+pub mod disk;
 pub mod openstack;
 
 use std::{

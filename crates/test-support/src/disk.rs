@@ -1,0 +1,36 @@
+//! Source disks for tests: sparse raw files with a few seeded data blocks (at the start, just past
+//! 512 KiB, and near the end), so that two disks or two seeds never share content and holes stay
+//! holes on the way through an export.
+
+use std::{
+    fs::File,
+    io,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+};
+
+/// Creates `dir/name`: `mib` MiB (at least 1), sparse, with three 64 KiB blocks derived from
+/// `seed`.
+///
+/// # Errors
+/// When the file cannot be created or written.
+pub fn seeded_raw_disk(dir: &Path, name: &str, mib: u64, seed: u8) -> io::Result<PathBuf> {
+    let path = dir.join(name);
+    let file = File::create(&path)?;
+    let size = mib.max(1) << 20;
+    file.set_len(size)?;
+    for (index, offset) in [0u64, 512 * 1024 + 17, size - 70_000].into_iter().enumerate() {
+        let block: Vec<u8> = (0..65_536u32)
+            .map(|j| {
+                // Never zero, so a block is never taken for a hole.
+                (j as u8)
+                    .wrapping_mul(31)
+                    .wrapping_add(seed)
+                    .wrapping_add(index as u8)
+                    | 1
+            })
+            .collect();
+        file.write_all_at(&block, offset)?;
+    }
+    Ok(path)
+}
