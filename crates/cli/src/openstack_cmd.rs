@@ -23,7 +23,7 @@ use openstack::{
 
 use crate::{
     cli::OutputFormat,
-    tls_args::{TlsArgs, warned},
+    tls_args::{TlsArgs, warn_if_insecure},
 };
 
 #[derive(Debug, Subcommand)]
@@ -146,8 +146,8 @@ fn config(source: &SourceArgs) -> anyhow::Result<Config> {
         _ => None,
     };
     let config = Config::from_cloud(cloud, ca_pem);
-    let tls = warned(config.tls.clone());
-    Ok(config.with_tls(tls))
+    warn_if_insecure(&config.tls);
+    Ok(config)
 }
 
 async fn connect(source: &SourceArgs) -> anyhow::Result<Client> {

@@ -27,7 +27,8 @@ impl TlsArgs {
     /// The policy the flags ask for, or `None` when they name none (the caller's default applies).
     pub(crate) fn chosen(&self) -> anyhow::Result<Option<TlsMode>> {
         if self.insecure {
-            return Ok(Some(warned(TlsMode::Insecure)));
+            warn_if_insecure(&TlsMode::Insecure);
+            return Ok(Some(TlsMode::Insecure));
         }
         if let Some(fingerprint) = &self.fingerprint {
             let pinned = TlsMode::pinned_from_hex(fingerprint)
@@ -45,10 +46,9 @@ impl TlsArgs {
     }
 }
 
-/// `mode`, after a warning on stderr when it verifies nothing.
-pub(crate) fn warned(mode: TlsMode) -> TlsMode {
+/// Warns on stderr when `mode` verifies nothing.
+pub(crate) fn warn_if_insecure(mode: &TlsMode) {
     if mode.is_insecure() {
         eprintln!("vm-import: warning: TLS verification is off; the connection can be intercepted");
     }
-    mode
 }
