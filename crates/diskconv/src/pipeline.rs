@@ -23,7 +23,7 @@ use std::{
     io::{self, Read},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::Instant,
@@ -207,6 +207,9 @@ fn release(data: Arc<Vec<u8>>, pool: &Pool, credits: &Sender<()>) {
 struct Hasher {
     hasher: Sha256,
     pos: u64,
+    /// Set when any stage fails: a gap of zeros can be petabytes long, and a failed pipeline
+    /// must stop at once rather than hash it to the end.
+    cancelled: Arc<AtomicBool>,
 }
 
 enum HashMsg {
@@ -217,7 +220,7 @@ enum HashMsg {
 
 impl Hasher {
     fn zeros_to(&mut self, end: u64) {
-        while self.pos < end {
+        while self.pos < end && !self.cancelled.load(Ordering::Relaxed) {
             let n = (end - self.pos).min(ZEROS.len() as u64) as usize;
             self.hasher.update(&ZEROS[..n]);
             self.pos += n as u64;
@@ -228,6 +231,9 @@ impl Hasher {
     /// failed, and its error is the outcome, not this digest.
     fn run(mut self, blocks: &Receiver<HashMsg>, pool: &Pool, credits: &Sender<()>) -> String {
         for msg in blocks {
+            if self.cancelled.load(Ordering::Relaxed) {
+                break;
+            }
             match msg {
                 HashMsg::Block(block) => {
                     self.zeros_to(block.offset);
@@ -254,6 +260,8 @@ pub(crate) struct Consumer {
     progress: Option<ProgressFn>,
     bytes_read: Arc<AtomicU64>,
     pool: Pool,
+    /// Shared with every stage: set by the first one that fails.
+    cancelled: Arc<AtomicBool>,
 }
 
 impl Consumer {
@@ -270,11 +278,25 @@ impl Consumer {
             progress,
             bytes_read,
             pool: Pool::new(),
+            cancelled: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Processes blocks in sequence order.
+    /// Processes blocks in sequence order; a failure cancels the other stages.
     fn run_ordered(
+        &mut self,
+        done: &Receiver<Msg>,
+        hash: Sender<HashMsg>,
+        credits: &Sender<()>,
+    ) -> Result<(), Error> {
+        let result = self.consume_ordered(done, hash, credits);
+        if result.is_err() {
+            self.cancelled.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn consume_ordered(
         &mut self,
         done: &Receiver<Msg>,
         hash: Sender<HashMsg>,
@@ -326,7 +348,11 @@ impl Consumer {
         sync: bool,
     ) -> Result<Report, Error> {
         let virtual_size = self.virtual_size.unwrap_or(self.pos);
-        let bytes_written = self.sink.finish(virtual_size, sync).map_err(Error::Sink)?;
+        let cancelled = self.cancelled.clone();
+        let bytes_written = self.sink.finish(virtual_size, sync).map_err(|e| {
+            cancelled.store(true, Ordering::Relaxed);
+            Error::Sink(e)
+        })?;
         let sha256 = hasher
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -371,9 +397,11 @@ where
     // Room for every block in flight, so the consumer never waits for the hasher.
     let (hash_tx, hash_rx) = bounded::<HashMsg>(in_flight + 1);
     thread::scope(|scope| {
+        let cancelled = consumer.cancelled.clone();
         let hasher = Hasher {
             hasher: Sha256::new(),
             pos: 0,
+            cancelled: cancelled.clone(),
         };
         let (pool, credits) = (consumer.pool.clone(), credit_tx.clone());
         let hasher = thread::Builder::new()
@@ -390,17 +418,25 @@ where
             })
             .map_err(Error::Spawn)?;
         let produced = produce(&done_tx, &credit_rx);
-        if produced.is_ok() {
-            // A consumer that is gone has failed; its error wins.
-            let _ = done_tx.send(Msg::Produced);
-        }
+        // The stage that failed first is the one reported: a producer stops quietly when the
+        // consumer is gone, and the consumer stops quietly when told that the producer failed.
+        let producer_failed_first = match &produced {
+            Ok(()) => {
+                let _ = done_tx.send(Msg::Produced);
+                false
+            }
+            Err(_) => !cancelled.swap(true, Ordering::Relaxed),
+        };
         drop(done_tx);
         drop(credit_rx);
         let consumed = ordered
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        produced?;
-        consumed?.finish(hasher, format, started, sync)
+        match (produced, consumed) {
+            (Err(first), _) if producer_failed_first => Err(first),
+            (_, Err(first)) | (Err(first), Ok(_)) => Err(first),
+            (Ok(()), Ok(consumer)) => consumer.finish(hasher, format, started, sync),
+        }
     })
 }
 

@@ -30,6 +30,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The output could not be given the disk's size (a file system's size limit: `EFBIG`).
+    #[error("cannot make output {path} {size} bytes long")]
+    Size {
+        path: PathBuf,
+        size: u64,
+        #[source]
+        source: io::Error,
+    },
     /// A write failed.
     #[error("failed to write output at byte offset {offset}")]
     Write {
@@ -113,7 +121,17 @@ impl Output {
     /// Opens the sink; `virtual_size` is `None` for a raw input stream of unknown length.
     pub fn open(self, virtual_size: Option<u64>) -> Result<Box<dyn Sink>, Error> {
         Ok(match self {
-            Output::RawFile(path) => Box::new(SparseFileSink::create(&path)?),
+            Output::RawFile(path) => {
+                let sink = SparseFileSink::create(&path)?;
+                // Sized first, so that a disk larger than the file system allows fails before
+                // any work rather than at the end.
+                if let Some(size) = virtual_size {
+                    sink.file
+                        .set_len(size)
+                        .map_err(|source| Error::Size { path, size, source })?;
+                }
+                Box::new(sink)
+            }
             Output::Qcow2File(path) => {
                 let size = virtual_size.ok_or(Error::UnknownSize)?;
                 let file = create(&path)?;

@@ -36,6 +36,24 @@ fn grain(out: &mut Vec<u8>, lba: u64, z: &[u8]) {
     out.resize(out.len().next_multiple_of(512), 0);
 }
 
+/// VMware's ending: grain directory marker and directory, footer marker and footer, EOS marker.
+fn end_stream(out: &mut Vec<u8>, capacity: u64) {
+    let marker = |out: &mut Vec<u8>, val: u64, kind: u32| {
+        let mut m = [0u8; 512];
+        m[..8].copy_from_slice(&val.to_le_bytes());
+        m[12..16].copy_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&m);
+    };
+    let gd_sector = out.len() as u64 / 512 + 1;
+    marker(out, 1, vmdk::stream::MARKER_GD);
+    out.extend_from_slice(&[0u8; 512]);
+    marker(out, 1, vmdk::stream::MARKER_FOOTER);
+    let mut footer = header(capacity);
+    footer[56..64].copy_from_slice(&gd_sector.to_le_bytes());
+    out.extend_from_slice(&footer);
+    marker(out, 0, vmdk::stream::MARKER_EOS);
+}
+
 fn convert(stream: Vec<u8>) -> Result<diskconv::Report, Error> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.raw");
@@ -54,6 +72,7 @@ fn convert(stream: Vec<u8>) -> Result<diskconv::Report, Error> {
 fn grain_inflating_past_grain_size_is_rejected_with_offset() {
     let mut s = header(1024);
     grain(&mut s, 0, &deflate_grain(&vec![1u8; 65536 * 2]));
+    end_stream(&mut s, 1024);
     let err = convert(s).unwrap_err();
     assert!(
         matches!(
@@ -146,6 +165,7 @@ fn huge_compressed_size_is_rejected_without_buffering() {
 fn clean_stream_hashes_zeros_and_data() {
     let mut s = header(256);
     grain(&mut s, 128, &deflate_grain(&[7u8; 65536]));
+    end_stream(&mut s, 256);
     let report = convert(s).unwrap();
     let mut content = vec![0u8; 65536];
     content.extend_from_slice(&[7u8; 65536]);
@@ -177,4 +197,87 @@ fn bad_grain_behind_a_full_pipeline_fails_instead_of_hanging() {
         matches!(result, Err(Error::Inflate { lba: 256, .. })),
         "{result:?}"
     );
+}
+
+/// A whole two-grain stream and where its second grain record starts.
+fn two_grain_stream() -> (Vec<u8>, usize) {
+    let mut s = header(1024);
+    grain(&mut s, 0, &deflate_grain(&[3u8; 65536]));
+    let second = s.len();
+    grain(&mut s, 512, &deflate_grain(&[4u8; 65536]));
+    end_stream(&mut s, 1024);
+    (s, second)
+}
+
+#[test]
+fn stream_cut_at_a_grain_boundary_from_a_pipe_fails_naming_the_offset() {
+    let (whole, second) = two_grain_stream();
+    assert!(convert(whole.clone()).is_ok());
+    for cut in [second, whole.len() - 512] {
+        let err = convert(whole[..cut].to_vec()).unwrap_err();
+        let Error::Stream(vmdk::stream::Error::Incomplete { offset, .. }) = &err else {
+            panic!("cut at {cut}: {err:?}")
+        };
+        assert_eq!(*offset, cut as u64);
+        assert!(error_chain(&err).contains(&format!("offset {cut}")), "{err}");
+    }
+}
+
+#[test]
+fn stream_cut_at_a_grain_boundary_from_a_file_fails_and_leaves_no_image() {
+    let (whole, second) = two_grain_stream();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cut.vmdk");
+    std::fs::write(&input, &whole[..second]).unwrap();
+    let out = dir.path().join("out.raw");
+    let err = diskconv::convert_path(&input, Output::RawFile(out.clone()), &Options::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Stream(vmdk::stream::Error::Incomplete { offset, .. }) if offset == second as u64),
+        "{err:?}"
+    );
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// A writer that fails at once, like a full disk.
+struct FullDisk;
+
+impl std::io::Write for FullDisk {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::from_raw_os_error(28))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn sink_error_on_a_huge_sparse_disk_stops_the_pipeline_and_is_reported() {
+    // 64 TiB declared, one grain at the very end: hashing the zeros before it would take hours.
+    let capacity = vmdk::header::MAX_CAPACITY_SECTORS;
+    let mut s = header(capacity);
+    grain(&mut s, capacity - 128, &deflate_grain(&[5u8; 65536]));
+    end_stream(&mut s, capacity);
+    let started = std::time::Instant::now();
+    let err = diskconv::convert_reader(
+        std::io::Cursor::new(s),
+        Output::RawStream(diskconv::StreamWriter(Box::new(FullDisk))),
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Sink(diskconv::sink::Error::Write { offset: 0, .. })),
+        "{err:?}"
+    );
+    // Generous for a loaded CI machine; without cancellation this takes hours.
+    assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
 }

@@ -8,6 +8,8 @@
 //! - [`grain`]: compressed grain records and the zlib inflater.
 //! - [`stream`]: [`StreamDecoder`], a sans-IO decoder for streamOptimized bytes of unknown length
 //!   that yields grains with their LBA; it needs no seeking, footer or grain directory.
+//! - [`stream_end`]: what proves that a stream ended where its writer ended it (footer and EOS,
+//!   or the grain tables before the first grain all satisfied): a cut stream is never a disk.
 //! - [`forward`]: [`SparseForward`], a hosted sparse extent (monolithicSparse) decoded from a
 //!   forward-only `Read`: directory and tables first, then grains in ascending logical order.
 //! - [`reader`]: [`VmdkReader`], random access over every hosted layout (sparse, flat, split,
@@ -22,6 +24,7 @@ pub mod grain;
 pub mod header;
 pub mod reader;
 pub mod stream;
+pub mod stream_end;
 
 pub use descriptor::{CreateType, Descriptor};
 pub use forward::SparseForward;

@@ -21,6 +21,7 @@ use crate::{
     descriptor::{self, Descriptor},
     grain::{GRAIN_RECORD_HEADER, max_compressed_grain, sector_round},
     header::{self, HEADER_SIZE, SparseHeader},
+    stream_end::EndProof,
 };
 
 const SECTOR: usize = SECTOR_SIZE as usize;
@@ -97,6 +98,10 @@ pub enum Error {
     /// The input ended inside a record.
     #[error("stream truncated at offset {offset} ({context})")]
     Truncated { offset: u64, context: &'static str },
+    /// The input ended between records, but the stream's own end was never reached: a cut at a
+    /// record boundary (see [`crate::stream_end`] for what proves an end).
+    #[error("stream ends early at offset {offset}: {missing}")]
+    Incomplete { offset: u64, missing: String },
     /// Non-zero bytes follow the end-of-stream marker (an all-zero sector).
     #[error("non-zero data at offset {offset} after the end-of-stream marker")]
     DataAfterEnd { offset: u64 },
@@ -179,6 +184,11 @@ pub struct StreamDecoder {
     /// Lowest LBA the next grain may have.
     next_lba: u64,
     grains: u64,
+    /// Byte offset of the last grain record.
+    last_grain: Option<u64>,
+    /// Where the metadata area ends and what proves the end of this stream (after the header).
+    grains_start: u64,
+    end: Option<EndProof>,
 }
 
 impl Default for StreamDecoder {
@@ -197,6 +207,9 @@ impl StreamDecoder {
             header: None,
             next_lba: 0,
             grains: 0,
+            last_grain: None,
+            grains_start: 0,
+            end: None,
         }
     }
 
@@ -232,16 +245,17 @@ impl StreamDecoder {
 
     /// Declares the end of input. Returns [`Event::EndOfStream`] if the stream ended cleanly
     /// after a whole record without an EOS marker (qemu-written files), `Ok(None)` if the EOS marker
-    /// was already seen, or [`Error::Truncated`] if the input stopped inside a record or before
-    /// the first grain area.
+    /// was already seen, [`Error::Truncated`] if the input stopped inside a record or before
+    /// the first grain area, or [`Error::Incomplete`] if it stopped between records before the
+    /// stream's end was proven (footer and EOS, or the grain tables all satisfied).
     pub fn finish(&mut self) -> Result<Option<Event>, Error> {
         let offset = self.offset;
         let result = match self.state {
-            State::Ended => Ok(None),
-            State::Record if self.buf.is_empty() => {
+            State::Ended => self.check_end().map(|()| None),
+            State::Record if self.buf.is_empty() => self.check_end().map(|()| {
                 self.state = State::Ended;
-                Ok(Some(Event::EndOfStream))
-            }
+                Some(Event::EndOfStream)
+            }),
             State::Skip {
                 then: After::Record, ..
             } if self.header.is_some() && self.grains > 0 => Err(Error::Truncated {
@@ -278,6 +292,27 @@ impl StreamDecoder {
             self.state = State::Failed;
         }
         result
+    }
+
+    /// Whether the stream's own end has been proven (see [`crate::stream_end`]).
+    fn check_end(&self) -> Result<(), Error> {
+        let Some(end) = &self.end else {
+            return Err(Error::Finished);
+        };
+        end.check(self.grains, self.last_grain)
+            .map_err(|missing| Error::Incomplete {
+                offset: self.offset,
+                missing: missing.describe(),
+            })
+    }
+
+    /// Metadata bytes before the first grain pass by the end proof, which reads the tables there.
+    fn observe(&mut self, n: usize) {
+        if self.offset < self.grains_start
+            && let Some(end) = self.end.as_mut()
+        {
+            end.observe(self.offset, &self.buf[..n]);
+        }
     }
 
     fn step(&mut self) -> Result<Option<Event>, Error> {
@@ -319,12 +354,14 @@ impl StreamDecoder {
         let want = until.saturating_sub(self.offset);
         let n = want.min(self.buf.len() as u64);
         // n ≤ buf.len(), so it fits usize.
+        self.observe(n as usize);
         self.buf.advance(n as usize);
         self.offset += n;
         self.offset >= until
     }
 
     fn consume(&mut self, n: usize) -> Bytes {
+        self.observe(n);
         self.offset += n as u64;
         self.buf.split_to(n).freeze()
     }
@@ -337,11 +374,13 @@ impl StreamDecoder {
         if !header.is_stream_optimized() || header.compression != header::Compression::Deflate {
             return Err(Error::NotStreamOptimized { flags: header.flags });
         }
-        self.consume(HEADER_SIZE);
         let grains_start = header
             .overhead_sectors
             .saturating_mul(SECTOR_SIZE)
             .max(HEADER_SIZE as u64);
+        self.grains_start = grains_start;
+        self.end = Some(EndProof::for_header(&header, grains_start));
+        self.consume(HEADER_SIZE);
         self.state = match header.descriptor {
             Some((offset, size)) => {
                 // Both bounded by header validation, so the products cannot overflow.
@@ -433,6 +472,7 @@ impl StreamDecoder {
         let compressed = bytes.slice(GRAIN_RECORD_HEADER..GRAIN_RECORD_HEADER + size as usize);
         self.next_lba = lba + header.grain_sectors;
         self.grains += 1;
+        self.last_grain = Some(offset);
         Ok(Some(Event::Grain(Grain {
             lba,
             compressed,
@@ -444,6 +484,9 @@ impl StreamDecoder {
         match kind {
             MARKER_EOS => {
                 self.consume(SECTOR);
+                if let Some(end) = self.end.as_mut() {
+                    end.saw_eos();
+                }
                 self.state = State::Ended;
                 Ok(Some(Event::EndOfStream))
             }
@@ -503,6 +546,9 @@ impl StreamDecoder {
             }
         }
         self.consume(HEADER_SIZE);
+        if let Some(end) = self.end.as_mut() {
+            end.saw_footer();
+        }
         self.state = State::Record;
         Ok(Some(Event::Footer(footer)))
     }
@@ -627,9 +673,7 @@ pub(crate) mod tests {
 
     #[test]
     fn grain_payload_inflates_to_content() {
-        let stream = StreamBuilder::new(128)
-            .grain(0, &[9u8; 65536])
-            .marker(0, MARKER_EOS);
+        let stream = StreamBuilder::new(128).grain(0, &[9u8; 65536]).gd_and_footer();
         let events = decode_all(&stream.bytes, 100).unwrap();
         let Some(Event::Grain(g)) = events.iter().find(|e| matches!(e, Event::Grain(_))) else {
             panic!("no grain");
@@ -640,10 +684,128 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn stream_without_eos_ends_cleanly() {
+    fn gd_at_end_stream_cut_after_a_grain_is_incomplete() {
         let stream = StreamBuilder::new(256).grain(0, &[1u8; 512]);
-        let events = decode_all(&stream.bytes, 512).unwrap();
-        assert_eq!(events.last(), Some(&Event::EndOfStream));
+        assert_eq!(
+            decode_all(&stream.bytes, 512),
+            Err(Error::Incomplete {
+                offset: 1536,
+                missing: "no footer: the grain directory is at the end of this stream".into()
+            })
+        );
+    }
+
+    #[test]
+    fn gd_at_end_stream_cut_after_the_footer_is_incomplete() {
+        let whole = StreamBuilder::new(256).grain(0, &[1u8; 512]).gd_and_footer();
+        let cut = &whole.bytes[..whole.bytes.len() - 512];
+        assert!(matches!(
+            decode_all(cut, 512),
+            Err(Error::Incomplete { missing, .. }) if missing.contains("end-of-stream marker")
+        ));
+    }
+
+    #[test]
+    fn eos_before_the_footer_is_incomplete() {
+        let stream = StreamBuilder::new(256)
+            .grain(0, &[1u8; 512])
+            .marker(0, MARKER_EOS);
+        assert!(matches!(
+            decode_all(&stream.bytes, 512),
+            Err(Error::Incomplete { offset: 2048, .. })
+        ));
+    }
+
+    #[test]
+    fn gd_at_end_stream_cut_at_every_record_boundary_is_an_error() {
+        let whole = StreamBuilder::new(4096)
+            .grain(0, &[1u8; 65536])
+            .grain(128, &[2u8; 512])
+            .grain(1024, &[3u8; 4096])
+            .gd_and_footer();
+        assert!(decode_all(&whole.bytes, 4096).is_ok());
+        for cut in (0..whole.bytes.len()).step_by(512) {
+            assert!(
+                decode_all(&whole.bytes[..cut], 4096).is_err(),
+                "cut at {cut} accepted"
+            );
+        }
+    }
+
+    /// A qemu-layout stream: the grain directory in the header area (sector 2), one grain table
+    /// after it (sectors 3 to 6), grains from sector 7 on, each table entry naming its record's
+    /// sector; no footer, no EOS.
+    fn qemu_layout(grains: &[(u64, u8)]) -> Vec<u8> {
+        let raw = RawSparseHeader {
+            gd_offset: 2,
+            overhead: 7,
+            ..stream_raw(4096)
+        };
+        let mut bytes = raw.to_bytes().to_vec();
+        let mut desc = b"# Disk DescriptorFile\nversion=1\ncreateType=\"streamOptimized\"\n".to_vec();
+        desc.resize(512, 0);
+        bytes.extend_from_slice(&desc);
+        let mut gd = [0u8; 512];
+        gd[..4].copy_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&gd);
+        let table_at = bytes.len();
+        bytes.extend_from_slice(&[0u8; 2048]);
+        for &(lba, fill) in grains {
+            let sector = bytes.len() as u32 / 512;
+            let entry = table_at + (lba / 128) as usize * 4;
+            bytes[entry..entry + 4].copy_from_slice(&sector.to_le_bytes());
+            let z = deflate_grain(&[fill; 512]);
+            bytes.extend_from_slice(&lba.to_le_bytes());
+            bytes.extend_from_slice(&(z.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&z);
+            bytes.resize(bytes.len().next_multiple_of(512), 0);
+        }
+        bytes
+    }
+
+    #[test]
+    fn qemu_layout_whole_stream_is_accepted_with_or_without_padding() {
+        let mut whole = qemu_layout(&[(0, 1), (256, 2), (3968, 3)]);
+        let events = decode_all(&whole, 700).unwrap();
+        assert_eq!(grains(&events), vec![0, 256, 3968]);
+        whole.extend_from_slice(&[0u8; 8192]);
+        assert_eq!(grains(&decode_all(&whole, 700).unwrap()), vec![0, 256, 3968]);
+    }
+
+    #[test]
+    fn qemu_layout_cut_at_a_grain_boundary_names_the_missing_grain() {
+        let whole = qemu_layout(&[(0, 1), (256, 2), (3968, 3)]);
+        let last = whole.len() - 512;
+        let err = decode_all(&whole[..last], 512).unwrap_err();
+        assert_eq!(
+            err,
+            Error::Incomplete {
+                offset: last as u64,
+                missing: "the grain tables name 3 grains but 2 arrived".into()
+            }
+        );
+        // Zero padding where the cut grain was does not pass for an end either.
+        let mut padded = whole[..last].to_vec();
+        padded.extend_from_slice(&[0u8; 4096]);
+        assert!(matches!(decode_all(&padded, 512), Err(Error::Incomplete { .. })));
+        for cut in (0..whole.len()).step_by(512) {
+            assert!(decode_all(&whole[..cut], 1000).is_err(), "cut at {cut} accepted");
+        }
+    }
+
+    #[test]
+    fn tables_after_the_first_grain_need_the_footer() {
+        let raw = RawSparseHeader {
+            gd_offset: 100,
+            ..stream_raw(256)
+        };
+        let mut stream = StreamBuilder::new(256).grain(0, &[1u8; 512]);
+        stream.bytes[..512].copy_from_slice(&raw.to_bytes());
+        assert!(matches!(
+            decode_all(&stream.bytes, 512),
+            Err(Error::Incomplete { missing, .. }) if missing.starts_with("no footer")
+        ));
+        assert!(decode_all(&stream.gd_and_footer().bytes, 512).is_ok());
     }
 
     #[test]
@@ -794,9 +956,7 @@ pub(crate) mod tests {
 
     #[test]
     fn zero_padding_after_eos_is_accepted() {
-        let mut stream = StreamBuilder::new(256)
-            .grain(0, &[1u8; 512])
-            .marker(0, MARKER_EOS);
+        let mut stream = StreamBuilder::new(256).grain(0, &[1u8; 512]).gd_and_footer();
         stream.bytes.extend_from_slice(&[0u8; 4096]);
         assert_eq!(grains(&decode_all(&stream.bytes, 1000).unwrap()), vec![0]);
     }
