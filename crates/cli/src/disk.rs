@@ -61,6 +61,7 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         threads,
         progress: progress::reporter(progress_mode, 0, &input.display()),
         sync,
+        expected_size: None,
     };
     let name = input.display();
     let opened = open_input(&input, &http)?;

@@ -581,8 +581,8 @@ async fn transfer(
         let vm_disk = &description.disks[index];
         let partial = partial_path(&dir, &disk.name);
         let shared_for_progress = shared.clone();
-        let inner =
-            ConvertingSink::new(&partial, ImageFormat::Raw, threads).with_progress(Arc::new(move |p| {
+        let inner = ConvertingSink::new(&partial, ImageFormat::Raw, threads, vm_disk.capacity_bytes)
+            .with_progress(Arc::new(move |p| {
                 shared_for_progress.set_done(index, p.position);
             }));
         shared.restart(index, Some(vm_disk.capacity_bytes));

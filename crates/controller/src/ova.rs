@@ -801,7 +801,7 @@ impl DiskTargets for ImageTargets {
             progress: Some(Arc::new(move |p: &diskconv::Progress| {
                 shared.set_done(slot, p.position);
             })),
-            sync: true,
+            ..diskconv::Options::default()
         };
         Some((diskconv::Output::RawFile(self.partial(slot)), options))
     }

@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: pipe_convert OUT.raw < IMAGE")?;
     let opts = Options {
         sync: false,
+        expected_size: None,
         ..Options::default()
     };
     let report = vmi_diskconv::convert_reader(

@@ -295,7 +295,13 @@ fn walk(
             let gzip = d.file.as_ref().is_some_and(|f| f.compression.is_some());
             // A gzip member's bytes in the file are not the image: no random access to them.
             let random = ova_file.filter(|_| !gzip).map(|f| (f, range));
-            let result = convert_member(&mut hashed, gzip, (index, &name, random), mode);
+            let member = MemberRef {
+                index,
+                name: &name,
+                capacity: d.capacity_bytes,
+                random,
+            };
+            let result = convert_member(&mut hashed, gzip, member, mode);
             let result = match result {
                 Ok(result) => result,
                 Err(e) => {
@@ -415,9 +421,16 @@ impl<R: Read> Read for HashedMember<R> {
     }
 }
 
-/// Which disk a member is: OVF index, member name, and its byte range in the OVA file if the
-/// archive is a file.
-type MemberRef<'a> = (usize, &'a str, Option<(&'a File, (u64, u64))>);
+/// Which disk a member is.
+struct MemberRef<'a> {
+    /// Position in the OVF disk list.
+    index: usize,
+    name: &'a str,
+    /// The capacity the OVF declares: the decoded disk must be this size.
+    capacity: u64,
+    /// The member's byte range in the OVA file, if the archive is a file.
+    random: Option<(&'a File, (u64, u64))>,
+}
 
 fn convert_member(
     member: &mut impl Read,
@@ -439,11 +452,20 @@ fn output_path(output: &Output) -> Option<PathBuf> {
     }
 }
 
-fn convert_disk(
-    input: &mut impl Read,
-    (index, name, random): MemberRef<'_>,
-    mode: &mut Mode<'_>,
-) -> Result<OvaDisk, Error> {
+fn convert_disk(input: &mut impl Read, member: MemberRef<'_>, mode: &mut Mode<'_>) -> Result<OvaDisk, Error> {
+    let MemberRef {
+        index,
+        name,
+        capacity,
+        random,
+    } = member;
+    let declared = |(output, opts): (Output, Options)| {
+        let opts = Options {
+            expected_size: Some(capacity),
+            ..opts
+        };
+        (output, opts)
+    };
     let empty = OvaDisk {
         index,
         member: String::new(),
@@ -453,14 +475,14 @@ fn convert_disk(
     };
     match mode {
         Mode::Convert(targets) => {
-            let Some((output, opts)) = targets.output(index, name) else {
+            let Some((output, opts)) = targets.output(index, name).map(declared) else {
                 return Ok(empty);
             };
             let mut path = output_path(&output);
             let report = match (source::convert_reader(input, output, &opts), random) {
                 (Err(Error::NotOnePass { .. }), Some((file, range))) => {
                     // The archive is a file: read this member with random access instead.
-                    let Some((output, opts)) = targets.output(index, name) else {
+                    let Some((output, opts)) = targets.output(index, name).map(declared) else {
                         return Ok(empty);
                     };
                     path = output_path(&output);

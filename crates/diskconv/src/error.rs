@@ -21,6 +21,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The image's virtual size is not the disk size its source describes.
+    #[error("the image is {found} bytes, but its source describes a disk of {declared} bytes")]
+    SizeMismatch { declared: u64, found: u64 },
+    /// A raw input goes on past the size its source describes.
+    #[error("input goes on past the {declared} bytes of the disk its source describes")]
+    LongerThanDeclared { declared: u64 },
+    /// A raw input ended before the size its source describes.
+    #[error("input ends early at byte offset {offset}: its source describes a disk of {declared} bytes")]
+    EndedEarly { offset: u64, declared: u64 },
     /// The input ended before the first byte of a header.
     #[error("input is empty")]
     Empty,

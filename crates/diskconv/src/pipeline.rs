@@ -74,6 +74,11 @@ pub struct Options {
     /// Sync the output to stable storage before reporting success (`fdatasync`). qemu-img does
     /// not by default; a controller that serves the image right away should.
     pub sync: bool,
+    /// The disk's size as its source describes it (an OVF's capacity, vSphere's
+    /// `capacityInBytes`, a Cinder volume's size). An image whose header says otherwise is refused
+    /// before anything is written, and a raw stream must bring exactly this many bytes: a header
+    /// cannot buy a larger disk than the source described, and a short raw body is no disk.
+    pub expected_size: Option<u64>,
 }
 
 impl std::fmt::Debug for Options {
@@ -90,6 +95,20 @@ impl Default for Options {
             threads: thread::available_parallelism().map_or(2, |n| n.get()),
             progress: None,
             sync: true,
+            expected_size: None,
+        }
+    }
+}
+
+impl Options {
+    /// Refuses a virtual size other than the one the source described (a declared size that is
+    /// not a whole number of sectors may be rounded up to one, as VMDK and qcow2 headers do).
+    pub(crate) fn check_size(&self, found: u64) -> Result<(), Error> {
+        match self.expected_size {
+            Some(declared) if found != declared && found != declared.next_multiple_of(512) => {
+                Err(Error::SizeMismatch { declared, found })
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -466,6 +485,7 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
         }
     };
     let virtual_size = header.capacity_bytes();
+    opts.check_size(virtual_size)?;
     let grain_bytes = header.grain_bytes() as usize;
     let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
     let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), count);
@@ -607,6 +627,7 @@ pub(crate) fn convert_random(
 ) -> Result<Report, Error> {
     let started = Instant::now();
     let virtual_size = source.size();
+    opts.check_size(virtual_size)?;
     let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
     let consumer = Consumer::new(
         sink,
@@ -689,6 +710,7 @@ pub(crate) fn convert_forward(
 ) -> Result<Report, Error> {
     let started = Instant::now();
     let virtual_size = decoder.virtual_size();
+    opts.check_size(virtual_size)?;
     let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
     let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), bytes_read);
     let pool = consumer.pool.clone();
@@ -736,16 +758,20 @@ pub(crate) fn convert_forward(
     )
 }
 
-/// Converts raw bytes read sequentially (a pipe): the virtual size is whatever length arrives.
+/// Converts raw bytes read sequentially (a pipe): the virtual size is whatever length arrives,
+/// or exactly [`Options::expected_size`] when the source described one (reading stops with an
+/// error as soon as the input goes past it).
 pub(crate) fn convert_raw_stream(input: impl Read, output: Output, opts: &Options) -> Result<Report, Error> {
     let started = Instant::now();
     let count = Arc::new(AtomicU64::new(0));
+    let expected = opts.expected_size;
+    // One byte more than expected is enough to tell that the input is too long.
     let mut input = Counting {
-        inner: input,
+        inner: input.take(expected.map_or(u64::MAX, |size| size.saturating_add(1))),
         count: count.clone(),
     };
-    let sink = output.open(None).map_err(Error::Sink)?;
-    let consumer = Consumer::new(sink, None, opts.progress.clone(), count);
+    let sink = output.open(expected).map_err(Error::Sink)?;
+    let consumer = Consumer::new(sink, expected, opts.progress.clone(), count);
     let pool = consumer.pool.clone();
     run_pipeline(
         consumer,
@@ -765,8 +791,16 @@ pub(crate) fn convert_raw_stream(input: impl Read, output: Output, opts: &Option
                     }
                     filled += n;
                 }
+                if let Some(declared) = expected
+                    && offset + filled as u64 > declared
+                {
+                    return Err(Error::LongerThanDeclared { declared });
+                }
                 if filled == 0 {
-                    return Ok(());
+                    return match expected {
+                        Some(declared) if offset < declared => Err(Error::EndedEarly { offset, declared }),
+                        _ => Ok(()),
+                    };
                 }
                 data.truncate(filled);
                 if credits.recv().is_err() || done.send(Msg::Block(Block { seq, offset, data })).is_err() {

@@ -30,6 +30,7 @@ fn opts() -> Options {
         threads: 2,
         progress: None,
         sync: false,
+        expected_size: None,
     }
 }
 

@@ -2,57 +2,11 @@
 //! byte offset, never a panic, a hang or a huge allocation, and no output is finished.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use vmdk::{
-    grain::deflate_grain,
-    header::{FLAG_COMPRESSED, FLAG_MARKERS, FLAG_VALID_NEWLINE_TEST, GD_AT_END, MAGIC, RawSparseHeader},
-};
+use support::stream::{end_stream, grain, header};
+use vmdk::grain::deflate_grain;
 use vmi_diskconv::{self as diskconv, Error, Options, Output};
 
-fn header(capacity: u64) -> Vec<u8> {
-    RawSparseHeader {
-        magic: MAGIC,
-        version: 3,
-        flags: FLAG_VALID_NEWLINE_TEST | FLAG_COMPRESSED | FLAG_MARKERS,
-        capacity,
-        grain_size: 128,
-        descriptor_offset: 0,
-        descriptor_size: 0,
-        num_gtes_per_gt: 512,
-        rgd_offset: 0,
-        gd_offset: GD_AT_END,
-        overhead: 1,
-        unclean_shutdown: 0,
-        newline_check: *b"\n \r\n",
-        compress_algorithm: 1,
-    }
-    .to_bytes()
-    .to_vec()
-}
-
-fn grain(out: &mut Vec<u8>, lba: u64, z: &[u8]) {
-    out.extend_from_slice(&lba.to_le_bytes());
-    out.extend_from_slice(&(z.len() as u32).to_le_bytes());
-    out.extend_from_slice(z);
-    out.resize(out.len().next_multiple_of(512), 0);
-}
-
-/// VMware's ending: grain directory marker and directory, footer marker and footer, EOS marker.
-fn end_stream(out: &mut Vec<u8>, capacity: u64) {
-    let marker = |out: &mut Vec<u8>, val: u64, kind: u32| {
-        let mut m = [0u8; 512];
-        m[..8].copy_from_slice(&val.to_le_bytes());
-        m[12..16].copy_from_slice(&kind.to_le_bytes());
-        out.extend_from_slice(&m);
-    };
-    let gd_sector = out.len() as u64 / 512 + 1;
-    marker(out, 1, vmdk::stream::MARKER_GD);
-    out.extend_from_slice(&[0u8; 512]);
-    marker(out, 1, vmdk::stream::MARKER_FOOTER);
-    let mut footer = header(capacity);
-    footer[56..64].copy_from_slice(&gd_sector.to_le_bytes());
-    out.extend_from_slice(&footer);
-    marker(out, 0, vmdk::stream::MARKER_EOS);
-}
+mod support;
 
 fn convert(stream: Vec<u8>) -> Result<diskconv::Report, Error> {
     let dir = tempfile::tempdir().unwrap();
@@ -64,6 +18,7 @@ fn convert(stream: Vec<u8>) -> Result<diskconv::Report, Error> {
             threads: 2,
             progress: None,
             sync: false,
+            expected_size: None,
         },
     )
 }
@@ -92,6 +47,7 @@ fn garbage_zlib_is_rejected_with_offset() {
     let mut s = header(1024);
     grain(&mut s, 0, &deflate_grain(&[1u8; 4096]));
     grain(&mut s, 128, b"\x78\x9c this is not deflate data at all");
+    end_stream(&mut s, 1024);
     let err = convert(s).unwrap_err();
     assert!(
         matches!(
@@ -188,6 +144,7 @@ fn bad_grain_behind_a_full_pipeline_fails_instead_of_hanging() {
             grain(&mut s, lba * 128, &good);
         }
     }
+    end_stream(&mut s, 128 * 400);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(convert(s)));
     let result = rx

@@ -11,43 +11,17 @@ use std::{
 };
 
 use sha2::Digest;
-use vmdk::{
-    grain::deflate_grain,
-    header::{FLAG_COMPRESSED, FLAG_MARKERS, FLAG_VALID_NEWLINE_TEST, GD_AT_END, MAGIC, RawSparseHeader},
-};
 use vmi_diskconv::{Error, ImageFormat, Options, archive::convert_ova};
+
+mod support;
 
 #[path = "../../ova/tests/support/fixtures.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod fixtures;
 
-/// A streamOptimized disk of 128 KiB whose second grain is `fill` (no footer, no EOS: the
-/// decoder needs neither).
+/// A whole streamOptimized disk of 128 KiB whose second grain is `fill`.
 fn stream(fill: u8) -> Vec<u8> {
-    let mut s = RawSparseHeader {
-        magic: MAGIC,
-        version: 3,
-        flags: FLAG_VALID_NEWLINE_TEST | FLAG_COMPRESSED | FLAG_MARKERS,
-        capacity: 256,
-        grain_size: 128,
-        descriptor_offset: 0,
-        descriptor_size: 0,
-        num_gtes_per_gt: 512,
-        rgd_offset: 0,
-        gd_offset: GD_AT_END,
-        overhead: 1,
-        unclean_shutdown: 0,
-        newline_check: *b"\n \r\n",
-        compress_algorithm: 1,
-    }
-    .to_bytes()
-    .to_vec();
-    let z = deflate_grain(&[fill; 65536]);
-    s.extend_from_slice(&128u64.to_le_bytes());
-    s.extend_from_slice(&(z.len() as u32).to_le_bytes());
-    s.extend_from_slice(&z);
-    s.resize(s.len().next_multiple_of(512), 0);
-    s
+    support::stream::whole_stream(256, &[(128, &[fill; 65536])])
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -64,7 +38,16 @@ fn sha256(data: &[u8]) -> String {
 /// with `iso_digest`.
 fn build(dir: &Path, disk1: &[u8], disk2_gz: &[u8], iso_digest: &str) -> PathBuf {
     let iso = vec![7u8; 4096];
+    // Both disks are 128 KiB here (the fixture describes 20 GiB and 512 MiB ones).
     let ovf = fixtures::VMWARE_OVF
+        .replace(
+            r#"ovf:capacity="20" ovf:capacityAllocationUnits="byte * 2^30""#,
+            r#"ovf:capacity="131072""#,
+        )
+        .replace(
+            r#"ovf:capacity="512" ovf:capacityAllocationUnits="byte * 2^20""#,
+            r#"ovf:capacity="128" ovf:capacityAllocationUnits="byte * 2^10""#,
+        )
         .replace("{DISK1_SIZE}", &disk1.len().to_string())
         .replace("{DISK2_SIZE}", &disk2_gz.len().to_string())
         .replace("{ISO_SIZE}", &iso.len().to_string());
@@ -101,6 +84,7 @@ fn convert(ova: &Path, out: &Path) -> Result<vmi_diskconv::archive::OvaResult, E
         threads: 2,
         progress: None,
         sync: false,
+        expected_size: None,
     };
     convert_ova(fs::File::open(ova).unwrap(), out, ImageFormat::Raw, &opts, true)
 }
@@ -153,6 +137,65 @@ fn successful_conversion_keeps_the_disks() {
     assert_eq!(fs::read(out.join("disk-1.img")).unwrap(), want);
 }
 
+#[test]
+fn disk_larger_than_the_ovf_capacity_is_refused_before_it_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The header says 64 TiB; the OVF says 128 KiB.
+    let huge = support::stream::whole_stream(vmdk::header::MAX_CAPACITY_SECTORS, &[(0, &[1u8; 512])]);
+    let ova = build(tmp.path(), &huge, &gzip(&stream(2)), &sha256(&[7u8; 4096]));
+    let out = tmp.path().join("out");
+    let err = convert(&ova, &out).unwrap_err();
+    let Error::OvaMember { member, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(member, "web-01-disk1.vmdk");
+    assert!(
+        matches!(**source, Error::SizeMismatch { declared: 131_072, found } if found == 64 << 40),
+        "{source:?}"
+    );
+    assert_eq!(entries(&out), Vec::<String>::new());
+}
+
+#[test]
+fn gzip_member_inflating_past_the_ovf_capacity_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 4 MiB of raw zeros gzip to a few KiB; the OVF says the disk is 128 KiB.
+    let bomb = gzip(&vec![0u8; 4 << 20]);
+    let ova = build(tmp.path(), &stream(1), &bomb, &sha256(&[7u8; 4096]));
+    let out = tmp.path().join("out");
+    let err = convert(&ova, &out).unwrap_err();
+    let Error::OvaMember { member, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(member, "web-01-disk2.vmdk.gz");
+    assert!(
+        matches!(**source, Error::LongerThanDeclared { declared: 131_072 }),
+        "{source:?}"
+    );
+    assert_eq!(entries(&out), Vec::<String>::new());
+}
+
+#[test]
+fn raw_member_shorter_than_the_ovf_capacity_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let short = gzip(&[9u8; 65536]);
+    let ova = build(tmp.path(), &stream(1), &short, &sha256(&[7u8; 4096]));
+    let err = convert(&ova, &tmp.path().join("out")).unwrap_err();
+    let Error::OvaMember { source, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        matches!(
+            **source,
+            Error::EndedEarly {
+                offset: 65536,
+                declared: 131_072
+            }
+        ),
+        "{source:?}"
+    );
+}
+
 /// Records what [`convert_ova_into`] tells its targets.
 #[derive(Default)]
 struct Recorder {
@@ -176,6 +219,7 @@ impl vmi_diskconv::archive::DiskTargets for Recorder {
             threads: 1,
             progress: None,
             sync: false,
+            expected_size: None,
         };
         Some((
             vmi_diskconv::Output::RawFile(self.dir.join(format!("{index}.part"))),

@@ -66,6 +66,7 @@ fn opts() -> Options {
         threads: 2,
         progress: None,
         sync: true,
+        expected_size: None,
     }
 }
 

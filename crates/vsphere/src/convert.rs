@@ -88,6 +88,8 @@ pub struct ConvertingSink {
     path: PathBuf,
     format: ImageFormat,
     threads: usize,
+    /// The disk's size as vSphere describes it.
+    capacity: u64,
     tx: Option<mpsc::Sender<Bytes>>,
     task: Option<JoinHandle<Result<diskconv::Report, diskconv::Error>>>,
     progress: Option<diskconv::ProgressFn>,
@@ -107,12 +109,14 @@ impl std::fmt::Debug for ConvertingSink {
 }
 
 impl ConvertingSink {
-    /// A sink writing `path` in `format`, inflating on `threads` workers.
-    pub fn new(path: impl Into<PathBuf>, format: ImageFormat, threads: usize) -> Self {
+    /// A sink writing `path` in `format`, inflating on `threads` workers, for a disk that vSphere
+    /// describes as `capacity` bytes: a stream whose header says otherwise is refused.
+    pub fn new(path: impl Into<PathBuf>, format: ImageFormat, threads: usize, capacity: u64) -> Self {
         Self {
             path: path.into(),
             format,
             threads: threads.max(1),
+            capacity,
             tx: None,
             task: None,
             progress: None,
@@ -184,6 +188,7 @@ impl DiskSink for ConvertingSink {
         let options = diskconv::Options {
             threads: self.threads,
             progress: self.progress.clone(),
+            expected_size: Some(self.capacity),
             ..diskconv::Options::default()
         };
         let path = self.path.clone();
@@ -312,6 +317,7 @@ impl Client {
                         dir.join(format!("disk-{i}.{}", format.extension())),
                         format,
                         threads,
+                        d.capacity_bytes,
                     ),
                 )
             })
