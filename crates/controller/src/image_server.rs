@@ -26,7 +26,8 @@ use crate::{
 pub const IMAGE_SUFFIX: &str = ".img";
 /// Suffix of an image still being written.
 pub const PARTIAL_SUFFIX: &str = ".part";
-const CHUNK: usize = 1 << 20;
+/// Frame size of image bodies: small, because a client that reads slowly holds a frame or two.
+const CHUNK: usize = 256 << 10;
 const MAX_NAME: usize = 240;
 
 /// True for names the server may serve: one path segment of `[A-Za-z0-9._-]`, not hidden, `*.img`.
@@ -147,13 +148,16 @@ impl ImageServer {
             return http_server::text(StatusCode::NOT_FOUND, "not found\n");
         }
         let path = self.dir.join(name);
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(_) => return http_server::text(StatusCode::NOT_FOUND, "not found\n"),
+        // A regular file only, never through a link: the directory is the controller's, but a
+        // link planted in it must not turn the server into a reader of the node's files.
+        let opened = tokio::task::spawn_blocking(move || diskconv::source::open_regular(&path)).await;
+        let Ok(Ok(file)) = opened else {
+            return http_server::text(StatusCode::NOT_FOUND, "not found\n");
         };
+        let mut file = tokio::fs::File::from_std(file);
         let size = match file.metadata().await {
-            Ok(meta) if meta.is_file() => meta.len(),
-            _ => return http_server::text(StatusCode::NOT_FOUND, "not found\n"),
+            Ok(meta) => meta.len(),
+            Err(_) => return http_server::text(StatusCode::NOT_FOUND, "not found\n"),
         };
         let range = request.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
         let (status, start, length) = match parse_range(range, size) {
@@ -196,7 +200,7 @@ impl ImageServer {
     }
 }
 
-/// Streams `length` bytes of `file` from its current position in 1 MiB frames.
+/// Streams `length` bytes of `file` from its current position in [`CHUNK`] frames.
 fn file_body(file: tokio::fs::File, length: u64, metrics: Arc<Metrics>) -> Body {
     let chunks = stream::unfold((file, length), move |(mut file, left)| {
         let metrics = metrics.clone();
@@ -222,6 +226,8 @@ fn file_body(file: tokio::fs::File, length: u64, metrics: Arc<Metrics>) -> Body 
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     #[test]
@@ -240,6 +246,34 @@ mod tests {
             assert!(!is_servable_name(bad), "{bad:?}");
         }
         assert!(!is_servable_name(&format!("{}.img", "a".repeat(300))));
+    }
+
+    async fn status_of(server: &ImageServer, name: &str) -> StatusCode {
+        let request = Request::get(format!("/{name}")).body(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), server.handle(request))
+            .await
+            .expect("the server hung")
+            .status()
+    }
+
+    #[tokio::test]
+    async fn links_fifos_and_directories_are_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ImageServer::new(dir.path(), Arc::new(Metrics::new()));
+        std::fs::write(dir.path().join("real.img"), b"disk").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("passwd.img")).unwrap();
+        std::os::unix::fs::symlink("real.img", dir.path().join("alias.img")).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            dir.path().join("fifo.img"),
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("dir.img")).unwrap();
+        assert_eq!(status_of(&server, "real.img").await, StatusCode::OK);
+        for name in ["passwd.img", "alias.img", "fifo.img", "dir.img"] {
+            assert_eq!(status_of(&server, name).await, StatusCode::NOT_FOUND, "{name}");
+        }
     }
 
     #[test]

@@ -109,12 +109,52 @@ pub fn detect_path(path: &Path) -> Result<InputFormat, Error> {
     Ok(detect(&read_head(&mut open(path)?)?))
 }
 
-/// Opens a VMDK file, resolving extents next to it (names were checked not to escape).
+/// Opens a VMDK file, resolving extents next to it (names were checked not to escape) with
+/// [`open_regular`]: a descriptor is untrusted text, and what it names must be a plain file.
 pub fn open_vmdk(path: &Path) -> Result<VmdkReader<File>, Error> {
     let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
     let name = path.display().to_string();
-    let mut opener = |extent: &str| File::open(dir.join(extent));
+    let mut opener = |extent: &str| open_regular(&dir.join(extent));
     VmdkReader::open(open(path)?, &name, &mut opener).map_err(Error::Vmdk)
+}
+
+/// Opens `path` for reading only if it is a regular file, without following a symbolic link at
+/// its last component and without blocking (a FIFO would otherwise wait for a writer forever).
+/// What is refused comes back as an error saying what the path is.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|errno| {
+        if errno == rustix::io::Errno::LOOP {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is a symbolic link; links are not followed here",
+            )
+        } else {
+            io::Error::from(errno)
+        }
+    })?;
+    let file = File::from(fd);
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "an unusual file"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is {what}, not a regular file"),
+        ));
+    }
+    Ok(file)
 }
 
 struct VmdkSource(VmdkReader<File>);
