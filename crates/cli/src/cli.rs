@@ -183,21 +183,17 @@ pub(crate) struct HttpArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) ca_cert: Option<PathBuf>,
     /// Basic-auth user for an http(s):// input.
-    #[arg(
-        long = "http-username",
-        env = "VM_IMPORT_HTTP_USERNAME",
-        hide_env_values = true,
-        hide = true
-    )]
+    #[arg(long = "http-username", env = "VM_IMPORT_HTTP_USERNAME", value_name = "USER")]
     pub(crate) username: Option<String>,
-    /// Basic-auth password for an http(s):// input.
+    /// File whose first line is the basic-auth password for an http(s):// input. The password may
+    /// also come from the environment variable VM_IMPORT_HTTP_PASSWORD; there is no flag for the
+    /// password itself, because a command line is visible to every user of the machine.
     #[arg(
-        long = "http-password",
-        env = "VM_IMPORT_HTTP_PASSWORD",
-        hide_env_values = true,
-        hide = true
+        long = "http-password-file",
+        env = "VM_IMPORT_HTTP_PASSWORD_FILE",
+        value_name = "FILE"
     )]
-    pub(crate) password: Option<String>,
+    pub(crate) password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

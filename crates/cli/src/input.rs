@@ -26,14 +26,44 @@ impl Input {
         }
     }
 
-    /// How the input is named in messages (URLs without credentials or query).
+    /// How the input is named in messages, summaries and reports: URLs without credentials
+    /// (`user:password@`), query or fragment.
     pub(crate) fn display(&self) -> String {
         match self {
             Input::File(p) => p.display().to_string(),
             Input::Stdin => "<stdin>".to_owned(),
-            Input::Url(u) => u.split(['?', '#']).next().unwrap_or(u).to_owned(),
+            Input::Url(u) => {
+                let bare = u.split(['?', '#']).next().unwrap_or(u);
+                split_userinfo(bare).0
+            }
         }
     }
+}
+
+/// `scheme://user:password@host/path` → (`scheme://host/path`, `Some("user:password")`).
+fn split_userinfo(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => (
+            format!("{scheme}://{}", &rest[at + 1..]),
+            Some(rest[..at].to_owned()),
+        ),
+        None => (url.to_owned(), None),
+    }
+}
+
+/// The basic-auth password: the first line of `--http-password-file`, else
+/// `VM_IMPORT_HTTP_PASSWORD`.
+fn password(http: &HttpArgs) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &http.password_file {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read password file {}", path.display()))?;
+        return Ok(Some(text.lines().next().unwrap_or("").to_owned()));
+    }
+    Ok(std::env::var("VM_IMPORT_HTTP_PASSWORD").ok())
 }
 
 /// Opens an http(s) URL as a streaming body. Non-2xx answers are errors.
@@ -59,17 +89,32 @@ pub(crate) fn open_url(url: &str, http: &HttpArgs) -> anyhow::Result<Box<dyn Rea
         .http_status_as_error(true)
         .build()
         .into();
-    let mut request = agent.get(url);
-    if let Some(user) = &http.username {
-        let password = http.password.as_deref().unwrap_or("");
+    // Credentials in the URL are used, but never shown: they leave the URL before any request
+    // (whose errors may quote it) is made.
+    let (bare, userinfo) = split_userinfo(url);
+    let shown = Input::Url(url.to_owned()).display();
+    let credentials = match (&http.username, userinfo) {
+        (Some(user), _) => Some(format!("{user}:{}", password(http)?.unwrap_or_default())),
+        (None, Some(userinfo)) => {
+            eprintln!(
+                "vm-import: warning: {shown}: credentials in a URL are visible to every user of this machine; \
+                 use VM_IMPORT_HTTP_USERNAME with VM_IMPORT_HTTP_PASSWORD or --http-password-file"
+            );
+            Some(userinfo)
+        }
+        (None, None) => None,
+    };
+    let mut request = agent.get(&bare);
+    if let Some(credentials) = credentials {
         request = request.header(
             "Authorization",
-            format!("Basic {}", base64(format!("{user}:{password}").as_bytes())),
+            format!("Basic {}", base64(credentials.as_bytes())),
         );
     }
-    let response = request
-        .call()
-        .with_context(|| format!("GET {}", Input::Url(url.to_owned()).display()))?;
+    let response = request.call().map_err(|e| {
+        // ureq's message may quote the URL it was given; that URL has no credentials.
+        anyhow::anyhow!("GET {shown}: {e}")
+    })?;
     Ok(Box::new(response.into_body().into_reader()))
 }
 
@@ -98,6 +143,25 @@ fn base64(input: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        for (url, shown) in [
+            ("http://alice:pw@host/x.vmdk", "http://host/x.vmdk"),
+            (
+                "https://alice@host:8443/a/b.ova?sig=secret",
+                "https://host:8443/a/b.ova",
+            ),
+            ("http://host/p@th/x.vmdk", "http://host/p@th/x.vmdk"),
+            ("http://a:b@c@host/x", "http://host/x"),
+        ] {
+            assert_eq!(Input::parse(url).display(), shown, "{url}");
+        }
+        assert_eq!(
+            split_userinfo("http://alice:pw@host/x").1.as_deref(),
+            Some("alice:pw")
+        );
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

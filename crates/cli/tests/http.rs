@@ -201,3 +201,81 @@ fn converts_and_inspects_from_https_with_ca_and_basic_auth() {
         "a server outside the web roots must be refused without --ca-cert"
     );
 }
+
+#[test]
+fn credentials_in_a_url_are_used_but_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certs(d);
+    fs::write(d.join("disk.raw"), vec![3u8; 1 << 20]).unwrap();
+    let server = serve(d);
+    let url = format!("https://alice:s3cret@127.0.0.1:{}/disk.raw", server.1);
+    let bin = env!("CARGO_BIN_EXE_vm-import");
+    let report = d.join("report.json");
+    let ok = Command::new(bin)
+        .args(["convert", "--progress", "json", "--ca-cert"])
+        .arg(d.join("ca.pem"))
+        .arg("--report")
+        .arg(&report)
+        .arg(&url)
+        .arg(d.join("out.raw"))
+        .env_remove("VM_IMPORT_HTTP_USERNAME")
+        .env_remove("VM_IMPORT_HTTP_PASSWORD")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{stderr}");
+    assert_eq!(fs::read(d.join("out.raw")).unwrap(), vec![3u8; 1 << 20]);
+    let report = fs::read_to_string(&report).unwrap();
+    for (what, text) in [("stderr", &*stderr), ("report", &*report)] {
+        assert!(
+            !text.contains("s3cret") && !text.contains("alice"),
+            "{what}: {text}"
+        );
+    }
+    assert!(
+        report.contains(&format!("https://127.0.0.1:{}/disk.raw", server.1)),
+        "{report}"
+    );
+
+    // An unreachable host: the error names the URL, without its credentials.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let failed = Command::new(bin)
+        .args(["inspect", &format!("http://alice:s3cret@127.0.0.1:{port}/x.vmdk")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}/x.vmdk")), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
+#[test]
+fn the_password_comes_from_a_file_and_no_flag_takes_it() {
+    let bin = env!("CARGO_BIN_EXE_vm-import");
+    let flag = Command::new(bin)
+        .args(["inspect", "--http-password", "x", "http://127.0.0.1:1/x"])
+        .output()
+        .unwrap();
+    assert_eq!(flag.status.code(), Some(2), "--http-password must not exist");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certs(d);
+    fs::write(d.join("disk.raw"), vec![4u8; 65536]).unwrap();
+    fs::write(d.join("password"), "s3cret\n").unwrap();
+    let server = serve(d);
+    let ok = Command::new(bin)
+        .args(["inspect", "--ca-cert"])
+        .arg(d.join("ca.pem"))
+        .args(["--http-username", "alice", "--http-password-file"])
+        .arg(d.join("password"))
+        .arg(format!("https://127.0.0.1:{}/disk.raw", server.1))
+        .env_remove("VM_IMPORT_HTTP_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
