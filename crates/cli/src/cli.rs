@@ -137,6 +137,14 @@ pub(crate) struct ConvertArgs {
     /// For an OVA: fail when the archive has no manifest (.mf) instead of warning.
     #[arg(long)]
     pub(crate) require_manifest: bool,
+    /// Replace an existing output file. Without it, an existing output is refused: a swapped
+    /// argument order must not destroy a disk. The input itself is never overwritten.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// What the input must be; a file whose first bytes say otherwise is refused. Without it, a
+    /// `.vmdk`, `.qcow2` or `.ova` name declares the format.
+    #[arg(short = 'f', long = "input-format", value_enum, value_name = "FORMAT")]
+    pub(crate) input_format: Option<DeclaredFormat>,
     #[command(flatten)]
     pub(crate) http: HttpArgs,
     /// Input: a file, `-` for stdin, or an http(s):// URL.
@@ -144,6 +152,31 @@ pub(crate) struct ConvertArgs {
     /// Output: a file, `-` for raw on stdout, or a directory for an OVA (receiving `disk-<N>.img`
     /// or `disk-<N>.qcow2`, as the source tools' `export` names them).
     pub(crate) output: String,
+}
+
+/// Input formats a user can declare (`-f`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DeclaredFormat {
+    /// Any VMDK: streamOptimized, sparse, or a descriptor with extents.
+    Vmdk,
+    /// qcow2.
+    Qcow2,
+    /// Raw disk bytes.
+    Raw,
+    /// An OVA archive.
+    Ova,
+}
+
+impl From<DeclaredFormat> for diskconv::source::Family {
+    fn from(format: DeclaredFormat) -> Self {
+        use diskconv::source::Family;
+        match format {
+            DeclaredFormat::Vmdk => Family::Vmdk,
+            DeclaredFormat::Qcow2 => Family::Qcow2,
+            DeclaredFormat::Raw => Family::Raw,
+            DeclaredFormat::Ova => Family::Ova,
+        }
+    }
 }
 
 /// Output formats of `convert` and of the source tools' `export`.
@@ -198,6 +231,9 @@ pub(crate) struct HttpArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct InspectArgs {
+    /// What the input must be (see `convert --input-format`).
+    #[arg(short = 'f', long = "input-format", value_enum, value_name = "FORMAT")]
+    pub(crate) input_format: Option<DeclaredFormat>,
     #[command(flatten)]
     pub(crate) http: HttpArgs,
     /// Input: a file, `-` for stdin, or an http(s):// URL.

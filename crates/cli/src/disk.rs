@@ -9,11 +9,15 @@ use std::{
 };
 
 use anyhow::Context;
-use diskconv::{InputFormat, Options, Output, Report, StreamWriter, archive, inspect};
+use diskconv::{
+    InputFormat, Options, Output, Report, StreamWriter, archive, inspect,
+    source::Family,
+    staged::{Replace, StagedFile},
+};
 use serde::Serialize;
 
 use crate::{
-    cli::{ConvertArgs, HttpArgs, InspectArgs, OutputFormat},
+    cli::{ConvertArgs, DeclaredFormat, HttpArgs, InspectArgs, OutputFormat},
     input::{self, Input},
     progress,
 };
@@ -45,6 +49,8 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         report: report_path,
         require_manifest,
         sync,
+        force,
+        input_format,
         http,
         input,
         output,
@@ -53,6 +59,11 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     if output == "-" && output_format == OutputFormat::Qcow2 {
         return Err(UsageError("-O qcow2 cannot write to stdout (`-`); give an output file".into()).into());
     }
+    let replace = if force {
+        Replace::Existing
+    } else {
+        Replace::Nothing
+    };
     let threads = threads.map_or_else(
         || thread::available_parallelism().map_or(2, |n| n.get()),
         usize::from,
@@ -62,9 +73,11 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         progress: progress::reporter(progress_mode, 0, &input.display()),
         sync,
         expected_size: None,
+        declared_format: None,
     };
     let name = input.display();
-    let opened = open_input(&input, &http)?;
+    remove_unfinished_outputs_on_signals();
+    let opened = open_input(&input, &http, input_format)?;
     let disks = if opened.format() == InputFormat::Ova {
         if output == "-" {
             return Err(UsageError("an OVA converts into a directory, not to stdout".into()).into());
@@ -73,33 +86,75 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
             opened,
             &name,
             Path::new(&output),
-            output_format.into(),
+            (output_format.into(), replace),
             &opts,
             require_manifest,
         )?
+    } else if output == "-" {
+        let out = Output::RawStream(StreamWriter(Box::new(io::BufWriter::with_capacity(
+            1 << 20,
+            io::stdout(),
+        ))));
+        let report = convert_opened(opened, out, &opts).with_context(|| name.clone())?;
+        vec![DiskReport {
+            input: name,
+            output: "<stdout>".into(),
+            report,
+        }]
     } else {
-        let out = OutputTarget::parse(&output, output_format);
-        let result = match opened {
-            Opened::File(path, _) => diskconv::convert_path(&path, out.open()?, &opts),
-            Opened::Stream(reader, _) => diskconv::convert_reader(reader, out.open()?, &opts),
-        };
-        match result {
-            Ok(report) => vec![DiskReport {
-                input: name,
-                output: out.display(),
-                report,
-            }],
-            Err(e) => {
-                out.remove_partial();
-                return Err(anyhow::Error::new(e).context(name));
-            }
+        let target = PathBuf::from(&output);
+        if target.is_dir() {
+            anyhow::bail!(
+                "{}: is a directory (a directory output is only for an OVA input)",
+                target.display()
+            );
         }
+        if let Opened::File(path, _) = &opened {
+            diskconv::staged::refuse_same_file(path, &target)?;
+        }
+        // Written beside the target and renamed into place only when whole.
+        let staged = StagedFile::create(&target, replace)?;
+        let format: diskconv::ImageFormat = output_format.into();
+        let report =
+            convert_opened(opened, format.output(staged.temp()), &opts).with_context(|| name.clone())?;
+        staged.commit()?;
+        vec![DiskReport {
+            input: name,
+            output: target.display().to_string(),
+            report,
+        }]
     };
     summarise(&disks);
     if let Some(path) = report_path.as_ref() {
         write_report(path, &disks)?;
     }
     Ok(())
+}
+
+fn convert_opened(opened: Opened, output: Output, opts: &Options) -> Result<Report, diskconv::Error> {
+    match opened {
+        Opened::File(path, _) => diskconv::convert_path(&path, output, opts),
+        Opened::Stream(reader, _) => diskconv::convert_reader(reader, output, opts),
+    }
+}
+
+/// On SIGINT or SIGTERM, removes the outputs still being written (they are staged files that
+/// would otherwise stay behind), then exits as a process killed by that signal would report.
+fn remove_unfinished_outputs_on_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    let spawned = thread::Builder::new().name("signals".into()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            diskconv::staged::remove_all_uncommitted();
+            eprintln!("\nvm-import: interrupted; unfinished outputs removed");
+            std::process::exit(128 + signal);
+        }
+    });
+    if spawned.is_err() {
+        eprintln!("vm-import: warning: cannot watch for signals; an interrupted run may leave a .part file");
+    }
 }
 
 /// An input, opened far enough to know its format.
@@ -118,14 +173,22 @@ impl Opened {
     }
 }
 
-fn open_input(input: &Input, http: &HttpArgs) -> anyhow::Result<Opened> {
+/// Opens the input and checks its first bytes against the format the user (`-f`) or its name
+/// (`.vmdk`, `.qcow2`, `.ova`) declares.
+fn open_input(input: &Input, http: &HttpArgs, declared: Option<DeclaredFormat>) -> anyhow::Result<Opened> {
     let name = input.display();
+    let declared = declared.map(Family::from).or_else(|| Family::of_name(&name));
+    let check = |format: InputFormat| match declared {
+        Some(family) => family.check(format).with_context(|| name.clone()),
+        None => Ok(()),
+    };
     let mut reader: Box<dyn Read + Send> = match input {
         Input::File(path) => {
             if path.is_dir() {
                 anyhow::bail!("{name}: is a directory, not a disk image or OVA");
             }
             let format = diskconv::source::detect_path(path).with_context(|| name.clone())?;
+            check(format)?;
             return Ok(Opened::File(path.clone(), format));
         }
         Input::Stdin => Box::new(io::stdin()),
@@ -137,6 +200,7 @@ fn open_input(input: &Input, http: &HttpArgs) -> anyhow::Result<Opened> {
         .read_to_end(&mut head)
         .with_context(|| format!("{name}: cannot read"))?;
     let format = diskconv::detect(&head);
+    check(format)?;
     Ok(Opened::Stream(
         Box::new(io::Cursor::new(head).chain(reader)),
         format,
@@ -147,7 +211,7 @@ fn convert_ova(
     opened: Opened,
     name: &str,
     dir: &Path,
-    format: diskconv::ImageFormat,
+    output: (diskconv::ImageFormat, Replace),
     opts: &Options,
     require_manifest: bool,
 ) -> anyhow::Result<Vec<DiskReport>> {
@@ -159,8 +223,8 @@ fn convert_ova(
     }
     fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
     let result = match opened {
-        Opened::File(path, _) => archive::convert_ova_file(&path, dir, format, opts, require_manifest),
-        Opened::Stream(reader, _) => archive::convert_ova(reader, dir, format, opts, require_manifest),
+        Opened::File(path, _) => archive::convert_ova_file(&path, dir, output, opts, require_manifest),
+        Opened::Stream(reader, _) => archive::convert_ova(reader, dir, output, opts, require_manifest),
     }
     .with_context(|| name.to_owned())?;
     let vm_json = dir.join("vm.json");
@@ -193,61 +257,6 @@ fn convert_ova(
         .collect())
 }
 
-enum OutputTarget {
-    Stdout,
-    File { path: PathBuf, format: OutputFormat },
-}
-
-impl OutputTarget {
-    fn parse(arg: &str, format: OutputFormat) -> Self {
-        if arg == "-" {
-            Self::Stdout
-        } else {
-            Self::File {
-                path: PathBuf::from(arg),
-                format,
-            }
-        }
-    }
-
-    fn display(&self) -> String {
-        match self {
-            Self::Stdout => "<stdout>".into(),
-            Self::File { path, .. } => path.display().to_string(),
-        }
-    }
-
-    fn open(&self) -> anyhow::Result<Output> {
-        Ok(match self {
-            Self::Stdout => Output::RawStream(StreamWriter(Box::new(io::BufWriter::with_capacity(
-                1 << 20,
-                io::stdout(),
-            )))),
-            Self::File { path, .. } if path.is_dir() => {
-                anyhow::bail!(
-                    "{}: is a directory (a directory output is only for an OVA input)",
-                    path.display()
-                )
-            }
-            Self::File {
-                path,
-                format: OutputFormat::Raw,
-            } => Output::RawFile(path.clone()),
-            Self::File {
-                path,
-                format: OutputFormat::Qcow2,
-            } => Output::Qcow2File(path.clone()),
-        })
-    }
-
-    /// A failed conversion must not leave a plausible-looking image behind.
-    fn remove_partial(&self) {
-        if let Self::File { path, .. } = self {
-            let _ = fs::remove_file(path);
-        }
-    }
-}
-
 fn summarise(disks: &[DiskReport]) {
     let mut err = io::stderr().lock();
     for (i, d) in disks.iter().enumerate() {
@@ -267,10 +276,14 @@ fn write_report(path: &Path, disks: &[DiskReport]) -> anyhow::Result<()> {
 }
 
 pub(crate) fn inspect(args: InspectArgs) -> anyhow::Result<()> {
-    let InspectArgs { http, input } = args;
+    let InspectArgs {
+        input_format,
+        http,
+        input,
+    } = args;
     let input = Input::parse(&input);
     let name = input.display();
-    let opened = open_input(&input, &http)?;
+    let opened = open_input(&input, &http, input_format)?;
     let json = match opened {
         Opened::File(path, InputFormat::Ova) => {
             let file = fs::File::open(&path).with_context(|| format!("cannot open {name}"))?;

@@ -354,24 +354,10 @@ fn vmware_ova_with(
     assert!(vmdk1.ends_with("web-01-disk1.vmdk"));
     std::fs::write(d.join("tools.iso"), vec![7u8; 4096]).unwrap();
     let size = |name: &str| std::fs::metadata(d.join(name)).unwrap().len().to_string();
-    let ovf = fixtures::VMWARE_OVF
+    let ovf = fixtures::vmware_ovf_with_capacities(sizes[0], sizes[1])
         .replace("{DISK1_SIZE}", &size("web-01-disk1.vmdk"))
         .replace("{DISK2_SIZE}", &size("web-01-disk2.vmdk.gz"))
-        .replace("{ISO_SIZE}", &size("tools.iso"))
-        .replace(
-            r#"ovf:capacity="20" ovf:capacityAllocationUnits="byte * 2^30""#,
-            &format!(
-                r#"ovf:capacity="{}" ovf:capacityAllocationUnits="byte""#,
-                sizes[0]
-            ),
-        )
-        .replace(
-            r#"ovf:capacity="512" ovf:capacityAllocationUnits="byte * 2^20""#,
-            &format!(
-                r#"ovf:capacity="{}" ovf:capacityAllocationUnits="byte""#,
-                sizes[1]
-            ),
-        );
+        .replace("{ISO_SIZE}", &size("tools.iso"));
     std::fs::write(d.join("web-01.ovf"), ovf).unwrap();
     let disk2 = if corrupt_manifest {
         "0".repeat(64)

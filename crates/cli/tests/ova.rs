@@ -84,7 +84,7 @@ fn build(manifest: bool, corrupt_iso: bool) -> Ova {
     tool(Command::new("gzip").arg("-n").arg(d.join("web-01-disk2.vmdk")));
     fs::write(d.join("tools.iso"), vec![7u8; 4096]).unwrap();
     let size = |name: &str| fs::metadata(d.join(name)).unwrap().len().to_string();
-    let ovf = fixtures::VMWARE_OVF
+    let ovf = fixtures::vmware_ovf_with_capacities(raw1.len() as u64, raw2.len() as u64)
         .replace("{DISK1_SIZE}", &size("web-01-disk1.vmdk"))
         .replace("{DISK2_SIZE}", &size("web-01-disk2.vmdk.gz"))
         .replace("{ISO_SIZE}", &size("tools.iso"));

@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = Options {
         sync: false,
         expected_size: None,
+        declared_format: None,
         ..Options::default()
     };
     let report = vmi_diskconv::convert_reader(

@@ -10,7 +10,7 @@
 //! manifest, so a caller that resumes (the controller) can commit disk by disk.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{self, Cursor, Read},
     path::{Path, PathBuf},
@@ -23,7 +23,8 @@ use crate::{
     inspect::{self, ImageInfo},
     pipeline::{Options, Report},
     sink::{ImageFormat, Output},
-    source::{self, InputFormat},
+    source::{self, Family, InputFormat},
+    staged::{self, Replace, StagedFile},
 };
 
 /// What the manifest check found.
@@ -114,48 +115,104 @@ enum Mode<'a> {
     Inspect,
 }
 
-/// [`convert_ova`]'s targets: `dir/disk-<N>.<ext>`, every file remembered for removal.
+/// [`convert_ova`]'s targets: `dir/disk-<N>.<ext>`, each written as a [`StagedFile`] and
+/// committed only when the whole archive checked out.
 struct DirTargets<'a> {
     dir: &'a Path,
     format: ImageFormat,
     opts: &'a Options,
-    created: Vec<PathBuf>,
+    replace: Replace,
+    staged: BTreeMap<usize, StagedFile>,
+    /// Why a disk's output could not be staged; the walk fails with it.
+    refused: Option<staged::Error>,
+}
+
+impl<'a> DirTargets<'a> {
+    fn new(dir: &'a Path, format: ImageFormat, opts: &'a Options, replace: Replace) -> Self {
+        Self {
+            dir,
+            format,
+            opts,
+            replace,
+            staged: BTreeMap::new(),
+            refused: None,
+        }
+    }
+
+    fn target(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("disk-{index}.{}", self.format.extension()))
+    }
+
+    /// Commits every disk once the walk succeeded; what was not committed is removed on drop.
+    fn finish(mut self, result: Result<OvaResult, Error>) -> Result<OvaResult, Error> {
+        if let Some(refused) = self.refused.take() {
+            return Err(Error::Output(refused));
+        }
+        let mut result = result?;
+        for disk in &mut result.disks {
+            if let Some(staged) = self.staged.remove(&disk.index) {
+                disk.output = Some(staged.commit().map_err(Error::Output)?);
+            }
+        }
+        Ok(result)
+    }
 }
 
 impl DiskTargets for DirTargets<'_> {
-    fn output(&mut self, index: usize, _member: &str) -> Option<(Output, Options)> {
-        let path = self.dir.join(format!("disk-{index}.{}", self.format.extension()));
-        self.created.push(path.clone());
-        Some((self.format.output(path.clone()), self.opts.clone()))
-    }
-
-    fn verified(&mut self, _: usize, _: &str, _: &Report, _: bool) -> Result<(), Error> {
+    /// Refuses at once when an output exists and may not be replaced.
+    fn described(&mut self, vm: &VmDescription) -> Result<(), Error> {
+        if self.replace == Replace::Nothing {
+            for index in 0..vm.disks.len() {
+                let target = self.target(index);
+                if std::fs::symlink_metadata(&target).is_ok() {
+                    return Err(Error::Output(staged::Error::Exists { target }));
+                }
+            }
+        }
         Ok(())
     }
 
-    // The whole archive fails with it; every file goes then.
+    fn output(&mut self, index: usize, _member: &str) -> Option<(Output, Options)> {
+        // A second call for one disk (a re-read with random access) starts it over.
+        self.staged.remove(&index);
+        match StagedFile::create(&self.target(index), self.replace) {
+            Ok(staged) => {
+                let output = self.format.output(staged.temp());
+                self.staged.insert(index, staged);
+                Some((output, self.opts.clone()))
+            }
+            Err(refused) => {
+                self.refused = Some(refused);
+                None
+            }
+        }
+    }
+
+    fn verified(&mut self, _: usize, _: &str, _: &Report, _: bool) -> Result<(), Error> {
+        match self.refused.take() {
+            Some(refused) => Err(Error::Output(refused)),
+            None => Ok(()),
+        }
+    }
+
+    // The whole archive fails with it; every staged file goes then.
     fn failed(&mut self, _: usize) {}
 }
 
 /// Converts every disk of an OVA read from `input` into `dir/disk-<N>.<raw|qcow2>` (N = position
-/// in the OVF disk list). On failure no `disk-<N>` file is left behind: a disk converted before a
-/// later member (or the manifest check) failed must not pass for an imported one.
+/// in the OVF disk list). The files appear only when the whole archive checked out: a disk
+/// converted before a later member (or the manifest check) failed must not pass for an imported
+/// one. An existing `disk-<N>` is replaced only with `Replace::Existing`.
 pub fn convert_ova(
     input: impl Read,
     dir: &Path,
-    format: ImageFormat,
+    (format, replace): (ImageFormat, Replace),
     opts: &Options,
     require_manifest: bool,
 ) -> Result<OvaResult, Error> {
-    let mut targets = DirTargets {
-        dir,
-        format,
-        opts,
-        created: Vec::new(),
-    };
+    let mut targets = DirTargets::new(dir, format, opts, replace);
     let result = walk(input, &mut Mode::Convert(&mut targets), require_manifest, None);
-    remove_on_error(&result, &targets.created);
-    result
+    targets.finish(result)
 }
 
 /// [`convert_ova`] for an OVA file: one forward pass as well, but a qcow2 or hosted sparse VMDK
@@ -164,7 +221,7 @@ pub fn convert_ova(
 pub fn convert_ova_file(
     path: &Path,
     dir: &Path,
-    format: ImageFormat,
+    (format, replace): (ImageFormat, Replace),
     opts: &Options,
     require_manifest: bool,
 ) -> Result<OvaResult, Error> {
@@ -175,29 +232,14 @@ pub fn convert_ova_file(
         })
     };
     let (walked, random) = (open()?, open()?);
-    let mut targets = DirTargets {
-        dir,
-        format,
-        opts,
-        created: Vec::new(),
-    };
+    let mut targets = DirTargets::new(dir, format, opts, replace);
     let result = walk(
         io::BufReader::with_capacity(crate::pipeline::READ_CHUNK, walked),
         &mut Mode::Convert(&mut targets),
         require_manifest,
         Some(&random),
     );
-    remove_on_error(&result, &targets.created);
-    result
-}
-
-fn remove_on_error(result: &Result<OvaResult, Error>, created: &[PathBuf]) {
-    if result.is_err() {
-        for path in created {
-            // Best effort: the conversion error is the one to report.
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    targets.finish(result)
 }
 
 /// Converts the disks of an OVA read from `input` into the outputs `targets` chooses, telling it
@@ -299,6 +341,7 @@ fn walk(
                 index,
                 name: &name,
                 capacity: d.capacity_bytes,
+                format: d.format.as_deref().and_then(declared_family),
                 random,
             };
             let result = convert_member(&mut hashed, gzip, member, mode);
@@ -428,6 +471,8 @@ struct MemberRef<'a> {
     name: &'a str,
     /// The capacity the OVF declares: the decoded disk must be this size.
     capacity: u64,
+    /// The format family the OVF's `ovf:format` names, if it names one.
+    format: Option<Family>,
     /// The member's byte range in the OVA file, if the archive is a file.
     random: Option<(&'a File, (u64, u64))>,
 }
@@ -457,11 +502,13 @@ fn convert_disk(input: &mut impl Read, member: MemberRef<'_>, mode: &mut Mode<'_
         index,
         name,
         capacity,
+        format,
         random,
     } = member;
     let declared = |(output, opts): (Output, Options)| {
         let opts = Options {
             expected_size: Some(capacity),
+            declared_format: format,
             ..opts
         };
         (output, opts)
@@ -500,6 +547,19 @@ fn convert_disk(input: &mut impl Read, member: MemberRef<'_>, mode: &mut Mode<'_
             image: Some(inspect::inspect_reader(input)?),
             ..empty
         }),
+    }
+}
+
+/// The family an `ovf:format` URI names: VMware's VMDK specification URL (every OVA writer uses
+/// it for VMDK disks) or a qcow format page; anything else declares nothing.
+fn declared_family(uri: &str) -> Option<Family> {
+    let lower = uri.to_ascii_lowercase();
+    if lower.contains("vmdk") {
+        Some(Family::Vmdk)
+    } else if lower.contains("qcow") {
+        Some(Family::Qcow2)
+    } else {
+        None
     }
 }
 

@@ -30,6 +30,14 @@ pub enum Error {
     /// A raw input ended before the size its source describes.
     #[error("input ends early at byte offset {offset}: its source describes a disk of {declared} bytes")]
     EndedEarly { offset: u64, declared: u64 },
+    /// The input's first bytes are not of the format its name, the user or the OVF declares.
+    #[error(
+        "declared as {declared}, but its first bytes are those of {found} (a damaged or mislabelled file)"
+    )]
+    FormatMismatch {
+        declared: &'static str,
+        found: &'static str,
+    },
     /// The input ended before the first byte of a header.
     #[error("input is empty")]
     Empty,
@@ -74,6 +82,9 @@ pub enum Error {
     /// An OVA was given where a single disk image was expected.
     #[error("input is an OVA archive; convert it into a directory")]
     IsOva,
+    /// The output file could not be staged or committed (it exists, it is the input, ...).
+    #[error(transparent)]
+    Output(crate::staged::Error),
     /// Writing the output failed.
     #[error("cannot write output")]
     Sink(#[source] crate::sink::Error),

@@ -10,6 +10,8 @@
 //! - [`sink`]: sparse RAW file, RAW stream, qcow2.
 //! - [`inspect`]: what an image is, as a serialisable value.
 //! - [`archive`]: OVA in one pass: OVF, manifest check, each disk converted as it streams by.
+//! - [`staged`]: outputs the user named are written beside the target and renamed into place
+//!   only when whole; an existing file is replaced only when asked.
 //!
 //! Synchronous code: async callers run one conversion inside one `spawn_blocking`.
 
@@ -19,6 +21,7 @@ pub mod inspect;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod staged;
 
 pub use error::Error;
 pub use pipeline::{Options, Progress, ProgressFn, Report, convert_stream_optimized};

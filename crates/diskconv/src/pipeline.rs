@@ -79,6 +79,9 @@ pub struct Options {
     /// before anything is written, and a raw stream must bring exactly this many bytes: a header
     /// cannot buy a larger disk than the source described, and a short raw body is no disk.
     pub expected_size: Option<u64>,
+    /// The format family the input was declared as (`-f`, a `.vmdk` name, an OVF's disk
+    /// format): an input whose first bytes say otherwise is refused, not read as raw.
+    pub declared_format: Option<crate::source::Family>,
 }
 
 impl std::fmt::Debug for Options {
@@ -96,6 +99,7 @@ impl Default for Options {
             progress: None,
             sync: true,
             expected_size: None,
+            declared_format: None,
         }
     }
 }

@@ -145,11 +145,20 @@ impl Output {
     }
 }
 
+/// Creates or truncates `path` for writing, never through a symbolic link at it (a link planted
+/// where an image goes must not redirect the write to the link's target).
 fn create(path: &Path) -> Result<File, Error> {
-    File::create(path).map_err(|source| Error::Create {
-        path: path.to_owned(),
-        source,
-    })
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|source| Error::Create {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn is_zero(block: &[u8]) -> bool {

@@ -50,6 +50,65 @@ impl InputFormat {
     }
 }
 
+/// A format family as a user, a file name or an OVF declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Any VMDK layout.
+    Vmdk,
+    /// qcow2.
+    Qcow2,
+    /// Raw bytes.
+    Raw,
+    /// A tar archive (OVA).
+    Ova,
+}
+
+impl Family {
+    /// What a file name declares: `.vmdk`, `.qcow2`, `.ova` (other names declare nothing; an
+    /// `.img` is as often qcow2 as raw).
+    pub fn of_name(name: &str) -> Option<Self> {
+        let lower = name.to_ascii_lowercase();
+        let lower = lower.split(['?', '#']).next().unwrap_or(&lower);
+        [
+            (".vmdk", Family::Vmdk),
+            (".qcow2", Family::Qcow2),
+            (".ova", Family::Ova),
+        ]
+        .into_iter()
+        .find_map(|(suffix, family)| lower.ends_with(suffix).then_some(family))
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::Vmdk => "VMDK",
+            Family::Qcow2 => "qcow2",
+            Family::Raw => "raw",
+            Family::Ova => "OVA",
+        }
+    }
+
+    /// Refuses `found` when it is not of this family: a VMDK that reads as raw is a damaged
+    /// header, not raw data.
+    pub fn check(self, found: InputFormat) -> Result<(), Error> {
+        let matches = match found {
+            InputFormat::VmdkStream | InputFormat::VmdkSparse | InputFormat::VmdkDescriptor => {
+                self == Family::Vmdk
+            }
+            InputFormat::Qcow2 => self == Family::Qcow2,
+            InputFormat::Ova => self == Family::Ova,
+            InputFormat::Raw => self == Family::Raw,
+        };
+        if matches {
+            Ok(())
+        } else {
+            Err(Error::FormatMismatch {
+                declared: self.name(),
+                found: found.name(),
+            })
+        }
+    }
+}
+
 /// Detects the format from the first bytes (up to [`SNIFF_LEN`]).
 pub fn detect(head: &[u8]) -> InputFormat {
     if head.len() >= 12 && head[0..4] == header::MAGIC.to_le_bytes() {
@@ -249,6 +308,9 @@ impl RandomSource for RawSource {
 /// Converts the disk image at `path` (VMDK of any hosted subformat, qcow2 or raw).
 pub fn convert_path(path: &Path, output: Output, opts: &Options) -> Result<Report, Error> {
     let format = detect_path(path)?;
+    if let Some(declared) = opts.declared_format {
+        declared.check(format)?;
+    }
     let bytes_read = Arc::new(AtomicU64::new(0));
     match format {
         InputFormat::VmdkStream => pipeline::convert_stream_optimized(open(path)?, output, opts),
@@ -408,6 +470,9 @@ impl<R: Read> pipeline::ForwardDecoder for Qcow2ForwardSource<R> {
 pub fn convert_reader(mut input: impl Read, output: Output, opts: &Options) -> Result<Report, Error> {
     let head = read_head(&mut input)?;
     let format = detect(&head);
+    if let Some(declared) = opts.declared_format {
+        declared.check(format)?;
+    }
     let chained = Cursor::new(head).chain(input);
     match format {
         InputFormat::VmdkStream => pipeline::convert_stream_optimized(chained, output, opts),

@@ -31,6 +31,7 @@ fn opts() -> Options {
         progress: None,
         sync: false,
         expected_size: None,
+        declared_format: None,
     }
 }
 

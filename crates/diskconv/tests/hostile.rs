@@ -19,6 +19,7 @@ fn convert(stream: Vec<u8>) -> Result<diskconv::Report, Error> {
             progress: None,
             sync: false,
             expected_size: None,
+            declared_format: None,
         },
     )
 }

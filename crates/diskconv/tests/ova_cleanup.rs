@@ -11,7 +11,7 @@ use std::{
 };
 
 use sha2::Digest;
-use vmi_diskconv::{Error, ImageFormat, Options, archive::convert_ova};
+use vmi_diskconv::{Error, ImageFormat, Options, archive::convert_ova, staged::Replace};
 
 mod support;
 
@@ -37,20 +37,24 @@ fn sha256(data: &[u8]) -> String {
 /// `web-01.ova` in `dir` with the fixture's two disks and ISO, and a manifest that lists the ISO
 /// with `iso_digest`.
 fn build(dir: &Path, disk1: &[u8], disk2_gz: &[u8], iso_digest: &str) -> PathBuf {
+    build_with(dir, disk1, disk2_gz, iso_digest, |ovf| ovf)
+}
+
+/// [`build`] with the OVF text edited by `edit` first.
+fn build_with(
+    dir: &Path,
+    disk1: &[u8],
+    disk2_gz: &[u8],
+    iso_digest: &str,
+    edit: impl Fn(String) -> String,
+) -> PathBuf {
     let iso = vec![7u8; 4096];
-    // Both disks are 128 KiB here (the fixture describes 20 GiB and 512 MiB ones).
-    let ovf = fixtures::VMWARE_OVF
-        .replace(
-            r#"ovf:capacity="20" ovf:capacityAllocationUnits="byte * 2^30""#,
-            r#"ovf:capacity="131072""#,
-        )
-        .replace(
-            r#"ovf:capacity="512" ovf:capacityAllocationUnits="byte * 2^20""#,
-            r#"ovf:capacity="128" ovf:capacityAllocationUnits="byte * 2^10""#,
-        )
+    // Both disks are 128 KiB here.
+    let ovf = fixtures::vmware_ovf_with_capacities(131_072, 131_072)
         .replace("{DISK1_SIZE}", &disk1.len().to_string())
         .replace("{DISK2_SIZE}", &disk2_gz.len().to_string())
         .replace("{ISO_SIZE}", &iso.len().to_string());
+    let ovf = edit(ovf);
     let manifest = format!(
         "SHA256(web-01.ovf)= {}\nSHA256(tools.iso)= {iso_digest}\n",
         sha256(ovf.as_bytes())
@@ -85,8 +89,15 @@ fn convert(ova: &Path, out: &Path) -> Result<vmi_diskconv::archive::OvaResult, E
         progress: None,
         sync: false,
         expected_size: None,
+        declared_format: None,
     };
-    convert_ova(fs::File::open(ova).unwrap(), out, ImageFormat::Raw, &opts, true)
+    convert_ova(
+        fs::File::open(ova).unwrap(),
+        out,
+        (ImageFormat::Raw, Replace::Nothing),
+        &opts,
+        true,
+    )
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -137,6 +148,40 @@ fn successful_conversion_keeps_the_disks() {
     assert_eq!(fs::read(out.join("disk-1.img")).unwrap(), want);
 }
 
+/// The OVF without the second disk's `ovf:format`, so that a raw member is acceptable.
+fn no_format_for_disk2(ovf: String) -> String {
+    ovf.replace(
+        r#"ovf:diskId="vmdisk2" ovf:fileRef="file2" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized""#,
+        r#"ovf:diskId="vmdisk2" ovf:fileRef="file2""#,
+    )
+}
+
+#[test]
+fn raw_member_declared_as_vmdk_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ova = build(
+        tmp.path(),
+        &stream(1),
+        &gzip(&[9u8; 131_072]),
+        &sha256(&[7u8; 4096]),
+    );
+    let err = convert(&ova, &tmp.path().join("out")).unwrap_err();
+    let Error::OvaMember { member, source } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(member, "web-01-disk2.vmdk.gz");
+    assert!(
+        matches!(
+            **source,
+            Error::FormatMismatch {
+                declared: "VMDK",
+                found: "raw"
+            }
+        ),
+        "{source:?}"
+    );
+}
+
 #[test]
 fn disk_larger_than_the_ovf_capacity_is_refused_before_it_is_written() {
     let tmp = tempfile::tempdir().unwrap();
@@ -159,9 +204,15 @@ fn disk_larger_than_the_ovf_capacity_is_refused_before_it_is_written() {
 #[test]
 fn gzip_member_inflating_past_the_ovf_capacity_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    // 4 MiB of raw zeros gzip to a few KiB; the OVF says the disk is 128 KiB.
+    // 4 MiB of raw zeros gzip to a few KiB; the OVF says the disk is 128 KiB, of no format.
     let bomb = gzip(&vec![0u8; 4 << 20]);
-    let ova = build(tmp.path(), &stream(1), &bomb, &sha256(&[7u8; 4096]));
+    let ova = build_with(
+        tmp.path(),
+        &stream(1),
+        &bomb,
+        &sha256(&[7u8; 4096]),
+        no_format_for_disk2,
+    );
     let out = tmp.path().join("out");
     let err = convert(&ova, &out).unwrap_err();
     let Error::OvaMember { member, source } = &err else {
@@ -179,7 +230,13 @@ fn gzip_member_inflating_past_the_ovf_capacity_is_refused() {
 fn raw_member_shorter_than_the_ovf_capacity_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let short = gzip(&[9u8; 65536]);
-    let ova = build(tmp.path(), &stream(1), &short, &sha256(&[7u8; 4096]));
+    let ova = build_with(
+        tmp.path(),
+        &stream(1),
+        &short,
+        &sha256(&[7u8; 4096]),
+        no_format_for_disk2,
+    );
     let err = convert(&ova, &tmp.path().join("out")).unwrap_err();
     let Error::OvaMember { source, .. } = &err else {
         panic!("{err:?}")
@@ -220,6 +277,7 @@ impl vmi_diskconv::archive::DiskTargets for Recorder {
             progress: None,
             sync: false,
             expected_size: None,
+            declared_format: None,
         };
         Some((
             vmi_diskconv::Output::RawFile(self.dir.join(format!("{index}.part"))),

@@ -67,6 +67,7 @@ fn opts() -> Options {
         progress: None,
         sync: true,
         expected_size: None,
+        declared_format: None,
     }
 }
 

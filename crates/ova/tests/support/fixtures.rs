@@ -267,3 +267,17 @@ pub const XXE: &str = r#"<?xml version="1.0"?>
 <!DOCTYPE Envelope [ <!ENTITY xxe SYSTEM "file:///etc/passwd"> ]>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"><VirtualSystem><Name>&xxe;</Name></VirtualSystem></Envelope>
 "#;
+
+/// [`VMWARE_OVF`] with its two disks' capacities (20 GiB and 512 MiB there) set to these bytes,
+/// for OVAs whose disks are really that big: a disk of another size is refused.
+pub fn vmware_ovf_with_capacities(disk1: u64, disk2: u64) -> String {
+    VMWARE_OVF
+        .replace(
+            r#"ovf:capacity="20" ovf:capacityAllocationUnits="byte * 2^30""#,
+            &format!(r#"ovf:capacity="{disk1}" ovf:capacityAllocationUnits="byte""#),
+        )
+        .replace(
+            r#"ovf:capacity="512" ovf:capacityAllocationUnits="byte * 2^20""#,
+            &format!(r#"ovf:capacity="{disk2}" ovf:capacityAllocationUnits="byte""#),
+        )
+}
