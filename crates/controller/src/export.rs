@@ -415,20 +415,39 @@ impl DiskSink for CommittingSink {
     }
 }
 
-/// One `diskImportStatus` entry per disk, in device order. `token` makes each file name (and so its
-/// URL) unguessable; the name keeps upstream's `<vm>-<ns>-disk-<n>` prefix for the humans.
+/// Longest `<import>-<namespace>` prefix kept in an image's name: with `-disk-<n>-<token>.img`
+/// and the `.part` of a file being written, names stay within the image server's 240 characters
+/// (and the file system's 255) whatever the import is called.
+const MAX_NAME_PREFIX: usize = 160;
+
+/// The image file name of disk `index`: upstream's `<vm>-<ns>-disk-<n>` for the humans (cut to
+/// [`MAX_NAME_PREFIX`]), then `token`, which makes the name (and so its URL) unguessable.
+pub fn image_name(import_name: &str, namespace: &str, index: usize, token: &str) -> String {
+    let mut prefix = format!("{import_name}-{namespace}");
+    // DNS-1123 names are ASCII, so any byte is a character boundary; be safe anyway.
+    let mut cut = prefix.len().min(MAX_NAME_PREFIX);
+    while !prefix.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    prefix.truncate(cut);
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    format!("{prefix}-disk-{index}-{token}.img")
+}
+
+/// One `diskImportStatus` entry per disk, in device order, each named by [`image_name`] with a
+/// token of its own from `tokens`.
 pub fn disk_entries(
     import_name: &str,
     namespace: &str,
     vm: &SourceVm,
     spec: &api::VirtualMachineImportSpec,
-    token: &str,
+    mut tokens: impl FnMut() -> String,
 ) -> Vec<DiskInfo> {
     vm.disks
         .iter()
         .enumerate()
         .map(|(index, disk)| DiskInfo {
-            name: format!("{import_name}-{namespace}-disk-{index}-{token}.img"),
+            name: image_name(import_name, namespace, index, &tokens()),
             disk_size: i64::try_from(disk.capacity_bytes).unwrap_or(i64::MAX),
             bus_type: plan::vm::disk_bus(disk.controller, &spec.default_disk_bus()),
             bytes_done: Some(0),
@@ -748,5 +767,32 @@ async fn write_progress(
         {
             tracing::debug!(import = %name, %error, "progress update failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image_server::{PARTIAL_SUFFIX, is_servable_name, new_token};
+
+    #[test]
+    fn image_names_stay_servable_whatever_the_import_is_called() {
+        let token = new_token();
+        for (import, namespace) in [
+            ("web01", "default"),
+            (&*"a".repeat(200), "demo"),
+            (&*"b".repeat(253), &*"n".repeat(63)),
+            (&*format!("{}-x", "c".repeat(158)), "default"),
+        ] {
+            let name = image_name(import, namespace, 12, &token);
+            assert!(is_servable_name(&name), "{name}");
+            assert!(name.len() + PARTIAL_SUFFIX.len() <= 255, "{}", name.len());
+            assert!(name.ends_with(&format!("-disk-12-{token}.img")), "{name}");
+            assert!(name.starts_with(&import[..import.len().min(20)]), "{name}");
+        }
+        assert_eq!(
+            image_name("web01", "default", 0, "t0"),
+            "web01-default-disk-0-t0.img"
+        );
     }
 }

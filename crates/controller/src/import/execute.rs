@@ -512,7 +512,7 @@ async fn start_export(
             &namespace(import),
             &vm,
             &import.spec,
-            &new_token(),
+            new_token,
         );
         write_status(ctx, import, &status).await?;
         // The status write comes back as an event; the export starts on that reconcile.
