@@ -49,6 +49,10 @@ const VBOX_NS: &str = "http://www.virtualbox.org/ovf/machine";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// An element carries more attributes than any OVF writer uses: refused before the XML
+    /// parser, whose duplicate-attribute check is quadratic in them.
+    #[error("OVF element <{element}> on line {line} has more than {MAX_ATTRIBUTES} attributes")]
+    TooManyAttributes { element: String, line: u32 },
     /// The descriptor has a DTD, which could declare entities; refused outright.
     #[error(
         "OVF descriptor contains a DTD or entity declaration (line {line}); refused to rule out entity expansion"
@@ -176,6 +180,7 @@ pub fn parse(text: &str) -> Result<VmDescription> {
             return Err(Error::DtdRefused { line });
         }
     }
+    check_attribute_counts(text)?;
     let options = ParsingOptions {
         allow_dtd: false,
         nodes_limit: MAX_XML_NODES,
@@ -186,6 +191,65 @@ pub fn parse(text: &str) -> Result<VmDescription> {
         source => Error::Xml { source },
     })?;
     Parser { doc: &doc }.envelope()
+}
+
+/// Most attributes one element may carry. ovftool's `Envelope`, the busiest element any writer
+/// produces, has about a dozen namespace declarations.
+pub const MAX_ATTRIBUTES: usize = 1024;
+
+/// One linear pass over the markup counting each start tag's attributes (an `=` outside quotes),
+/// skipping comments, CDATA, processing instructions and end tags.
+fn check_attribute_counts(text: &str) -> Result<()> {
+    let mut rest = text;
+    while let Some(open) = rest.find('<') {
+        let tag = &rest[open + 1..];
+        let skip_to = |end: &str, from: usize| tag[from..].find(end).map(|at| from + at + end.len());
+        let consumed = if tag.starts_with("!--") {
+            skip_to("-->", 3)
+        } else if tag.starts_with("![CDATA[") {
+            skip_to("]]>", 8)
+        } else if tag.starts_with('?') {
+            skip_to("?>", 1)
+        } else if tag.starts_with('!') || tag.starts_with('/') {
+            skip_to(">", 1)
+        } else {
+            let mut attributes = 0usize;
+            let mut quote = None;
+            let mut end = None;
+            for (at, byte) in tag.bytes().enumerate() {
+                match (quote, byte) {
+                    (Some(q), b) if b == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, b'"' | b'\'') => quote = Some(byte),
+                    (None, b'=') => attributes += 1,
+                    (None, b'>') => {
+                        end = Some(at + 1);
+                        break;
+                    }
+                    (None, _) => {}
+                }
+                if attributes > MAX_ATTRIBUTES {
+                    let element = tag
+                        .chars()
+                        .take_while(|&c| !c.is_whitespace() && c != '>' && c != '/')
+                        .take(64)
+                        .collect();
+                    let offset = text.len() - tag.len();
+                    return Err(Error::TooManyAttributes {
+                        element,
+                        line: 1 + text[..offset].bytes().filter(|&b| b == b'\n').count() as u32,
+                    });
+                }
+            }
+            end
+        };
+        // An unterminated construct is the XML parser's to report.
+        let Some(consumed) = consumed else {
+            return Ok(());
+        };
+        rest = &tag[consumed..];
+    }
+    Ok(())
 }
 
 struct Parser<'a, 'input> {

@@ -266,3 +266,36 @@ fn members_above_8_gib_via_base256_and_pax_sizes() {
         assert_eq!(walker.offset(), head.len() as u64 + SIZE + after.len() as u64);
     }
 }
+
+/// `n` attributes on one element of an otherwise valid envelope (about 12 bytes each).
+fn ovf_with_attributes(n: usize) -> String {
+    let mut attrs = String::with_capacity(n * 12);
+    for i in 0..n {
+        attrs.push_str(&format!(" a{i}=\"1\""));
+    }
+    format!(
+        "<?xml version=\"1.0\"?><Envelope xmlns=\"http://schemas.dmtf.org/ovf/envelope/1\"{attrs}><References/></Envelope>"
+    )
+}
+
+#[test]
+fn many_attributes_on_one_element_are_refused_in_linear_time() {
+    // 500,000 attributes (5.9 MB) took over a minute in a parser whose duplicate check is
+    // quadratic; the limit is checked in one linear pass first.
+    let text = ovf_with_attributes(500_000);
+    let started = std::time::Instant::now();
+    let err = ova::ovf::parse(&text).unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(err, ova::ovf::Error::TooManyAttributes { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("Envelope"), "{err}");
+    // A bound for a loaded CI machine; the quadratic check took over 60 s.
+    assert!(elapsed.as_secs() < 10, "{elapsed:?}");
+    // Below the limit, an element's attributes are parsed as before.
+    assert!(!matches!(
+        ova::ovf::parse(&ovf_with_attributes(200)),
+        Err(ova::ovf::Error::TooManyAttributes { .. })
+    ));
+}

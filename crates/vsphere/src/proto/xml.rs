@@ -24,6 +24,9 @@ pub const MAX_DEPTH: usize = 128;
 /// More elements than this are refused: bounds memory at roughly this many small allocations.
 pub const MAX_ELEMENTS: usize = 2_000_000;
 
+/// Most attributes one element may carry (vim25 elements carry one or two: `type`, `xsi:type`).
+pub const MAX_ATTRIBUTES: usize = 256;
+
 /// Escapes text for an XML element body or a double-quoted attribute value.
 pub fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -132,7 +135,15 @@ fn start_element(start: &quick_xml::events::BytesStart<'_>, offset: u64) -> Resu
         name: local(start.name().as_ref()).to_owned(),
         ..Element::default()
     };
-    for attr in start.attributes() {
+    // Unchecked: quick-xml's duplicate check is quadratic in the attributes of an element. A
+    // duplicate `type` simply overrides; the count is bounded instead.
+    for (n, attr) in start.attributes().with_checks(false).enumerate() {
+        if n >= MAX_ATTRIBUTES {
+            return Err(Error::Malformed {
+                offset,
+                message: format!("an element has more than {MAX_ATTRIBUTES} attributes"),
+            });
+        }
         let attr = attr.map_err(|e| Error::Malformed {
             offset,
             message: e.to_string(),
@@ -297,6 +308,21 @@ mod tests {
         assert!(matches!(parse(b"<!DOCTYPE a><a/>"), Err(Error::Malformed { .. })));
         assert!(parse(b"<a><b></b>").is_err());
         assert!(matches!(parse(b""), Err(Error::Truncated)));
+    }
+
+    #[test]
+    fn many_attributes_are_refused_in_linear_time() {
+        let mut body = String::from("<a");
+        for i in 0..500_000 {
+            body.push_str(&format!(" x{i}=\"1\""));
+        }
+        body.push_str("/>");
+        let started = std::time::Instant::now();
+        let err = parse(body.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("more than 256 attributes"), "{err}");
+        // The quadratic duplicate check took minutes on this input.
+        assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+        assert!(parse(b"<a type=\"VirtualMachine\" b=\"1\">vm-1</a>").is_ok());
     }
 
     #[test]
