@@ -64,6 +64,10 @@ pub(crate) fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(controller::run(settings))?;
+    let result = runtime.block_on(controller::run(settings));
+    // Conversions run on blocking threads; a stopping controller does not wait for them (a
+    // disk cut short is exported again by the next leader).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     Ok(())
 }

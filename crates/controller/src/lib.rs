@@ -95,11 +95,50 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     run_with_client(client, settings).await
 }
 
-/// [`run`] with a given client (tests point it at the lab).
+/// How long the controllers get to finish their reconciles after SIGTERM/SIGINT. Kubernetes'
+/// default grace period is 30 s; the process must be gone well within it even when the API server
+/// is unreachable and every call it makes is being retried.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handling the default disposition ends the process anyway.
+        _ => std::future::pending().await,
+    }
+}
+
+/// [`run`] with a given client (tests point it at the lab). Returns within [`SHUTDOWN_GRACE`] of
+/// SIGTERM/SIGINT whatever it was doing (waiting for leadership, installing CRDs, reconciling).
 ///
 /// # Errors
 /// [`RunError`].
 pub async fn run_with_client(client: kube::Client, settings: Settings) -> Result<(), RunError> {
+    let work = serve(client, settings);
+    tokio::pin!(work);
+    tokio::select! {
+        result = &mut work => result,
+        () = stop_signal() => {
+            tracing::info!(grace = ?SHUTDOWN_GRACE, "stop signal received; stopping");
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("not stopped within the grace period; exiting now");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+async fn serve(client: kube::Client, settings: Settings) -> Result<(), RunError> {
     tokio::fs::create_dir_all(&settings.image_dir)
         .await
         .map_err(|source| RunError::ImageDir {
