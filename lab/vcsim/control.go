@@ -21,6 +21,10 @@ type cutFault struct {
 	CutAfterBytes int64  `json:"cutAfterBytes"`
 	Times         int    `json:"times"` // downloads still to cut
 	VM            string `json:"vm"`    // VM name, empty for any
+	// CleanEnd ends the cut body as if it were whole (the chunked body's last chunk is sent)
+	// instead of dropping the connection: what a proxy or a server-side failure can produce, and
+	// what only the stream's own end proves incomplete.
+	CleanEnd bool `json:"cleanEnd,omitempty"`
 }
 
 // takeFaultLocked consumes one use of the first fault matching vmName. Caller holds Lab.mu.

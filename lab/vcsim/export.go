@@ -572,7 +572,7 @@ func (l *Lab) serveNFC(w http.ResponseWriter, r *http.Request) {
 		buf := make([]byte, copyChunk)
 		_, _ = io.CopyBuffer(lw, onlyReader{f}, buf)
 	}
-	if lw.stopped {
+	if lw.stopped && !cut.CleanEnd {
 		abortConnection(w)
 	}
 }

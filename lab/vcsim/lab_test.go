@@ -628,6 +628,36 @@ func TestThrottlePacesDownloads(t *testing.T) {
 	}
 }
 
+func TestCleanEndFaultClosesTheBodyNormallyAtTheCut(t *testing.T) {
+	h := startLab(t, 300*time.Second)
+	ctx := context.Background()
+	d := makeVMDK(t, t.TempDir(), "a", 4, 512<<10, "streamOptimized")
+	v := h.createVM(VMSpec{Name: "clean01", Disks: []DiskSpec{{Bus: "pvscsi", Path: d}}})
+	if st := h.control("POST", "/faults", map[string]any{"cutAfterBytes": 65536, "times": 1, "vm": "clean01", "cleanEnd": true}, nil); st != http.StatusCreated {
+		t.Fatalf("POST /faults: %d", st)
+	}
+	vc := h.mustLogin()
+	lease, err := exportVM(ctx, vc, types.ManagedObjectReference{Type: "VirtualMachine", Value: v.MoID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := lease.Wait(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body, err := h.get(info.DeviceUrl[0].Url, nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("clean cut: err %v, response %v; want a normal end", err, resp)
+	}
+	if len(body) != 65536 {
+		t.Fatalf("clean cut delivered %d bytes, want exactly 65536", len(body))
+	}
+	rec := h.lease(lease.Reference().Value)
+	if rec.Cuts != 1 {
+		t.Fatalf("recording: %+v", rec)
+	}
+}
+
 func TestFaultsLikeARealVCenter(t *testing.T) {
 	h := startLab(t, 300*time.Second)
 	ctx := context.Background()

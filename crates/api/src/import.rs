@@ -266,8 +266,10 @@ pub struct VirtualMachineImportStatus {
     pub source_temporary_objects: Option<SourceTemporaryObjects>,
 }
 
-/// **Ours**: ids of temporary objects at an OpenStack source (deleted images first, then volumes,
-/// then snapshots: the order their dependencies require).
+/// **Ours**: ids of temporary objects at the source: an OpenStack cloud's images, volumes and
+/// snapshots (deleted images first, then volumes, then snapshots: the order their dependencies
+/// require), and vSphere export leases (aborted by a successor when the process that took them
+/// died: an open lease blocks power operations on the VM).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceTemporaryObjects {
@@ -280,12 +282,22 @@ pub struct SourceTemporaryObjects {
     /// Cinder snapshots.
     #[serde(default, deserialize_with = "null_default")]
     pub snapshots: Vec<String>,
+    /// vSphere `HttpNfcLease` ids taken by an export and not yet completed or aborted.
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub leases: Vec<String>,
 }
 
 impl SourceTemporaryObjects {
     /// Nothing recorded.
     pub fn is_empty(&self) -> bool {
-        self.images.is_empty() && self.volumes.is_empty() && self.snapshots.is_empty()
+        self.images.is_empty()
+            && self.volumes.is_empty()
+            && self.snapshots.is_empty()
+            && self.leases.is_empty()
     }
 }
 

@@ -20,7 +20,7 @@ use std::{
 use api::{ImportPhase, VirtualMachineImport};
 use controller::kinds::image_resource;
 use kube::{ResourceExt, api::ApiResource};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use support::{
     Scene, condition, files_in, harvester, lab,
@@ -383,6 +383,23 @@ async fn killed_controller_resumes_without_downloading_a_finished_disk_twice() {
                 && disks[1].bytes_done.unwrap_or(0) > 0
         })
         .await;
+    // The lease is recorded in status while it is open.
+    let open_before_kill: Vec<String> = control
+        .leases_of(&vm_name)
+        .await
+        .iter()
+        .filter(|l| !l["completed"].as_bool().unwrap_or(false) && !l["aborted"].as_bool().unwrap_or(false))
+        .filter_map(|l| l["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(open_before_kill.len(), 1, "{open_before_kill:?}");
+    let recorded = scene.get_import("kill").await;
+    let recorded = recorded
+        .status
+        .unwrap()
+        .source_temporary_objects
+        .unwrap_or_default()
+        .leases;
+    assert_eq!(recorded, open_before_kill, "the open lease is in status");
     controller.kill();
     control.throttle(&vm_name, None).await;
     let small_image = image_dir.join(&import.status.unwrap().disk_import_status[0].name);
@@ -394,6 +411,27 @@ async fn killed_controller_resumes_without_downloading_a_finished_disk_twice() {
     );
 
     let controller = scene.start_controller();
+    let restarted = std::time::Instant::now();
+    // Within 30 s of the restart the killed process's lease is aborted (the lab's lease timeout is
+    // 300 s, an open lease blocks power operations on a real vCenter).
+    loop {
+        let leases = control.leases_of(&vm_name).await;
+        let still_open: Vec<&Value> = leases
+            .iter()
+            .filter(|l| open_before_kill.iter().any(|id| l["id"] == id.as_str()))
+            .filter(|l| {
+                !l["aborted"].as_bool().unwrap_or(false) && !l["completed"].as_bool().unwrap_or(false)
+            })
+            .collect();
+        if still_open.is_empty() {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "the killed process's lease is still open 30 s after the restart: {still_open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let _harvester = scene.harvester(harvester::Options::default());
     let import = scene
         .wait_finished(&controller, "kill", Duration::from_secs(180))
@@ -432,6 +470,93 @@ async fn killed_controller_resumes_without_downloading_a_finished_disk_twice() {
     // Every lease was completed or aborted (the killed one times out or is aborted by the server).
     assert!(
         files_in(&image_dir).iter().all(|f| !f.ends_with(".part")),
+        "{:?}",
+        files_in(&image_dir)
+    );
+}
+
+/// Byte offset of the last grain record of the streamOptimized file at `path`: a cut there falls
+/// exactly between two records.
+fn last_grain_offset(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let mut decoder = vmdk::StreamDecoder::new();
+    decoder.feed(&bytes);
+    let mut last = None;
+    while let Ok(Some(event)) = decoder.next_event() {
+        if let vmdk::Event::Grain(grain) = event {
+            last = Some(grain.offset);
+        }
+    }
+    last.expect("the stream has grains")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_body_closing_cleanly_at_a_grain_boundary_is_retried_never_committed() {
+    let scene = Scene::new("e2e-cut").await;
+    let control = Control::new();
+    let disk = make_vmdk(scene.dir.path(), "cut", 4 << 20, 31);
+    let boundary = last_grain_offset(&disk.0);
+    let vm_name = unique("cut");
+    control
+        .create_vm(json!({"name": vm_name, "cpus": 1, "memoryMB": 512,
+            "disks": [{"bus": "sata", "path": disk.0}]}))
+        .await;
+    // The first body ends cleanly right before the last grain: the import must retry.
+    control.add_clean_cut(boundary, 1, &vm_name).await;
+    let controller = scene.start_controller();
+    let _harvester = scene.harvester(harvester::Options::default());
+    scene.source("vcenter", &lab::lab().vsphere_password).await;
+    scene.import("cut", "vcenter", &vm_name, json!({})).await;
+    let import = scene
+        .wait_finished(&controller, "cut", Duration::from_secs(120))
+        .await;
+    let status = import.status.unwrap();
+    assert_eq!(status.phase, ImportPhase::VirtualMachineRunning, "{status:#?}");
+    assert_eq!(
+        status.disk_import_status[0].sha256.as_deref(),
+        Some(sha256_file(&disk.1).as_str()),
+        "the image is the whole disk"
+    );
+    let cuts: i64 = control
+        .leases_of(&vm_name)
+        .await
+        .iter()
+        .map(|l| l["cuts"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(cuts, 1);
+    assert!(
+        controller
+            .log_tail()
+            .contains(&format!("stream ends early at offset {boundary}")),
+        "the retry names the cut"
+    );
+
+    // Every attempt cut the same way: the export fails, nothing is committed or served.
+    let vm_name = unique("cut");
+    control
+        .create_vm(json!({"name": vm_name, "cpus": 1, "memoryMB": 512,
+            "disks": [{"bus": "sata", "path": disk.0}]}))
+        .await;
+    control.add_clean_cut(boundary, 10, &vm_name).await;
+    scene.import("cut2", "vcenter", &vm_name, json!({})).await;
+    let import = scene
+        .wait_finished(&controller, "cut2", Duration::from_secs(120))
+        .await;
+    let status = import.status.clone().unwrap();
+    assert_eq!(status.phase, ImportPhase::MigrationFailed, "{status:#?}");
+    assert!(
+        support::import_failed(&import)
+            .message
+            .contains("stream ends early"),
+        "{status:#?}"
+    );
+    assert!(
+        status.disk_import_status.iter().all(|d| d.sha256.is_none()),
+        "{status:#?}"
+    );
+    let image_dir = scene.image_dir();
+    assert!(
+        files_in(&image_dir).iter().all(|f| !f.contains("cut2")),
         "{:?}",
         files_in(&image_dir)
     );

@@ -42,6 +42,7 @@ use vsphere::{
 use crate::{
     context::Context,
     image_server::PARTIAL_SUFFIX,
+    leases,
     ova::{self, OvaError},
     vmware::{self, ConnectError, chain},
 };
@@ -485,6 +486,12 @@ async fn run(ctx: &Arc<Context>, request: ExportRequest) -> Result<(), ExportErr
             folder,
         } => {
             let client = vmware::connect(&ctx.kube, &source).await?;
+            // A lease an earlier process took and never released blocks the VM: abort it first.
+            let api: Api<VirtualMachineImport> =
+                Api::namespaced(ctx.kube.clone(), import.namespace.as_deref().unwrap_or_default());
+            if let Ok(current) = api.get(&import.name).await {
+                leases::abort_recorded(&client, &api, &import.name, &leases::recorded(&current)).await;
+            }
             let description = client
                 .inspect(
                     vmware::datacenter_name(&source.spec.datacenter),
@@ -619,11 +626,16 @@ async fn transfer(
     }
     description.disks.retain(|d| sinks.contains_key(&d.key));
 
+    let api: Api<VirtualMachineImport> =
+        Api::namespaced(ctx.kube.clone(), import.namespace.as_deref().unwrap_or_default());
+    let (on_lease, lease_writer) = leases::recorder(api, import.name.clone());
     let exported = client
-        .export_vm(&description, sinks, &ExportOptions::default())
+        .export_vm_recorded(&description, sinks, &ExportOptions::default(), Some(on_lease))
         .await
         .map(|_| ())
         .map_err(|e| ExportError::Transfer(chain(&e)));
+    // The hook is dropped with the export; the writer ends after its last write.
+    let _ = lease_writer.await;
     if exported.is_err() {
         for path in &partials {
             let _ = tokio::fs::remove_file(path).await;

@@ -28,6 +28,7 @@ pub mod image_server;
 pub mod import;
 pub mod kinds;
 pub mod leader;
+pub mod leases;
 pub mod metrics;
 pub mod openstack;
 pub mod ova;

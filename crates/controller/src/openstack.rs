@@ -334,6 +334,7 @@ fn recorded(objects: &TempObjects) -> Option<SourceTemporaryObjects> {
         images: objects.images.clone(),
         volumes: objects.volumes.clone(),
         snapshots: objects.snapshots.clone(),
+        ..SourceTemporaryObjects::default()
     })
 }
 

@@ -118,6 +118,18 @@ pub enum Error {
     Spawn(#[source] io::Error),
 }
 
+impl Error {
+    /// Whether the input stopped before its end was proven (a body that ended early, cleanly or
+    /// not): a transfer problem that fetching the input again may cure, not a bad image.
+    pub fn is_cut_short(&self) -> bool {
+        matches!(
+            self,
+            Error::Stream(vmdk::stream::Error::Incomplete { .. } | vmdk::stream::Error::Truncated { .. })
+                | Error::EndedEarly { .. }
+        )
+    }
+}
+
 impl From<vmdk::forward::Error> for Error {
     fn from(e: vmdk::forward::Error) -> Self {
         match (e.needs_random_access(), e.offset()) {

@@ -219,9 +219,16 @@ impl DiskSink for ConvertingSink {
     }
 
     async fn finish(&mut self) -> Result<(), SinkError> {
-        let report = self.join().await?;
-        self.report = Some(report);
-        Ok(())
+        match self.join().await {
+            Ok(report) => {
+                self.report = Some(report);
+                Ok(())
+            }
+            Err(e @ Error::Convert { .. }) if matches!(&e, Error::Convert { source, .. } if source.is_cut_short()) => {
+                Err(Box::new(crate::export::StreamCutShort(e.into())))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -69,6 +69,13 @@ pub trait DiskSink: Send + 'static {
     fn finish(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
+/// What a sink's `finish` returns (boxed) when the stream ended before its own end was proven:
+/// the body closed normally but was cut short. The download is then retried like a cut
+/// connection, never committed.
+#[derive(Debug, thiserror::Error)]
+#[error("the stream was cut short")]
+pub struct StreamCutShort(#[source] pub SinkError);
+
 /// A sink that only counts and hashes: what tests compare against the source files.
 #[derive(Debug, Clone, Default)]
 pub struct HashingSink {
@@ -229,6 +236,17 @@ pub enum DownloadError {
         /// The state read (or `None` when it could not be read).
         state: String,
     },
+    /// The body ended normally, but the sink found the stream cut short; retried.
+    #[error("{url} ended early after {bytes} bytes")]
+    EndedEarly {
+        /// The URL.
+        url: String,
+        /// Bytes received.
+        bytes: u64,
+        /// What the sink found.
+        #[source]
+        source: SinkError,
+    },
     /// The sink refused the data; not retried.
     #[error("the sink for disk {disk_key} failed")]
     Sink {
@@ -354,31 +372,63 @@ pub enum Error {
     },
 }
 
+/// What happens to an export's leases, for a caller that records them (so that a process killed
+/// mid-export leaves a record its successor can abort: an open lease blocks power operations on
+/// the source VM until vCenter times it out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// `ExportVm` answered with this lease.
+    Taken(MoRef),
+    /// The lease was completed or aborted (vCenter said so).
+    Released(MoRef),
+}
+
+/// Called on every [`LeaseEvent`] of an export.
+pub type LeaseHook = Arc<dyn Fn(LeaseEvent) + Send + Sync>;
+
 /// Releases the lease on every path: `complete`/`abort` explicitly, or abort from `Drop` when the
-/// export future is dropped or unwinds.
+/// export future is dropped or unwinds; tells the hook once vCenter confirmed the release.
 struct LeaseGuard {
     client: Client,
     lease: MoRef,
     released: bool,
+    hook: Option<LeaseHook>,
 }
 
 impl LeaseGuard {
+    fn new(client: Client, lease: MoRef, hook: Option<LeaseHook>) -> Self {
+        if let Some(hook) = &hook {
+            hook(LeaseEvent::Taken(lease.clone()));
+        }
+        Self {
+            client,
+            lease,
+            released: false,
+            hook,
+        }
+    }
+
+    fn released(&self) {
+        if let Some(hook) = &self.hook {
+            hook(LeaseEvent::Released(self.lease.clone()));
+        }
+    }
+
     async fn complete(mut self) -> Result<(), client::Error> {
         self.released = true;
         self.client
             .call(&envelope::lease_complete(&self.lease))
             .await
-            .map(|_| ())
+            .map(|_| self.released())
     }
 
     async fn abort(mut self, reason: &str) {
         self.released = true;
-        if let Err(e) = self
-            .client
-            .call(&envelope::lease_abort(&self.lease, Some(reason)))
-            .await
-        {
-            tracing::warn!(lease = %self.lease, error = %e, "HttpNfcLeaseAbort failed; the lease will time out");
+        match self.client.abort_lease(&self.lease, reason).await {
+            Ok(()) => self.released(),
+            Err(e) => {
+                tracing::warn!(lease = %self.lease, error = %e, "HttpNfcLeaseAbort failed; the lease will time out");
+            }
         }
     }
 }
@@ -393,11 +443,39 @@ impl Drop for LeaseGuard {
         };
         let client = self.client.clone();
         let lease = self.lease.clone();
+        let hook = self.hook.take();
         handle.spawn(async move {
-            let _ = client
-                .call(&envelope::lease_abort(&lease, Some("export cancelled")))
-                .await;
+            if client.abort_lease(&lease, "export cancelled").await.is_ok()
+                && let Some(hook) = hook
+            {
+                hook(LeaseEvent::Released(lease));
+            }
         });
+    }
+}
+
+impl Client {
+    /// Aborts an export lease (`HttpNfcLeaseAbort`). A lease vCenter no longer knows, or one
+    /// already completed or aborted, counts as aborted: there is nothing left open.
+    ///
+    /// # Errors
+    /// The call failed for another reason (vCenter unreachable, session refused).
+    pub async fn abort_lease(&self, lease: &MoRef, reason: &str) -> Result<(), client::Error> {
+        use crate::proto::FaultKind;
+        match self.call(&envelope::lease_abort(lease, Some(reason))).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.fault().is_some_and(|f| {
+                    matches!(
+                        f.kind,
+                        FaultKind::ManagedObjectNotFound { .. } | FaultKind::InvalidState
+                    )
+                }) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -658,8 +736,22 @@ impl Client {
     pub async fn export_vm<S: DiskSink>(
         &self,
         vm: &VmDescription,
+        sinks: BTreeMap<i32, S>,
+        options: &ExportOptions,
+    ) -> Result<Exported<S>, Error> {
+        self.export_vm_recorded(vm, sinks, options, None).await
+    }
+
+    /// [`Client::export_vm`], telling `on_lease` of every lease taken and released.
+    ///
+    /// # Errors
+    /// As [`Client::export_vm`].
+    pub async fn export_vm_recorded<S: DiskSink>(
+        &self,
+        vm: &VmDescription,
         mut sinks: BTreeMap<i32, S>,
         options: &ExportOptions,
+        on_lease: Option<LeaseHook>,
     ) -> Result<Exported<S>, Error> {
         let start = Instant::now();
         if vm.disks.is_empty() {
@@ -692,11 +784,7 @@ impl Client {
                 step: "ExportVm",
                 source: e.into(),
             })?;
-            let guard = LeaseGuard {
-                client: self.clone(),
-                lease: lease.clone(),
-                released: false,
-            };
+            let guard = LeaseGuard::new(self.clone(), lease.clone(), on_lease.clone());
             tracing::info!(vm = %vm.moref, lease = %lease, attempt = leases, disks = pending.len(), "export lease taken");
 
             let prepared = async {
@@ -846,11 +934,15 @@ impl Client {
                 .iter()
                 .filter(|d| failures.iter().any(|(f, _)| f.key == d.key))
                 .collect();
-            tracing::info!(
-                ?backoff,
-                retry = leases + 1,
-                "retrying failed disks with a fresh lease"
-            );
+            for (disk, error) in &failures {
+                let mut why = error.to_string();
+                let mut source = std::error::Error::source(error);
+                while let Some(cause) = source {
+                    why = format!("{why}: {cause}");
+                    source = cause.source();
+                }
+                tracing::warn!(disk = %disk.label, error = %why, ?backoff, retry = leases + 1, "disk transfer failed; retrying with a fresh lease");
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(options.max_backoff);
         }
@@ -915,8 +1007,15 @@ async fn download<S: DiskSink>(
             expected,
         });
     }
-    sink.finish().await.map_err(sink_err)?;
-    Ok(bytes)
+    match sink.finish().await {
+        Ok(()) => Ok(bytes),
+        Err(e) if e.is::<StreamCutShort>() => Err(DownloadError::EndedEarly {
+            url,
+            bytes,
+            source: e,
+        }),
+        Err(e) => Err(sink_err(e)),
+    }
 }
 
 #[cfg(test)]

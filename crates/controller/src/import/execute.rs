@@ -460,7 +460,29 @@ async fn clean_source_objects(
     if objects.is_empty() && !(sweep && interrupted) {
         return;
     }
-    if cancelled || SourceKind::of(import) != SourceKind::Openstack {
+    if cancelled {
+        return;
+    }
+    if SourceKind::of(import) == SourceKind::Vmware {
+        // Export leases a process that is gone left open (the record holds only those).
+        if objects.leases.is_empty() {
+            return;
+        }
+        match facts.session(ctx, import).await {
+            Ok((client, _)) => {
+                let api: Api<VirtualMachineImport> = Api::namespaced(ctx.kube.clone(), &namespace(import));
+                let (client, name) = (client.clone(), import.name_any());
+                tokio::spawn(async move {
+                    crate::leases::abort_recorded(&client, &api, &name, &objects.leases).await;
+                });
+            }
+            Err(error) => {
+                tracing::warn!(import = %import.name_any(), error = %chain(&error), leases = ?objects.leases, "export leases cannot be aborted: no session with the source");
+            }
+        }
+        return;
+    }
+    if SourceKind::of(import) != SourceKind::Openstack {
         return;
     }
     match facts.openstack_source(ctx, import).await {

@@ -138,6 +138,16 @@ impl Control {
         .await;
     }
 
+    /// Makes the next `times` downloads of `vm` end normally after `cut_after_bytes` bytes, as if
+    /// the body were whole.
+    #[allow(dead_code)]
+    pub(crate) async fn add_clean_cut(&self, cut_after_bytes: u64, times: u32, vm: &str) {
+        self.send(self.http.post(self.url("faults")).json_body(&json!({
+            "cutAfterBytes": cut_after_bytes, "times": times, "vm": vm, "cleanEnd": true
+        })))
+        .await;
+    }
+
     /// Paces `vm`'s disk downloads to `bytes_per_second`, or lifts the pace with `None`; applies to
     /// downloads in flight too.
     pub(crate) async fn throttle(&self, vm: &str, bytes_per_second: Option<u64>) {
