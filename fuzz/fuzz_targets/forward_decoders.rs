@@ -44,7 +44,9 @@ fn drain(size: u64, mut next: impl FnMut(&mut Vec<u8>) -> Option<u64>) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, data)) = data.split_first() else { return };
+    let Some((&first, data)) = data.split_first() else {
+        return;
+    };
     let step = usize::from(first) * 61 + 1;
     if let Ok(mut d) = vmdk::SparseForward::new(Trickle { data, step }, WINDOW) {
         let size = d.capacity();

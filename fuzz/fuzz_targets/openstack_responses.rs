@@ -29,6 +29,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(token) = serde_json::from_slice::<identity::TokenResponse>(data) {
         let _ = token.token.expires();
-        let _ = identity::select_endpoint(&token.token.catalog, &["compute"], Some("RegionOne"), identity::Interface::Public);
+        let _ = identity::select_endpoint(
+            &token.token.catalog,
+            &["compute"],
+            Some("RegionOne"),
+            identity::Interface::Public,
+        );
     }
 });

@@ -10,7 +10,12 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(d) = vmdk::Descriptor::parse_bytes(data) {
         let _ = d.capacity_sectors();
-        let _ = (d.adapter_type(), d.virtual_hw_version(), d.geometry(), d.thin_provisioned());
+        let _ = (
+            d.adapter_type(),
+            d.virtual_hw_version(),
+            d.geometry(),
+            d.thin_provisioned(),
+        );
         for extent in &d.extents {
             // The parser promised names that stay inside the descriptor's directory.
             if let Some(file) = &extent.file {

@@ -23,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = vec![0u8; MAX_READ];
     let mut offset = 0u64;
     for _ in 0..MAX_SEGMENTS {
-        let Ok(segment) = reader.segment(offset) else { return };
+        let Ok(segment) = reader.segment(offset) else {
+            return;
+        };
         if segment.len == 0 {
             return;
         }

@@ -11,7 +11,9 @@ use libfuzzer_sys::fuzz_target;
 use vmdk::{Event, GrainInflater, StreamDecoder};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, data)) = data.split_first() else { return };
+    let Some((&first, data)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(first) * 7 + 1;
     let mut decoder = StreamDecoder::new();
     let mut inflater = GrainInflater::new();

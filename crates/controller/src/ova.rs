@@ -462,13 +462,6 @@ impl Resumability {
     }
 }
 
-/// The first byte position of a `Content-Range: bytes <first>-<last>/<total>` header.
-fn content_range_start(value: &str) -> Option<u64> {
-    let range = value.trim().strip_prefix("bytes")?.trim_start();
-    let (first, _) = range.split_once('-')?;
-    first.trim().parse().ok()
-}
-
 /// Streams the archive into `tx`, resuming a cut connection with `Range: bytes=<position>-` when
 /// the first response allowed it. Ends with [`Chunk::End`], or [`Chunk::Failed`] with the reason
 /// also left in `failure`.
@@ -535,7 +528,7 @@ async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Op
                     .headers()
                     .get(CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(content_range_start);
+                    .and_then(http_parts::content_range_start);
                 if start != Some(position) {
                     let message = format!(
                         "the server resumed at {} instead of byte {position}",
@@ -925,14 +918,6 @@ mod tests {
         assert_eq!(idle_timeout(Some(0)), None);
         assert_eq!(idle_timeout(Some(-5)), None);
         assert_eq!(idle_timeout(Some(30)), Some(Duration::from_secs(30)));
-    }
-
-    #[test]
-    fn content_range_start_is_read_from_the_header() {
-        assert_eq!(content_range_start("bytes 1000-1999/2000"), Some(1000));
-        assert_eq!(content_range_start("bytes  0-0/*"), Some(0));
-        assert_eq!(content_range_start("items 1-2/3"), None);
-        assert_eq!(content_range_start("bytes */2000"), None);
     }
 
     #[test]

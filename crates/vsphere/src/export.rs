@@ -37,6 +37,7 @@ use crate::{
     proto::{
         Fault, MoRef, envelope,
         envelope::{ObjectSpec, PropertySpec},
+        nfc,
         response::{self, LeaseInfo, LeaseState},
         vm::{DeviceKey, DeviceKeyError, Disk, VmDescription},
     },
@@ -508,28 +509,6 @@ fn keepalive_period(info: &LeaseInfo, options: &ExportOptions) -> Duration {
     })
 }
 
-/// Replaces a `*` host (ESXi answering directly) by the host we connected to; a URL without a port
-/// takes the SDK's port too.
-fn resolve_url(raw: &str, sdk: &Url) -> Option<Url> {
-    let starred = raw.contains("://*/") || raw.contains("://*:");
-    let text = if starred {
-        raw.replacen("://*", "://placeholder.invalid", 1)
-    } else {
-        raw.to_owned()
-    };
-    let mut url = Url::parse(&text).ok()?;
-    if url.scheme() != "https" && url.scheme() != "http" {
-        return None;
-    }
-    if starred {
-        url.set_host(sdk.host_str()).ok()?;
-        if url.port().is_none() {
-            url.set_port(sdk.port()).ok()?;
-        }
-    }
-    Some(url)
-}
-
 struct Planned {
     disk: Disk,
     device_key: String,
@@ -663,7 +642,7 @@ impl Client {
                 lease: lease.clone(),
                 url: device.url.chars().take(300).collect(),
             };
-            let url = resolve_url(&device.url, self.sdk_url()).ok_or_else(bad_url)?;
+            let url = nfc::resolve_device_url(&device.url, self.sdk_url()).ok_or_else(bad_url)?;
             let same_host = url.host_str() == self.sdk_url().host_str()
                 && url.port_or_known_default() == self.sdk_url().port_or_known_default();
             let (http, tls) = match (&device.ssl_thumbprint, same_host || self.tls_insecure()) {
@@ -1021,24 +1000,6 @@ async fn download<S: DiskSink>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn star_host_takes_the_sdk_host_and_port() {
-        let sdk = Url::parse("https://127.0.0.1:8989/sdk").unwrap();
-        assert_eq!(
-            resolve_url("https://*/nfc/abc/disk-0.vmdk", &sdk)
-                .unwrap()
-                .as_str(),
-            "https://127.0.0.1:8989/nfc/abc/disk-0.vmdk"
-        );
-        assert_eq!(
-            resolve_url("https://esx1.example/nfc/abc/disk-0.vmdk", &sdk)
-                .unwrap()
-                .as_str(),
-            "https://esx1.example/nfc/abc/disk-0.vmdk"
-        );
-        assert!(resolve_url("file:///etc/passwd", &sdk).is_none());
-    }
 
     #[test]
     fn keepalive_period_is_a_quarter_of_the_timeout_within_bounds() {

@@ -12,6 +12,7 @@
 
 pub mod envelope;
 pub mod fault;
+pub mod nfc;
 pub mod response;
 pub mod vm;
 pub mod xml;
