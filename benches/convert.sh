@@ -72,17 +72,17 @@ results=()
 # sha256sum is 8× slower).
 r=$(measure sha256-only openssl dgst -sha256 disk.raw); results+=("$r")
 r=$(measure qemu-stream qemu-img convert -m 16 -W -f vmdk -O raw stream.vmdk out.q.raw); results+=("$r"); check_raw out.q.raw
-r=$(measure ours-stream "$bin" convert --progress none --report out.report.json stream.vmdk out.o.raw); results+=("$r"); check_raw out.o.raw
+r=$(measure ours-stream "$bin" convert --force --progress none --report out.report.json stream.vmdk out.o.raw); results+=("$r"); check_raw out.o.raw
 grep -q "$want_sha" out.report.json || { echo "sha256 mismatch in report" >&2; exit 1; }
-r=$(measure ours-stream-1thread "$bin" convert --threads 1 --progress none stream.vmdk out.o.raw); results+=("$r")
-r=$(measure ours-stream-pipe sh -c "cat stream.vmdk | '$bin' convert --progress none - out.o.raw"); results+=("$r"); check_raw out.o.raw
+r=$(measure ours-stream-1thread "$bin" convert --force --threads 1 --progress none stream.vmdk out.o.raw); results+=("$r")
+r=$(measure ours-stream-pipe sh -c "cat stream.vmdk | '$bin' convert --force --progress none - out.o.raw"); results+=("$r"); check_raw out.o.raw
 r=$(measure qemu-sparse-raw qemu-img convert -m 16 -W -f vmdk -O raw sparse.vmdk out.q.raw); results+=("$r")
-r=$(measure ours-sparse-raw "$bin" convert --progress none sparse.vmdk out.o.raw); results+=("$r"); check_raw out.o.raw
+r=$(measure ours-sparse-raw "$bin" convert --force --progress none sparse.vmdk out.o.raw); results+=("$r"); check_raw out.o.raw
 r=$(measure qemu-sparse-qcow2 qemu-img convert -m 16 -W -f vmdk -O qcow2 sparse.vmdk out.q.qcow2); results+=("$r")
-r=$(measure ours-sparse-qcow2 "$bin" convert -O qcow2 --progress none sparse.vmdk out.o.qcow2); results+=("$r")
+r=$(measure ours-sparse-qcow2 "$bin" convert --force -O qcow2 --progress none sparse.vmdk out.o.qcow2); results+=("$r")
 qemu-img check -q out.o.qcow2 && qemu-img compare -q -f raw -F qcow2 disk.raw out.o.qcow2 || { echo "qcow2 output differs" >&2; exit 1; }
 r=$(measure qemu-flat-raw qemu-img convert -m 16 -W -f vmdk -O raw flat.vmdk out.q.raw); results+=("$r")
-r=$(measure ours-flat-raw "$bin" convert --progress none flat.vmdk out.o.raw); results+=("$r"); check_raw out.o.raw
+r=$(measure ours-flat-raw "$bin" convert --force --progress none flat.vmdk out.o.raw); results+=("$r"); check_raw out.o.raw
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo

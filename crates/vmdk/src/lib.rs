@@ -7,7 +7,8 @@
 //! - [`header`]: the 512-byte `SparseExtentHeader` as raw fields and as a validated value.
 //! - [`grain`]: compressed grain records and the zlib inflater.
 //! - [`stream`]: [`StreamDecoder`], a sans-IO decoder for streamOptimized bytes of unknown length
-//!   that yields grains with their LBA; it needs no seeking, footer or grain directory.
+//!   that yields grains with their LBA; it needs no seeking, and reads the footer or tables only
+//!   to prove the stream's end.
 //! - [`stream_end`]: what proves that a stream ended where its writer ended it (footer and EOS,
 //!   or the grain tables before the first grain all satisfied): a cut stream is never a disk.
 //! - [`forward`]: [`SparseForward`], a hosted sparse extent (monolithicSparse) decoded from a

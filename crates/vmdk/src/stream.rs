@@ -2,8 +2,10 @@
 //! and yields [`Event`]s — the header, the embedded descriptor, each compressed grain with its
 //! LBA, metadata markers, the footer and the end of the stream.
 //!
-//! It never seeks and needs neither the footer nor the grain directory: every grain record carries
-//! its own LBA, so a vCenter `ExportVm` body (footer last, length unknown) converts in one pass.
+//! It never seeks: every grain record carries its own LBA, so a vCenter `ExportVm` body (footer
+//! last, length unknown) converts in one pass. The footer and EOS marker, or the grain tables qemu
+//! writes before the first grain, are what [`StreamDecoder::finish`] needs to accept the end of the
+//! input as the end of the stream ([`crate::stream_end`]).
 //! Inflation is left to the caller (see [`crate::grain`]) so that it can run on several threads.
 //!
 //! ```text
