@@ -354,10 +354,26 @@ fn vmware_ova_with(
     assert!(vmdk1.ends_with("web-01-disk1.vmdk"));
     std::fs::write(d.join("tools.iso"), vec![7u8; 4096]).unwrap();
     let size = |name: &str| std::fs::metadata(d.join(name)).unwrap().len().to_string();
-    let ovf = fixtures::vmware_ovf_with_capacities(sizes[0], sizes[1])
+    let mut ovf = fixtures::vmware_ovf_with_capacities(sizes[0], sizes[1])
         .replace("{DISK1_SIZE}", &size("web-01-disk1.vmdk"))
         .replace("{DISK2_SIZE}", &size("web-01-disk2.vmdk.gz"))
         .replace("{ISO_SIZE}", &size("tools.iso"));
+    // A disk re-made as qcow2 is declared as qcow2 (a member whose bytes contradict its OVF
+    // format is refused).
+    for (disk, args) in ["vmdisk1", "vmdisk2"].into_iter().zip(layouts) {
+        if args.contains(&"qcow2") {
+            let vmdk = format!(
+                r#"ovf:diskId="{disk}" ovf:fileRef="file{}" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized""#,
+                &disk[6..]
+            );
+            let qcow2 = vmdk.replace(
+                "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized",
+                "https://www.qemu.org/docs/master/interop/qcow2.html",
+            );
+            assert!(ovf.contains(&vmdk), "the fixture declares {disk} as a VMDK");
+            ovf = ovf.replace(&vmdk, &qcow2);
+        }
+    }
     std::fs::write(d.join("web-01.ovf"), ovf).unwrap();
     let disk2 = if corrupt_manifest {
         "0".repeat(64)
