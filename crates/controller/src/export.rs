@@ -129,6 +129,8 @@ pub enum ExportSource {
         vm_name: String,
         /// Folder under `<dc>/vm`.
         folder: Option<String>,
+        /// Export leases an earlier process recorded in status (aborted before a new one is taken).
+        recorded_leases: Vec<String>,
     },
     /// The OVA at an `OvaSource`'s URL.
     Ova(OvaSource),
@@ -484,14 +486,13 @@ async fn run(ctx: &Arc<Context>, request: ExportRequest) -> Result<(), ExportErr
             source,
             vm_name,
             folder,
+            recorded_leases,
         } => {
             let client = vmware::connect(&ctx.kube, &source).await?;
             // A lease an earlier process took and never released blocks the VM: abort it first.
             let api: Api<VirtualMachineImport> =
                 Api::namespaced(ctx.kube.clone(), import.namespace.as_deref().unwrap_or_default());
-            if let Ok(current) = api.get(&import.name).await {
-                leases::abort_recorded(&client, &api, &import.name, &leases::recorded(&current)).await;
-            }
+            leases::abort_recorded(&client, &api, &import.name, &recorded_leases).await;
             let description = client
                 .inspect(
                     vmware::datacenter_name(&source.spec.datacenter),

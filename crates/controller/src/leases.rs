@@ -70,16 +70,6 @@ pub async fn abort_recorded(
     left
 }
 
-/// The leases recorded in an import's status.
-pub fn recorded(import: &VirtualMachineImport) -> Vec<String> {
-    import
-        .status
-        .as_ref()
-        .and_then(|s| s.source_temporary_objects.as_ref())
-        .map(|o| o.leases.clone())
-        .unwrap_or_default()
-}
-
 /// A hook for [`vsphere::Client::export_vm_recorded`] that keeps import `name`'s status in step
 /// with the open leases, through one writer task (newest value last); the task ends when the hook
 /// is dropped.

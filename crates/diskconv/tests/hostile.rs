@@ -2,7 +2,10 @@
 //! byte offset, never a panic, a hang or a huge allocation, and no output is finished.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use support::stream::{end_stream, grain, header};
+use support::{
+    error_chain,
+    stream::{end_stream, grain, header},
+};
 use vmdk::grain::deflate_grain;
 use vmi_diskconv::{self as diskconv, Error, Options, Output};
 
@@ -193,17 +196,6 @@ fn stream_cut_at_a_grain_boundary_from_a_file_fails_and_leaves_no_image() {
         matches!(err, Error::Stream(vmdk::stream::Error::Incomplete { offset, .. }) if offset == second as u64),
         "{err:?}"
     );
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// A writer that fails at once, like a full disk.

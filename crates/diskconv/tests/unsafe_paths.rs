@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
+use support::error_chain;
 use vmi_diskconv::{self as diskconv, Error, Options, Output};
+
+mod support;
 
 /// A monolithicFlat VMDK (descriptor plus `disk-flat.vmdk`) of 1 MiB in `dir`.
 fn flat_vmdk(dir: &Path) -> (PathBuf, PathBuf) {
@@ -43,16 +46,6 @@ fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
     rx.recv_timeout(Duration::from_secs(60)).expect("hung")
 }
 
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text = format!("{text}: {e}");
-        source = e.source();
-    }
-    text
-}
-
 fn convert(vmdk: PathBuf, out: PathBuf) -> Result<diskconv::Report, Error> {
     within_a_minute(move || diskconv::convert_path(&vmdk, Output::RawFile(out), &Options::default()))
 }
@@ -65,14 +58,18 @@ fn extent_that_is_a_symlink_is_refused_and_its_target_never_read() {
     std::os::unix::fs::symlink("/etc/passwd", &extent).unwrap();
     let out = dir.path().join("out.img");
     let err = convert(vmdk.clone(), out.clone()).unwrap_err();
-    let text = chain(&err);
+    let text = error_chain(&err);
     assert!(
         text.contains("disk-flat.vmdk") && text.contains("symbolic link"),
         "{text}"
     );
     assert!(!out.exists() || fs::read(&out).unwrap().iter().all(|&b| b == 0));
     let err = within_a_minute(move || diskconv::inspect::inspect_path(&vmdk)).unwrap_err();
-    assert!(chain(&err).contains("symbolic link"), "{}", chain(&err));
+    assert!(
+        error_chain(&err).contains("symbolic link"),
+        "{}",
+        error_chain(&err)
+    );
 }
 
 #[test]
@@ -82,10 +79,10 @@ fn extent_that_is_a_fifo_is_refused_without_waiting() {
     fs::remove_file(&extent).unwrap();
     rustix::fs::mkfifoat(rustix::fs::CWD, &extent, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
     let err = convert(vmdk.clone(), dir.path().join("out.img")).unwrap_err();
-    let text = chain(&err);
+    let text = error_chain(&err);
     assert!(text.contains("disk-flat.vmdk") && text.contains("FIFO"), "{text}");
     let err = within_a_minute(move || diskconv::inspect::inspect_path(&vmdk)).unwrap_err();
-    assert!(chain(&err).contains("FIFO"), "{}", chain(&err));
+    assert!(error_chain(&err).contains("FIFO"), "{}", error_chain(&err));
 }
 
 #[test]

@@ -518,6 +518,11 @@ async fn start_export(
             source: facts.vmware_source(ctx, import).await?.clone(),
             vm_name: import.spec.virtual_machine_name.clone(),
             folder: Some(import.spec.folder.clone()).filter(|f| !f.is_empty()),
+            recorded_leases: status
+                .source_temporary_objects
+                .as_ref()
+                .map(|o| o.leases.clone())
+                .unwrap_or_default(),
         },
     };
     if status.disk_import_status.is_empty() {
