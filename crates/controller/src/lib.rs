@@ -122,12 +122,16 @@ async fn stop_signal() {
 /// # Errors
 /// [`RunError`].
 pub async fn run_with_client(client: kube::Client, settings: Settings) -> Result<(), RunError> {
-    let work = serve(client, settings);
+    // This function owns the signals: the controllers stop when told, never on a signal of their
+    // own, so the grace period below always starts with the stop.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let work = serve(client, settings, StopRequested(stop_rx));
     tokio::pin!(work);
     tokio::select! {
         result = &mut work => result,
         () = stop_signal() => {
             tracing::info!(grace = ?SHUTDOWN_GRACE, "stop signal received; stopping");
+            let _ = stop_tx.send(true);
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -139,7 +143,21 @@ pub async fn run_with_client(client: kube::Client, settings: Settings) -> Result
     }
 }
 
-async fn serve(client: kube::Client, settings: Settings) -> Result<(), RunError> {
+/// Resolves once [`run_with_client`] has been told to stop; each controller waits on a clone.
+#[derive(Clone)]
+struct StopRequested(tokio::sync::watch::Receiver<bool>);
+
+impl StopRequested {
+    fn wait(self) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+        let mut receiver = self.0;
+        async move {
+            // An error means the sender is gone, which happens only when the process is ending.
+            let _ = receiver.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+async fn serve(client: kube::Client, settings: Settings, stop: StopRequested) -> Result<(), RunError> {
     tokio::fs::create_dir_all(&settings.image_dir)
         .await
         .map_err(|source| RunError::ImageDir {
@@ -190,22 +208,25 @@ async fn serve(client: kube::Client, settings: Settings) -> Result<(), RunError>
     metrics.set_ready(true);
 
     let controllers = futures::future::join4(
-        run_import_controller(client.clone(), ctx.clone(), wake_rx),
+        run_import_controller(client.clone(), ctx.clone(), wake_rx, stop.clone()),
         run_source_controller(
             client.clone(),
             ctx.clone(),
+            stop.clone(),
             |s: &VmwareSource| Some(&s.spec.credentials),
             source::reconcile_vmware,
         ),
         run_source_controller(
             client.clone(),
             ctx.clone(),
+            stop.clone(),
             |s: &OpenstackSource| Some(&s.spec.credentials),
             source::reconcile_openstack,
         ),
         run_source_controller(
             client.clone(),
             ctx.clone(),
+            stop,
             |s: &OvaSource| s.spec.credentials.as_ref(),
             source::reconcile_ova,
         ),
@@ -260,6 +281,7 @@ async fn run_import_controller(
     client: kube::Client,
     ctx: Arc<Context>,
     wake: mpsc::UnboundedReceiver<ObjectRef<VirtualMachineImport>>,
+    stop: StopRequested,
 ) {
     let namespace = ctx.settings.namespace.clone();
     let namespace = namespace.as_deref();
@@ -314,7 +336,7 @@ async fn run_import_controller(
             },
         )
         .reconcile_on(wake)
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop.wait())
         .run(import::reconcile, import::on_error, ctx)
         .for_each(|_| async {})
         .await;
@@ -336,6 +358,7 @@ fn names_secret(reference: &SecretReference, source_namespace: Option<String>, s
 async fn run_source_controller<K, F, Fut>(
     client: kube::Client,
     ctx: Arc<Context>,
+    stop: StopRequested,
     credentials: fn(&K) -> Option<&SecretReference>,
     reconcile: F,
 ) where
@@ -369,7 +392,7 @@ async fn run_source_controller<K, F, Fut>(
                     .collect::<Vec<_>>()
             },
         )
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop.wait())
         .run(reconcile, source_error_policy, ctx)
         .for_each(|_| async {})
         .await;
