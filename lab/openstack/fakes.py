@@ -154,8 +154,13 @@ class Glance:
     def create_image(self, token, fields):
         return self.call("POST", "/v2/images", token, fields)
 
-    def upload(self, token, image_id, path):
-        size = os.path.getsize(path)
+    def upload(self, token, image_id, path, size=None):
+        """Uploads the file at `path`, followed by zeros up to `size` bytes when given: a volume's
+        data file holds only its written part, and Cinder uploads the whole volume."""
+        data_size = os.path.getsize(path)
+        size = data_size if size is None else size
+        if size < data_size:
+            raise ValueError(f"{path} holds {data_size} bytes, more than the {size} to upload")
         c = self.conn()
         try:
             c.putrequest("PUT", f"/v2/images/{image_id}/file")
@@ -169,6 +174,11 @@ class Glance:
                     if not block:
                         break
                     c.send(block)
+            zeros = bytes(CHUNK * 16)
+            left = size - data_size
+            while left:
+                c.send(zeros[:min(left, len(zeros))])
+                left -= min(left, len(zeros))
             resp = c.getresponse()
             raw = resp.read()
             if resp.status != 204:
@@ -204,7 +214,7 @@ class State:
         self.faults, self.downloads, self.requests = [], [], []
         self.settings = {"maxMicroversion": DEFAULT_MAX_MICROVERSION, "transitionSeconds": 0.2}
 
-    # Faults: {"op", "mode": "http"|"status"|"cut"|"revokeTokens"|"throttle"|"lostAnswer", "status", "cutAfterBytes",
+    # Faults: {"op", "mode": "http"|"status"|"cut"|"revokeTokens"|"throttle"|"lostAnswer"|"short", "status", "cutAfterBytes",
     #          "bytesPerSecond", "times", "target"}
     def take_fault(self, op, *targets, modes=None):
         with self.lock:
@@ -772,11 +782,14 @@ class Handler(BaseHTTPRequestHandler):
         image = st.glance.create_image(token["raw"], fields)
         v["status"] = "uploading"
         failed = bool(fault and fault["mode"] == "status")
+        # mode 'short': the image goes active holding only the volume's data file, as when a
+        # backend loses the end of a volume on the way; Glance's size and hash then match the cut data.
+        size = None if (fault and fault["mode"] == "short") else v["size"] * GIB
 
         def upload():
             try:
                 if not failed:
-                    st.glance.upload(st.keystone.service_token(), image["id"], v["path"])
+                    st.glance.upload(st.keystone.service_token(), image["id"], v["path"], size)
             finally:
                 with st.lock:
                     v["status"] = "available"
@@ -958,7 +971,7 @@ class Handler(BaseHTTPRequestHandler):
                 fault.setdefault("mode", "http")
                 fault.setdefault("times", 1)
                 fault.setdefault("target", "")
-                if fault["mode"] not in ("http", "status", "cut", "revokeTokens", "throttle", "lostAnswer"):
+                if fault["mode"] not in ("http", "status", "cut", "revokeTokens", "throttle", "lostAnswer", "short"):
                     raise ApiError(400, f"unknown fault mode {fault['mode']!r}")
                 if fault["mode"] == "cut" and not isinstance(fault.get("cutAfterBytes"), int):
                     raise ApiError(400, "mode 'cut' needs an integer cutAfterBytes")
@@ -1009,8 +1022,8 @@ def new_volume(st, project, user_id, name, src, bootable, image_metadata, status
     path = os.path.join(st.data_dir, "volumes", vol_id + ".img")
     if not copy_later:
         shutil.copyfile(src, path)
-    # Cinder sizes are whole GiB; the lab's volumes hold their data file's bytes (a few MiB), so the
-    # size is those bytes rounded up, as Cinder would report a volume that big.
+    # Cinder sizes are whole GiB. A volume's data file holds only its first bytes (a few MiB); the
+    # rest of the volume reads as zeros, and an upload to an image sends the volume whole.
     size = size or max(1, math.ceil(os.path.getsize(src) / GIB))
     v = {"id": vol_id, "name": name, "description": None, "size": size, "status": status, "project_id": project,
          "user_id": user_id, "bootable": bool(bootable), "image_metadata": dict(image_metadata or {}),

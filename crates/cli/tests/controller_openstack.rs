@@ -194,11 +194,16 @@ fn temp_prefix(import: &VirtualMachineImport) -> String {
     )
 }
 
-fn assert_digests(import: &VirtualMachineImport, harvester: &harvester::StandIn, raws: &[&Path]) {
+/// SHA-256 of the volume the lab's Cinder makes of the data file at `path`.
+fn volume_sha256(path: &Path) -> String {
+    test_support::disk::cinder_volume_sha256(path).expect("reading a test disk")
+}
+
+fn assert_digests(import: &VirtualMachineImport, harvester: &harvester::StandIn, expected: &[String]) {
     let status = import.status.clone().unwrap();
-    assert_eq!(status.disk_import_status.len(), raws.len(), "{status:#?}");
-    for (disk, raw) in status.disk_import_status.iter().zip(raws) {
-        let expected = sha256_file(raw);
+    assert_eq!(status.disk_import_status.len(), expected.len(), "{status:#?}");
+    for (disk, expected) in status.disk_import_status.iter().zip(expected) {
+        let expected = expected.clone();
         assert_eq!(disk.sha256.as_deref(), Some(expected.as_str()), "{disk:?}");
         assert_eq!(
             harvester.fetched(&disk.virtual_machine_image).map(|f| f.sha256),
@@ -281,7 +286,7 @@ async fn volume_and_image_backed_servers_import_to_running_with_identical_images
     let db_elapsed = started.elapsed();
     let web_import = finished(&scene, &controller, "web").await;
     eprintln!(
-        "2-volume server (8 + 4 MiB) running after {db_elapsed:?}; both servers after {:?}",
+        "2-volume server (two 1 GiB volumes, 8 + 4 MiB written) running after {db_elapsed:?}; both servers after {:?}",
         started.elapsed()
     );
     for import in [&db_import, &web_import] {
@@ -293,8 +298,12 @@ async fn volume_and_image_backed_servers_import_to_running_with_identical_images
             controller.log_tail()
         );
     }
-    assert_digests(&db_import, &harvester, &[&root, &data]);
-    assert_digests(&web_import, &harvester, &[&image_root]);
+    assert_digests(
+        &db_import,
+        &harvester,
+        &[volume_sha256(&root), volume_sha256(&data)],
+    );
+    assert_digests(&web_import, &harvester, &[sha256_file(&image_root)]);
     control.assert_no_objects(&temp_prefix(&db_import)).await;
     control.assert_no_objects(&temp_prefix(&web_import)).await;
 
@@ -599,9 +608,9 @@ async fn killed_controller_mid_download_deletes_the_recorded_objects_and_finishe
         .await;
     let import = scene.get_import("kill").await;
     let prefix = temp_prefix(&import);
-    // 16 MiB at 2 MiB/s: the download is still running when the controller is killed.
+    // The 1 GiB volume at 64 MiB/s: the download is still running when the controller is killed.
     control
-        .fault(json!({"op": "image.download", "mode": "throttle", "bytesPerSecond": 2 << 20, "target": format!("{prefix}-0")}))
+        .fault(json!({"op": "image.download", "mode": "throttle", "bytesPerSecond": 64 << 20, "target": format!("{prefix}-0")}))
         .await;
     let mid = scene
         .wait_import(&controller, "kill", Duration::from_secs(120), |i| {
@@ -643,7 +652,7 @@ async fn killed_controller_mid_download_deletes_the_recorded_objects_and_finishe
         import.status,
         controller.log_tail()
     );
-    assert_digests(&import, &harvester, &[&root]);
+    assert_digests(&import, &harvester, &[volume_sha256(&root)]);
     control.assert_no_objects(&prefix).await;
     let text = std::fs::read_to_string(scene.dir.path().join("controller.log")).unwrap();
     assert!(
@@ -691,9 +700,9 @@ async fn a_token_that_cannot_be_renewed_mid_import_fails_with_token_expired_and_
         .import_from("OpenstackSource", "rotate", "rotating", &name, json!({}))
         .await;
     let prefix = temp_prefix(&scene.get_import("rotate").await);
-    // 8 MiB at 1 MiB/s: the first disk is still downloading when the password changes.
+    // The 1 GiB volume at 64 MiB/s: the first disk is still downloading when the password changes.
     control
-        .fault(json!({"op": "image.download", "mode": "throttle", "bytesPerSecond": 1 << 20, "target": format!("{prefix}-0")}))
+        .fault(json!({"op": "image.download", "mode": "throttle", "bytesPerSecond": 64 << 20, "target": format!("{prefix}-0")}))
         .await;
     scene
         .wait_import(&controller, "rotate", Duration::from_secs(120), |i| {

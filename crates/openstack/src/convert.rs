@@ -319,11 +319,13 @@ impl ImageSink for ConvertingSink {
                 })?;
                 drop(file);
                 let (path, format) = (self.path.clone(), self.format);
-                let result = tokio::task::spawn_blocking(move || convert_staged(&staging, &path, format))
-                    .await
-                    .map_err(|_| Error::Join {
-                        path: self.path.clone(),
-                    })?;
+                let disk_size = self.meta.as_ref().and_then(|m| m.disk_size);
+                let result =
+                    tokio::task::spawn_blocking(move || convert_staged(&staging, &path, format, disk_size))
+                        .await
+                        .map_err(|_| Error::Join {
+                            path: self.path.clone(),
+                        })?;
                 remove_if_present(&self.staging_path())?;
                 result?
             }
@@ -333,7 +335,14 @@ impl ImageSink for ConvertingSink {
     }
 }
 
-fn convert_staged(staging: &Path, path: &Path, format: ImageFormat) -> Result<diskconv::Report, Error> {
+/// Converts the staged qcow2 download; `disk_size`, when the source states one, must be its
+/// virtual size.
+fn convert_staged(
+    staging: &Path,
+    path: &Path,
+    format: ImageFormat,
+    disk_size: Option<u64>,
+) -> Result<diskconv::Report, Error> {
     let detected = diskconv::source::detect_path(staging).map_err(|source| Error::Convert {
         path: staging.to_owned(),
         source,
@@ -346,7 +355,10 @@ fn convert_staged(staging: &Path, path: &Path, format: ImageFormat) -> Result<di
             detected: detected.name(),
         });
     }
-    let options = diskconv::Options::default();
+    let options = diskconv::Options {
+        expected_size: disk_size,
+        ..diskconv::Options::default()
+    };
     diskconv::convert_path(staging, format.output(path), &options).map_err(|source| {
         let _ = std::fs::remove_file(path);
         Error::Convert {

@@ -50,6 +50,10 @@ pub struct ImageMeta {
     pub format: DiskFormat,
     /// Bytes of data.
     pub size: u64,
+    /// The guest disk's size as the source describes it apart from the data: the Cinder volume's
+    /// size, or Glance's `virtual_size` of a server image. A disk decoded to any other size is
+    /// refused, so an image cut short on the OpenStack side never becomes a smaller disk.
+    pub disk_size: Option<u64>,
 }
 
 /// Where one disk's image bytes go.
@@ -475,6 +479,18 @@ pub enum Error {
         /// Its size.
         size: Option<u64>,
     },
+    /// A raw image's size is not the disk size its source describes.
+    #[error("disk {disk}: image {image} holds {size} bytes but the disk is {expected} bytes")]
+    SizeMismatch {
+        /// The disk.
+        disk: usize,
+        /// The image.
+        image: String,
+        /// Its size.
+        size: u64,
+        /// The volume's size, or Glance's virtual size.
+        expected: u64,
+    },
     /// The download failed.
     #[error("disk {disk}: downloading image {image}")]
     Download {
@@ -795,7 +811,7 @@ impl Client {
                 source,
             }
         };
-        let image_id = match &server.disks[disk].source {
+        let (image_id, volume_bytes) = match &server.disks[disk].source {
             DiskSource::Volume { volume_id, .. } => {
                 emit(hooks, disk, Step::Snapshot, 0, None);
                 let snapshot: SnapshotResponse = self
@@ -844,7 +860,7 @@ impl Client {
                 ledger.add(Kind::Image, &image_id);
                 self.wait_image(disk, &image_id, Some(&volume.id), options)
                     .await?;
-                image_id
+                (image_id, Some(volume.size << 30))
             }
             DiskSource::ServerImage { .. } => {
                 emit(hooks, disk, Step::ServerImage, 0, None);
@@ -863,7 +879,7 @@ impl Client {
                 })?;
                 ledger.add(Kind::Image, &image_id);
                 self.wait_image(disk, &image_id, None, options).await?;
-                image_id
+                (image_id, None)
             }
         };
         let image: Image = self
@@ -879,10 +895,23 @@ impl Client {
                 size: image.size,
             });
         };
+        // Cinder uploads a volume whole: a raw image of any other size lost data on the way.
+        let disk_size = volume_bytes.or(image.virtual_size);
+        if let (DiskFormat::Raw, Some(expected)) = (format, disk_size)
+            && size != expected
+        {
+            return Err(Error::SizeMismatch {
+                disk,
+                image: image_id,
+                size,
+                expected,
+            });
+        }
         let meta = ImageMeta {
             image_id: image_id.clone(),
             format,
             size,
+            disk_size,
         };
         emit(hooks, disk, Step::Download, 0, Some(size));
         let download_started = Instant::now();

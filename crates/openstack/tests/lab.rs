@@ -210,6 +210,10 @@ fn sha256_file(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
+fn volume_sha256(path: &Path) -> String {
+    test_support::disk::cinder_volume_sha256(path).expect("reading a test disk")
+}
+
 /// Records every ledger state the export reports.
 fn recording_hooks() -> (Hooks, Arc<Mutex<Vec<TempObjects>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -347,7 +351,7 @@ async fn volume_backed_server_with_two_volumes_exports_byte_identical_and_leaves
     assert_eq!(exported.images.len(), 2);
     assert_same_disk(&exported.images[0].path, "raw", &root, "raw");
     assert_same_disk(&exported.images[1].path, "raw", &data, "raw");
-    assert_eq!(exported.images[0].conversion.sha256, sha256_file(&root));
+    assert_eq!(exported.images[0].conversion.sha256, volume_sha256(&root));
     for disk in &exported.export.disks {
         assert_eq!(
             disk.verified_with.as_deref(),
@@ -461,7 +465,7 @@ async fn a_glance_download_cut_halfway_resumes_with_range_and_verifies() {
     assert_eq!(disk.verified_with.as_deref(), Some("sha512"));
     let sink = &exported.sinks[0];
     assert_eq!(sink.begins, 1, "resumed, not restarted");
-    assert_eq!(sink.sha256.as_deref(), Some(sha256_file(&root).as_str()));
+    assert_eq!(sink.sha256.as_deref(), Some(volume_sha256(&root).as_str()));
     let downloads: Vec<Value> = control
         .downloads()
         .await
@@ -493,6 +497,13 @@ async fn failures_between_steps_leave_no_temporary_object() {
         ("snapshot.create", "status", 1, "snapshot"),
         ("volume.upload", "status", 1, "upload to image"),
         ("image.download", "http", 1, "downloading image"),
+        // The image goes active smaller than its volume: refused before a byte is downloaded.
+        (
+            "volume.upload",
+            "short",
+            1,
+            "bytes but the disk is 1073741824 bytes",
+        ),
         // The volume is made but its id never arrives: it is found by name and deleted too.
         ("volume.create", "lostAnswer", 1, "volume"),
     ];
@@ -743,7 +754,7 @@ async fn tokens_are_renewed_before_expiry_and_after_a_revocation() {
         .expect("export across a revoked token");
     assert_eq!(
         exported.sinks[0].sha256.as_deref(),
-        Some(sha256_file(&root).as_str())
+        Some(volume_sha256(&root).as_str())
     );
     assert!(client.logins() >= 2, "logged in again after the 401");
     assert_no_objects(&control.wait_no_objects(&prefix).await, &prefix);

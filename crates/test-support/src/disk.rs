@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    io,
+    io::{self, Read},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
@@ -33,4 +33,20 @@ pub fn seeded_raw_disk(dir: &Path, name: &str, mib: u64, seed: u8) -> io::Result
         file.write_all_at(&block, offset)?;
     }
     Ok(path)
+}
+
+/// SHA-256 of the Cinder volume whose data file is `path`: the file's bytes, then zeros up to the
+/// whole GiB Cinder sizes volumes in. The lab's volumes are such files, and upload-to-image
+/// sends the whole volume.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn cinder_volume_sha256(path: &Path) -> io::Result<String> {
+    use sha2::Digest;
+    let mut file = File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let data = io::copy(&mut file, &mut hasher)?;
+    let size = data.div_ceil(1 << 30).max(1) << 30;
+    io::copy(&mut io::repeat(0).take(size - data), &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }

@@ -27,6 +27,9 @@ pub struct Image {
     /// Hex digest of the data.
     #[serde(default)]
     pub os_hash_value: Option<String>,
+    /// The disk size the data describes (a qcow2's virtual size), when Glance computed it.
+    #[serde(default)]
+    pub virtual_size: Option<u64>,
     /// Everything else, including the custom properties.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
