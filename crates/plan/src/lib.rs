@@ -3,6 +3,7 @@
 //! objects are checked against the lab's real CRDs in `tests/lab.rs`).
 //!
 //! * [`machine`]: the `VirtualMachineImport` state machine, `next(&Observed) -> Decision`;
+//! * [`transition`]: what a decision, once performed, does to the import's status;
 //! * [`preflight`]: gathered facts → [`api::Concern`]s;
 //! * [`model`]: the source-neutral VM model every source fills ([`SourceVm`]);
 //! * [`vm`]: the KubeVirt `VirtualMachine` built from it (upstream's shape, its defects fixed);
@@ -15,6 +16,7 @@ pub mod model;
 pub mod names;
 pub mod preflight;
 pub mod risks;
+pub mod transition;
 pub mod vm;
 
 pub use machine::{Decision, Observed, Phase as ImportPhase, next};

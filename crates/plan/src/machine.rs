@@ -127,6 +127,8 @@ pub enum Fact {
     VirtualMachine,
     /// [`Observed::leftovers`].
     Leftovers,
+    /// [`Observed::exported_files`].
+    ExportedFiles,
 }
 
 /// Everything [`next`] decides from. Facts are `None` when not gathered.
@@ -156,6 +158,9 @@ pub struct Observed<'a> {
     pub vm: Option<VmFact>,
     /// Files or image owner references remain to be tidied (terminal phases).
     pub leftovers: Option<bool>,
+    /// One per `status.diskImportStatus` entry: its image file is in the image directory (before
+    /// an export starts again: a file can be lost with the pod's emptyDir).
+    pub exported_files: Option<&'a [bool]>,
 }
 
 impl<'a> Observed<'a> {
@@ -174,6 +179,7 @@ impl<'a> Observed<'a> {
             images: None,
             vm: None,
             leftovers: None,
+            exported_files: None,
         }
     }
 }
@@ -237,6 +243,15 @@ pub enum Decision {
     ForcePowerOff,
     /// The VM is off; set `VMPoweredOff`.
     MarkPoweredOff,
+    /// Record every source disk in `diskImportStatus` (with its file name) before any byte moves,
+    /// so that a restart finds the same names and skips what is done.
+    RecordDisks,
+    /// These disks are recorded as exported but their files are gone: clear their digests, so
+    /// they are exported again.
+    ForgetLostImages {
+        /// Indexes into `diskImportStatus`.
+        disks: Vec<usize>,
+    },
     /// Start the background export of every disk except `skip` (indexes into `diskImportStatus`,
     /// disks already exported before a restart).
     StartExport {
@@ -296,6 +311,8 @@ impl Decision {
             Self::RequestShutdown => "ShutdownRequested",
             Self::ForcePowerOff => "PowerOffForced",
             Self::MarkPoweredOff => "PoweredOff",
+            Self::RecordDisks => "DisksRecorded",
+            Self::ForgetLostImages { .. } => "ImageFilesLost",
             Self::StartExport { .. } => "ExportStarted",
             Self::Exported => "Exported",
             Self::SubmitImages { .. } => "ImagesSubmitting",
@@ -565,6 +582,23 @@ fn source_ready(o: &Observed<'_>) -> Result<Decision, Decision> {
         // The export task records each disk's digest before it reports success.
         ExportFact::Succeeded => Ok(Decision::Exported),
         ExportFact::Idle => {
+            if disks.is_empty() {
+                return Ok(Decision::RecordDisks);
+            }
+            let present = o.exported_files.ok_or(Decision::Observe(Fact::ExportedFiles))?;
+            if present.len() != disks.len() {
+                return Err(Decision::Observe(Fact::ExportedFiles));
+            }
+            let lost: Vec<usize> = disks
+                .iter()
+                .zip(present)
+                .enumerate()
+                .filter(|(_, (d, present))| d.is_exported() && !**present)
+                .map(|(i, _)| i)
+                .collect();
+            if !lost.is_empty() {
+                return Ok(Decision::ForgetLostImages { disks: lost });
+            }
             if all_exported {
                 return Ok(Decision::Exported);
             }

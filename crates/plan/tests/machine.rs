@@ -492,7 +492,7 @@ fn an_off_vm_is_marked_powered_off() {
 }
 
 #[test]
-fn powered_off_vm_starts_an_export_of_every_disk() {
+fn powered_off_vm_records_its_disks_then_exports_every_one() {
     let (spec, status) = (spec(), source_ready(vec![ConditionType::VmPoweredOff]));
     assert_eq!(
         next(&Observed::new(&spec, &status)),
@@ -501,6 +501,19 @@ fn powered_off_vm_starts_an_export_of_every_disk() {
     let observed = Observed {
         export: Some(ExportFact::Idle),
         ..Observed::new(&spec, &status)
+    };
+    assert_eq!(next(&observed), Decision::RecordDisks, "names first, bytes after");
+
+    let mut status = status;
+    status.disk_import_status = vec![disk("d0.img", false), disk("d1.img", false)];
+    let observed = Observed {
+        export: Some(ExportFact::Idle),
+        ..Observed::new(&spec, &status)
+    };
+    assert_eq!(next(&observed), Decision::Observe(Fact::ExportedFiles));
+    let observed = Observed {
+        exported_files: Some(&[false, false]),
+        ..observed
     };
     assert_eq!(next(&observed), Decision::StartExport { skip: vec![] });
 }
@@ -512,6 +525,7 @@ fn restarted_export_skips_disks_that_were_finished() {
     status.disk_import_status = vec![disk("d0.img", true), disk("d1.img", false), disk("d2.img", true)];
     let observed = Observed {
         export: Some(ExportFact::Idle),
+        exported_files: Some(&[true, false, true]),
         ..Observed::new(&spec, &status)
     };
     assert_eq!(next(&observed), Decision::StartExport { skip: vec![0, 2] });
@@ -524,9 +538,30 @@ fn restart_after_every_disk_finished_does_not_export_again() {
     status.disk_import_status = vec![disk("d0.img", true), disk("d1.img", true)];
     let observed = Observed {
         export: Some(ExportFact::Idle),
+        exported_files: Some(&[true, true]),
         ..Observed::new(&spec, &status)
     };
     assert_eq!(next(&observed), Decision::Exported);
+}
+
+#[test]
+fn an_exported_disk_whose_file_is_gone_is_exported_again() {
+    let spec = spec();
+    let mut status = source_ready(vec![ConditionType::VmPoweredOff]);
+    status.disk_import_status = vec![disk("d0.img", true), disk("d1.img", true), disk("d2.img", false)];
+    // The files of an export that never finished are not expected to be there.
+    let observed = Observed {
+        export: Some(ExportFact::Idle),
+        exported_files: Some(&[true, false, false]),
+        ..Observed::new(&spec, &status)
+    };
+    assert_eq!(next(&observed), Decision::ForgetLostImages { disks: vec![1] });
+    // A fact for other disks than the status holds is gathered again.
+    let observed = Observed {
+        exported_files: Some(&[true]),
+        ..observed
+    };
+    assert_eq!(next(&observed), Decision::Observe(Fact::ExportedFiles));
 }
 
 #[test]

@@ -1,12 +1,11 @@
-//! Executing a [`Decision`]: the one side effect it names (a vSphere call, a created object, a started
-//! export, deleted files), then the status it implies, written with the resourceVersion it was
-//! computed from (a concurrent write makes it retry instead of losing data), then an Event.
+//! Executing a [`Decision`]: the one side effect it names (a call to the source, a created object,
+//! a started export, deleted files), described as a [`transition::Outcome`]; then what
+//! `plan::transition` derives from it: the status, written with the resourceVersion it was
+//! computed from (a concurrent write makes it retry instead of losing data), an Event, a requeue.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use api::{
-    Condition, ConditionStatus, ConditionType, ImportPhase, VirtualMachineImport, VirtualMachineImportStatus,
-};
+use api::{VirtualMachineImport, VirtualMachineImportStatus};
 use k8s_openapi::api::{core::v1::PersistentVolumeClaim, storage::v1::StorageClass};
 use kube::{
     Api, Resource, ResourceExt,
@@ -16,7 +15,7 @@ use kube::{
 use plan::{
     Decision,
     image::{self, Backend, ImageInput, Owner},
-    machine::Failure,
+    transition::{self, Outcome, Requeue, StopRequest, SubmittedImage},
 };
 use serde_json::json;
 
@@ -34,331 +33,156 @@ use crate::{
     vmware::chain,
 };
 
-/// How long to wait before looking again at an image whose import is in flight, when no watch
-/// event arrives (Longhorn/CDI update the image as they go).
-const IMAGE_POLL: Duration = Duration::from_secs(30);
-
-fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: ConditionType,
-    status: ConditionStatus,
-    reason: &str,
-    message: &str,
-) {
-    api::condition::upsert(
-        conditions,
-        Condition::new(type_, status, &now_rfc3339()).with_reason(reason, message),
-    );
-}
-
+/// Performs `decision`, then writes the status, Event and requeue that `plan::transition` derives
+/// from what happened.
 pub(super) async fn apply(
     ctx: &Arc<Context>,
     import: &VirtualMachineImport,
-    mut status: VirtualMachineImportStatus,
+    status: VirtualMachineImportStatus,
     facts: &mut Facts,
     decision: Decision,
 ) -> Result<Action, ImportError> {
-    let name = import.name_any();
-    let uid = import.uid().unwrap_or_default();
-    let reason = decision.reason();
-    let mut note: Option<(bool, String)> = None;
-    let mut export_recorded = false;
-    let concerns_recorded = match &decision {
-        Decision::Validated { concerns } => !concerns.is_empty(),
-        Decision::Fail(failure) => !failure.concerns.is_empty(),
-        _ => false,
-    };
-    let action = match decision {
-        Decision::Observe(_) => return Err(ImportError::Undecided),
-        Decision::Wait { after, .. } => {
-            return Ok(after.map_or_else(Action::await_change, Action::requeue));
-        }
-        Decision::Done => return Ok(Action::await_change()),
-        Decision::Validated { concerns } => {
-            let warnings = concerns.len();
-            status.concerns = concerns;
-            status.phase = ImportPhase::Valid;
-            note = Some((
-                false,
-                format!("preflight checks passed ({warnings} warnings or notes in status.concerns)"),
-            ));
-            Action::await_change()
-        }
-        Decision::Named(sanitized) => {
-            if sanitized.changed {
-                note = Some((
-                    false,
-                    format!(
-                        "source VM name {:?} is not a DNS-1123 label; the VM will be named {:?}",
-                        import.spec.virtual_machine_name, sanitized.name
-                    ),
-                ));
-            }
-            status.imported_virtual_machine_name = sanitized.name;
-            status.phase = ImportPhase::SourceReady;
-            Action::await_change()
-        }
-        Decision::RequestShutdown if SourceKind::of(import) == SourceKind::Openstack => {
-            openstack_stop(ctx, import, facts).await?;
-            set_condition(
-                &mut status.import_conditions,
-                ConditionType::VmShutdownGuest,
-                ConditionStatus::True,
-                "",
-                "",
-            );
-            note = Some((
-                false,
-                "os-stop requested (Nova shuts the guest down, then forces it off after its shutdown_timeout)".into(),
-            ));
-            Action::requeue(plan::machine::POWER_POLL)
-        }
-        Decision::ForcePowerOff if SourceKind::of(import) == SourceKind::Openstack => {
-            // Nova has no harder stop than os-stop; asking again is harmless (409 while stopping).
-            openstack_stop(ctx, import, facts).await?;
-            set_condition(
-                &mut status.import_conditions,
-                ConditionType::VmPoweringOff,
-                ConditionStatus::True,
-                "",
-                "",
-            );
-            note = Some((false, "os-stop requested again; waiting for SHUTOFF".into()));
-            Action::requeue(plan::machine::POWER_POLL)
-        }
-        Decision::RequestShutdown => {
-            let moref = vm_moref(ctx, import, facts).await?;
-            let (session, _) = facts.session(ctx, import).await?;
-            session
-                .request_guest_shutdown(&moref)
-                .await
-                .map_err(|e| ImportError::Vsphere {
-                    step: "requesting a guest shutdown",
-                    detail: chain(&e),
-                })?;
-            set_condition(
-                &mut status.import_conditions,
-                ConditionType::VmShutdownGuest,
-                ConditionStatus::True,
-                "",
-                "",
-            );
-            note = Some((
-                false,
-                format!(
-                    "guest shutdown requested; forced power-off after {} s",
-                    import.spec.graceful_shutdown_timeout_seconds()
-                ),
-            ));
-            Action::requeue(plan::machine::POWER_POLL)
-        }
-        Decision::ForcePowerOff => {
-            let moref = vm_moref(ctx, import, facts).await?;
-            let (session, _) = facts.session(ctx, import).await?;
-            session
-                .power_off(&moref)
-                .await
-                .map_err(|e| ImportError::Vsphere {
-                    step: "powering the VM off",
-                    detail: chain(&e),
-                })?;
-            set_condition(
-                &mut status.import_conditions,
-                ConditionType::VmPoweringOff,
-                ConditionStatus::True,
-                "",
-                "",
-            );
-            note = Some((false, "source VM powered off (forced)".into()));
-            Action::requeue(Duration::from_secs(1))
-        }
-        Decision::MarkPoweredOff => {
-            set_condition(
-                &mut status.import_conditions,
-                ConditionType::VmPoweredOff,
-                ConditionStatus::True,
-                "",
-                "",
-            );
-            Action::await_change()
-        }
-        Decision::StartExport { .. } => {
-            return start_export(ctx, import, status, facts).await;
-        }
-        Decision::Exported => {
-            set_condition(
-                &mut status.import_conditions,
-                ConditionType::VmExported,
-                ConditionStatus::True,
-                "",
-                "",
-            );
-            status.phase = ImportPhase::DisksExported;
-            let bytes: i64 = status.disk_import_status.iter().map(|d| d.disk_size).sum();
-            note = Some((
-                false,
-                format!(
-                    "{} disks exported ({bytes} bytes of virtual disk)",
-                    status.disk_import_status.len()
-                ),
-            ));
-            // Forgotten only once the outcome is in status (below): until then a retry still sees it.
-            export_recorded = true;
-            Action::await_change()
-        }
-        Decision::SubmitImages { disks } => {
-            submit_images(ctx, import, &mut status, &disks).await?;
-            Action::requeue(Duration::from_secs(1))
-        }
-        Decision::ImagesSubmitted => {
-            status.phase = ImportPhase::DiskImagesSubmitted;
-            Action::requeue(IMAGE_POLL)
-        }
-        Decision::ImagesFailed { disks } => {
-            let images = facts.images.clone().unwrap_or_default();
-            let mut messages = Vec::new();
-            for index in disks {
-                let message = match images.get(index) {
-                    Some(plan::machine::ImageFact::Failed { message }) => message.clone(),
-                    _ => "image missing".to_owned(),
-                };
-                if let Some(disk) = status.disk_import_status.get_mut(index) {
-                    set_condition(
-                        &mut disk.disk_conditions,
-                        ConditionType::ImageFailed,
-                        ConditionStatus::True,
-                        "ImportFailed",
-                        &message,
-                    );
-                    messages.push(format!("{}: {message}", disk.name));
-                }
-            }
-            status.phase = ImportPhase::DiskImagesFailed;
-            note = Some((true, format!("image import failed: {}", messages.join("; "))));
-            Action::await_change()
-        }
-        Decision::ResubmitImages { disks } => {
-            let api = kinds::namespaced(&ctx.kube, &namespace(import), &kinds::image_resource());
-            for &index in &disks {
-                let Some(disk) = status.disk_import_status.get_mut(index) else {
-                    continue;
-                };
-                if !disk.virtual_machine_image.is_empty() {
-                    delete_ignoring_missing(&api, &disk.virtual_machine_image).await?;
-                }
-                disk.virtual_machine_image.clear();
-                api::condition::remove(&mut disk.disk_conditions, &ConditionType::ImageFailed);
-                api::condition::remove(&mut disk.disk_conditions, &ConditionType::ImageSubmitted);
-            }
-            submit_images(ctx, import, &mut status, &disks).await?;
-            status.phase = ImportPhase::DiskImagesSubmitted;
-            note = Some((true, format!("resubmitted the images of {} disks", disks.len())));
-            Action::requeue(IMAGE_POLL)
-        }
-        Decision::ImagesReady => {
-            for disk in &mut status.disk_import_status {
-                set_condition(
-                    &mut disk.disk_conditions,
-                    ConditionType::ImageReady,
-                    ConditionStatus::True,
-                    "",
-                    "",
-                );
-            }
-            status.phase = ImportPhase::DiskImagesReady;
-            Action::await_change()
-        }
-        Decision::CreateVirtualMachine => {
-            create_virtual_machine(ctx, import, &status, facts).await?;
-            note = Some((
-                false,
-                format!("VirtualMachine {} created", status.imported_virtual_machine_name),
-            ));
-            Action::requeue(Duration::from_secs(1))
-        }
-        Decision::VirtualMachineCreated => {
-            status.phase = ImportPhase::VirtualMachineCreated;
-            Action::requeue(plan::machine::VM_READY_POLL)
-        }
-        Decision::Running => {
-            status.phase = ImportPhase::VirtualMachineRunning;
-            note = Some((
-                false,
-                format!(
-                    "VirtualMachine {} is running",
-                    status.imported_virtual_machine_name
-                ),
-            ));
-            Action::requeue(Duration::from_secs(1))
-        }
-        Decision::TidyUp => {
-            release_images(ctx, import, facts).await?;
-            delete_files(ctx, &status).await?;
-            clean_source_objects(ctx, import, &status, facts, false, false).await;
-            return Ok(until_source_objects_gone(&status));
-        }
-        Decision::CleanUp => {
-            let cancelled = ctx.exports.cancel(&uid);
-            delete_files(ctx, &status).await?;
-            clean_source_objects(ctx, import, &status, facts, cancelled, false).await;
-            return Ok(until_source_objects_gone(&status));
-        }
-        Decision::Finalize => {
-            let cancelled = ctx.exports.cancel(&uid);
-            delete_files(ctx, &status).await?;
-            clean_source_objects(ctx, import, &status, facts, cancelled, true).await;
-            remove_finalizer(ctx, import).await?;
-            ctx.metrics.set_phase(&uid, None);
-            tracing::info!(import = %name, cancelled, "import deleted; files removed");
-            return Ok(Action::await_change());
-        }
-        Decision::Fail(failure) => {
-            ctx.exports.cancel(&uid);
-            export_recorded = true;
-            record_failure(&mut status, &failure);
-            ctx.metrics.failed(failure.reason);
-            note = Some((true, failure.message.clone()));
-            Action::requeue(Duration::from_secs(1))
-        }
-    };
-    write_status(ctx, import, &status).await?;
-    if export_recorded {
-        ctx.exports.forget(&uid);
+    let outcome = perform(ctx, import, &status, facts, &decision).await?;
+    let images = facts.images.as_deref().unwrap_or_default();
+    let transition = transition::after(&decision, outcome, &import.spec, &status, images, &now_rfc3339());
+    if let Decision::Fail(failure) = &decision {
+        ctx.metrics.failed(failure.reason);
     }
-    if let Some((warning, text)) = note {
-        ctx.event(import, warning, reason, text).await;
+    if let Some(written) = &transition.status {
+        write_status(ctx, import, written).await?;
     }
-    if concerns_recorded {
+    if transition.forget_export {
+        // Only now that its outcome is in status: until then a retry still sees it.
+        ctx.exports.forget(&import.uid().unwrap_or_default());
+    }
+    if let Some(note) = transition.note {
+        ctx.event(import, note.warning, decision.reason(), note.text)
+            .await;
+    }
+    if transition.concern_events {
         // One Event per concern, named by its id, so `kubectl describe` shows each risk.
-        for c in &status.concerns {
+        for c in transition.status.iter().flat_map(|s| &s.concerns) {
             let warning = c.severity != api::Severity::Info;
             let text = format!("{:?}: {} (remedy: {})", c.severity, c.message, c.remedy);
             ctx.event(import, warning, &c.id, text).await;
         }
     }
-    Ok(action)
+    Ok(match transition.requeue {
+        Requeue::OnChange => Action::await_change(),
+        Requeue::After(after) => Action::requeue(after),
+    })
 }
 
-fn record_failure(status: &mut VirtualMachineImportStatus, failure: &Failure) {
-    status.phase = failure.terminal.phase();
-    set_condition(
-        &mut status.import_conditions,
-        ConditionType::ImportFailed,
-        ConditionStatus::True,
-        failure.reason,
-        &failure.message,
-    );
-    if let Some(condition) = &failure.condition {
-        set_condition(
-            &mut status.import_conditions,
-            condition.clone(),
-            ConditionStatus::True,
-            failure.reason,
-            &failure.message,
-        );
+/// The side effect `decision` names, and what it came to.
+async fn perform(
+    ctx: &Arc<Context>,
+    import: &VirtualMachineImport,
+    status: &VirtualMachineImportStatus,
+    facts: &mut Facts,
+    decision: &Decision,
+) -> Result<Outcome, ImportError> {
+    let uid = import.uid().unwrap_or_default();
+    Ok(match decision {
+        Decision::Observe(_) => return Err(ImportError::Undecided),
+        Decision::RequestShutdown => Outcome::Stopped(stop_source_vm(ctx, import, facts, false).await?),
+        Decision::ForcePowerOff => Outcome::Stopped(stop_source_vm(ctx, import, facts, true).await?),
+        Decision::RecordDisks => Outcome::DisksRecorded(source_disks(ctx, import, facts).await?),
+        Decision::StartExport { skip } => {
+            start_export(ctx, import, status, facts).await?;
+            Outcome::ExportStarted { skipped: skip.len() }
+        }
+        Decision::SubmitImages { disks } => {
+            Outcome::ImagesSubmitted(submit_images(ctx, import, status, disks).await?)
+        }
+        Decision::ResubmitImages { disks } => {
+            let api = kinds::namespaced(&ctx.kube, &namespace(import), &kinds::image_resource());
+            for disk in disks.iter().filter_map(|&i| status.disk_import_status.get(i)) {
+                if !disk.virtual_machine_image.is_empty() {
+                    delete_ignoring_missing(&api, &disk.virtual_machine_image).await?;
+                }
+            }
+            Outcome::ImagesSubmitted(submit_images(ctx, import, status, disks).await?)
+        }
+        Decision::CreateVirtualMachine => {
+            create_virtual_machine(ctx, import, status, facts).await?;
+            Outcome::Done
+        }
+        Decision::TidyUp => {
+            release_images(ctx, import, facts).await?;
+            delete_files(ctx, status).await?;
+            clean_source_objects(ctx, import, status, facts, false, false).await;
+            Outcome::Tidied {
+                cleanup_pending: source_objects_recorded(status),
+            }
+        }
+        Decision::CleanUp => {
+            let cancelled = ctx.exports.cancel(&uid);
+            delete_files(ctx, status).await?;
+            clean_source_objects(ctx, import, status, facts, cancelled, false).await;
+            Outcome::Tidied {
+                cleanup_pending: source_objects_recorded(status),
+            }
+        }
+        Decision::Finalize => {
+            let cancelled = ctx.exports.cancel(&uid);
+            delete_files(ctx, status).await?;
+            clean_source_objects(ctx, import, status, facts, cancelled, true).await;
+            remove_finalizer(ctx, import).await?;
+            ctx.metrics.set_phase(&uid, None);
+            tracing::info!(import = %import.name_any(), cancelled, "import deleted; files removed");
+            Outcome::Done
+        }
+        Decision::Fail(_) => {
+            ctx.exports.cancel(&uid);
+            Outcome::Done
+        }
+        Decision::Wait { .. }
+        | Decision::Done
+        | Decision::Validated { .. }
+        | Decision::Named(_)
+        | Decision::MarkPoweredOff
+        | Decision::ForgetLostImages { .. }
+        | Decision::Exported
+        | Decision::ImagesSubmitted
+        | Decision::ImagesFailed { .. }
+        | Decision::ImagesReady
+        | Decision::VirtualMachineCreated
+        | Decision::Running => Outcome::Done,
+    })
+}
+
+/// Asks the source to stop the VM: gracefully (the guest shuts down), or with `force`.
+async fn stop_source_vm(
+    ctx: &Context,
+    import: &VirtualMachineImport,
+    facts: &mut Facts,
+    force: bool,
+) -> Result<StopRequest, ImportError> {
+    if SourceKind::of(import) == SourceKind::Openstack {
+        // Nova has no harder stop than os-stop; asking again is harmless (409 while stopping).
+        openstack_stop(ctx, import, facts).await?;
+        return Ok(StopRequest::CloudStop { again: force });
     }
-    if !failure.concerns.is_empty() {
-        status.concerns = failure.concerns.clone();
+    let moref = vm_moref(ctx, import, facts).await?;
+    let (session, _) = facts.session(ctx, import).await?;
+    if force {
+        session
+            .power_off(&moref)
+            .await
+            .map_err(|e| ImportError::Vsphere {
+                step: "powering the VM off",
+                detail: chain(&e),
+            })?;
+        Ok(StopRequest::PoweredOff)
+    } else {
+        session
+            .request_guest_shutdown(&moref)
+            .await
+            .map_err(|e| ImportError::Vsphere {
+                step: "requesting a guest shutdown",
+                detail: chain(&e),
+            })?;
+        Ok(StopRequest::GuestShutdown)
     }
 }
 
@@ -422,23 +246,13 @@ async fn openstack_stop(
     Ok(())
 }
 
-/// How often the deletion of temporary source objects is tried again while some stay recorded: the
-/// source may refuse it for a while (its password changed, the cloud is down), and an admin fixing
-/// that changes nothing this import watches.
-const SOURCE_CLEANUP_RETRY: Duration = Duration::from_secs(20);
-
-/// After a cleanup: a successful deletion clears the record in status (a watch event); while
-/// objects stay recorded, look again later.
-fn until_source_objects_gone(status: &VirtualMachineImportStatus) -> Action {
-    if status
+/// Temporary source objects stay recorded: their deletion (in the background) is tried again
+/// until a successful one clears the record.
+fn source_objects_recorded(status: &VirtualMachineImportStatus) -> bool {
+    status
         .source_temporary_objects
         .as_ref()
         .is_some_and(|o| !o.is_empty())
-    {
-        Action::requeue(SOURCE_CLEANUP_RETRY)
-    } else {
-        Action::await_change()
-    }
 }
 
 /// Deletes, in the background, the temporary OpenStack objects an export recorded in status, when
@@ -500,12 +314,34 @@ async fn clean_source_objects(
     }
 }
 
+/// Every disk of the source VM as a `diskImportStatus` entry, each with an unguessable file name.
+async fn source_disks(
+    ctx: &Context,
+    import: &VirtualMachineImport,
+    facts: &mut Facts,
+) -> Result<Vec<api::DiskInfo>, ImportError> {
+    let Some(vm) = facts.source_vm(ctx, import).await? else {
+        return Err(ImportError::Vsphere {
+            step: "starting the export",
+            detail: format!("VM {} not found", import.spec.virtual_machine_name),
+        });
+    };
+    Ok(disk_entries(
+        &import.name_any(),
+        &namespace(import),
+        &vm,
+        &import.spec,
+        new_token,
+    ))
+}
+
+/// Starts the background export of the disks in `status` not exported yet.
 async fn start_export(
     ctx: &Arc<Context>,
     import: &VirtualMachineImport,
-    mut status: VirtualMachineImportStatus,
+    status: &VirtualMachineImportStatus,
     facts: &mut Facts,
-) -> Result<Action, ImportError> {
+) -> Result<(), ImportError> {
     // The export connects on its own; this reconcile only needs the source object.
     let source = match SourceKind::of(import) {
         SourceKind::Ova => ExportSource::Ova(facts.ova_source(ctx, import).await?.clone()),
@@ -525,45 +361,6 @@ async fn start_export(
                 .unwrap_or_default(),
         },
     };
-    if status.disk_import_status.is_empty() {
-        // First start: record every disk (with its unguessable file name) before any byte moves,
-        // so a restart finds the same names and skips what is done.
-        let Some(vm) = facts.source_vm(ctx, import).await? else {
-            return Err(ImportError::Vsphere {
-                step: "starting the export",
-                detail: format!("VM {} not found", import.spec.virtual_machine_name),
-            });
-        };
-        status.disk_import_status = disk_entries(
-            &import.name_any(),
-            &namespace(import),
-            &vm,
-            &import.spec,
-            new_token,
-        );
-        write_status(ctx, import, &status).await?;
-        // The status write comes back as an event; the export starts on that reconcile.
-        return Ok(Action::await_change());
-    }
-    // A disk recorded as exported whose file is gone (e.g. an emptyDir lost with the pod) is exported again.
-    let dir = &ctx.settings.image_dir;
-    let mut lost = false;
-    for disk in &mut status.disk_import_status {
-        if disk.is_exported() && !dir.join(&disk.name).exists() {
-            tracing::warn!(disk = %disk.name, "exported image file is missing; exporting it again");
-            disk.sha256 = None;
-            lost = true;
-        }
-    }
-    if lost {
-        write_status(ctx, import, &status).await?;
-        return Ok(Action::await_change());
-    }
-    let skipped = status
-        .disk_import_status
-        .iter()
-        .filter(|d| d.is_exported())
-        .count();
     ctx.exports.start(
         ctx,
         ExportRequest {
@@ -573,16 +370,7 @@ async fn start_export(
             disks: status.disk_import_status.clone(),
         },
     );
-    let note = if skipped == 0 {
-        format!("exporting {} disks", status.disk_import_status.len())
-    } else {
-        format!(
-            "exporting {} disks ({skipped} already exported before a restart)",
-            status.disk_import_status.len() - skipped
-        )
-    };
-    ctx.event(import, false, "ExportStarted", note).await;
-    Ok(Action::await_change())
+    Ok(())
 }
 
 async fn backend(ctx: &Context, storage_class: &str) -> Result<Backend, ImportError> {
@@ -598,19 +386,21 @@ async fn backend(ctx: &Context, storage_class: &str) -> Result<Backend, ImportEr
     }))
 }
 
+/// Creates the `VirtualMachineImage` of each of `disks`, or finds the one an earlier attempt made.
 async fn submit_images(
     ctx: &Context,
     import: &VirtualMachineImport,
-    status: &mut VirtualMachineImportStatus,
+    status: &VirtualMachineImportStatus,
     disks: &[usize],
-) -> Result<(), ImportError> {
+) -> Result<Vec<SubmittedImage>, ImportError> {
     let ns = namespace(import);
     let api = kinds::namespaced(&ctx.kube, &ns, &kinds::image_resource());
     let backend = backend(ctx, &import.spec.storage_class).await?;
     let import_name = import.name_any();
     let uid = import.uid().unwrap_or_default();
+    let mut submitted = Vec::with_capacity(disks.len());
     for &index in disks {
-        let Some(disk) = status.disk_import_status.get_mut(index) else {
+        let Some(disk) = status.disk_import_status.get(index) else {
             continue;
         };
         let display_name = image::image_display_name(&import_name, &disk.name);
@@ -623,8 +413,8 @@ async fn submit_images(
             .list(&ListParams::default().labels(&selector))
             .await
             .map_err(ImportError::kube("listing VirtualMachineImages"))?;
-        let image_name = if let [only] = existing.items.as_slice() {
-            only.name_any()
+        let (image, created) = if let [only] = existing.items.as_slice() {
+            (only.name_any(), false)
         } else {
             let url = image::image_url(ctx.settings.service_address.as_deref(), &disk.name);
             let object = image::virtual_machine_image(&ImageInput {
@@ -646,19 +436,15 @@ async fn submit_images(
                 .create(&PostParams::default(), &object)
                 .await
                 .map_err(ImportError::kube("creating a VirtualMachineImage"))?;
-            disk.image_submissions = Some(disk.image_submissions.unwrap_or(0) + 1);
-            created.name_any()
+            (created.name_any(), true)
         };
-        disk.virtual_machine_image = image_name;
-        set_condition(
-            &mut disk.disk_conditions,
-            ConditionType::ImageSubmitted,
-            ConditionStatus::True,
-            "",
-            "",
-        );
+        submitted.push(SubmittedImage {
+            disk: index,
+            image,
+            created,
+        });
     }
-    Ok(())
+    Ok(submitted)
 }
 
 async fn delete_ignoring_missing(api: &Api<DynamicObject>, name: &str) -> Result<(), ImportError> {

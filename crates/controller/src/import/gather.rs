@@ -71,6 +71,7 @@ pub(super) struct Facts {
     pub(super) image_objects: Vec<Option<DynamicObject>>,
     pub(super) vm: Option<VmFact>,
     pub(super) leftovers: Option<bool>,
+    pub(super) exported_files: Option<Vec<bool>>,
     pub(super) session: Option<vsphere::Client>,
     pub(super) description: Option<VmDescription>,
     /// Network names of the source's datacenter, read with the VM.
@@ -99,6 +100,7 @@ impl Facts {
         observed.images = self.images.as_deref();
         observed.vm = self.vm;
         observed.leftovers = self.leftovers;
+        observed.exported_files = self.exported_files.as_deref();
         // OpenStack: a UUID in spec.virtualMachineName names the VM after the server, as upstream.
         observed.source_vm_name = self.os_server.as_ref().map(|s| s.name.as_str());
         observed
@@ -131,6 +133,17 @@ impl Facts {
             Fact::Images => self.gather_images(ctx, import, status).await,
             Fact::VirtualMachine => self.gather_vm(ctx, import, status).await,
             Fact::Leftovers => self.gather_leftovers(ctx, import, status).await,
+            Fact::ExportedFiles => {
+                let dir = &ctx.settings.image_dir;
+                // A name that is not servable is never joined onto the image directory.
+                let present = status
+                    .disk_import_status
+                    .iter()
+                    .map(|d| crate::image_server::is_servable_name(&d.name) && dir.join(&d.name).is_file())
+                    .collect();
+                self.exported_files = Some(present);
+                Ok(())
+            }
         }
     }
 
