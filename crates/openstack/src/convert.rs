@@ -466,3 +466,66 @@ impl Client {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A qcow2 image of `size` bytes with one written MiB, made by diskconv's own writer.
+    fn qcow2_bytes(dir: &Path, size: u64) -> Vec<u8> {
+        let path = dir.join("source.qcow2");
+        let mut sink = ImageFormat::Qcow2.output(path.clone()).open(Some(size)).unwrap();
+        sink.write_block(0, &vec![7u8; 1 << 20]).unwrap();
+        sink.finish(size, true).unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn a_qcow2_download_must_have_the_disk_size_its_source_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 4 << 20;
+        let bytes = Bytes::from(qcow2_bytes(dir.path(), size));
+        for (disk_size, accepted) in [(None, true), (Some(size), true), (Some(size * 2), false)] {
+            let out = dir.path().join("disk-0.img");
+            let mut sink = ConvertingSink::new(&out, ImageFormat::Raw);
+            let meta = ImageMeta {
+                image_id: "image".into(),
+                format: DiskFormat::Qcow2,
+                size: bytes.len() as u64,
+                disk_size,
+            };
+            sink.begin(&meta).await.unwrap();
+            sink.write(bytes.clone()).await.unwrap();
+            let result = sink.finish().await;
+            match result {
+                Ok(()) => {
+                    assert!(accepted, "{disk_size:?}");
+                    assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+                }
+                Err(error) => {
+                    assert!(!accepted, "{disk_size:?}: {}", chain(&*error));
+                    assert!(
+                        chain(&*error).contains(&(size * 2).to_string()),
+                        "{}",
+                        chain(&*error)
+                    );
+                    drop(sink);
+                    assert!(!out.exists(), "no image is left for a refused disk");
+                }
+            }
+            assert!(!dir.path().join("disk-0.img.download").exists());
+        }
+    }
+}
