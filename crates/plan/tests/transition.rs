@@ -1,5 +1,8 @@
 //! Every status change a performed decision makes: phases, conditions, disks, Events, requeues.
 
+// Test helpers outside #[test] functions fail loudly on purpose.
+#![allow(clippy::panic)]
+
 use std::time::Duration;
 
 use api::{
