@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::{export::Exports, metrics::Metrics, settings::Settings};
 
 /// Shared state of the controller process.
-pub struct Context {
+pub(crate) struct Context {
     /// API client.
     pub kube: kube::Client,
     /// Settings.
@@ -31,7 +31,7 @@ pub struct Context {
 
 impl Context {
     /// A context; `wake` feeds the import controller's `reconcile_on`.
-    pub fn new(
+    pub(crate) fn new(
         kube: kube::Client,
         settings: Settings,
         metrics: Arc<Metrics>,
@@ -53,12 +53,12 @@ impl Context {
     }
 
     /// Asks for a reconcile of `import` (its export moved on).
-    pub fn wake(&self, import: ObjectRef<VirtualMachineImport>) {
+    pub(crate) fn wake(&self, import: ObjectRef<VirtualMachineImport>) {
         let _ = self.wake.send(import);
     }
 
     /// Publishes an Event about `object`; failures are logged, never fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(
+    pub(crate) async fn event<K: Resource<DynamicType = ()>>(
         &self,
         object: &K,
         warning: bool,

@@ -11,7 +11,7 @@ use kube::{
 };
 
 /// Field manager of the controller's server-side applies.
-pub const FIELD_MANAGER: &str = "vm-import-controller";
+pub(crate) const FIELD_MANAGER: &str = "vm-import-controller";
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the CRDs could not be installed.
@@ -38,7 +38,7 @@ pub enum CrdError {
 ///
 /// # Errors
 /// [`CrdError`].
-pub async fn install(client: &kube::Client) -> Result<(), CrdError> {
+pub(crate) async fn install(client: &kube::Client) -> Result<(), CrdError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for crd in api::crds() {

@@ -23,6 +23,7 @@ use std::{
 
 use api::{DiskInfo, OpenstackSource, OvaSource, SourceTemporaryObjects, VirtualMachineImport, VmwareSource};
 use bytes::Bytes;
+use error_text::chain;
 use kube::{
     Api,
     api::{Patch, PatchParams},
@@ -44,12 +45,12 @@ use crate::{
     image_server::PARTIAL_SUFFIX,
     leases,
     ova::{self, OvaError},
-    vmware::{self, ConnectError, chain},
+    vmware::{self, ConnectError},
 };
 
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ExportError {
+pub(crate) enum ExportError {
     /// No session with the source.
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -89,7 +90,7 @@ pub enum ExportError {
 impl ExportError {
     /// The reason the import fails with, when the source refused the export for a reason an admin
     /// acts on (credentials, TLS, a token that cannot be renewed); `None` for a failed transfer.
-    pub fn reason(&self) -> Option<&'static str> {
+    pub(crate) fn reason(&self) -> Option<&'static str> {
         match self {
             Self::Connect(e) => Some(e.reason()),
             Self::Ova(e) => Some(e.reason()),
@@ -120,7 +121,7 @@ struct Job {
 
 /// Where an export reads from.
 #[derive(Clone, Debug)]
-pub enum ExportSource {
+pub(crate) enum ExportSource {
     /// A VM of a vCenter/ESXi, through an `ExportVm` lease.
     Vmware {
         /// The source.
@@ -147,7 +148,7 @@ pub enum ExportSource {
 
 /// What one export needs.
 #[derive(Clone, Debug)]
-pub struct ExportRequest {
+pub(crate) struct ExportRequest {
     /// The import.
     pub import: ObjectRef<VirtualMachineImport>,
     /// Its uid (the key of the export).
@@ -159,7 +160,7 @@ pub struct ExportRequest {
 }
 
 /// The exports of this process, by import uid, and the concurrency limits.
-pub struct Exports {
+pub(crate) struct Exports {
     jobs: Mutex<HashMap<String, Job>>,
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -168,7 +169,7 @@ pub struct Exports {
 
 impl Exports {
     /// No exports; at most `global` at once, `per_host` per ESXi host.
-    pub fn new(global: usize, per_host: usize) -> Self {
+    pub(crate) fn new(global: usize, per_host: usize) -> Self {
         Self {
             jobs: Mutex::new(HashMap::new()),
             global: Arc::new(Semaphore::new(global.max(1))),
@@ -185,7 +186,7 @@ impl Exports {
     }
 
     /// What the state machine sees.
-    pub fn fact(&self, uid: &str) -> ExportFact {
+    pub(crate) fn fact(&self, uid: &str) -> ExportFact {
         self.with_jobs(|jobs| match jobs.get(uid).map(|j| &j.state) {
             None => ExportFact::Idle,
             Some(JobState::Queued | JobState::Running) => ExportFact::Running,
@@ -198,7 +199,7 @@ impl Exports {
     }
 
     /// Forgets a finished export once its outcome is in status.
-    pub fn forget(&self, uid: &str) {
+    pub(crate) fn forget(&self, uid: &str) {
         self.with_jobs(|jobs| {
             if matches!(
                 jobs.get(uid).map(|j| &j.state),
@@ -210,7 +211,7 @@ impl Exports {
     }
 
     /// Stops the export of `uid` if one runs (its lease is aborted). True when one was stopped.
-    pub fn cancel(&self, uid: &str) -> bool {
+    pub(crate) fn cancel(&self, uid: &str) -> bool {
         self.with_jobs(|jobs| match jobs.remove(uid) {
             Some(Job {
                 abort: Some(abort), ..
@@ -247,7 +248,7 @@ impl Exports {
     }
 
     /// Starts the export unless one runs for this import already.
-    pub fn start(&self, ctx: &Arc<Context>, request: ExportRequest) {
+    pub(crate) fn start(&self, ctx: &Arc<Context>, request: ExportRequest) {
         let uid = request.uid.clone();
         let started = self.with_jobs(|jobs| {
             if jobs.contains_key(&uid) {
@@ -425,7 +426,7 @@ const MAX_NAME_PREFIX: usize = 160;
 
 /// The image file name of disk `index`: upstream's `<vm>-<ns>-disk-<n>` for the humans (cut to
 /// [`MAX_NAME_PREFIX`]), then `token`, which makes the name (and so its URL) unguessable.
-pub fn image_name(import_name: &str, namespace: &str, index: usize, token: &str) -> String {
+pub(crate) fn image_name(import_name: &str, namespace: &str, index: usize, token: &str) -> String {
     let mut prefix = format!("{import_name}-{namespace}");
     // DNS-1123 names are ASCII, so any byte is a character boundary; be safe anyway.
     let mut cut = prefix.len().min(MAX_NAME_PREFIX);
@@ -439,7 +440,7 @@ pub fn image_name(import_name: &str, namespace: &str, index: usize, token: &str)
 
 /// One `diskImportStatus` entry per disk, in device order, each named by [`image_name`] with a
 /// token of its own from `tokens`.
-pub fn disk_entries(
+pub(crate) fn disk_entries(
     import_name: &str,
     namespace: &str,
     vm: &SourceVm,
@@ -462,7 +463,7 @@ pub fn disk_entries(
 
 /// Path of a disk's image while it is being written (never served: the image server only serves
 /// `*.img`).
-pub fn partial_path(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn partial_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}{PARTIAL_SUFFIX}"))
 }
 

@@ -26,18 +26,18 @@ use tokio::{
 };
 
 /// Response body type of every handler.
-pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Upstream's Go server uses a 10 s header timeout too.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once. Longhorn's backing-image managers (one per node) and CDI importers
 /// hold one connection per image they download; a few hundred bytes of state plus a frame or two
 /// of image data each.
-pub const MAX_CONNECTIONS: usize = 128;
+pub(crate) const MAX_CONNECTIONS: usize = 128;
 /// Connections served at once to one client address.
-pub const MAX_CONNECTIONS_PER_CLIENT: usize = 32;
+pub(crate) const MAX_CONNECTIONS_PER_CLIENT: usize = 32;
 /// A write that makes no progress for this long ends the connection: the client stopped reading.
-pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Who holds how many connections.
 #[derive(Debug, Default)]
@@ -83,7 +83,7 @@ fn admit(slots: &Arc<Mutex<Slots>>, client: IpAddr) -> Option<Admitted> {
 }
 
 /// Serves `listener` with `handler` until the process ends.
-pub async fn serve<H, F>(listener: TcpListener, handler: H)
+pub(crate) async fn serve<H, F>(listener: TcpListener, handler: H)
 where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -216,7 +216,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallTimeout<S> {
 }
 
 /// A small fixed body.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     use http_body_util::BodyExt;
     http_body_util::Full::new(bytes.into())
         .map_err(|never: Infallible| match never {})
@@ -224,7 +224,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 /// A response with a status and a short text body.
-pub fn text(status: http::StatusCode, body: &str) -> Response<Body> {
+pub(crate) fn text(status: http::StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(full(body.to_owned()));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -4,11 +4,7 @@
 //! named `*.part` and never matches. Each image's name carries a random token, so its URL cannot be
 //! guessed; the file (and so the URL) is deleted once its import no longer needs it.
 
-use std::{
-    io::SeekFrom,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{io::SeekFrom, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
 use futures::{StreamExt, stream};
@@ -22,14 +18,14 @@ use crate::{
     metrics::Metrics,
 };
 
-pub use http_parts::{IMAGE_SUFFIX, RangeRequest, is_servable_name, parse_range};
+pub(crate) use http_parts::{RangeRequest, is_servable_name, parse_range};
 /// Suffix of an image still being written.
-pub const PARTIAL_SUFFIX: &str = ".part";
+pub(crate) const PARTIAL_SUFFIX: &str = ".part";
 /// Frame size of image bodies: small, because a client that reads slowly holds a frame or two.
 const CHUNK: usize = 256 << 10;
 
 /// A random token for image names: 128 bits, hex.
-pub fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 16];
     // The OS RNG failing is not recoverable in any useful way; fall back to the clock and pid so
@@ -47,27 +43,22 @@ pub fn new_token() -> String {
 
 /// Serves images from one directory.
 #[derive(Clone, Debug)]
-pub struct ImageServer {
+pub(crate) struct ImageServer {
     dir: PathBuf,
     metrics: Arc<Metrics>,
 }
 
 impl ImageServer {
     /// Serves the images in `dir`.
-    pub fn new(dir: impl Into<PathBuf>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>, metrics: Arc<Metrics>) -> Self {
         Self {
             dir: dir.into(),
             metrics,
         }
     }
 
-    /// The directory served.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Answers one request.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
+    pub(crate) async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
         let method = request.method().clone();
         if method != Method::GET && method != Method::HEAD {
             let mut response = http_server::text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");

@@ -16,7 +16,7 @@ use kube::{
 };
 
 /// Lease duration: a dead leader's lease is taken over after this long.
-pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+pub(crate) const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
@@ -37,7 +37,7 @@ pub enum LeaderError {
 
 /// A leader-election participant.
 #[derive(Clone)]
-pub struct Elector {
+pub(crate) struct Elector {
     api: Api<Lease>,
     namespace: String,
     name: String,
@@ -50,7 +50,7 @@ fn seconds(duration: Duration) -> i32 {
 
 impl Elector {
     /// Competes for Lease `namespace/name` as `identity`.
-    pub fn new(client: kube::Client, namespace: &str, name: &str, identity: &str) -> Self {
+    pub(crate) fn new(client: kube::Client, namespace: &str, name: &str, identity: &str) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_owned(),
@@ -117,7 +117,7 @@ impl Elector {
     }
 
     /// Waits until this participant leads.
-    pub async fn acquire(&self) {
+    pub(crate) async fn acquire(&self) {
         let mut logged = false;
         loop {
             match self.try_acquire_or_renew().await {
@@ -137,7 +137,7 @@ impl Elector {
     }
 
     /// Renews forever; returns when leadership is lost.
-    pub async fn keep(&self) -> LeaderError {
+    pub(crate) async fn keep(&self) -> LeaderError {
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RENEW_EVERY).await;

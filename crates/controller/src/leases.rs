@@ -37,7 +37,7 @@ async fn write(api: &Api<VirtualMachineImport>, name: &str, leases: &[String]) -
 /// Aborts the leases recorded for import `name` (taken by a process that is gone: this one has
 /// no export of it running when this is called) and records what is still open. Returns the
 /// leases that could not be aborted.
-pub async fn abort_recorded(
+pub(crate) async fn abort_recorded(
     client: &Client,
     api: &Api<VirtualMachineImport>,
     name: &str,
@@ -73,7 +73,10 @@ pub async fn abort_recorded(
 /// A hook for [`vsphere::Client::export_vm_recorded`] that keeps import `name`'s status in step
 /// with the open leases, through one writer task (newest value last); the task ends when the hook
 /// is dropped.
-pub fn recorder(api: Api<VirtualMachineImport>, name: String) -> (LeaseHook, tokio::task::JoinHandle<()>) {
+pub(crate) fn recorder(
+    api: Api<VirtualMachineImport>,
+    name: String,
+) -> (LeaseHook, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = tokio::sync::watch::channel(Vec::<String>::new());
     let open = Arc::new(Mutex::new(BTreeSet::new()));
     let hook: LeaseHook = Arc::new(move |event| {

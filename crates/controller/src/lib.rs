@@ -20,23 +20,23 @@
 //! * [`image_server`], [`metrics`], [`http_server`]: the two HTTP listeners;
 //! * [`leader`], [`crds`], [`kinds`], [`context`], [`time`]: plumbing.
 
-pub mod context;
-pub mod crds;
-pub mod export;
-pub mod http_server;
-pub mod image_server;
-pub mod import;
+mod context;
+mod crds;
+mod export;
+mod http_server;
+mod image_server;
+mod import;
 pub mod kinds;
-pub mod leader;
-pub mod leases;
-pub mod metrics;
-pub mod openstack;
-pub mod ova;
+mod leader;
+mod leases;
+mod metrics;
+mod openstack;
+mod ova;
 pub mod preflight;
-pub mod secret;
+mod secret;
 pub mod settings;
-pub mod source;
-pub mod time;
+mod source;
+mod time;
 pub mod vmware;
 
 use std::sync::Arc;
@@ -272,7 +272,7 @@ fn scoped_dynamic(
 }
 
 fn source_error_policy<K>(_: Arc<K>, error: &source::SourceError, ctx: Arc<Context>) -> Action {
-    tracing::warn!(reason = error.reason(), error = %vmware::chain(error), "source reconcile failed");
+    tracing::warn!(reason = error.reason(), error = %error_text::chain(error), "source reconcile failed");
     ctx.metrics.failed(error.reason());
     Action::requeue(std::time::Duration::from_secs(15))
 }

@@ -22,21 +22,21 @@ use crate::http_server::{self, Body};
 
 /// `phase` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PhaseLabel {
+pub(crate) struct PhaseLabel {
     /// `status.importStatus` (empty for new imports).
     pub phase: String,
 }
 
 /// `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub(crate) struct ReasonLabel {
     /// A low-cardinality PascalCase reason.
     pub reason: String,
 }
 
 /// `kind` + `result` label of source checks.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceCheckLabel {
+pub(crate) struct SourceCheckLabel {
     /// Source kind.
     pub kind: String,
     /// `Ready` or the failure reason.
@@ -45,7 +45,7 @@ pub struct SourceCheckLabel {
 
 /// Every metric the controller exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     imports: Family<PhaseLabel, Gauge>,
     phases: Mutex<HashMap<String, String>>,
@@ -76,7 +76,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A fresh registry with every metric registered.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("vm_import");
         let imports = Family::<PhaseLabel, Gauge>::default();
         registry.register("imports", "VirtualMachineImports by phase", imports.clone());
@@ -133,7 +133,7 @@ impl Metrics {
     }
 
     /// Records the phase of import `uid` (`None`: it is gone).
-    pub fn set_phase(&self, uid: &str, phase: Option<&str>) {
+    pub(crate) fn set_phase(&self, uid: &str, phase: Option<&str>) {
         let Ok(mut phases) = self.phases.lock() else {
             return;
         };
@@ -157,7 +157,7 @@ impl Metrics {
     }
 
     /// Counts a failure.
-    pub fn failed(&self, reason: &str) {
+    pub(crate) fn failed(&self, reason: &str) {
         self.failures
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
@@ -166,7 +166,7 @@ impl Metrics {
     }
 
     /// Counts a step.
-    pub fn step(&self, reason: &str) {
+    pub(crate) fn step(&self, reason: &str) {
         self.steps
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
@@ -175,7 +175,7 @@ impl Metrics {
     }
 
     /// Counts a source check.
-    pub fn source_checked(&self, kind: &str, result: &str) {
+    pub(crate) fn source_checked(&self, kind: &str, result: &str) {
         self.source_checks
             .get_or_create(&SourceCheckLabel {
                 kind: kind.to_owned(),
@@ -185,12 +185,12 @@ impl Metrics {
     }
 
     /// `/readyz` answers 200 from now on (the controllers run and this replica leads).
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
     /// The text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut text = String::new();
         if encode(&mut text, &self.registry).is_err() {
             text.clear();
@@ -199,7 +199,7 @@ impl Metrics {
     }
 
     /// Answers `/metrics`, `/healthz`, `/readyz`.
-    pub fn handle<B>(self: &Arc<Self>, request: &Request<B>) -> Response<Body> {
+    pub(crate) fn handle<B>(self: &Arc<Self>, request: &Request<B>) -> Response<Body> {
         match request.uri().path() {
             "/metrics" => {
                 let mut response = Response::new(http_server::full(self.render()));

@@ -5,6 +5,7 @@
 //! temporary snapshots, volumes and images recorded in `status.sourceTemporaryObjects` as soon as
 //! their ids are known, so that a restarted controller deletes them.
 
+use error_text::chain;
 use std::{
     collections::BTreeSet,
     path::PathBuf,
@@ -31,12 +32,12 @@ use serde_json::json;
 use crate::{
     export::{ExportError, Shared, partial_path},
     secret::{SecretError, SourceSecret, TrustKeys},
-    vmware::{chain, looks_like_certificate_failure},
+    vmware::looks_like_certificate_failure,
 };
 
 /// Why the controller could not use an `OpenstackSource` or a server of it.
 #[derive(Debug, thiserror::Error)]
-pub enum OpenstackError {
+pub(crate) enum OpenstackError {
     /// The credentials Secret is missing, unreadable or lacks a key.
     #[error(transparent)]
     Secret(#[from] SecretError),
@@ -106,7 +107,7 @@ pub enum OpenstackError {
 
 impl OpenstackError {
     /// Low-cardinality reason for conditions, Events and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::Secret(error) => error.reason(),
             Self::InvalidEndpoint { .. } => "InvalidEndpoint",
@@ -124,7 +125,7 @@ impl OpenstackError {
     }
 
     /// Maps a client error of `step` to its reason.
-    pub fn from_client(
+    pub(crate) fn from_client(
         step: &'static str,
         endpoint: &str,
         insecure: bool,
@@ -191,7 +192,7 @@ impl OpenstackError {
 
 /// A logged-in session and what it was made from.
 #[derive(Clone, Debug)]
-pub struct Session {
+pub(crate) struct Session {
     /// The client.
     pub client: Client,
     /// Keystone, as the source names it.
@@ -205,7 +206,7 @@ impl Session {
     ///
     /// # Errors
     /// [`OpenstackError::ServerNotFound`], [`OpenstackError::ServerNameNotUnique`], call errors.
-    pub async fn inspect(&self, server: &str) -> Result<ServerDescription, OpenstackError> {
+    pub(crate) async fn inspect(&self, server: &str) -> Result<ServerDescription, OpenstackError> {
         self.client
             .inspect(server)
             .await
@@ -213,7 +214,7 @@ impl Session {
     }
 
     /// Maps a client error.
-    pub fn error(&self, step: &'static str, error: &openstack::client::Error) -> OpenstackError {
+    pub(crate) fn error(&self, step: &'static str, error: &openstack::client::Error) -> OpenstackError {
         OpenstackError::from_client(step, &self.endpoint, self.insecure, error)
     }
 }
@@ -228,7 +229,10 @@ const TRUST_KEYS: TrustKeys = TrustKeys {
 ///
 /// # Errors
 /// [`OpenstackError`], each naming what to fix.
-pub async fn connect(kube: &kube::Client, source: &OpenstackSource) -> Result<Session, OpenstackError> {
+pub(crate) async fn connect(
+    kube: &kube::Client,
+    source: &OpenstackSource,
+) -> Result<Session, OpenstackError> {
     let secret = SourceSecret::read(kube, &source.spec.credentials, source.namespace()).await?;
     let username = secret.required_text(keys::USERNAME)?;
     let password = openstack::Secret::new(secret.required_text(keys::PASSWORD)?);
@@ -268,7 +272,7 @@ pub async fn connect(kube: &kube::Client, source: &OpenstackSource) -> Result<Se
 ///
 /// # Errors
 /// [`OpenstackError`].
-pub async fn verify(kube: &kube::Client, source: &OpenstackSource) -> Result<Session, OpenstackError> {
+pub(crate) async fn verify(kube: &kube::Client, source: &OpenstackSource) -> Result<Session, OpenstackError> {
     let session = connect(kube, source).await?;
     session
         .client
@@ -280,7 +284,7 @@ pub async fn verify(kube: &kube::Client, source: &OpenstackSource) -> Result<Ses
 
 /// The server in `plan`'s terms. Disk buses and NIC models come from the import's defaults (the
 /// cloud's `hw_disk_bus`/`hw_vif_model` describe a KVM guest, which any default here suits).
-pub fn source_vm(server: &ServerDescription) -> SourceVm {
+pub(crate) fn source_vm(server: &ServerDescription) -> SourceVm {
     SourceVm {
         name: server.name.clone(),
         cpus: server.flavor.vcpus,
@@ -321,7 +325,7 @@ pub fn source_vm(server: &ServerDescription) -> SourceVm {
 
 /// Export tuning for an import: temporary objects named after the import (so leftovers can also be
 /// found by name), polled every second.
-pub fn export_options(import: &ObjectRef<VirtualMachineImport>, uid: &str) -> ExportOptions {
+pub(crate) fn export_options(import: &ObjectRef<VirtualMachineImport>, uid: &str) -> ExportOptions {
     ExportOptions {
         name_prefix: format!("vm-import-{}-{}", import.name, uid.get(..8).unwrap_or(uid)),
         poll_interval: Duration::from_secs(1),
@@ -359,7 +363,7 @@ async fn write_ledger(
 ///
 /// # Errors
 /// What could not be deleted, as text.
-pub async fn cleanup_recorded(
+pub(crate) async fn cleanup_recorded(
     session: &Session,
     api: &Api<VirtualMachineImport>,
     import: &ObjectRef<VirtualMachineImport>,
@@ -396,7 +400,7 @@ static CLEANUPS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// Deletes an import's recorded temporary objects in the background (a deleted or failed import
 /// whose export is not running in this process), once at a time per import.
-pub fn spawn_cleanup(
+pub(crate) fn spawn_cleanup(
     kube: kube::Client,
     source: OpenstackSource,
     import: ObjectRef<VirtualMachineImport>,

@@ -14,6 +14,7 @@
 //! Range requests, else the archive is read again from the start (disks already committed are
 //! read past, not decoded again).
 
+use error_text::chain;
 use std::{
     io::{self, Read},
     path::{Path, PathBuf},
@@ -37,11 +38,11 @@ use vsphere::Password;
 use crate::{
     export::{ExportError, Shared, partial_path},
     secret::{SecretError, SourceSecret, TrustKeys, default_tls},
-    vmware::{chain, looks_like_certificate_failure},
+    vmware::looks_like_certificate_failure,
 };
 
 /// `httpTimeoutSeconds` when unset (upstream's default).
-pub const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
+pub(crate) const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
 /// Chunks buffered between the download and the archive walk (a few hundred KiB).
 const CHANNEL_CHUNKS: usize = 16;
 /// Resumed requests in a row that may fail before the download gives up on this pass.
@@ -51,7 +52,7 @@ const MAX_PASSES: u32 = 3;
 
 /// Why an `OvaSource` cannot be read, or its archive did not check out.
 #[derive(Debug, thiserror::Error)]
-pub enum OvaError {
+pub(crate) enum OvaError {
     /// `spec.url` is not an http(s) URL.
     #[error("spec.url {url:?} is not a valid http:// or https:// URL: {detail}")]
     InvalidUrl {
@@ -124,7 +125,7 @@ pub enum OvaError {
 
 impl OvaError {
     /// Low-cardinality reason for conditions, Events and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::InvalidUrl { .. } => "InvalidURL",
             Self::Secret(error) => error.reason(),
@@ -140,7 +141,7 @@ impl OvaError {
 }
 
 /// `url` for messages: no user info, no query (either may hold a secret, e.g. a signed URL).
-pub fn display_url(url: &Url) -> String {
+pub(crate) fn display_url(url: &Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
@@ -158,7 +159,7 @@ pub fn display_url(url: &Url) -> String {
 ///
 /// # Errors
 /// [`OvaError::InvalidUrl`].
-pub fn parse_url(text: &str) -> Result<Url, OvaError> {
+pub(crate) fn parse_url(text: &str) -> Result<Url, OvaError> {
     let invalid = |detail: &str| OvaError::InvalidUrl {
         // Credentials in the URL must not reach a condition message.
         url: Url::parse(text).map_or_else(|_| "(unparsable)".to_owned(), |u| display_url(&u)),
@@ -175,7 +176,7 @@ pub fn parse_url(text: &str) -> Result<Url, OvaError> {
 }
 
 /// The idle timeout `httpTimeoutSeconds` asks for: `None` for 0 (no limit), 600 s when unset.
-pub fn idle_timeout(seconds: Option<i64>) -> Option<Duration> {
+pub(crate) fn idle_timeout(seconds: Option<i64>) -> Option<Duration> {
     match seconds {
         None => Some(Duration::from_secs(DEFAULT_TIMEOUT_SECONDS)),
         Some(s) if s <= 0 => None,
@@ -225,7 +226,7 @@ async fn read_credentials(kube: &kube::Client, source: &OvaSource) -> Result<Cre
 
 /// An HTTP(S) client for one `OvaSource`.
 #[derive(Clone)]
-pub struct OvaClient {
+pub(crate) struct OvaClient {
     http: reqwest::Client,
     url: Url,
     shown: String,
@@ -248,7 +249,7 @@ impl OvaClient {
     ///
     /// # Errors
     /// [`OvaError`] for a bad URL or Secret.
-    pub async fn connect(kube: &kube::Client, source: &OvaSource) -> Result<Self, OvaError> {
+    pub(crate) async fn connect(kube: &kube::Client, source: &OvaSource) -> Result<Self, OvaError> {
         let url = parse_url(&source.spec.url)?;
         let credentials = read_credentials(kube, source).await?;
         Self::new(url, credentials, idle_timeout(source.spec.http_timeout_seconds))
@@ -278,12 +279,12 @@ impl OvaClient {
     }
 
     /// The URL's host (the per-host export limit's key).
-    pub fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         self.url.host_str().unwrap_or_default().to_owned()
     }
 
     /// Whether TLS verification is off.
-    pub fn insecure(&self) -> bool {
+    pub(crate) fn insecure(&self) -> bool {
         self.insecure && self.url.scheme() == "https"
     }
 
@@ -333,7 +334,7 @@ impl OvaClient {
     ///
     /// # Errors
     /// [`OvaError`] naming what failed.
-    pub async fn verify(&self) -> Result<(), OvaError> {
+    pub(crate) async fn verify(&self) -> Result<(), OvaError> {
         let response = self
             .request(reqwest::Method::HEAD)
             .send()
@@ -608,7 +609,7 @@ async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Op
 ///
 /// # Errors
 /// [`OvaError`]: the download failed, or the archive does not start with a valid `.ovf`.
-pub async fn describe(client: &OvaClient) -> Result<::ova::VmDescription, OvaError> {
+pub(crate) async fn describe(client: &OvaClient) -> Result<::ova::VmDescription, OvaError> {
     let download = client.download();
     let _stop = StopOnDrop(download.task.clone());
     let reader = download.reader;
@@ -700,7 +701,7 @@ fn imported_disks(vm: &::ova::VmDescription) -> impl Iterator<Item = (usize, &::
 
 /// The VM in `plan`'s terms. `name` is the import's `virtualMachineName` (an OVA holds one VM,
 /// whatever its descriptor calls it; upstream names the VM after the import's field too).
-pub fn source_vm(vm: &::ova::VmDescription, name: &str) -> SourceVm {
+pub(crate) fn source_vm(vm: &::ova::VmDescription, name: &str) -> SourceVm {
     SourceVm {
         name: name.to_owned(),
         cpus: vm.cpus,
@@ -737,7 +738,7 @@ pub fn source_vm(vm: &::ova::VmDescription, name: &str) -> SourceVm {
 }
 
 /// Network names the VM's NICs are on (what a `networkMapping` may name for an OVA).
-pub fn networks(vm: &::ova::VmDescription) -> Vec<String> {
+pub(crate) fn networks(vm: &::ova::VmDescription) -> Vec<String> {
     let mut names: Vec<String> = vm.nics.iter().filter_map(|n| n.network.clone()).collect();
     names.sort();
     names.dedup();

@@ -14,7 +14,7 @@ use tls::TlsMode;
 /// The keys of one source kind's Secret that say how its server's certificate is checked (each
 /// kind spells its CA key as upstream does).
 #[derive(Clone, Copy, Debug)]
-pub struct TrustKeys {
+pub(crate) struct TrustKeys {
     /// PEM CA bundle.
     pub ca_cert: &'static str,
     /// SHA-256 fingerprint of the server certificate itself (ours).
@@ -81,7 +81,7 @@ impl SecretError {
 
 /// A source's Secret, read.
 #[derive(Clone)]
-pub struct SourceSecret {
+pub(crate) struct SourceSecret {
     namespace: String,
     name: String,
     data: BTreeMap<String, ByteString>,
@@ -102,7 +102,7 @@ impl SourceSecret {
     ///
     /// # Errors
     /// [`SecretError::NotFound`], [`SecretError::Unreadable`].
-    pub async fn read(
+    pub(crate) async fn read(
         kube: &kube::Client,
         reference: &SecretReference,
         source_namespace: Option<String>,
@@ -137,12 +137,12 @@ impl SourceSecret {
     }
 
     /// The key's bytes; an empty value counts as absent.
-    pub fn optional(&self, key: &str) -> Option<Vec<u8>> {
+    pub(crate) fn optional(&self, key: &str) -> Option<Vec<u8>> {
         self.data.get(key).map(|v| v.0.clone()).filter(|v| !v.is_empty())
     }
 
     /// The key's text (invalid UTF-8 replaced); an empty value counts as absent.
-    pub fn optional_text(&self, key: &str) -> Option<String> {
+    pub(crate) fn optional_text(&self, key: &str) -> Option<String> {
         self.optional(key)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
     }
@@ -151,7 +151,7 @@ impl SourceSecret {
     ///
     /// # Errors
     /// [`SecretError::KeyMissing`].
-    pub fn required_text(&self, key: &'static str) -> Result<String, SecretError> {
+    pub(crate) fn required_text(&self, key: &'static str) -> Result<String, SecretError> {
         self.optional_text(key).ok_or_else(|| SecretError::KeyMissing {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -175,7 +175,7 @@ impl SourceSecret {
     ///
     /// # Errors
     /// [`SecretError::KeyInvalid`].
-    pub fn tls(&self, keys: TrustKeys, insecure: bool) -> Result<TlsMode, SecretError> {
+    pub(crate) fn tls(&self, keys: TrustKeys, insecure: bool) -> Result<TlsMode, SecretError> {
         if insecure {
             return Ok(TlsMode::Insecure);
         }
@@ -199,7 +199,7 @@ impl SourceSecret {
 }
 
 /// A Secret-less source (an OVA on a public server): the system roots unless it opts out.
-pub fn default_tls(insecure: bool) -> TlsMode {
+pub(crate) fn default_tls(insecure: bool) -> TlsMode {
     if insecure {
         TlsMode::Insecure
     } else {

@@ -30,7 +30,7 @@ const NOT_READY_RECHECK: Duration = Duration::from_secs(30);
 
 /// Why a source reconcile failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     /// Writing status failed.
     #[error("writing the status of {kind} {namespace}/{name}")]
     WriteStatus {
@@ -48,7 +48,7 @@ pub enum SourceError {
 
 impl SourceError {
     /// Low-cardinality reason.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::WriteStatus { .. } => "StatusWriteFailed",
         }
@@ -158,7 +158,10 @@ where
 ///
 /// # Errors
 /// [`SourceError`] when status cannot be written.
-pub async fn reconcile_vmware(source: Arc<VmwareSource>, ctx: Arc<Context>) -> Result<Action, SourceError> {
+pub(crate) async fn reconcile_vmware(
+    source: Arc<VmwareSource>,
+    ctx: Arc<Context>,
+) -> Result<Action, SourceError> {
     if source.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -176,7 +179,7 @@ pub async fn reconcile_vmware(source: Arc<VmwareSource>, ctx: Arc<Context>) -> R
         Err(error) => Check {
             ready: false,
             reason: error.reason().to_owned(),
-            message: vmware::chain(&error),
+            message: error_text::chain(&error),
             insecure,
         },
     };
@@ -200,7 +203,7 @@ pub async fn reconcile_vmware(source: Arc<VmwareSource>, ctx: Arc<Context>) -> R
 ///
 /// # Errors
 /// [`SourceError`] when status cannot be written.
-pub async fn reconcile_ova(source: Arc<OvaSource>, ctx: Arc<Context>) -> Result<Action, SourceError> {
+pub(crate) async fn reconcile_ova(source: Arc<OvaSource>, ctx: Arc<Context>) -> Result<Action, SourceError> {
     if source.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -220,7 +223,7 @@ pub async fn reconcile_ova(source: Arc<OvaSource>, ctx: Arc<Context>) -> Result<
         Err(error) => Check {
             ready: false,
             reason: error.reason().to_owned(),
-            message: vmware::chain(&error),
+            message: error_text::chain(&error),
             insecure,
         },
     };
@@ -289,7 +292,7 @@ where
 ///
 /// # Errors
 /// [`SourceError`] when status cannot be written.
-pub async fn reconcile_openstack(
+pub(crate) async fn reconcile_openstack(
     source: Arc<OpenstackSource>,
     ctx: Arc<Context>,
 ) -> Result<Action, SourceError> {
@@ -310,7 +313,7 @@ pub async fn reconcile_openstack(
         Err(error) => Check {
             ready: false,
             reason: error.reason().to_owned(),
-            message: vmware::chain(&error),
+            message: error_text::chain(&error),
             insecure,
         },
     };

@@ -6,7 +6,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 /// Now, as condition timestamps spell it (`2026-11-23T08:30:00Z`).
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     // Truncated, not rounded: a stamp from the future would read back as a negative age.
     let now = Timestamp::now();
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
@@ -15,7 +15,7 @@ pub fn now_rfc3339() -> String {
 
 /// Time since `stamp`; `None` when it does not parse (then callers treat the wait as over). A stamp
 /// in the future (another replica's clock ahead of ours) counts as just now.
-pub fn since(stamp: &str) -> Option<Duration> {
+pub(crate) fn since(stamp: &str) -> Option<Duration> {
     let then: Timestamp = stamp.parse().ok()?;
     let elapsed = Timestamp::now().duration_since(then);
     Some(Duration::try_from(elapsed).unwrap_or(Duration::ZERO))

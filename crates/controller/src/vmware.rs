@@ -3,6 +3,7 @@
 //! source opts out) and the VM description translated into `plan`'s
 //! source-neutral model.
 
+use error_text::chain;
 use std::error::Error as _;
 
 use api::{VmwareSource, names::vmware as vmware_secret};
@@ -65,21 +66,6 @@ impl ConnectError {
             Self::Datacenter(_) => "DatacenterNotFound",
         }
     }
-}
-
-/// The error and its sources on one line (`a: b: c`), for condition messages.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Whether an error chain reads like a certificate rejection (rustls says so only in text).

@@ -733,7 +733,7 @@ impl Client {
                 let (left, more) = self.cleanup_ledger(&ledger, options).await;
                 errors.extend(more);
                 merge(&mut left_behind, &left);
-                cleanup_errors.extend(errors.iter().map(|e| report_chain(e)));
+                cleanup_errors.extend(errors.iter().map(|e| error_text::chain(e)));
                 ledger.update(|o| *o = TempObjects::default());
             }
             Ok(())
@@ -758,7 +758,7 @@ impl Client {
                 errors.extend(more);
                 guard.armed = false;
                 merge(&mut left_behind, &left);
-                cleanup_errors.extend(errors.iter().map(|e| report_chain(e)));
+                cleanup_errors.extend(errors.iter().map(|e| error_text::chain(e)));
                 Err(ExportError {
                     server: server.name.clone(),
                     error,
@@ -1154,7 +1154,7 @@ impl Client {
             match attempt {
                 Ok(()) => break,
                 Err(e) if e.retryable() && requests < options.download_attempts => {
-                    tracing::info!(image = %meta.image_id, offset, error = %report_chain(&e), "download interrupted: resuming");
+                    tracing::info!(image = %meta.image_id, offset, error = %error_text::chain(&e), "download interrupted: resuming");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
@@ -1305,7 +1305,7 @@ impl Client {
                 {
                     Ok(()) => ledger.remove(kind, &id),
                     Err(e) => {
-                        tracing::warn!(kind = kind.name(), %id, error = %report_chain(&e), "temporary object not deleted");
+                        tracing::warn!(kind = kind.name(), %id, error = %error_text::chain(&e), "temporary object not deleted");
                         errors.push(e);
                     }
                 }
@@ -1401,18 +1401,6 @@ fn merge(into: &mut TempObjects, from: &TempObjects) {
     into.images.extend(from.images.iter().cloned());
     into.volumes.extend(from.volumes.iter().cloned());
     into.snapshots.extend(from.snapshots.iter().cloned());
-}
-
-/// An error and its sources on one line.
-pub fn report_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -534,7 +534,7 @@ async fn failures_between_steps_leave_no_temporary_object() {
             )
             .await
             .expect_err(op);
-        let text = openstack::export::report_chain(&err);
+        let text = error_text::chain(&err);
         assert!(
             text.contains(expected) && text.contains(&format!("disk {disk}")),
             "{op}/{mode}: {text}"
@@ -808,6 +808,6 @@ trait SourceText {
 
 impl<E: std::error::Error> SourceText for E {
     fn source_text(&self) -> String {
-        openstack::export::report_chain(self)
+        error_text::chain(self)
     }
 }

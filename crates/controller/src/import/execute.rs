@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use api::{VirtualMachineImport, VirtualMachineImportStatus};
+use error_text::chain;
 use k8s_openapi::api::{core::v1::PersistentVolumeClaim, storage::v1::StorageClass};
 use kube::{
     Api, Resource, ResourceExt,
@@ -30,7 +31,6 @@ use crate::{
     image_server::new_token,
     kinds,
     time::now_rfc3339,
-    vmware::chain,
 };
 
 /// Performs `decision`, then writes the status, Event and requeue that `plan::transition` derives
@@ -169,18 +169,18 @@ async fn stop_source_vm(
         session
             .power_off(&moref)
             .await
-            .map_err(|e| ImportError::Vsphere {
+            .map_err(|source| ImportError::Vsphere {
                 step: "powering the VM off",
-                detail: chain(&e),
+                source,
             })?;
         Ok(StopRequest::PoweredOff)
     } else {
         session
             .request_guest_shutdown(&moref)
             .await
-            .map_err(|e| ImportError::Vsphere {
+            .map_err(|source| ImportError::Vsphere {
                 step: "requesting a guest shutdown",
-                detail: chain(&e),
+                source,
             })?;
         Ok(StopRequest::GuestShutdown)
     }
@@ -216,9 +216,9 @@ async fn vm_moref(
         .describe(ctx, import)
         .await?
         .map(|d| d.moref.clone())
-        .ok_or_else(|| ImportError::Vsphere {
+        .ok_or_else(|| ImportError::SourceVmNotFound {
             step: "finding the VM",
-            detail: format!("VM {} not found", import.spec.virtual_machine_name),
+            vm: import.spec.virtual_machine_name.clone(),
         })
 }
 
@@ -321,9 +321,9 @@ async fn source_disks(
     facts: &mut Facts,
 ) -> Result<Vec<api::DiskInfo>, ImportError> {
     let Some(vm) = facts.source_vm(ctx, import).await? else {
-        return Err(ImportError::Vsphere {
+        return Err(ImportError::SourceVmNotFound {
             step: "starting the export",
-            detail: format!("VM {} not found", import.spec.virtual_machine_name),
+            vm: import.spec.virtual_machine_name.clone(),
         });
     };
     Ok(disk_entries(
@@ -428,9 +428,9 @@ async fn submit_images(
                 backend,
                 url: &url,
             });
-            let object: DynamicObject = serde_json::from_value(object).map_err(|e| ImportError::Vsphere {
+            let object: DynamicObject = serde_json::from_value(object).map_err(|e| ImportError::Build {
                 step: "building a VirtualMachineImage",
-                detail: e.to_string(),
+                source: e.into(),
             })?;
             let created = api
                 .create(&PostParams::default(), &object)
@@ -498,7 +498,7 @@ async fn create_virtual_machine(
                 serde_json::from_value(image::backing_image_claim(&ns, &image_name, size, storage_class))
                     .map_err(|e| ImportError::Build {
                         step: "building a PVC",
-                        detail: e.to_string(),
+                        source: e.into(),
                     })?;
             match claims_api.create(&PostParams::default(), &claim).await {
                 Ok(_) => {}
@@ -509,9 +509,9 @@ async fn create_virtual_machine(
         claims.push(image_name);
     }
     let Some(source) = facts.source_vm(ctx, import).await? else {
-        return Err(ImportError::Vsphere {
+        return Err(ImportError::SourceVmNotFound {
             step: "building the VirtualMachine",
-            detail: format!("VM {} not found at the source", import.spec.virtual_machine_name),
+            vm: import.spec.virtual_machine_name.clone(),
         });
     };
     let vm = plan::build_virtual_machine(&plan::vm::VmInput {
@@ -523,11 +523,11 @@ async fn create_virtual_machine(
     })
     .map_err(|e| ImportError::Build {
         step: "building the VirtualMachine",
-        detail: e.to_string(),
+        source: e.into(),
     })?;
     let vm: DynamicObject = serde_json::from_value(vm).map_err(|e| ImportError::Build {
         step: "building the VirtualMachine",
-        detail: e.to_string(),
+        source: e.into(),
     })?;
     match kinds::namespaced(&ctx.kube, &ns, &kinds::virtual_machine_resource())
         .create(&PostParams::default(), &vm)

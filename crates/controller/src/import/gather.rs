@@ -9,6 +9,7 @@ use api::{
     ClusterStatus, ConditionType, OpenstackSource, OvaSource, VirtualMachineImport, VirtualMachineImportSpec,
     VirtualMachineImportStatus, VmwareSource,
 };
+use error_text::chain;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{Api, ResourceExt, api::DynamicObject};
 use plan::{
@@ -26,8 +27,7 @@ use crate::{
     kinds,
     openstack::{self as os, OpenstackError},
     ova::{self, OvaClient, OvaError},
-    preflight,
-    vmware::{self, chain},
+    preflight, vmware,
 };
 
 /// The kind of source an import names (`spec.sourceCluster.kind`, case-insensitive as upstream).
@@ -208,13 +208,12 @@ impl Facts {
         if self.ova_source.is_none() {
             self.gather_source(ctx, import).await?;
         }
-        self.ova_source.as_ref().ok_or_else(|| ImportError::Build {
-            step: "finding the OvaSource",
-            detail: format!(
-                "source {} not found",
-                import.spec.source_cluster.name.as_deref().unwrap_or_default()
-            ),
-        })
+        self.ova_source
+            .as_ref()
+            .ok_or_else(|| ImportError::SourceNotFound {
+                kind: "OvaSource",
+                name: import.spec.source_cluster.name.clone().unwrap_or_default(),
+            })
     }
 
     /// The OVA's descriptor (the head of the archive is downloaded on first use).
@@ -259,13 +258,12 @@ impl Facts {
         if self.openstack_source.is_none() {
             self.gather_source(ctx, import).await?;
         }
-        self.openstack_source.as_ref().ok_or_else(|| ImportError::Build {
-            step: "finding the OpenstackSource",
-            detail: format!(
-                "source {} not found",
-                import.spec.source_cluster.name.as_deref().unwrap_or_default()
-            ),
-        })
+        self.openstack_source
+            .as_ref()
+            .ok_or_else(|| ImportError::SourceNotFound {
+                kind: "OpenstackSource",
+                name: import.spec.source_cluster.name.clone().unwrap_or_default(),
+            })
     }
 
     /// The Keystone session for this reconcile (opened on first use).
@@ -307,13 +305,12 @@ impl Facts {
         if self.vmware_source.is_none() {
             self.gather_source(ctx, import).await?;
         }
-        self.vmware_source.as_ref().ok_or_else(|| ImportError::Vsphere {
-            step: "finding the VmwareSource",
-            detail: format!(
-                "source {} not found",
-                import.spec.source_cluster.name.as_deref().unwrap_or_default()
-            ),
-        })
+        self.vmware_source
+            .as_ref()
+            .ok_or_else(|| ImportError::SourceNotFound {
+                kind: "VmwareSource",
+                name: import.spec.source_cluster.name.clone().unwrap_or_default(),
+            })
     }
 
     /// The vSphere session for this reconcile (opened on first use) and the source's datacenter.
@@ -340,12 +337,7 @@ impl Facts {
         if self.description.is_none() {
             let folder = Some(import.spec.folder.as_str()).filter(|f| !f.is_empty());
             let (session, datacenter) = self.session(ctx, import).await?;
-            let vsphere_error = |step| {
-                move |e: vsphere::inventory::Error| ImportError::Vsphere {
-                    step,
-                    detail: chain(&e),
-                }
-            };
+            let vsphere_error = |step| move |source| ImportError::VsphereInventory { step, source };
             let dc = session
                 .datacenter(&datacenter)
                 .await
@@ -554,19 +546,18 @@ impl Facts {
             return Ok(());
         }
         let Some(description) = self.describe(ctx, import).await?.cloned() else {
-            return Err(ImportError::Vsphere {
+            return Err(ImportError::SourceVmNotFound {
                 step: "reading the power state",
-                detail: format!("VM {} not found", import.spec.virtual_machine_name),
+                vm: import.spec.virtual_machine_name.clone(),
             });
         };
         let (session, _) = self.session(ctx, import).await?;
-        let (state, _) = session
-            .power_state(&description.moref)
-            .await
-            .map_err(|e| ImportError::Vsphere {
+        let (state, _) = session.power_state(&description.moref).await.map_err(|source| {
+            ImportError::VsphereInventory {
                 step: "reading the power state",
-                detail: chain(&e),
-            })?;
+                source,
+            }
+        })?;
         self.power = Some(if state == PowerState::PoweredOff {
             PowerFact::Off
         } else {

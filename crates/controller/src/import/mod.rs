@@ -28,9 +28,20 @@ use crate::{context::Context, ova::OvaError, vmware::ConnectError};
 /// against a state machine bug looping).
 const MAX_OBSERVATIONS: usize = 12;
 
+/// Why an object could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BuildError {
+    /// The source's description does not make a VM.
+    #[error(transparent)]
+    Vm(#[from] plan::BuildError),
+    /// The built JSON is not the object's shape.
+    #[error(transparent)]
+    Shape(#[from] serde_json::Error),
+}
+
 /// Why a reconcile step failed; retried with backoff, surfaced as a Warning Event with the reason.
 #[derive(Debug, thiserror::Error)]
-pub enum ImportError {
+pub(crate) enum ImportError {
     /// An API call failed.
     #[error("{step}: {source}")]
     Kube {
@@ -49,24 +60,51 @@ pub enum ImportError {
     /// The OpenStack source or server could not be used.
     #[error(transparent)]
     Openstack(#[from] crate::openstack::OpenstackError),
+    /// The source object the import names is gone.
+    #[error("{kind} {name} not found")]
+    SourceNotFound {
+        /// `VmwareSource`, `OvaSource`, `OpenstackSource`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The VM to import is not at the source (any kind).
+    #[error("{step}: VM {vm} not found at the source")]
+    SourceVmNotFound {
+        /// What we were doing.
+        step: &'static str,
+        /// `spec.virtualMachineName`.
+        vm: String,
+    },
     /// A vSphere call failed.
-    #[error("{step}: {detail}")]
+    #[error("{step}")]
     Vsphere {
         /// What we were doing.
         step: &'static str,
-        /// The error chain.
-        detail: String,
+        /// Why.
+        #[source]
+        source: vsphere::power::Error,
+    },
+    /// Reading vSphere's inventory failed.
+    #[error("{step}")]
+    VsphereInventory {
+        /// What we were doing.
+        step: &'static str,
+        /// Why.
+        #[source]
+        source: vsphere::inventory::Error,
     },
     /// Status changed underneath this reconcile (someone else wrote); retried at once.
     #[error("the import changed while it was being reconciled")]
     Conflict,
     /// An object could not be built from the source's description.
-    #[error("{step}: {detail}")]
+    #[error("{step}")]
     Build {
         /// What was being built.
         step: &'static str,
         /// Why.
-        detail: String,
+        #[source]
+        source: BuildError,
     },
     /// A file in the image directory could not be handled.
     #[error("{step} {path}: {source}")]
@@ -89,13 +127,15 @@ pub enum ImportError {
 
 impl ImportError {
     /// Low-cardinality reason for Events and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::Kube { .. } => "KubernetesApiError",
             Self::Connect(e) => e.reason(),
             Self::Ova(e) => e.reason(),
             Self::Openstack(e) => e.reason(),
-            Self::Vsphere { .. } => "SourceApiError",
+            Self::SourceNotFound { .. } => "SourceNotFound",
+            Self::SourceVmNotFound { .. } => "VmNotFound",
+            Self::Vsphere { .. } | Self::VsphereInventory { .. } => "SourceApiError",
             Self::Build { .. } => "BuildFailed",
             Self::Conflict => "Conflict",
             Self::Io { .. } => "ImageDirectoryError",
@@ -116,7 +156,10 @@ impl ImportError {
 ///
 /// # Errors
 /// [`ImportError`]; the controller retries with backoff.
-pub async fn reconcile(import: Arc<VirtualMachineImport>, ctx: Arc<Context>) -> Result<Action, ImportError> {
+pub(crate) async fn reconcile(
+    import: Arc<VirtualMachineImport>,
+    ctx: Arc<Context>,
+) -> Result<Action, ImportError> {
     let uid = import.uid().unwrap_or_default();
     let deleting = import.meta().deletion_timestamp.is_some();
     if deleting && !import.finalizers().iter().any(|f| f == IMPORT_FINALIZER) {
@@ -149,11 +192,11 @@ pub async fn reconcile(import: Arc<VirtualMachineImport>, ctx: Arc<Context>) -> 
 }
 
 /// Error policy: log, count, tell the user with an Event, retry with a short backoff.
-pub fn on_error(import: Arc<VirtualMachineImport>, error: &ImportError, ctx: Arc<Context>) -> Action {
+pub(crate) fn on_error(import: Arc<VirtualMachineImport>, error: &ImportError, ctx: Arc<Context>) -> Action {
     if matches!(error, ImportError::Conflict) {
         return Action::requeue(Duration::from_millis(500));
     }
-    let message = crate::vmware::chain(error);
+    let message = error_text::chain(error);
     tracing::warn!(import = %import.name_any(), namespace = %import.namespace().unwrap_or_default(), reason = error.reason(), error = %message, "reconcile failed; retrying");
     ctx.metrics.failed(error.reason());
     let reason = error.reason();
