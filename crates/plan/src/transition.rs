@@ -187,57 +187,34 @@ pub fn after(
             let Outcome::Stopped(request) = outcome else {
                 return Transition::unchanged(Requeue::After(STEP_POLL));
             };
-            match request {
-                StopRequest::GuestShutdown => {
-                    set(
-                        &mut next.import_conditions,
-                        ConditionType::VmShutdownGuest,
-                        now,
-                        "",
-                        "",
-                    );
-                    let text = format!(
+            let (condition, requeue, text) = match request {
+                StopRequest::GuestShutdown => (
+                    ConditionType::VmShutdownGuest,
+                    POWER_POLL,
+                    format!(
                         "guest shutdown requested; forced power-off after {} s",
                         spec.graceful_shutdown_timeout_seconds()
-                    );
-                    (Requeue::After(POWER_POLL), note(false, text))
-                }
-                StopRequest::CloudStop { again: false } => {
-                    set(
-                        &mut next.import_conditions,
-                        ConditionType::VmShutdownGuest,
-                        now,
-                        "",
-                        "",
-                    );
-                    let text = "os-stop requested (Nova shuts the guest down, then forces it off after its shutdown_timeout)";
-                    (Requeue::After(POWER_POLL), note(false, text))
-                }
-                StopRequest::CloudStop { again: true } => {
-                    set(
-                        &mut next.import_conditions,
-                        ConditionType::VmPoweringOff,
-                        now,
-                        "",
-                        "",
-                    );
-                    let text = "os-stop requested again; waiting for SHUTOFF";
-                    (Requeue::After(POWER_POLL), note(false, text))
-                }
-                StopRequest::PoweredOff => {
-                    set(
-                        &mut next.import_conditions,
-                        ConditionType::VmPoweringOff,
-                        now,
-                        "",
-                        "",
-                    );
-                    (
-                        Requeue::After(STEP_POLL),
-                        note(false, "source VM powered off (forced)"),
-                    )
-                }
-            }
+                    ),
+                ),
+                StopRequest::CloudStop { again: false } => (
+                    ConditionType::VmShutdownGuest,
+                    POWER_POLL,
+                    "os-stop requested (Nova shuts the guest down, then forces it off after its shutdown_timeout)"
+                        .to_owned(),
+                ),
+                StopRequest::CloudStop { again: true } => (
+                    ConditionType::VmPoweringOff,
+                    POWER_POLL,
+                    "os-stop requested again; waiting for SHUTOFF".to_owned(),
+                ),
+                StopRequest::PoweredOff => (
+                    ConditionType::VmPoweringOff,
+                    STEP_POLL,
+                    "source VM powered off (forced)".to_owned(),
+                ),
+            };
+            set(&mut next.import_conditions, condition, now, "", "");
+            (Requeue::After(requeue), note(false, text))
         }
         Decision::MarkPoweredOff => {
             set(
