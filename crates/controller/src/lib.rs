@@ -22,6 +22,7 @@
 
 mod context;
 mod crds;
+mod disks;
 mod export;
 mod http_server;
 mod image_server;

@@ -30,7 +30,7 @@ use plan::{ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm};
 use serde_json::json;
 
 use crate::{
-    export::{ExportError, Shared, partial_path},
+    disks::{DiskLedger, partial_path},
     secret::{SecretError, SourceSecret, TrustKeys},
     vmware::looks_like_certificate_failure,
 };
@@ -439,7 +439,7 @@ struct CommittingSink {
     index: usize,
     partial: PathBuf,
     image: PathBuf,
-    shared: Arc<Shared>,
+    shared: Arc<DiskLedger>,
 }
 
 impl ImageSink for CommittingSink {
@@ -489,15 +489,34 @@ pub(crate) struct Transfer<'a> {
     pub(crate) dir: PathBuf,
 }
 
+/// Why an OpenStack export stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TransferError {
+    /// The source refused (session, token, server): the import fails with this error's reason.
+    #[error(transparent)]
+    Openstack(#[from] OpenstackError),
+    /// The server's disks are not the ones recorded when the import started.
+    #[error("the server has {found} disks now but had {recorded} when the import started")]
+    DisksChanged {
+        /// In status.
+        recorded: usize,
+        /// At the source now.
+        found: usize,
+    },
+    /// The transfer failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Exports every disk not yet exported: first deletes what an earlier (crashed) export left, then
 /// runs the openstack crate's export with the ledger hook writing status, and records the final
 /// ledger before returning.
 ///
 /// # Errors
-/// [`ExportError::Openstack`] when the source refused the session (its reason names what to fix),
+/// [`TransferError::Openstack`] when the source refused the session (its reason names what to fix),
 /// otherwise the failure as text. The export has already deleted what it could of its temporary
 /// objects; the rest is recorded in status.
-pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(), ExportError> {
+pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<DiskLedger>) -> Result<(), TransferError> {
     // What an earlier export of this import recorded, and what it made without recording (killed
     // between a create and its record): both go before anything new is made.
     let mut objects = t.recorded.unwrap_or_default();
@@ -527,7 +546,7 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(),
         cleanup_recorded(t.session, &t.api, t.import, t.uid, &objects, 0)
             .await
             .map_err(|e| {
-                ExportError::Transfer(format!(
+                TransferError::Failed(format!(
                     "deleting the temporary objects of an earlier export: {e}"
                 ))
             })?;
@@ -535,7 +554,7 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(),
     let mut server = t.session.inspect(t.server).await?;
     let names = shared.names();
     if server.disks.len() != names.len() {
-        return Err(ExportError::DisksChanged {
+        return Err(TransferError::DisksChanged {
             recorded: names.len(),
             found: server.disks.len(),
         });
@@ -614,18 +633,18 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<Shared>) -> Result<(),
                 // The token expired or was revoked and logging in again failed: say so with the
                 // reason an admin acts on, not as a generic transfer failure.
                 openstack::export::Error::Call { source, .. } if source.is_auth() => {
-                    ExportError::Openstack(match t.session.error("exporting", source) {
+                    TransferError::Openstack(match t.session.error("exporting", source) {
                         OpenstackError::TokenExpired(_) => OpenstackError::TokenExpired(chain(&error)),
                         other => other,
                     })
                 }
-                _ => ExportError::Transfer(chain(&error)),
+                _ => TransferError::Failed(chain(&error)),
             };
             (error.left_behind.clone(), Err(failure))
         }
     };
     write_ledger(&t.api, &t.import.name, recorded(&left))
         .await
-        .map_err(|e| ExportError::Transfer(format!("recording the temporary objects left: {e}")))?;
+        .map_err(|e| TransferError::Failed(format!("recording the temporary objects left: {e}")))?;
     outcome
 }

@@ -36,7 +36,7 @@ use tokio::{sync::mpsc, task::AbortHandle};
 use vsphere::Password;
 
 use crate::{
-    export::{ExportError, Shared, partial_path},
+    disks::{DiskLedger, partial_path},
     secret::{SecretError, SourceSecret, TrustKeys, default_tls},
     vmware::looks_like_certificate_failure,
 };
@@ -747,7 +747,7 @@ pub(crate) fn networks(vm: &::ova::VmDescription) -> Vec<String> {
 
 /// Each status disk's image: where it is written, and whether it is already done.
 struct ImageTargets {
-    shared: Arc<Shared>,
+    shared: Arc<DiskLedger>,
     dir: PathBuf,
     /// `diskImportStatus[i].name`.
     names: Vec<String>,
@@ -833,12 +833,27 @@ impl DiskTargets for ImageTargets {
     }
 }
 
+/// Why an OVA export stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TransferError {
+    /// The OVA could not be fetched or did not check out: the import fails with its reason.
+    #[error(transparent)]
+    Ova(#[from] OvaError),
+    /// The task walking the archive ended without a result.
+    #[error("the archive walk stopped")]
+    Walk(#[source] tokio::task::JoinError),
+}
+
 /// Exports every disk of the OVA not yet exported: one pass over the archive, again (up to
 /// [`MAX_PASSES`]) when the connection broke and could not be resumed.
 ///
 /// # Errors
-/// [`ExportError`]; the disk that failed has no file left.
-pub(crate) async fn transfer(client: &OvaClient, shared: Arc<Shared>, dir: &Path) -> Result<(), ExportError> {
+/// [`TransferError`]; the disk that failed has no file left.
+pub(crate) async fn transfer(
+    client: &OvaClient,
+    shared: Arc<DiskLedger>,
+    dir: &Path,
+) -> Result<(), TransferError> {
     let names = shared.names();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut pass = 0;
@@ -858,7 +873,7 @@ pub(crate) async fn transfer(client: &OvaClient, shared: Arc<Shared>, dir: &Path
         // The manifest is required per disk (in `verified`), with a message that names the disk.
         let walked = tokio::task::spawn_blocking(move || convert_ova_into(reader, &mut targets, false))
             .await
-            .map_err(|e| ExportError::Transfer(format!("the archive walk stopped: {e}")))?;
+            .map_err(TransferError::Walk)?;
         let Err(error) = walked else {
             return Ok(());
         };

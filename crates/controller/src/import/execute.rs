@@ -27,7 +27,8 @@ use super::{
 };
 use crate::{
     context::Context,
-    export::{ExportRequest, ExportSource, disk_entries, partial_path},
+    disks::{disk_entries, partial_path},
+    export::{ExportRequest, ExportSource},
     image_server::new_token,
     kinds,
     time::now_rfc3339,

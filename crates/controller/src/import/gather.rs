@@ -23,7 +23,7 @@ use vsphere::proto::vm::{PowerState, VmDescription};
 use super::ImportError;
 use crate::{
     context::Context,
-    export::partial_path,
+    disks::partial_path,
     kinds,
     openstack::{self as os, OpenstackError},
     ova::{self, OvaClient, OvaError},

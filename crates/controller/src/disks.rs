@@ -1,0 +1,235 @@
+//! The disks of one import's export: their file names (unguessable, within the image server's
+//! limits), the `.part` path a disk is written to, and the [`DiskLedger`] every source's export
+//! commits finished disks and progress to, with the writer that carries that ledger into
+//! `status.diskImportStatus`.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use api::{DiskInfo, VirtualMachineImport};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use plan::SourceVm;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::image_server::PARTIAL_SUFFIX;
+
+/// The disks of one export as status should show them, shared by the sinks (which commit finished
+/// disks), the decoder callbacks (bytes done) and the status writer.
+pub(crate) struct DiskLedger {
+    disks: Mutex<Vec<DiskInfo>>,
+    done: Vec<AtomicU64>,
+    changed: Notify,
+    /// The image directory, as status records it (`diskLocalPath`).
+    dir: String,
+}
+
+impl DiskLedger {
+    pub(crate) fn new(disks: &[DiskInfo], dir: &Path) -> Self {
+        Self {
+            disks: Mutex::new(disks.to_vec()),
+            done: disks
+                .iter()
+                .map(|d| {
+                    AtomicU64::new(if d.is_exported() {
+                        d.bytes_done.unwrap_or(0)
+                    } else {
+                        0
+                    })
+                })
+                .collect(),
+            changed: Notify::new(),
+            dir: dir.to_string_lossy().into_owned(),
+        }
+    }
+
+    pub(crate) fn with_disks<T>(&self, f: impl FnOnce(&mut Vec<DiskInfo>) -> T) -> T {
+        match self.disks.lock() {
+            Ok(mut disks) => f(&mut disks),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Whether disk `index` has its digest (committed, now or before a restart).
+    pub(crate) fn is_exported(&self, index: usize) -> bool {
+        self.with_disks(|disks| disks.get(index).is_some_and(DiskInfo::is_exported))
+    }
+
+    /// The image file names (`diskImportStatus[].diskName`), in status order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.with_disks(|disks| disks.iter().map(|d| d.name.clone()).collect())
+    }
+
+    /// Disk `index` starts (again) from its first byte; `total` replaces the recorded size.
+    pub(crate) fn restart(&self, index: usize, total: Option<u64>) {
+        self.with_disks(|disks| {
+            if let Some(disk) = disks.get_mut(index) {
+                disk.bytes_done = Some(0);
+                if total.is_some() {
+                    disk.bytes_total = total;
+                }
+            }
+        });
+        self.set_done(index, 0);
+    }
+
+    /// Logical bytes of disk `index` written so far.
+    pub(crate) fn set_done(&self, index: usize, done: u64) {
+        if let Some(counter) = self.done.get(index) {
+            counter.store(done, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that disk `index`'s image is complete and in place: its digest goes to status at
+    /// once, so a restart does not export it again.
+    pub(crate) fn committed(&self, index: usize, report: &diskconv::Report) {
+        self.with_disks(|disks| {
+            if let Some(disk) = disks.get_mut(index) {
+                disk.sha256 = Some(report.sha256.clone());
+                if disk.disk_size == 0 {
+                    disk.disk_size = i64::try_from(report.virtual_size).unwrap_or(i64::MAX);
+                }
+                disk.bytes_done = Some(report.virtual_size);
+                disk.bytes_total = Some(report.virtual_size);
+                disk.bytes_per_second = None;
+                disk.disk_local_path = self.dir.clone();
+            }
+        });
+        self.set_done(index, report.virtual_size);
+        self.changed.notify_one();
+    }
+}
+
+/// Longest `<import>-<namespace>` prefix kept in an image's name: with `-disk-<n>-<token>.img`
+/// and the `.part` of a file being written, names stay within the image server's 240 characters
+/// (and the file system's 255) whatever the import is called.
+const MAX_NAME_PREFIX: usize = 160;
+
+/// The image file name of disk `index`: upstream's `<vm>-<ns>-disk-<n>` for the humans (cut to
+/// [`MAX_NAME_PREFIX`]), then `token`, which makes the name (and so its URL) unguessable.
+pub(crate) fn image_name(import_name: &str, namespace: &str, index: usize, token: &str) -> String {
+    let mut prefix = format!("{import_name}-{namespace}");
+    // DNS-1123 names are ASCII, so any byte is a character boundary; be safe anyway.
+    let mut cut = prefix.len().min(MAX_NAME_PREFIX);
+    while !prefix.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    prefix.truncate(cut);
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    format!("{prefix}-disk-{index}-{token}.img")
+}
+
+/// One `diskImportStatus` entry per disk, in device order, each named by [`image_name`] with a
+/// token of its own from `tokens`.
+pub(crate) fn disk_entries(
+    import_name: &str,
+    namespace: &str,
+    vm: &SourceVm,
+    spec: &api::VirtualMachineImportSpec,
+    mut tokens: impl FnMut() -> String,
+) -> Vec<DiskInfo> {
+    vm.disks
+        .iter()
+        .enumerate()
+        .map(|(index, disk)| DiskInfo {
+            name: image_name(import_name, namespace, index, &tokens()),
+            disk_size: i64::try_from(disk.capacity_bytes).unwrap_or(i64::MAX),
+            bus_type: plan::vm::disk_bus(disk.controller, &spec.default_disk_bus()),
+            bytes_done: Some(0),
+            bytes_total: Some(disk.capacity_bytes),
+            ..DiskInfo::default()
+        })
+        .collect()
+}
+
+/// Path of a disk's image while it is being written (never served: the image server only serves
+/// `*.img`).
+pub(crate) fn partial_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{PARTIAL_SUFFIX}"))
+}
+
+/// Writes per-disk progress to status every `interval`, and at once when a disk is committed,
+/// until aborted.
+pub(crate) async fn write_progress(
+    api: Api<VirtualMachineImport>,
+    name: String,
+    shared: Arc<DiskLedger>,
+    interval: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let mut last: Vec<u64> = shared.done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
+    let mut last_at = Instant::now();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.changed.notified() => {}
+        }
+        let elapsed = last_at.elapsed().as_secs_f64().max(0.001);
+        last_at = Instant::now();
+        let mut total_rate = 0u64;
+        let disks = shared.with_disks(|disks| {
+            for (index, disk) in disks.iter_mut().enumerate() {
+                if disk.is_exported() {
+                    continue;
+                }
+                let done = shared.done[index].load(Ordering::Relaxed);
+                // A retried attempt restarts at zero; that is not negative throughput.
+                let delta = done.saturating_sub(last[index]);
+                let rate = (delta as f64 / elapsed) as u64;
+                total_rate += rate;
+                last[index] = done;
+                disk.bytes_done = Some(done);
+                disk.bytes_per_second = Some(rate);
+            }
+            disks.clone()
+        });
+        metrics
+            .export_bytes_per_second
+            .set(i64::try_from(total_rate).unwrap_or(i64::MAX));
+        let patch = json!({ "status": { "diskImportStatus": disks } });
+        if let Err(error) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            tracing::debug!(import = %name, %error, "progress update failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image_server::{is_servable_name, new_token};
+
+    #[test]
+    fn image_names_stay_servable_whatever_the_import_is_called() {
+        let token = new_token();
+        for (import, namespace) in [
+            ("web01", "default"),
+            (&*"a".repeat(200), "demo"),
+            (&*"b".repeat(253), &*"n".repeat(63)),
+            (&*format!("{}-x", "c".repeat(158)), "default"),
+        ] {
+            let name = image_name(import, namespace, 12, &token);
+            assert!(is_servable_name(&name), "{name}");
+            assert!(name.len() + PARTIAL_SUFFIX.len() <= 255, "{}", name.len());
+            assert!(name.ends_with(&format!("-disk-12-{token}.img")), "{name}");
+            assert!(name.starts_with(&import[..import.len().min(20)]), "{name}");
+        }
+        assert_eq!(
+            image_name("web01", "default", 0, "t0"),
+            "web01-default-disk-0-t0.img"
+        );
+    }
+}
