@@ -29,8 +29,19 @@ pub(crate) struct DiskLedger {
     disks: Mutex<Vec<DiskInfo>>,
     done: Vec<AtomicU64>,
     changed: Notify,
-    /// The image directory, as status records it (`diskLocalPath`).
-    dir: String,
+    /// The image directory.
+    dir: PathBuf,
+}
+
+/// A finished disk could not be put in place.
+#[derive(Debug, thiserror::Error)]
+#[error("renaming {partial} into place")]
+pub(crate) struct CommitError {
+    /// The finished `.part` file.
+    partial: PathBuf,
+    /// Why.
+    #[source]
+    source: std::io::Error,
 }
 
 impl DiskLedger {
@@ -48,7 +59,7 @@ impl DiskLedger {
                 })
                 .collect(),
             changed: Notify::new(),
-            dir: dir.to_string_lossy().into_owned(),
+            dir: dir.to_owned(),
         }
     }
 
@@ -89,9 +100,23 @@ impl DiskLedger {
         }
     }
 
-    /// Records that disk `index`'s image is complete and in place: its digest goes to status at
-    /// once, so a restart does not export it again.
-    pub(crate) fn committed(&self, index: usize, report: &diskconv::Report) {
+    /// The one commit of every source: disk `index`'s finished `.part` file is renamed to its
+    /// servable name, and its digest goes to status at once, so a restart does not export it
+    /// again. Until then the image server cannot see it.
+    ///
+    /// # Errors
+    /// [`CommitError`] when the rename fails; nothing is recorded then.
+    pub(crate) fn commit(&self, index: usize, report: &diskconv::Report) -> Result<(), CommitError> {
+        let Some(name) = self.with_disks(|disks| disks.get(index).map(|d| d.name.clone())) else {
+            return Ok(());
+        };
+        let partial = partial_path(&self.dir, &name);
+        std::fs::rename(&partial, self.dir.join(&name)).map_err(|source| CommitError { partial, source })?;
+        self.record_commit(index, report);
+        Ok(())
+    }
+
+    fn record_commit(&self, index: usize, report: &diskconv::Report) {
         self.with_disks(|disks| {
             if let Some(disk) = disks.get_mut(index) {
                 disk.sha256 = Some(report.sha256.clone());
@@ -101,7 +126,7 @@ impl DiskLedger {
                 disk.bytes_done = Some(report.virtual_size);
                 disk.bytes_total = Some(report.virtual_size);
                 disk.bytes_per_second = None;
-                disk.disk_local_path = self.dir.clone();
+                disk.disk_local_path = self.dir.to_string_lossy().into_owned();
             }
         });
         self.set_done(index, report.virtual_size);

@@ -314,7 +314,6 @@ impl Exports {
 struct CommittingSink {
     inner: ConvertingSink,
     index: usize,
-    partial: PathBuf,
     image: PathBuf,
     shared: Arc<DiskLedger>,
 }
@@ -341,10 +340,7 @@ impl DiskSink for CommittingSink {
         let Some(report) = self.inner.report.clone() else {
             return Err("the decoder finished without a report".into());
         };
-        tokio::fs::rename(&self.partial, &self.image)
-            .await
-            .map_err(|e| format!("renaming {} into place: {e}", self.partial.display()))?;
-        self.shared.committed(self.index, &report);
+        self.shared.commit(self.index, &report)?;
         Ok(())
     }
 }
@@ -505,7 +501,6 @@ async fn transfer(
                 inner,
                 index,
                 image: dir.join(&disk.name),
-                partial: partial.clone(),
                 shared: shared.clone(),
             },
         );

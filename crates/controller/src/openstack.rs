@@ -464,10 +464,7 @@ impl ImageSink for CommittingSink {
         let Some(report) = self.inner.report.clone() else {
             return Err("the decoder finished without a report".into());
         };
-        tokio::fs::rename(&self.partial, &self.image)
-            .await
-            .map_err(|e| format!("renaming {} into place: {e}", self.partial.display()))?;
-        self.shared.committed(self.index, &report);
+        self.shared.commit(self.index, &report)?;
         Ok(())
     }
 }

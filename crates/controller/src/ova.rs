@@ -818,12 +818,9 @@ impl DiskTargets for ImageTargets {
                  checked; upstream requires one too"
             )));
         }
-        let image = self.dir.join(&self.names[slot]);
-        std::fs::rename(&partial, &image).map_err(|e| {
-            diskconv::Error::Rejected(format!("renaming {} into place: {e}", partial.display()))
-        })?;
-        self.shared.committed(slot, report);
-        Ok(())
+        self.shared
+            .commit(slot, report)
+            .map_err(|e| diskconv::Error::Rejected(error_text::chain(&e)))
     }
 
     fn failed(&mut self, index: usize) {
