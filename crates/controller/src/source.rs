@@ -64,6 +64,28 @@ struct Check {
     insecure: bool,
 }
 
+impl Check {
+    /// The source answered as it should.
+    fn verified(insecure: bool) -> Self {
+        Self {
+            ready: true,
+            reason: "Verified".into(),
+            message: String::new(),
+            insecure,
+        }
+    }
+
+    /// The source could not be used, for `reason`.
+    fn failed(reason: &str, error: &dyn std::error::Error, insecure: bool) -> Self {
+        Self {
+            ready: false,
+            reason: reason.to_owned(),
+            message: error_text::chain(error),
+            insecure,
+        }
+    }
+}
+
 /// The status a check produces, keeping condition timestamps of conditions that did not change.
 fn status_for(check: &Check, previous: Option<&SourceStatus>, generation: Option<i64>) -> SourceStatus {
     let now = now_rfc3339();
@@ -169,19 +191,9 @@ pub(crate) async fn reconcile_vmware(
     let check = match vmware::verify(&ctx.kube, &source).await {
         Ok(client) => {
             let _ = client.logout().await;
-            Check {
-                ready: true,
-                reason: "Verified".into(),
-                message: String::new(),
-                insecure: insecure || client.tls_insecure(),
-            }
+            Check::verified(insecure || client.tls_insecure())
         }
-        Err(error) => Check {
-            ready: false,
-            reason: error.reason().to_owned(),
-            message: error_text::chain(&error),
-            insecure,
-        },
+        Err(error) => Check::failed(error.reason(), &error, insecure),
     };
     let note = format!(
         "logged in to {} and found datacenter {}",
@@ -214,18 +226,8 @@ pub(crate) async fn reconcile_ova(source: Arc<OvaSource>, ctx: Arc<Context>) -> 
         Err(_) => Ok(()),
     };
     let check = match client.and_then(|c| verified.map(|()| c)) {
-        Ok(client) => Check {
-            ready: true,
-            reason: "Verified".into(),
-            message: String::new(),
-            insecure: client.insecure(),
-        },
-        Err(error) => Check {
-            ready: false,
-            reason: error.reason().to_owned(),
-            message: error_text::chain(&error),
-            insecure,
-        },
+        Ok(client) => Check::verified(client.insecure()),
+        Err(error) => Check::failed(error.reason(), &error, insecure),
     };
     let note = match ova::parse_url(&source.spec.url) {
         Ok(url) => format!("{} answered", ova::display_url(&url)),
@@ -303,19 +305,9 @@ pub(crate) async fn reconcile_openstack(
     let check = match openstack::verify(&ctx.kube, &source).await {
         Ok(session) => {
             let _ = session.client.logout().await;
-            Check {
-                ready: true,
-                reason: "Verified".into(),
-                message: String::new(),
-                insecure: session.insecure,
-            }
+            Check::verified(session.insecure)
         }
-        Err(error) => Check {
-            ready: false,
-            reason: error.reason().to_owned(),
-            message: error_text::chain(&error),
-            insecure,
-        },
+        Err(error) => Check::failed(error.reason(), &error, insecure),
     };
     let note = format!(
         "logged in to {} and listed the servers of region {:?}",

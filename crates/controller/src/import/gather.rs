@@ -167,26 +167,20 @@ impl Facts {
         };
         match SourceKind::of(import) {
             SourceKind::Vmware => {
-                let source: Option<VmwareSource> = Api::namespaced(ctx.kube.clone(), &namespace)
-                    .get_opt(&name)
-                    .await
-                    .map_err(ImportError::kube("reading the VmwareSource"))?;
+                let source: Option<VmwareSource> =
+                    read_source(ctx, &namespace, &name, "reading the VmwareSource").await?;
                 self.source = Some(fact(source.as_ref().map(|s| s.status.as_ref())));
                 self.vmware_source = source;
             }
             SourceKind::Ova => {
-                let source: Option<OvaSource> = Api::namespaced(ctx.kube.clone(), &namespace)
-                    .get_opt(&name)
-                    .await
-                    .map_err(ImportError::kube("reading the OvaSource"))?;
+                let source: Option<OvaSource> =
+                    read_source(ctx, &namespace, &name, "reading the OvaSource").await?;
                 self.source = Some(fact(source.as_ref().map(|s| s.status.as_ref())));
                 self.ova_source = source;
             }
             SourceKind::Openstack => {
-                let source: Option<OpenstackSource> = Api::namespaced(ctx.kube.clone(), &namespace)
-                    .get_opt(&name)
-                    .await
-                    .map_err(ImportError::kube("reading the OpenstackSource"))?;
+                let source: Option<OpenstackSource> =
+                    read_source(ctx, &namespace, &name, "reading the OpenstackSource").await?;
                 self.source = Some(fact(source.as_ref().map(|s| s.status.as_ref())));
                 self.openstack_source = source;
             }
@@ -210,10 +204,7 @@ impl Facts {
         }
         self.ova_source
             .as_ref()
-            .ok_or_else(|| ImportError::SourceNotFound {
-                kind: "OvaSource",
-                name: import.spec.source_cluster.name.clone().unwrap_or_default(),
-            })
+            .ok_or_else(|| source_not_found("OvaSource", import))
     }
 
     /// The OVA's descriptor (the head of the archive is downloaded on first use).
@@ -260,10 +251,7 @@ impl Facts {
         }
         self.openstack_source
             .as_ref()
-            .ok_or_else(|| ImportError::SourceNotFound {
-                kind: "OpenstackSource",
-                name: import.spec.source_cluster.name.clone().unwrap_or_default(),
-            })
+            .ok_or_else(|| source_not_found("OpenstackSource", import))
     }
 
     /// The Keystone session for this reconcile (opened on first use).
@@ -307,10 +295,7 @@ impl Facts {
         }
         self.vmware_source
             .as_ref()
-            .ok_or_else(|| ImportError::SourceNotFound {
-                kind: "VmwareSource",
-                name: import.spec.source_cluster.name.clone().unwrap_or_default(),
-            })
+            .ok_or_else(|| source_not_found("VmwareSource", import))
     }
 
     /// The vSphere session for this reconcile (opened on first use) and the source's datacenter.
@@ -663,6 +648,32 @@ impl Facts {
             .is_some_and(|o| !o.is_empty());
         self.leftovers = Some(files || owned_images || source_objects);
         Ok(())
+    }
+}
+
+/// The source object `name` in `namespace`, if it exists.
+async fn read_source<K>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    step: &'static str,
+) -> Result<Option<K>, ImportError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    Api::namespaced(ctx.kube.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(ImportError::kube(step))
+}
+
+fn source_not_found(kind: &'static str, import: &VirtualMachineImport) -> ImportError {
+    ImportError::SourceNotFound {
+        kind,
+        name: import.spec.source_cluster.name.clone().unwrap_or_default(),
     }
 }
 
