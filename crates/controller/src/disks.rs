@@ -116,6 +116,27 @@ impl DiskLedger {
         Ok(())
     }
 
+    /// Undoes [`Self::commit`] of disk `index` when its export starts over (a lease that died
+    /// after the body ended): its digest is cleared and its image removed.
+    ///
+    /// # Errors
+    /// When the image exists and cannot be removed.
+    pub(crate) fn uncommit(&self, index: usize) -> std::io::Result<()> {
+        let committed = self.with_disks(|disks| {
+            disks
+                .get_mut(index)
+                .and_then(|d| d.sha256.take().map(|_| d.name.clone()))
+        });
+        if let Some(name) = committed {
+            match std::fs::remove_file(self.dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        self.set_done(index, 0);
+        Ok(())
+    }
+
     fn record_commit(&self, index: usize, report: &diskconv::Report) {
         self.with_disks(|disks| {
             if let Some(disk) = disks.get_mut(index) {

@@ -13,7 +13,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
 };
 
@@ -314,20 +314,13 @@ impl Exports {
 struct CommittingSink {
     inner: ConvertingSink,
     index: usize,
-    image: PathBuf,
     shared: Arc<DiskLedger>,
 }
 
 impl DiskSink for CommittingSink {
     async fn begin(&mut self) -> Result<(), SinkError> {
         // The exporter redoes a disk whose lease died after the body ended: undo its commit.
-        let committed = self
-            .shared
-            .with_disks(|disks| disks[self.index].sha256.take().is_some());
-        if committed {
-            remove_if_present(&self.image).await?;
-        }
-        self.shared.set_done(self.index, 0);
+        self.shared.uncommit(self.index)?;
         self.inner.begin().await
     }
 
@@ -342,14 +335,6 @@ impl DiskSink for CommittingSink {
         };
         self.shared.commit(self.index, &report)?;
         Ok(())
-    }
-}
-
-async fn remove_if_present(path: &Path) -> Result<(), SinkError> {
-    match tokio::fs::remove_file(path).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("removing {}: {e}", path.display()).into()),
     }
 }
 
@@ -500,7 +485,6 @@ async fn transfer(
             CommittingSink {
                 inner,
                 index,
-                image: dir.join(&disk.name),
                 shared: shared.clone(),
             },
         );

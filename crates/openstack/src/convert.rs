@@ -482,16 +482,6 @@ mod tests {
         std::fs::read(path).unwrap()
     }
 
-    fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-        let mut text = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            text.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        text
-    }
-
     #[tokio::test]
     async fn a_qcow2_download_must_have_the_disk_size_its_source_states() {
         let dir = tempfile::tempdir().unwrap();
@@ -515,11 +505,11 @@ mod tests {
                     assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
                 }
                 Err(error) => {
-                    assert!(!accepted, "{disk_size:?}: {}", chain(&*error));
+                    assert!(!accepted, "{disk_size:?}: {}", error_text::chain(&*error));
                     assert!(
-                        chain(&*error).contains(&(size * 2).to_string()),
+                        error_text::chain(&*error).contains(&(size * 2).to_string()),
                         "{}",
-                        chain(&*error)
+                        error_text::chain(&*error)
                     );
                     drop(sink);
                     assert!(!out.exists(), "no image is left for a refused disk");

@@ -323,7 +323,7 @@ async fn source_disks(
 ) -> Result<Vec<api::DiskInfo>, ImportError> {
     let Some(vm) = facts.source_vm(ctx, import).await? else {
         return Err(ImportError::SourceVmNotFound {
-            step: "starting the export",
+            step: "recording the disks",
             vm: import.spec.virtual_machine_name.clone(),
         });
     };
