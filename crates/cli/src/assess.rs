@@ -150,7 +150,7 @@ pub(crate) async fn run(args: AssessArgs) -> anyhow::Result<()> {
             mapping: mapping.clone(),
             ..VirtualMachineImportSpec::default()
         };
-        let risk = probes::vm_risk(vm);
+        let risk = controller::vmware::vm_risk(vm);
         let facts = PreflightFacts {
             storage_class_exists: true,
             missing_nads: Vec::new(),

@@ -24,9 +24,8 @@ pub(crate) struct Context {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Background exports by import uid.
-    pub exports: Exports,
+    pub exports: Arc<Exports>,
     recorder: Recorder,
-    wake: mpsc::UnboundedSender<ObjectRef<VirtualMachineImport>>,
 }
 
 impl Context {
@@ -41,20 +40,14 @@ impl Context {
             controller: "vm-import-controller".to_owned(),
             instance: Some(settings.identity.clone()),
         };
-        let exports = Exports::new(settings.max_concurrent_imports, settings.max_imports_per_host);
+        let exports = Exports::new(kube.clone(), &settings, metrics.clone(), wake);
         Self {
             recorder: Recorder::new(kube.clone(), reporter),
             kube,
             settings,
             metrics,
             exports,
-            wake,
         }
-    }
-
-    /// Asks for a reconcile of `import` (its export moved on).
-    pub(crate) fn wake(&self, import: ObjectRef<VirtualMachineImport>) {
-        let _ = self.wake.send(import);
     }
 
     /// Publishes an Event about `object`; failures are logged, never fatal.

@@ -7,18 +7,18 @@
 //! `status.diskImportStatus` every few seconds. Cancelling (import deleted) drops the export, which
 //! aborts its lease or download; partial files are removed.
 //!
-//! The source-specific halves are [`crate::vmware`]'s session and `ExportVm` lease (driven from
-//! here), [`crate::ova`]'s download and archive walk and [`crate::openstack`]'s Glance downloads
-//! through temporary cloud objects; all commit disks through [`DiskLedger`].
+//! What differs per source is its [`SourceExport`] (connect, then transfer into the
+//! [`DiskLedger`]); this module holds job control only: the registry, the slots, the job state, and
+//! the tracker that writes progress and the final `diskImportStatus`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use api::{DiskInfo, OpenstackSource, OvaSource, SourceTemporaryObjects, VirtualMachineImport, VmwareSource};
-use bytes::Bytes;
+use api::{DiskInfo, VirtualMachineImport};
 use error_text::chain;
 use kube::{
     Api,
@@ -28,79 +28,44 @@ use kube::{
 use plan::machine::ExportFact;
 use serde_json::json;
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     task::AbortHandle,
-};
-use vsphere::{
-    convert::{ConvertingSink, ImageFormat},
-    export::{DiskSink, ExportOptions, SinkError},
 };
 
 use crate::{
-    context::Context,
-    disks::{DiskLedger, partial_path, write_progress},
-    leases,
-    ova::{self, OvaError},
-    vmware::{self, ConnectError},
+    disks::{DiskLedger, write_progress},
+    metrics::Metrics,
+    settings::Settings,
+    source::{SourceError, SourceExport},
 };
 
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ExportError {
-    /// No session with the source.
+    /// The source refused or the transfer failed.
     #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// The OVA could not be fetched or did not check out.
-    #[error(transparent)]
-    Ova(#[from] OvaError),
-    /// No session with the OpenStack source.
-    #[error(transparent)]
-    Openstack(#[from] crate::openstack::OpenstackError),
-    /// The VM could not be found or described.
-    #[error("looking up the VM: {0}")]
-    Inspect(String),
-    /// The VM's disks are not the ones recorded when the import started.
-    #[error("the VM has {found} disks now but had {recorded} when the import started")]
-    DisksChanged {
-        /// In status.
-        recorded: usize,
-        /// At the source now.
-        found: usize,
-    },
+    Source(#[from] SourceError),
     /// The image directory is unusable.
-    #[error("preparing {path}: {source}")]
+    #[error("preparing {path}")]
     Prepare {
         /// The path.
         path: PathBuf,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
-    /// The transfer failed (its leases were aborted).
-    #[error("{0}")]
-    Transfer(String),
+    /// The process is shutting down.
+    #[error("the export queue was closed")]
+    QueueClosed,
+    /// The transfer ended without committing a disk.
+    #[error("disk {disk} finished without a digest")]
+    MissingDigest {
+        /// The disk's file name.
+        disk: String,
+    },
     /// The result could not be recorded in status.
-    #[error("recording the result in status: {0}")]
+    #[error("recording the result in status")]
     Status(#[source] kube::Error),
-}
-
-impl From<ova::TransferError> for ExportError {
-    fn from(error: ova::TransferError) -> Self {
-        match error {
-            ova::TransferError::Ova(e) => Self::Ova(e),
-            walk @ ova::TransferError::Walk(_) => Self::Transfer(chain(&walk)),
-        }
-    }
-}
-
-impl From<crate::openstack::TransferError> for ExportError {
-    fn from(error: crate::openstack::TransferError) -> Self {
-        use crate::openstack::TransferError;
-        match error {
-            TransferError::Openstack(e) => Self::Openstack(e),
-            TransferError::DisksChanged { recorded, found } => Self::DisksChanged { recorded, found },
-            TransferError::Failed(text) => Self::Transfer(text),
-        }
-    }
 }
 
 impl ExportError {
@@ -108,14 +73,8 @@ impl ExportError {
     /// acts on (credentials, TLS, a token that cannot be renewed); `None` for a failed transfer.
     pub(crate) fn reason(&self) -> Option<&'static str> {
         match self {
-            Self::Connect(e) => Some(e.reason()),
-            Self::Ova(e) => Some(e.reason()),
-            Self::Openstack(e) => Some(e.reason()),
-            Self::Inspect(_)
-            | Self::DisksChanged { .. }
-            | Self::Prepare { .. }
-            | Self::Transfer(_)
-            | Self::Status(_) => None,
+            Self::Source(e) => e.refusal(),
+            Self::Prepare { .. } | Self::QueueClosed | Self::MissingDigest { .. } | Self::Status(_) => None,
         }
     }
 }
@@ -135,63 +94,52 @@ struct Job {
     abort: Option<AbortHandle>,
 }
 
-/// Where an export reads from.
-#[derive(Clone, Debug)]
-pub(crate) enum ExportSource {
-    /// A VM of a vCenter/ESXi, through an `ExportVm` lease.
-    Vmware {
-        /// The source.
-        source: VmwareSource,
-        /// VM name at the source.
-        vm_name: String,
-        /// Folder under `<dc>/vm`.
-        folder: Option<String>,
-        /// Export leases an earlier process recorded in status (aborted before a new one is taken).
-        recorded_leases: Vec<String>,
-    },
-    /// The OVA at an `OvaSource`'s URL.
-    Ova(OvaSource),
-    /// A server of an OpenStack cloud, through temporary snapshots, volumes and Glance images.
-    Openstack {
-        /// The source.
-        source: OpenstackSource,
-        /// Server name or UUID.
-        server: String,
-        /// Temporary objects recorded in status by an earlier export (deleted first).
-        recorded: Option<SourceTemporaryObjects>,
-    },
-}
-
 /// What one export needs.
-#[derive(Clone, Debug)]
 pub(crate) struct ExportRequest {
     /// The import.
     pub import: ObjectRef<VirtualMachineImport>,
     /// Its uid (the key of the export).
     pub uid: String,
-    /// The source.
-    pub source: ExportSource,
+    /// The source's half.
+    pub source: Box<dyn SourceExport>,
     /// `status.diskImportStatus` at start (one per VM disk, device order).
     pub disks: Vec<DiskInfo>,
 }
 
-/// The exports of this process, by import uid, and the concurrency limits.
+/// The exports of this process, by import uid, the concurrency limits, and what a running export
+/// needs (it outlives the reconcile that started it).
 pub(crate) struct Exports {
     jobs: Mutex<HashMap<String, Job>>,
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     per_host_limit: usize,
+    kube: kube::Client,
+    image_dir: PathBuf,
+    progress_interval: Duration,
+    metrics: Arc<Metrics>,
+    /// Wakes an import when its export changed state (the import controller's `reconcile_on`).
+    wake: mpsc::UnboundedSender<ObjectRef<VirtualMachineImport>>,
 }
 
 impl Exports {
-    /// No exports; at most `global` at once, `per_host` per ESXi host.
-    pub(crate) fn new(global: usize, per_host: usize) -> Self {
-        Self {
+    /// No exports; at most `max_concurrent_imports` at once, `max_imports_per_host` per source host.
+    pub(crate) fn new(
+        kube: kube::Client,
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        wake: mpsc::UnboundedSender<ObjectRef<VirtualMachineImport>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             jobs: Mutex::new(HashMap::new()),
-            global: Arc::new(Semaphore::new(global.max(1))),
+            global: Arc::new(Semaphore::new(settings.max_concurrent_imports.max(1))),
             per_host: Mutex::new(HashMap::new()),
-            per_host_limit: per_host.max(1),
-        }
+            per_host_limit: settings.max_imports_per_host.max(1),
+            kube,
+            image_dir: settings.image_dir.clone(),
+            progress_interval: settings.progress_interval,
+            metrics,
+            wake,
+        })
     }
 
     fn with_jobs<T>(&self, f: impl FnOnce(&mut HashMap<String, Job>) -> T) -> T {
@@ -264,7 +212,7 @@ impl Exports {
     }
 
     /// Starts the export unless one runs for this import already.
-    pub(crate) fn start(&self, ctx: &Arc<Context>, request: ExportRequest) {
+    pub(crate) fn start(self: &Arc<Self>, request: ExportRequest) {
         let uid = request.uid.clone();
         let started = self.with_jobs(|jobs| {
             if jobs.contains_key(&uid) {
@@ -282,11 +230,11 @@ impl Exports {
         if !started {
             return;
         }
-        let task_ctx = ctx.clone();
+        let exports = self.clone();
         let handle = tokio::spawn(async move {
             let import = request.import.clone();
             let uid = request.uid.clone();
-            let result = run(&task_ctx, request).await;
+            let result = run(&exports, request).await;
             let state = match result {
                 Ok(()) => JobState::Succeeded,
                 Err(error) => {
@@ -298,8 +246,8 @@ impl Exports {
                     }
                 }
             };
-            task_ctx.exports.set_state(&uid, state);
-            task_ctx.wake(import);
+            exports.set_state(&uid, state);
+            let _ = exports.wake.send(import);
         });
         self.with_jobs(|jobs| {
             if let Some(job) = jobs.get_mut(&uid) {
@@ -309,140 +257,53 @@ impl Exports {
     }
 }
 
-/// Decodes one disk into its `.part` file and, when the disk is complete, renames it to its
-/// servable name and records its digest at once, so a restart does not export it again.
-struct CommittingSink {
-    inner: ConvertingSink,
-    index: usize,
-    shared: Arc<DiskLedger>,
-}
-
-impl DiskSink for CommittingSink {
-    async fn begin(&mut self) -> Result<(), SinkError> {
-        // The exporter redoes a disk whose lease died after the body ended: undo its commit.
-        self.shared.uncommit(self.index)?;
-        self.inner.begin().await
-    }
-
-    async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
-        self.inner.write(chunk).await
-    }
-
-    async fn finish(&mut self) -> Result<(), SinkError> {
-        self.inner.finish().await?;
-        let Some(report) = self.inner.report.clone() else {
-            return Err("the decoder finished without a report".into());
-        };
-        self.shared.commit(self.index, &report)?;
-        Ok(())
-    }
-}
-
-async fn run(ctx: &Arc<Context>, request: ExportRequest) -> Result<(), ExportError> {
+/// Connects, waits for the source host's slot and a global one, transfers, and records the result.
+async fn run(exports: &Arc<Exports>, request: ExportRequest) -> Result<(), ExportError> {
     let ExportRequest {
         import,
         uid,
-        source,
+        mut source,
         mut disks,
     } = request;
-    match source {
-        ExportSource::Vmware {
-            source,
-            vm_name,
-            folder,
-            recorded_leases,
-        } => {
-            let client = vmware::connect(&ctx.kube, &source).await?;
-            // A lease an earlier process took and never released blocks the VM: abort it first.
-            let api: Api<VirtualMachineImport> =
-                Api::namespaced(ctx.kube.clone(), import.namespace.as_deref().unwrap_or_default());
-            leases::abort_recorded(&client, &api, &import.name, &recorded_leases).await;
-            let description = client
-                .inspect(
-                    vmware::datacenter_name(&source.spec.datacenter),
-                    folder.as_deref(),
-                    &vm_name,
-                )
-                .await
-                .map_err(|e| ExportError::Inspect(chain(&e)))?;
-            if description.disks.len() != disks.len() {
-                return Err(ExportError::DisksChanged {
-                    recorded: disks.len(),
-                    found: description.disks.len(),
-                });
-            }
-            let host = description
-                .host
-                .as_ref()
-                .map_or_else(|| source.spec.endpoint_address.clone(), |h| h.value.clone());
-            let _slots = take_slots(ctx, &uid, &host).await?;
-            let _running = RunningGauge::new(ctx.metrics.clone());
-            let result = transfer(ctx, &import, &client, description, &mut disks).await;
-            let _ = client.logout().await;
-            result
-        }
-        ExportSource::Ova(source) => {
-            let client = ova::OvaClient::connect(&ctx.kube, &source).await?;
-            let _slots = take_slots(ctx, &uid, &client.host()).await?;
-            let _running = RunningGauge::new(ctx.metrics.clone());
-            let tracker = Tracker::start(ctx, &import, &disks).await?;
-            let result = ova::transfer(&client, tracker.shared(), &ctx.settings.image_dir)
-                .await
-                .map_err(ExportError::from);
-            tracker.finish(ctx, &import, result, &mut disks).await
-        }
-        ExportSource::Openstack {
-            source,
-            server,
-            recorded,
-        } => {
-            let session = crate::openstack::connect(&ctx.kube, &source).await?;
-            let _slots = take_slots(ctx, &uid, &source.spec.endpoint_address).await?;
-            let _running = RunningGauge::new(ctx.metrics.clone());
-            let tracker = Tracker::start(ctx, &import, &disks).await?;
-            let result = crate::openstack::transfer(
-                crate::openstack::Transfer {
-                    session: &session,
-                    api: tracker.api.clone(),
-                    import: &import,
-                    uid: &uid,
-                    server: &server,
-                    recorded,
-                    dir: ctx.settings.image_dir.clone(),
-                },
-                tracker.shared(),
-            )
+    let result = async {
+        let host = source.connect().await?;
+        let _slots = take_slots(exports, &uid, &host).await?;
+        let _running = RunningGauge::new(exports.metrics.clone());
+        let tracker = Tracker::start(exports, &import, &disks).await?;
+        let transferred = source
+            .transfer(tracker.shared(), &exports.image_dir)
             .await
             .map_err(ExportError::from);
-            let _ = session.client.logout().await;
-            tracker.finish(ctx, &import, result, &mut disks).await
-        }
+        tracker.finish(exports, &import, transferred, &mut disks).await
     }
+    .await;
+    source.close().await;
+    result
 }
 
 /// Waits for a slot of `host` and one of the global limit; the export counts as running once both
 /// are held.
 async fn take_slots(
-    ctx: &Arc<Context>,
+    exports: &Exports,
     uid: &str,
     host: &str,
 ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ExportError> {
-    ctx.metrics.exports_queued.inc();
-    let host_slot = ctx.exports.host_slots(host).acquire_owned().await;
-    let global_slot = ctx.exports.global.clone().acquire_owned().await;
-    ctx.metrics.exports_queued.dec();
+    exports.metrics.exports_queued.inc();
+    let host_slot = exports.host_slots(host).acquire_owned().await;
+    let global_slot = exports.global.clone().acquire_owned().await;
+    exports.metrics.exports_queued.dec();
     let (Ok(host_slot), Ok(global_slot)) = (host_slot, global_slot) else {
-        return Err(ExportError::Transfer("the export queue was closed".into()));
+        return Err(ExportError::QueueClosed);
     };
-    ctx.exports.set_running(uid);
+    exports.set_running(uid);
     Ok((host_slot, global_slot))
 }
 
 /// Counts a running export for as long as it lives, also when its task is aborted.
-struct RunningGauge(Arc<crate::metrics::Metrics>);
+struct RunningGauge(Arc<Metrics>);
 
 impl RunningGauge {
-    fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
+    fn new(metrics: Arc<Metrics>) -> Self {
         metrics.exports_running.inc();
         Self(metrics)
     }
@@ -452,62 +313,6 @@ impl Drop for RunningGauge {
     fn drop(&mut self) {
         self.0.exports_running.dec();
     }
-}
-
-async fn transfer(
-    ctx: &Arc<Context>,
-    import: &ObjectRef<VirtualMachineImport>,
-    client: &vsphere::Client,
-    mut description: vsphere::proto::vm::VmDescription,
-    disks: &mut [DiskInfo],
-) -> Result<(), ExportError> {
-    let dir = ctx.settings.image_dir.clone();
-    let tracker = Tracker::start(ctx, import, disks).await?;
-    let shared = tracker.shared();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut sinks = BTreeMap::new();
-    let mut partials = Vec::new();
-    // Disks exported before a restart keep their files; the rest are (re)exported from scratch.
-    for (index, disk) in disks.iter().enumerate() {
-        if disk.is_exported() {
-            continue;
-        }
-        let vm_disk = &description.disks[index];
-        let partial = partial_path(&dir, &disk.name);
-        let shared_for_progress = shared.clone();
-        let inner = ConvertingSink::new(&partial, ImageFormat::Raw, threads, vm_disk.capacity_bytes)
-            .with_progress(Arc::new(move |p| {
-                shared_for_progress.set_done(index, p.position);
-            }));
-        shared.restart(index, Some(vm_disk.capacity_bytes));
-        sinks.insert(
-            vm_disk.key,
-            CommittingSink {
-                inner,
-                index,
-                shared: shared.clone(),
-            },
-        );
-        partials.push(partial);
-    }
-    description.disks.retain(|d| sinks.contains_key(&d.key));
-
-    let api: Api<VirtualMachineImport> =
-        Api::namespaced(ctx.kube.clone(), import.namespace.as_deref().unwrap_or_default());
-    let (on_lease, lease_writer) = leases::recorder(api, import.name.clone());
-    let exported = client
-        .export_vm_recorded(&description, sinks, &ExportOptions::default(), Some(on_lease))
-        .await
-        .map(|_| ())
-        .map_err(|e| ExportError::Transfer(chain(&e)));
-    // The hook is dropped with the export; the writer ends after its last write.
-    let _ = lease_writer.await;
-    if exported.is_err() {
-        for path in &partials {
-            let _ = tokio::fs::remove_file(path).await;
-        }
-    }
-    tracker.finish(ctx, import, exported, disks).await
 }
 
 /// The status side of one transfer: the shared disk list and the progress writer, and at the end
@@ -520,11 +325,11 @@ struct Tracker {
 
 impl Tracker {
     async fn start(
-        ctx: &Arc<Context>,
+        exports: &Exports,
         import: &ObjectRef<VirtualMachineImport>,
         disks: &[DiskInfo],
     ) -> Result<Self, ExportError> {
-        let dir = &ctx.settings.image_dir;
+        let dir = &exports.image_dir;
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|source| ExportError::Prepare {
@@ -532,14 +337,16 @@ impl Tracker {
                 source,
             })?;
         let shared = Arc::new(DiskLedger::new(disks, dir));
-        let api: Api<VirtualMachineImport> =
-            Api::namespaced(ctx.kube.clone(), import.namespace.as_deref().unwrap_or_default());
+        let api: Api<VirtualMachineImport> = Api::namespaced(
+            exports.kube.clone(),
+            import.namespace.as_deref().unwrap_or_default(),
+        );
         let writer = tokio::spawn(write_progress(
             api.clone(),
             import.name.clone(),
             shared.clone(),
-            ctx.settings.progress_interval,
-            ctx.metrics.clone(),
+            exports.progress_interval,
+            exports.metrics.clone(),
         ));
         Ok(Self {
             shared,
@@ -556,7 +363,7 @@ impl Tracker {
     /// final `diskImportStatus` (into `disks` too).
     async fn finish(
         self,
-        ctx: &Context,
+        exports: &Exports,
         import: &ObjectRef<VirtualMachineImport>,
         result: Result<(), ExportError>,
         disks: &mut [DiskInfo],
@@ -566,17 +373,17 @@ impl Tracker {
         let finished = self.shared.with_disks(|d| d.clone());
         for (index, disk) in finished.iter().enumerate() {
             if !disks[index].is_exported() {
-                ctx.metrics
+                exports
+                    .metrics
                     .export_bytes
                     .inc_by(disk.bytes_total.unwrap_or_default());
             }
         }
         disks.clone_from_slice(&finished);
         if let Some(missing) = disks.iter().find(|d| !d.is_exported()) {
-            return Err(ExportError::Transfer(format!(
-                "disk {} finished without a digest",
-                missing.name
-            )));
+            return Err(ExportError::MissingDigest {
+                disk: missing.name.clone(),
+            });
         }
         self.api
             .patch_status(

@@ -14,9 +14,9 @@
 //! * [`settings`]: what the binary passes in;
 //! * [`import`]: the import reconciler (gather facts → `plan::next` → execute → status, Event);
 //! * [`export`]: background exports with global and per-host limits, progress in status;
-//! * [`source`]: source reconcilers; [`vmware`]: sessions from a source and its Secret; [`ova`]:
-//!   HTTP(S) access to an OVA, its descriptor and the one-pass export; [`openstack`]: Keystone
-//!   sessions, server descriptions and exports through temporary cloud objects recorded in status;
+//! * [`source`]: the source seam, everything that differs per kind (vSphere, OVA, OpenStack): the
+//!   VM's description, power, stop, the export's transfer, the source object's check;
+//!   [`source_objects`]: the one reconciler of source objects;
 //! * [`image_server`], [`metrics`], [`http_server`]: the two HTTP listeners;
 //! * [`leader`], [`crds`], [`kinds`], [`context`], [`time`]: plumbing.
 
@@ -29,16 +29,15 @@ mod image_server;
 mod import;
 pub mod kinds;
 mod leader;
-mod leases;
 mod metrics;
-mod openstack;
-mod ova;
 pub mod preflight;
 mod secret;
 pub mod settings;
 mod source;
+mod source_objects;
 mod time;
-pub mod vmware;
+
+pub use source::vmware;
 
 use std::sync::Arc;
 
@@ -54,7 +53,7 @@ use tokio::{net::TcpListener, sync::mpsc};
 
 pub use settings::Settings;
 
-use crate::{context::Context, image_server::ImageServer, metrics::Metrics};
+use crate::{context::Context, image_server::ImageServer, metrics::Metrics, source::SourceObject};
 
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
@@ -210,27 +209,9 @@ async fn serve(client: kube::Client, settings: Settings, stop: StopRequested) ->
 
     let controllers = futures::future::join4(
         run_import_controller(client.clone(), ctx.clone(), wake_rx, stop.clone()),
-        run_source_controller(
-            client.clone(),
-            ctx.clone(),
-            stop.clone(),
-            |s: &VmwareSource| Some(&s.spec.credentials),
-            source::reconcile_vmware,
-        ),
-        run_source_controller(
-            client.clone(),
-            ctx.clone(),
-            stop.clone(),
-            |s: &OpenstackSource| Some(&s.spec.credentials),
-            source::reconcile_openstack,
-        ),
-        run_source_controller(
-            client.clone(),
-            ctx.clone(),
-            stop,
-            |s: &OvaSource| s.spec.credentials.as_ref(),
-            source::reconcile_ova,
-        ),
+        run_source_controller::<VmwareSource>(client.clone(), ctx.clone(), stop.clone()),
+        run_source_controller::<OpenstackSource>(client.clone(), ctx.clone(), stop.clone()),
+        run_source_controller::<OvaSource>(client.clone(), ctx.clone(), stop),
     );
     match elector {
         Some(elector) => {
@@ -272,7 +253,7 @@ fn scoped_dynamic(
     }
 }
 
-fn source_error_policy<K>(_: Arc<K>, error: &source::SourceError, ctx: Arc<Context>) -> Action {
+fn source_error_policy<K>(_: Arc<K>, error: &source_objects::CheckError, ctx: Arc<Context>) -> Action {
     tracing::warn!(reason = error.reason(), error = %error_text::chain(error), "source reconcile failed");
     ctx.metrics.failed(error.reason());
     Action::requeue(std::time::Duration::from_secs(15))
@@ -354,25 +335,13 @@ fn names_secret(reference: &SecretReference, source_namespace: Option<String>, s
     reference.name.as_deref() == Some(secret.name_any().as_str()) && secret_namespace == secret.namespace()
 }
 
-/// Runs the controller of one source kind: `reconcile` on every change of a source, and again on
-/// every change of a Secret a source's `credentials` (which `credentials` reads) names.
-async fn run_source_controller<K, F, Fut>(
+/// Runs the controller of one source kind: its check on every change of a source, and again on
+/// every change of a Secret a source's `credentials` names.
+async fn run_source_controller<K: SourceObject>(
     client: kube::Client,
     ctx: Arc<Context>,
     stop: StopRequested,
-    credentials: fn(&K) -> Option<&SecretReference>,
-    reconcile: F,
-) where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    F: FnMut(Arc<K>, Arc<Context>) -> Fut,
-    Fut: std::future::Future<Output = Result<Action, source::SourceError>> + Send + 'static,
-{
+) {
     let namespace = ctx.settings.namespace.clone();
     let namespace = namespace.as_deref();
     let controller = Controller::new(scoped::<K>(&client, namespace), watcher::Config::default());
@@ -386,7 +355,7 @@ async fn run_source_controller<K, F, Fut>(
                     .state()
                     .into_iter()
                     .filter(|s| {
-                        credentials(s)
+                        s.credentials()
                             .is_some_and(|reference| names_secret(reference, s.namespace(), &secret))
                     })
                     .map(|s| ObjectRef::from_obj(&*s))
@@ -394,7 +363,7 @@ async fn run_source_controller<K, F, Fut>(
             },
         )
         .graceful_shutdown_on(stop.wait())
-        .run(reconcile, source_error_policy, ctx)
+        .run(source_objects::reconcile::<K>, source_error_policy, ctx)
         .for_each(|_| async {})
         .await;
 }

@@ -1,5 +1,5 @@
-//! Gathering the migration-risk facts ([`plan::risks::RiskFacts`]) for a vSphere VM: its details, the
-//! VMs already in the target namespace, free space in the image directory, and TCP probes from this
+//! Gathering the migration-risk facts ([`plan::risks::RiskFacts`]) every import shares (the VM's
+//! details are its source's, [`crate::vmware::vm_risk`]): the VMs already in the target namespace, free space in the image directory, and TCP probes from this
 //! process to vCenter and to the ESXi host serving the disks. Every probe runs at once under one short
 //! deadline, so a reconcile spends at most [`PROBE_TIMEOUT`] here. Used by the import reconciler and by
 //! `vm-import vsphere assess`.
@@ -8,62 +8,15 @@ use std::{path::Path, time::Duration};
 
 use futures::future::join_all;
 use kube::Client;
-use plan::risks::{CdromRisk, DiskRisk, NicRisk, Probe, ProbeOutcome, ProbeRole, Scratch, TargetVm, VmRisk};
+use plan::risks::{Probe, ProbeOutcome, ProbeRole, Scratch, TargetVm};
 use tokio::net::{TcpStream, lookup_host};
-use vsphere::proto::vm::VmDescription;
 
-use crate::{kinds, vmware::controller_kind};
+use crate::kinds;
 
 /// How long each TCP connect (and name lookup) may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// ESXi ports the disks are read through: HTTPS (NFC lease URLs) and NFC.
 pub const ESXI_PORTS: &[u16] = &[443, 902];
-
-/// The VM's details in the risk rules' terms.
-pub fn vm_risk(vm: &VmDescription) -> VmRisk {
-    VmRisk {
-        hardware_version: vm
-            .hardware_version
-            .as_deref()
-            .and_then(|v| v.strip_prefix("vmx-"))
-            .and_then(|n| n.parse().ok()),
-        guest_id: vm.guest_id.clone(),
-        guest_name: vm.guest_full_name.clone(),
-        snapshots: vm.snapshot_present,
-        encrypted: vm.encrypted,
-        disks: vm
-            .disks
-            .iter()
-            .map(|d| DiskRisk {
-                label: d.label.clone(),
-                controller: controller_kind(d.controller.family, &d.controller.class),
-                controller_class: d.controller.class.clone(),
-                independent: d.independent,
-                rdm: d.rdm.clone(),
-                shared: d.shared,
-                provisioned_bytes: d.capacity_bytes,
-                allocated_bytes: d.allocated_bytes,
-            })
-            .collect(),
-        nics: vm
-            .nics
-            .iter()
-            .map(|n| NicRisk {
-                label: n.label.clone(),
-                device_type: n.device_type.clone(),
-            })
-            .collect(),
-        cdroms: vm
-            .cdroms
-            .iter()
-            .map(|c| CdromRisk {
-                label: c.label.clone(),
-                iso: c.iso_file.clone(),
-                connected: c.start_connected,
-            })
-            .collect(),
-    }
-}
 
 /// Free space in `dir` for this process, less `reserved_bytes` kept free; `None` when it cannot be
 /// measured (the directory does not exist yet: the import creates it).

@@ -16,19 +16,15 @@ use kube::{
 use plan::{
     Decision,
     image::{self, Backend, ImageInput, Owner},
-    transition::{self, Outcome, Requeue, StopRequest, SubmittedImage},
+    transition::{self, Outcome, Requeue, SubmittedImage},
 };
 use serde_json::json;
 
-use super::{
-    ImportError,
-    gather::{Facts, SourceKind},
-    remove_finalizer,
-};
+use super::{error::ImportError, finalizer::remove_finalizer, gather::Facts};
 use crate::{
     context::Context,
     disks::{disk_entries, partial_path},
-    export::{ExportRequest, ExportSource},
+    export::ExportRequest,
     image_server::new_token,
     kinds,
     time::now_rfc3339,
@@ -85,8 +81,8 @@ async fn perform(
     let uid = import.uid().unwrap_or_default();
     Ok(match decision {
         Decision::Observe(_) => return Err(ImportError::Undecided),
-        Decision::RequestShutdown => Outcome::Stopped(stop_source_vm(ctx, import, facts, false).await?),
-        Decision::ForcePowerOff => Outcome::Stopped(stop_source_vm(ctx, import, facts, true).await?),
+        Decision::RequestShutdown => Outcome::Stopped(facts.source(ctx, import).await?.stop(false).await?),
+        Decision::ForcePowerOff => Outcome::Stopped(facts.source(ctx, import).await?.stop(true).await?),
         Decision::RecordDisks => Outcome::DisksRecorded(source_disks(ctx, import, facts).await?),
         Decision::StartExport { skip } => {
             start_export(ctx, import, status, facts).await?;
@@ -152,41 +148,6 @@ async fn perform(
     })
 }
 
-/// Asks the source to stop the VM: gracefully (the guest shuts down), or with `force`.
-async fn stop_source_vm(
-    ctx: &Context,
-    import: &VirtualMachineImport,
-    facts: &mut Facts,
-    force: bool,
-) -> Result<StopRequest, ImportError> {
-    if SourceKind::of(import) == SourceKind::Openstack {
-        // Nova has no harder stop than os-stop; asking again is harmless (409 while stopping).
-        openstack_stop(ctx, import, facts).await?;
-        return Ok(StopRequest::CloudStop { again: force });
-    }
-    let moref = vm_moref(ctx, import, facts).await?;
-    let (session, _) = facts.session(ctx, import).await?;
-    if force {
-        session
-            .power_off(&moref)
-            .await
-            .map_err(|source| ImportError::Vsphere {
-                step: "powering the VM off",
-                source,
-            })?;
-        Ok(StopRequest::PoweredOff)
-    } else {
-        session
-            .request_guest_shutdown(&moref)
-            .await
-            .map_err(|source| ImportError::Vsphere {
-                step: "requesting a guest shutdown",
-                source,
-            })?;
-        Ok(StopRequest::GuestShutdown)
-    }
-}
-
 fn namespace(import: &VirtualMachineImport) -> String {
     import.namespace().unwrap_or_default()
 }
@@ -208,45 +169,6 @@ async fn write_status(
     Ok(())
 }
 
-async fn vm_moref(
-    ctx: &Context,
-    import: &VirtualMachineImport,
-    facts: &mut Facts,
-) -> Result<vsphere::proto::MoRef, ImportError> {
-    facts
-        .describe(ctx, import)
-        .await?
-        .map(|d| d.moref.clone())
-        .ok_or_else(|| ImportError::SourceVmNotFound {
-            step: "finding the VM",
-            vm: import.spec.virtual_machine_name.clone(),
-        })
-}
-
-/// Asks Nova to stop the import's server.
-async fn openstack_stop(
-    ctx: &Context,
-    import: &VirtualMachineImport,
-    facts: &mut Facts,
-) -> Result<(), ImportError> {
-    let Some(id) = facts.os_describe(ctx, import).await?.map(|s| s.id.clone()) else {
-        return Err(crate::openstack::OpenstackError::ServerNotFound(format!(
-            "server '{}' not found",
-            import.spec.virtual_machine_name
-        ))
-        .into());
-    };
-    let session = facts.os_session(ctx, import).await?;
-    session.client.request_stop(&id).await.map_err(|e| match &e {
-        openstack::inspect::StopError::Call { source, .. } => session.error("stopping the server", source),
-        _ => crate::openstack::OpenstackError::Api {
-            step: "stopping the server",
-            detail: chain(&e),
-        },
-    })?;
-    Ok(())
-}
-
 /// Temporary source objects stay recorded: their deletion (in the background) is tried again
 /// until a successful one clears the record.
 fn source_objects_recorded(status: &VirtualMachineImportStatus) -> bool {
@@ -256,7 +178,7 @@ fn source_objects_recorded(status: &VirtualMachineImportStatus) -> bool {
         .is_some_and(|o| !o.is_empty())
 }
 
-/// Deletes, in the background, the temporary OpenStack objects an export recorded in status, when
+/// Deletes, in the background, the temporary source objects an export recorded in status, when
 /// no export of this process is there to do it (after a restart); a cancelled export's own guard
 /// deletes what it created. With `sweep` (the import is being deleted), also when nothing is
 /// recorded, since an export killed right after a create leaves an object nobody recorded.
@@ -268,49 +190,16 @@ async fn clean_source_objects(
     cancelled: bool,
     sweep: bool,
 ) {
-    let objects = status.source_temporary_objects.clone().unwrap_or_default();
-    // A finished import's export swept its names disk by disk already.
+    // A finished import's export swept its temporary objects disk by disk already.
     let interrupted =
         !status.disk_import_status.is_empty() && status.phase != api::ImportPhase::VirtualMachineRunning;
-    if objects.is_empty() && !(sweep && interrupted) {
+    if cancelled || !(source_objects_recorded(status) || sweep && interrupted) {
         return;
     }
-    if cancelled {
-        return;
-    }
-    if SourceKind::of(import) == SourceKind::Vmware {
-        // Export leases a process that is gone left open (the record holds only those).
-        if objects.leases.is_empty() {
-            return;
-        }
-        match facts.session(ctx, import).await {
-            Ok((client, _)) => {
-                let api: Api<VirtualMachineImport> = Api::namespaced(ctx.kube.clone(), &namespace(import));
-                let (client, name) = (client.clone(), import.name_any());
-                tokio::spawn(async move {
-                    crate::leases::abort_recorded(&client, &api, &name, &objects.leases).await;
-                });
-            }
-            Err(error) => {
-                tracing::warn!(import = %import.name_any(), error = %chain(&error), leases = ?objects.leases, "export leases cannot be aborted: no session with the source");
-            }
-        }
-        return;
-    }
-    if SourceKind::of(import) != SourceKind::Openstack {
-        return;
-    }
-    match facts.openstack_source(ctx, import).await {
-        Ok(source) => crate::openstack::spawn_cleanup(
-            ctx.kube.clone(),
-            source.clone(),
-            ObjectRef::from_obj(import),
-            import.uid().unwrap_or_default(),
-            objects,
-            status.disk_import_status.len(),
-        ),
+    match facts.source(ctx, import).await {
+        Ok(source) => source.clean_up(import, status).await,
         Err(error) => {
-            tracing::warn!(import = %import.name_any(), error = %chain(&error), ?objects, "temporary OpenStack objects cannot be deleted: the source is gone");
+            tracing::warn!(import = %import.name_any(), error = %chain(&error), objects = ?status.source_temporary_objects, "temporary source objects cannot be deleted: the source is unusable");
         }
     }
 }
@@ -321,12 +210,7 @@ async fn source_disks(
     import: &VirtualMachineImport,
     facts: &mut Facts,
 ) -> Result<Vec<api::DiskInfo>, ImportError> {
-    let Some(vm) = facts.source_vm(ctx, import).await? else {
-        return Err(ImportError::SourceVmNotFound {
-            step: "recording the disks",
-            vm: import.spec.virtual_machine_name.clone(),
-        });
-    };
+    let vm = facts.source_vm(ctx, import, "recording the disks").await?;
     Ok(disk_entries(
         &import.name_any(),
         &namespace(import),
@@ -344,33 +228,13 @@ async fn start_export(
     facts: &mut Facts,
 ) -> Result<(), ImportError> {
     // The export connects on its own; this reconcile only needs the source object.
-    let source = match SourceKind::of(import) {
-        SourceKind::Ova => ExportSource::Ova(facts.ova_source(ctx, import).await?.clone()),
-        SourceKind::Openstack => ExportSource::Openstack {
-            source: facts.openstack_source(ctx, import).await?.clone(),
-            server: import.spec.virtual_machine_name.clone(),
-            recorded: status.source_temporary_objects.clone(),
-        },
-        _ => ExportSource::Vmware {
-            source: facts.vmware_source(ctx, import).await?.clone(),
-            vm_name: import.spec.virtual_machine_name.clone(),
-            folder: Some(import.spec.folder.clone()).filter(|f| !f.is_empty()),
-            recorded_leases: status
-                .source_temporary_objects
-                .as_ref()
-                .map(|o| o.leases.clone())
-                .unwrap_or_default(),
-        },
-    };
-    ctx.exports.start(
-        ctx,
-        ExportRequest {
-            import: ObjectRef::from_obj(import),
-            uid: import.uid().unwrap_or_default(),
-            source,
-            disks: status.disk_import_status.clone(),
-        },
-    );
+    let source = facts.source(ctx, import).await?.export(import, status);
+    ctx.exports.start(ExportRequest {
+        import: ObjectRef::from_obj(import),
+        uid: import.uid().unwrap_or_default(),
+        source,
+        disks: status.disk_import_status.clone(),
+    });
     Ok(())
 }
 
@@ -509,12 +373,9 @@ async fn create_virtual_machine(
         }
         claims.push(image_name);
     }
-    let Some(source) = facts.source_vm(ctx, import).await? else {
-        return Err(ImportError::SourceVmNotFound {
-            step: "building the VirtualMachine",
-            vm: import.spec.virtual_machine_name.clone(),
-        });
-    };
+    let source = facts
+        .source_vm(ctx, import, "building the VirtualMachine")
+        .await?;
     let vm = plan::build_virtual_machine(&plan::vm::VmInput {
         name: &status.imported_virtual_machine_name,
         namespace: &ns,

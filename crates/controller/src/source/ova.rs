@@ -1,4 +1,4 @@
-//! The OVA side of the controller: an HTTP(S) client from an `OvaSource` and its optional Secret
+//! The OVA source: an HTTP(S) client from an `OvaSource` and its optional Secret
 //! (basic auth, `ca.crt`; TLS verified unless the source opts out), the source check (a HEAD),
 //! the VM read from the archive's leading `.ovf` and translated into `plan`'s model, and the
 //! export: one pass over the archive as it downloads, each disk decoded into its image while its
@@ -22,11 +22,15 @@ use std::{
     time::Duration,
 };
 
-use api::{OvaSource, names::ova as ova_secret};
+use api::{OvaSource, VirtualMachineImport, VirtualMachineImportStatus, names::ova as ova_secret};
+use async_trait::async_trait;
 use bytes::{Buf, Bytes};
 use diskconv::archive::{DiskTargets, convert_ova_into};
 use kube::ResourceExt;
-use plan::{ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm};
+use plan::{
+    ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm, machine::PowerFact, risks::RiskFacts,
+    transition::StopRequest,
+};
 use reqwest::{
     StatusCode, Url,
     header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, HeaderMap, IF_RANGE, LAST_MODIFIED, RANGE},
@@ -35,10 +39,13 @@ use tls::TlsMode;
 use tokio::{sync::mpsc, task::AbortHandle};
 use vsphere::Password;
 
+use super::interface::{
+    Check, KindError, Source, SourceChecks, SourceError, SourceExport, SourceObject,
+    looks_like_certificate_failure,
+};
 use crate::{
     disks::{DiskLedger, partial_path},
     secret::{SecretError, SourceSecret, TrustKeys, default_tls},
-    vmware::looks_like_certificate_failure,
 };
 
 /// `httpTimeoutSeconds` when unset (upstream's default).
@@ -121,6 +128,38 @@ pub(crate) enum OvaError {
         /// The error chain, naming the member.
         detail: String,
     },
+}
+
+impl KindError for OvaError {
+    fn reason(&self) -> &'static str {
+        OvaError::reason(self)
+    }
+
+    /// Every OVA failure fails the import: the archive or its server will not change by retrying.
+    fn refusal(&self) -> Option<&'static str> {
+        Some(OvaError::reason(self))
+    }
+}
+
+impl From<OvaError> for SourceError {
+    fn from(error: OvaError) -> Self {
+        Self::kind(error)
+    }
+}
+
+/// The task walking the archive ended without a result (it panicked or was cancelled).
+#[derive(Debug, thiserror::Error)]
+#[error("the archive walk stopped")]
+pub(crate) struct ArchiveWalkStopped(#[source] tokio::task::JoinError);
+
+impl KindError for ArchiveWalkStopped {
+    fn reason(&self) -> &'static str {
+        "TransferFailed"
+    }
+
+    fn refusal(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 impl OvaError {
@@ -830,27 +869,13 @@ impl DiskTargets for ImageTargets {
     }
 }
 
-/// Why an OVA export stopped.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TransferError {
-    /// The OVA could not be fetched or did not check out: the import fails with its reason.
-    #[error(transparent)]
-    Ova(#[from] OvaError),
-    /// The task walking the archive ended without a result.
-    #[error("the archive walk stopped")]
-    Walk(#[source] tokio::task::JoinError),
-}
-
 /// Exports every disk of the OVA not yet exported: one pass over the archive, again (up to
 /// [`MAX_PASSES`]) when the connection broke and could not be resumed.
 ///
 /// # Errors
-/// [`TransferError`]; the disk that failed has no file left.
-pub(crate) async fn transfer(
-    client: &OvaClient,
-    shared: Arc<DiskLedger>,
-    dir: &Path,
-) -> Result<(), TransferError> {
+/// [`OvaError`] naming what failed, or [`ArchiveWalkStopped`]; the disk that failed
+/// has no file left.
+async fn transfer(client: &OvaClient, shared: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError> {
     let names = shared.names();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut pass = 0;
@@ -870,7 +895,7 @@ pub(crate) async fn transfer(
         // The manifest is required per disk (in `verified`), with a message that names the disk.
         let walked = tokio::task::spawn_blocking(move || convert_ova_into(reader, &mut targets, false))
             .await
-            .map_err(TransferError::Walk)?;
+            .map_err(|e| SourceError::kind(ArchiveWalkStopped(e)))?;
         let Err(error) = walked else {
             return Ok(());
         };
@@ -893,6 +918,144 @@ pub(crate) async fn transfer(
                 }
                 .into());
             }
+        }
+    }
+}
+
+/// One import's view of its OVA: the descriptor, read (the head of the archive only) on first use.
+pub(crate) struct Ova {
+    kube: kube::Client,
+    source: OvaSource,
+    vm_name: String,
+    description: Option<::ova::VmDescription>,
+}
+
+impl Ova {
+    pub(super) fn open(kube: &kube::Client, source: OvaSource, import: &VirtualMachineImport) -> Self {
+        Self {
+            kube: kube.clone(),
+            source,
+            vm_name: import.spec.virtual_machine_name.clone(),
+            description: None,
+        }
+    }
+
+    async fn description(&mut self) -> Result<&::ova::VmDescription, OvaError> {
+        let description = match self.description.take() {
+            Some(description) => description,
+            None => describe(&OvaClient::connect(&self.kube, &self.source).await?).await?,
+        };
+        Ok(self.description.insert(description))
+    }
+}
+
+#[async_trait]
+impl Source for Ova {
+    async fn describe(&mut self) -> Result<Option<SourceVm>, SourceError> {
+        let name = self.vm_name.clone();
+        Ok(Some(source_vm(self.description().await?, &name)))
+    }
+
+    async fn checks(&mut self, target: RiskFacts, skip_source: bool) -> Result<SourceChecks, SourceError> {
+        let name = self.vm_name.clone();
+        // An OVA's VM is always "off"; its networks are the ones its NICs name.
+        let (vm, networks, source_error) = match self.description().await {
+            Ok(d) => (Some(source_vm(d, &name)), Some(networks(d)), None),
+            // The archive itself is unusable: that will not change by retrying.
+            Err(error @ OvaError::Archive { .. }) => (None, None, Some(chain(&error))),
+            Err(error) => return Err(error.into()),
+        };
+        Ok(SourceChecks {
+            vm,
+            networks: if skip_source { None } else { networks },
+            source_error,
+            power_off_supported: false,
+            powered_off: true,
+            tools_running: false,
+            risks: target,
+        })
+    }
+
+    async fn power(&mut self) -> Result<PowerFact, SourceError> {
+        // Upstream: an OVA's VM is always powered off.
+        Ok(PowerFact::Off)
+    }
+
+    async fn stop(&mut self, _force: bool) -> Result<StopRequest, SourceError> {
+        // Never asked (the VM is always off); stopping it is a no-op.
+        Ok(StopRequest::PoweredOff)
+    }
+
+    fn export(
+        &self,
+        _import: &VirtualMachineImport,
+        _status: &VirtualMachineImportStatus,
+    ) -> Box<dyn SourceExport> {
+        Box::new(OvaExport {
+            kube: self.kube.clone(),
+            source: self.source.clone(),
+            client: None,
+        })
+    }
+
+    async fn clean_up(&mut self, _import: &VirtualMachineImport, _status: &VirtualMachineImportStatus) {
+        // An OVA export makes nothing outside the image directory.
+    }
+}
+
+/// The download of an OVA, decoded as it streams by.
+struct OvaExport {
+    kube: kube::Client,
+    source: OvaSource,
+    client: Option<OvaClient>,
+}
+
+#[async_trait]
+impl SourceExport for OvaExport {
+    async fn connect(&mut self) -> Result<String, SourceError> {
+        let client = OvaClient::connect(&self.kube, &self.source).await?;
+        Ok(self.client.insert(client).host())
+    }
+
+    async fn transfer(&mut self, ledger: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => OvaClient::connect(&self.kube, &self.source).await?,
+        };
+        transfer(&client, ledger, dir).await
+    }
+}
+
+#[async_trait]
+impl SourceObject for OvaSource {
+    const KIND: &'static str = "OvaSource";
+    const READ_STEP: &'static str = "reading the OvaSource";
+
+    fn source_status(&self) -> Option<&api::SourceStatus> {
+        self.status.as_ref()
+    }
+
+    fn credentials(&self) -> Option<&k8s_openapi::api::core::v1::SecretReference> {
+        self.spec.credentials.as_ref()
+    }
+
+    /// Upstream's check (http or https URL, HEAD answered with 2xx).
+    async fn check(&self, kube: &kube::Client) -> Check {
+        let insecure = self.spec.insecure_skip_verify == Some(true);
+        let checked = match OvaClient::connect(kube, self).await {
+            Ok(client) => client.verify().await.map(|()| client),
+            Err(error) => Err(error),
+        };
+        match checked {
+            Ok(client) => Check::verified(client.insecure()),
+            Err(error) => Check::failed(error.reason(), &error, insecure),
+        }
+    }
+
+    fn ready_note(&self) -> String {
+        match parse_url(&self.spec.url) {
+            Ok(url) => format!("{} answered", display_url(&url)),
+            Err(_) => String::new(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The OpenStack side of the controller: a Keystone session from an `OpenstackSource` and its
+//! The OpenStack source: a Keystone session from an `OpenstackSource` and its
 //! Secret (upstream's keys; TLS verified against `ca_cert`, pinned to `certificate_fingerprint`, or
 //! the system roots, unless the source opts out), each failure mapped to one low-cardinality reason; the server description in `plan`'s
 //! source-neutral model; and the export of a server's disks into the image directory, with the
@@ -8,12 +8,16 @@
 use error_text::chain;
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use api::{OpenstackSource, SourceTemporaryObjects, VirtualMachineImport, names::openstack as keys};
+use api::{
+    OpenstackSource, SourceTemporaryObjects, VirtualMachineImport, VirtualMachineImportStatus,
+    names::openstack as keys,
+};
+use async_trait::async_trait;
 use bytes::Bytes;
 use kube::{
     Api, ResourceExt,
@@ -26,13 +30,19 @@ use openstack::{
     export::{ExportOptions, Hooks, ImageMeta, ImageSink, SinkError, TempObjects},
     proto::identity::CatalogError,
 };
-use plan::{ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm};
+use plan::{
+    ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm, machine::PowerFact, risks::RiskFacts,
+    transition::StopRequest,
+};
 use serde_json::json;
 
+use super::interface::{
+    Check, KindError, Source, SourceChecks, SourceError, SourceExport, SourceObject,
+    looks_like_certificate_failure, recorded_objects,
+};
 use crate::{
     disks::{DiskLedger, partial_path},
     secret::{SecretError, SourceSecret, TrustKeys},
-    vmware::looks_like_certificate_failure,
 };
 
 /// Why the controller could not use an `OpenstackSource` or a server of it.
@@ -103,6 +113,22 @@ pub(crate) enum OpenstackError {
         /// The error chain.
         detail: String,
     },
+}
+
+impl KindError for OpenstackError {
+    fn reason(&self) -> &'static str {
+        OpenstackError::reason(self)
+    }
+
+    fn refusal(&self) -> Option<&'static str> {
+        Some(OpenstackError::reason(self))
+    }
+}
+
+impl From<OpenstackError> for SourceError {
+    fn from(error: OpenstackError) -> Self {
+        Self::kind(error)
+    }
 }
 
 impl OpenstackError {
@@ -357,12 +383,26 @@ async fn write_ledger(
     .map(|_| ())
 }
 
+/// Why temporary objects could not all be deleted.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CleanupFailed {
+    /// Some deletes failed (the rest of the record stays in status).
+    #[error("{}", .0.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; "))]
+    Delete(Vec<openstack::export::CleanupError>),
+    /// What is left could not be recorded.
+    #[error("recording the cleanup")]
+    Record(#[source] kube::Error),
+    /// No session with the cloud.
+    #[error(transparent)]
+    Connect(#[from] OpenstackError),
+}
+
 /// Deletes temporary objects recorded in status (after a restart, or for a deleted import), and
 /// those an export of `disks` disks named but never recorded (a crash right after a create), then
 /// clears the record.
 ///
 /// # Errors
-/// What could not be deleted, as text.
+/// [`CleanupFailed`]: what could not be deleted, or the record could not be written.
 pub(crate) async fn cleanup_recorded(
     session: &Session,
     api: &Api<VirtualMachineImport>,
@@ -370,7 +410,7 @@ pub(crate) async fn cleanup_recorded(
     uid: &str,
     objects: &SourceTemporaryObjects,
     disks: usize,
-) -> Result<(), String> {
+) -> Result<(), CleanupFailed> {
     let ledger = TempObjects {
         images: objects.images.clone(),
         volumes: objects.volumes.clone(),
@@ -380,19 +420,16 @@ pub(crate) async fn cleanup_recorded(
         .client
         .cleanup(&ledger, &export_options(import, uid), disks)
         .await;
-    let (left, message) = match result {
+    let (left, failed) = match result {
         Ok(()) => (None, None),
-        Err((left, errors)) => (
-            recorded(&left),
-            Some(errors.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; ")),
-        ),
+        Err((left, errors)) => (recorded(&left), Some(CleanupFailed::Delete(errors))),
     };
     tracing::info!(import = %import, ?objects, left = ?left, "temporary OpenStack objects from an earlier export cleaned up");
     match write_ledger(api, &import.name, left).await {
         Ok(()) | Err(kube::Error::Api(_)) => {}
-        Err(error) => return Err(format!("recording the cleanup: {error}")),
+        Err(error) => return Err(CleanupFailed::Record(error)),
     }
-    message.map_or(Ok(()), Err)
+    failed.map_or(Ok(()), Err)
 }
 
 /// Imports whose recorded objects are being deleted by [`spawn_cleanup`].
@@ -420,10 +457,10 @@ pub(crate) fn spawn_cleanup(
             Api::namespaced(kube.clone(), import.namespace.as_deref().unwrap_or_default());
         let result = match connect(&kube, &source).await {
             Ok(session) => cleanup_recorded(&session, &api, &import, &uid, &objects, disks).await,
-            Err(error) => Err(chain(&error)),
+            Err(error) => Err(error.into()),
         };
         if let Err(error) = result {
-            tracing::warn!(import = %import, %error, ?objects, "temporary OpenStack objects not deleted");
+            tracing::warn!(import = %import, error = %chain(&error), ?objects, "temporary OpenStack objects not deleted");
         }
         match CLEANUPS.lock() {
             Ok(mut set) => set.remove(&uid),
@@ -492,6 +529,9 @@ pub(crate) enum TransferError {
     /// The source refused (session, token, server): the import fails with this error's reason.
     #[error(transparent)]
     Openstack(#[from] OpenstackError),
+    /// What an earlier export left could not be deleted first.
+    #[error("deleting the temporary objects of an earlier export")]
+    EarlierObjects(#[source] CleanupFailed),
     /// The server's disks are not the ones recorded when the import started.
     #[error("the server has {found} disks now but had {recorded} when the import started")]
     DisksChanged {
@@ -500,9 +540,35 @@ pub(crate) enum TransferError {
         /// At the source now.
         found: usize,
     },
-    /// The transfer failed.
-    #[error("{0}")]
-    Failed(String),
+    /// The export failed (what it could not delete is recorded in status).
+    #[error(transparent)]
+    Export(openstack::export::ExportError),
+    /// The temporary objects left could not be recorded.
+    #[error("recording the temporary objects left")]
+    Record(#[source] kube::Error),
+}
+
+impl KindError for TransferError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Openstack(e) => e.reason(),
+            Self::DisksChanged { .. } => "DisksChanged",
+            Self::EarlierObjects(_) | Self::Export(_) | Self::Record(_) => "TransferFailed",
+        }
+    }
+
+    fn refusal(&self) -> Option<&'static str> {
+        match self {
+            Self::Openstack(e) => Some(e.reason()),
+            _ => None,
+        }
+    }
+}
+
+impl From<TransferError> for SourceError {
+    fn from(error: TransferError) -> Self {
+        Self::kind(error)
+    }
 }
 
 /// Exports every disk not yet exported: first deletes what an earlier (crashed) export left, then
@@ -511,7 +577,7 @@ pub(crate) enum TransferError {
 ///
 /// # Errors
 /// [`TransferError::Openstack`] when the source refused the session (its reason names what to fix),
-/// otherwise the failure as text. The export has already deleted what it could of its temporary
+/// otherwise the step that failed. The export has already deleted what it could of its temporary
 /// objects; the rest is recorded in status.
 pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<DiskLedger>) -> Result<(), TransferError> {
     // What an earlier export of this import recorded, and what it made without recording (killed
@@ -542,11 +608,7 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<DiskLedger>) -> Result
     if !objects.is_empty() {
         cleanup_recorded(t.session, &t.api, t.import, t.uid, &objects, 0)
             .await
-            .map_err(|e| {
-                TransferError::Failed(format!(
-                    "deleting the temporary objects of an earlier export: {e}"
-                ))
-            })?;
+            .map_err(TransferError::EarlierObjects)?;
     }
     let mut server = t.session.inspect(t.server).await?;
     let names = shared.names();
@@ -620,6 +682,7 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<DiskLedger>) -> Result
     let (left, outcome) = match result {
         Ok(exported) => (exported.report.left_behind.clone(), Ok(())),
         Err(error) => {
+            let left = error.left_behind.clone();
             for index in &indexes {
                 if let Some(name) = names.get(*index) {
                     let _ = tokio::fs::remove_file(partial_path(&t.dir, name)).await;
@@ -635,13 +698,254 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<DiskLedger>) -> Result
                         other => other,
                     })
                 }
-                _ => TransferError::Failed(chain(&error)),
+                _ => TransferError::Export(error),
             };
-            (error.left_behind.clone(), Err(failure))
+            (left, Err(failure))
         }
     };
     write_ledger(&t.api, &t.import.name, recorded(&left))
         .await
-        .map_err(|e| TransferError::Failed(format!("recording the temporary objects left: {e}")))?;
+        .map_err(TransferError::Record)?;
     outcome
+}
+
+/// One import's view of its cloud: the Keystone session and the server, read on first use.
+pub(crate) struct Openstack {
+    kube: kube::Client,
+    source: OpenstackSource,
+    /// Server name or UUID.
+    server_name: String,
+    session: Option<Session>,
+    server: Option<ServerDescription>,
+}
+
+impl Openstack {
+    pub(super) fn open(kube: &kube::Client, source: OpenstackSource, import: &VirtualMachineImport) -> Self {
+        Self {
+            kube: kube.clone(),
+            source,
+            server_name: import.spec.virtual_machine_name.clone(),
+            session: None,
+            server: None,
+        }
+    }
+
+    /// The Keystone session for this reconcile (opened on first use).
+    async fn session(&mut self) -> Result<&Session, OpenstackError> {
+        let session = match self.session.take() {
+            Some(session) => session,
+            None => connect(&self.kube, &self.source).await?,
+        };
+        Ok(self.session.insert(session))
+    }
+
+    /// The server the import names; `Ok(None)` when no server has that name or id.
+    async fn server(&mut self) -> Result<Option<&ServerDescription>, OpenstackError> {
+        if self.server.is_none() {
+            let name = self.server_name.clone();
+            match self.session().await?.inspect(&name).await {
+                Ok(server) => self.server = Some(server),
+                Err(OpenstackError::ServerNotFound(_)) => return Ok(None),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(self.server.as_ref())
+    }
+
+    /// The server's id, which must exist.
+    async fn server_id(&mut self) -> Result<String, OpenstackError> {
+        match self.server().await? {
+            Some(server) => Ok(server.id.clone()),
+            None => Err(OpenstackError::ServerNotFound(format!(
+                "server '{}' not found",
+                self.server_name
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for Openstack {
+    async fn own_name(&mut self) -> Result<Option<String>, SourceError> {
+        Ok(self.server().await?.map(|s| s.name.clone()))
+    }
+
+    async fn describe(&mut self) -> Result<Option<SourceVm>, SourceError> {
+        Ok(self.server().await?.map(source_vm))
+    }
+
+    async fn checks(&mut self, target: RiskFacts, skip_source: bool) -> Result<SourceChecks, SourceError> {
+        // Upstream: OpenStack cannot power off (os-stop does it, graceful then forced by Nova),
+        // so no guest-tools check; a name that matches several servers is reported as such.
+        let (server, source_error) = match self.server().await {
+            Ok(server) => (server.cloned(), None),
+            Err(error @ OpenstackError::ServerNameNotUnique(_)) => (None, Some(chain(&error))),
+            Err(error) => return Err(error.into()),
+        };
+        let networks = if skip_source {
+            None
+        } else {
+            let session = self.session().await?;
+            session
+                .client
+                .network_names()
+                .await
+                .map_err(|e| session.error("listing networks", &e))?
+        };
+        Ok(SourceChecks {
+            vm: server.as_ref().map(source_vm),
+            networks,
+            source_error,
+            power_off_supported: false,
+            powered_off: server.as_ref().is_some_and(|s| s.status == "SHUTOFF"),
+            tools_running: false,
+            risks: target,
+        })
+    }
+
+    async fn power(&mut self) -> Result<PowerFact, SourceError> {
+        let id = self.server_id().await?;
+        let session = self.session().await?;
+        let (state, task) = session
+            .client
+            .server_status(&id)
+            .await
+            .map_err(|e| session.error("reading the server's status", &e))?;
+        Ok(if state == "SHUTOFF" && task.is_none() {
+            PowerFact::Off
+        } else {
+            PowerFact::On
+        })
+    }
+
+    async fn stop(&mut self, force: bool) -> Result<StopRequest, SourceError> {
+        // Nova has no harder stop than os-stop; asking again is harmless (409 while stopping).
+        let id = self.server_id().await?;
+        let session = self.session().await?;
+        session.client.request_stop(&id).await.map_err(|e| match &e {
+            openstack::inspect::StopError::Call { source, .. } => {
+                session.error("stopping the server", source)
+            }
+            _ => OpenstackError::Api {
+                step: "stopping the server",
+                detail: chain(&e),
+            },
+        })?;
+        Ok(StopRequest::CloudStop { again: force })
+    }
+
+    fn export(
+        &self,
+        import: &VirtualMachineImport,
+        status: &VirtualMachineImportStatus,
+    ) -> Box<dyn SourceExport> {
+        Box::new(OpenstackExport {
+            kube: self.kube.clone(),
+            source: self.source.clone(),
+            import: ObjectRef::from_obj(import),
+            uid: import.uid().unwrap_or_default(),
+            server: self.server_name.clone(),
+            recorded: status.source_temporary_objects.clone(),
+            session: None,
+        })
+    }
+
+    async fn clean_up(&mut self, import: &VirtualMachineImport, status: &VirtualMachineImportStatus) {
+        // With nothing recorded, the cleanup still searches for objects named after the import.
+        let objects = recorded_objects(status).cloned();
+        spawn_cleanup(
+            self.kube.clone(),
+            self.source.clone(),
+            ObjectRef::from_obj(import),
+            import.uid().unwrap_or_default(),
+            objects.unwrap_or_default(),
+            status.disk_import_status.len(),
+        );
+    }
+}
+
+/// An export through temporary snapshots, volumes and Glance images.
+struct OpenstackExport {
+    kube: kube::Client,
+    source: OpenstackSource,
+    import: ObjectRef<VirtualMachineImport>,
+    uid: String,
+    /// Server name or UUID.
+    server: String,
+    /// Temporary objects recorded in status by an earlier export (deleted first).
+    recorded: Option<SourceTemporaryObjects>,
+    session: Option<Session>,
+}
+
+#[async_trait]
+impl SourceExport for OpenstackExport {
+    async fn connect(&mut self) -> Result<String, SourceError> {
+        self.session = Some(connect(&self.kube, &self.source).await?);
+        Ok(self.source.spec.endpoint_address.clone())
+    }
+
+    async fn transfer(&mut self, ledger: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError> {
+        let session = match self.session.take() {
+            Some(session) => session,
+            None => connect(&self.kube, &self.source).await?,
+        };
+        let api = Api::namespaced(
+            self.kube.clone(),
+            self.import.namespace.as_deref().unwrap_or_default(),
+        );
+        let result = transfer(
+            Transfer {
+                session: &session,
+                api,
+                import: &self.import,
+                uid: &self.uid,
+                server: &self.server,
+                recorded: self.recorded.take(),
+                dir: dir.to_owned(),
+            },
+            ledger,
+        )
+        .await;
+        self.session = Some(session);
+        Ok(result?)
+    }
+
+    async fn close(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = session.client.logout().await;
+        }
+    }
+}
+
+#[async_trait]
+impl SourceObject for OpenstackSource {
+    const KIND: &'static str = "OpenstackSource";
+    const READ_STEP: &'static str = "reading the OpenstackSource";
+
+    fn source_status(&self) -> Option<&api::SourceStatus> {
+        self.status.as_ref()
+    }
+
+    fn credentials(&self) -> Option<&k8s_openapi::api::core::v1::SecretReference> {
+        Some(&self.spec.credentials)
+    }
+
+    /// Upstream's check: log in with the Secret, read the catalog of the region, list servers.
+    async fn check(&self, kube: &kube::Client) -> Check {
+        let insecure = self.spec.insecure_skip_verify == Some(true);
+        match verify(kube, self).await {
+            Ok(session) => {
+                let _ = session.client.logout().await;
+                Check::verified(session.insecure)
+            }
+            Err(error) => Check::failed(error.reason(), &error, insecure),
+        }
+    }
+
+    fn ready_note(&self) -> String {
+        format!(
+            "logged in to {} and listed the servers of region {:?}",
+            self.spec.endpoint_address, self.spec.region
+        )
+    }
 }

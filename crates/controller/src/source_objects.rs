@@ -1,21 +1,16 @@
-//! Source reconcilers. A `VmwareSource` is checked by logging in and finding its datacenter, then
-//! again every few minutes and whenever its Secret changes (upstream checks once, ever). Status gets
-//! `clusterReady`/`clusterNotReady` with `ClusterReady` and `ClusterError` conditions that carry a
-//! reason and a message saying what to fix, plus an `InsecureSkipVerify` warning condition when the
-//! source opted out of TLS verification. Status is written only when it changes, so a failing
-//! source is not re-checked in a tight loop. An `OvaSource` is checked as upstream does (an http(s)
-//! URL answering a HEAD with 2xx, with the Secret's basic auth and `ca.crt`), on the same schedule
-//! and with the same conditions. An `OpenstackSource` is checked as upstream does (Keystone login
-//! with the Secret, the catalog of `spec.region`, a server list), TLS verified unless it opts out,
-//! on the same schedule; its reasons are `InvalidCredentials`, `ProjectNotFound`, `RegionNotFound`,
-//! `EndpointNotFound`, `TLSVerificationFailed`, `EndpointUnreachable` and the Secret's.
+//! The reconciler of source objects (`VmwareSource`, `OvaSource`, `OpenstackSource`), one generic
+//! function for every kind: the kind's check ([`SourceObject::check`]: log in and find the
+//! datacenter; HEAD the OVA's URL with the Secret's basic auth and `ca.crt`; log in to Keystone, read
+//! the region's catalog and list servers) runs again every few minutes and whenever the source's
+//! Secret changes (upstream checks once, ever). Status gets `clusterReady`/`clusterNotReady` with
+//! `ClusterReady` and `ClusterError` conditions that carry a reason and a message saying what to
+//! fix, plus an `InsecureSkipVerify` warning condition when the source opted out of TLS
+//! verification. Status is written only when it changes, so a failing source is not re-checked in a
+//! tight loop.
 
 use std::{sync::Arc, time::Duration};
 
-use api::{
-    ClusterStatus, Condition, ConditionStatus, ConditionType, OpenstackSource, OvaSource, SourceStatus,
-    VmwareSource,
-};
+use api::{ClusterStatus, Condition, ConditionStatus, ConditionType, SourceStatus};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -23,14 +18,18 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::{context::Context, openstack, ova, time::now_rfc3339, vmware};
+use crate::{
+    context::Context,
+    source::{Check, SourceObject},
+    time::now_rfc3339,
+};
 
 /// Re-check of a source that is not ready.
 const NOT_READY_RECHECK: Duration = Duration::from_secs(30);
 
 /// Why a source reconcile failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SourceError {
+pub(crate) enum CheckError {
     /// Writing status failed.
     #[error("writing the status of {kind} {namespace}/{name}")]
     WriteStatus {
@@ -46,42 +45,11 @@ pub(crate) enum SourceError {
     },
 }
 
-impl SourceError {
+impl CheckError {
     /// Low-cardinality reason.
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::WriteStatus { .. } => "StatusWriteFailed",
-        }
-    }
-}
-
-/// The outcome of one check, before timestamps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Check {
-    ready: bool,
-    reason: String,
-    message: String,
-    insecure: bool,
-}
-
-impl Check {
-    /// The source answered as it should.
-    fn verified(insecure: bool) -> Self {
-        Self {
-            ready: true,
-            reason: "Verified".into(),
-            message: String::new(),
-            insecure,
-        }
-    }
-
-    /// The source could not be used, for `reason`.
-    fn failed(reason: &str, error: &dyn std::error::Error, insecure: bool) -> Self {
-        Self {
-            ready: false,
-            reason: reason.to_owned(),
-            message: error_text::chain(error),
-            insecure,
         }
     }
 }
@@ -151,7 +119,7 @@ async fn write_status<K>(
     object: &K,
     kind: &'static str,
     status: SourceStatus,
-) -> Result<(), SourceError>
+) -> Result<(), CheckError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -168,7 +136,7 @@ where
     )
     .await
     .map(|_| ())
-    .map_err(|source| SourceError::WriteStatus {
+    .map_err(|source| CheckError::WriteStatus {
         kind,
         namespace,
         name,
@@ -176,152 +144,47 @@ where
     })
 }
 
-/// Reconciles a `VmwareSource`.
+/// Reconciles a source object: checks it as upstream does for its kind ([`SourceObject::check`]),
+/// with the reason in the conditions when that fails; writes the outcome when it changed, with an
+/// Event when readiness flipped, and says when to check again.
 ///
 /// # Errors
-/// [`SourceError`] when status cannot be written.
-pub(crate) async fn reconcile_vmware(
-    source: Arc<VmwareSource>,
+/// [`CheckError`] when status cannot be written.
+pub(crate) async fn reconcile<K: SourceObject>(
+    source: Arc<K>,
     ctx: Arc<Context>,
-) -> Result<Action, SourceError> {
+) -> Result<Action, CheckError> {
     if source.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let insecure = source.spec.insecure_skip_verify == Some(true);
-    let check = match vmware::verify(&ctx.kube, &source).await {
-        Ok(client) => {
-            let _ = client.logout().await;
-            Check::verified(insecure || client.tls_insecure())
-        }
-        Err(error) => Check::failed(error.reason(), &error, insecure),
-    };
-    let note = format!(
-        "logged in to {} and found datacenter {}",
-        source.spec.endpoint_address, source.spec.datacenter
-    );
-    report(
-        &ctx,
-        &*source,
-        source.status.as_ref(),
-        "VmwareSource",
-        check,
-        note,
-    )
-    .await
-}
-
-/// Reconciles an `OvaSource`: upstream's check (http or https URL, HEAD answered with 2xx), with
-/// the reason in the conditions when it fails.
-///
-/// # Errors
-/// [`SourceError`] when status cannot be written.
-pub(crate) async fn reconcile_ova(source: Arc<OvaSource>, ctx: Arc<Context>) -> Result<Action, SourceError> {
-    if source.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let insecure = source.spec.insecure_skip_verify == Some(true);
-    let client = ova::OvaClient::connect(&ctx.kube, &source).await;
-    let verified = match &client {
-        Ok(client) => client.verify().await,
-        Err(_) => Ok(()),
-    };
-    let check = match client.and_then(|c| verified.map(|()| c)) {
-        Ok(client) => Check::verified(client.insecure()),
-        Err(error) => Check::failed(error.reason(), &error, insecure),
-    };
-    let note = match ova::parse_url(&source.spec.url) {
-        Ok(url) => format!("{} answered", ova::display_url(&url)),
-        Err(_) => String::new(),
-    };
-    report(&ctx, &*source, source.status.as_ref(), "OvaSource", check, note).await
-}
-
-/// Writes a check's outcome (when it changed), with an Event when readiness flipped, and says
-/// when to check again.
-async fn report<K>(
-    ctx: &Context,
-    source: &K,
-    previous: Option<&SourceStatus>,
-    kind: &'static str,
-    check: Check,
-    ready_note: String,
-) -> Result<Action, SourceError>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+    let check = source.check(&ctx.kube).await;
+    let kind = K::KIND;
+    let previous = source.source_status();
     ctx.metrics
         .source_checked(kind, if check.ready { "Ready" } else { &check.reason });
     let status = status_for(&check, previous, source.meta().generation);
     if previous != Some(&status) {
         let was_ready = previous.map(|s| &s.status) == Some(&ClusterStatus::ClusterReady);
         if check.ready != was_ready || previous.is_none() {
-            let note = if check.ready {
-                ready_note
+            let (reason, note) = if check.ready {
+                ("ClusterReady", source.ready_note())
             } else {
-                check.message.clone()
+                (check.reason.as_str(), check.message.clone())
             };
-            ctx.event(
-                source,
-                !check.ready,
-                if check.ready {
-                    "ClusterReady"
-                } else {
-                    &check.reason
-                },
-                note,
-            )
-            .await;
+            ctx.event(&*source, !check.ready, reason, note).await;
         }
         if check.ready {
             tracing::info!(kind, source = %source.name_any(), "source ready");
         } else {
             tracing::warn!(kind, source = %source.name_any(), reason = %check.reason, message = %check.message, "source not ready");
         }
-        write_status(ctx, source, kind, status).await?;
+        write_status(&ctx, &*source, kind, status).await?;
     }
     Ok(Action::requeue(if check.ready {
         ctx.settings.source_recheck
     } else {
         NOT_READY_RECHECK
     }))
-}
-
-/// Reconciles an `OpenstackSource`: logs in with its Secret, reads the catalog of its region and
-/// lists servers, as upstream does, with the reason in the conditions when that fails.
-///
-/// # Errors
-/// [`SourceError`] when status cannot be written.
-pub(crate) async fn reconcile_openstack(
-    source: Arc<OpenstackSource>,
-    ctx: Arc<Context>,
-) -> Result<Action, SourceError> {
-    if source.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let insecure = source.spec.insecure_skip_verify == Some(true);
-    let check = match openstack::verify(&ctx.kube, &source).await {
-        Ok(session) => {
-            let _ = session.client.logout().await;
-            Check::verified(session.insecure)
-        }
-        Err(error) => Check::failed(error.reason(), &error, insecure),
-    };
-    let note = format!(
-        "logged in to {} and listed the servers of region {:?}",
-        source.spec.endpoint_address, source.spec.region
-    );
-    report(
-        &ctx,
-        &*source,
-        source.status.as_ref(),
-        "OpenstackSource",
-        check,
-        note,
-    )
-    .await
 }
 
 #[cfg(test)]
