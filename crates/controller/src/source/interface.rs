@@ -16,8 +16,11 @@ pub(crate) trait KindError: std::error::Error + Send + Sync + 'static {
     fn reason(&self) -> &'static str;
 
     /// The reason an import fails with when the source refused it for a reason an admin acts on
-    /// (credentials, TLS, a token that cannot be renewed); `None` when a retry may succeed.
-    fn refusal(&self) -> Option<&'static str>;
+    /// (credentials, TLS, a token that cannot be renewed); `None` when a retry may succeed. Most
+    /// kind errors are refusals.
+    fn refusal(&self) -> Option<&'static str> {
+        Some(self.reason())
+    }
 }
 
 /// Why a source could not be used.

@@ -115,25 +115,14 @@ pub(crate) enum OpenstackError {
     },
 }
 
-impl KindError for OpenstackError {
-    fn reason(&self) -> &'static str {
-        OpenstackError::reason(self)
-    }
-
-    fn refusal(&self) -> Option<&'static str> {
-        Some(OpenstackError::reason(self))
-    }
-}
-
 impl From<OpenstackError> for SourceError {
     fn from(error: OpenstackError) -> Self {
         Self::kind(error)
     }
 }
 
-impl OpenstackError {
-    /// Low-cardinality reason for conditions, Events and metrics.
-    pub(crate) fn reason(&self) -> &'static str {
+impl KindError for OpenstackError {
+    fn reason(&self) -> &'static str {
         match self {
             Self::Secret(error) => error.reason(),
             Self::InvalidEndpoint { .. } => "InvalidEndpoint",
@@ -149,7 +138,9 @@ impl OpenstackError {
             Self::Api { .. } => "SourceApiError",
         }
     }
+}
 
+impl OpenstackError {
     /// Maps a client error of `step` to its reason.
     pub(crate) fn from_client(
         step: &'static str,

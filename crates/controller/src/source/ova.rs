@@ -130,17 +130,6 @@ pub(crate) enum OvaError {
     },
 }
 
-impl KindError for OvaError {
-    fn reason(&self) -> &'static str {
-        OvaError::reason(self)
-    }
-
-    /// Every OVA failure fails the import: the archive or its server will not change by retrying.
-    fn refusal(&self) -> Option<&'static str> {
-        Some(OvaError::reason(self))
-    }
-}
-
 impl From<OvaError> for SourceError {
     fn from(error: OvaError) -> Self {
         Self::kind(error)
@@ -162,9 +151,8 @@ impl KindError for ArchiveWalkStopped {
     }
 }
 
-impl OvaError {
-    /// Low-cardinality reason for conditions, Events and metrics.
-    pub(crate) fn reason(&self) -> &'static str {
+impl KindError for OvaError {
+    fn reason(&self) -> &'static str {
         match self {
             Self::InvalidUrl { .. } => "InvalidURL",
             Self::Secret(error) => error.reason(),

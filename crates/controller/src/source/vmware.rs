@@ -130,25 +130,14 @@ impl KindError for VsphereError {
     }
 }
 
-impl KindError for ConnectError {
-    fn reason(&self) -> &'static str {
-        ConnectError::reason(self)
-    }
-
-    fn refusal(&self) -> Option<&'static str> {
-        Some(ConnectError::reason(self))
-    }
-}
-
 impl From<ConnectError> for SourceError {
     fn from(error: ConnectError) -> Self {
         Self::kind(error)
     }
 }
 
-impl ConnectError {
-    /// Low-cardinality reason for conditions, Events and metrics.
-    pub fn reason(&self) -> &'static str {
+impl KindError for ConnectError {
+    fn reason(&self) -> &'static str {
         match self {
             Self::Secret(error) => error.reason(),
             Self::TlsVerification { .. } => "TLSVerificationFailed",
