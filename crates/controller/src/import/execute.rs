@@ -27,6 +27,7 @@ use crate::{
     export::ExportRequest,
     image_server::new_token,
     kinds,
+    source::recorded_objects,
     time::now_rfc3339,
 };
 
@@ -109,7 +110,7 @@ async fn perform(
             delete_files(ctx, status).await?;
             clean_source_objects(ctx, import, status, facts, false, false).await;
             Outcome::Tidied {
-                cleanup_pending: source_objects_recorded(status),
+                cleanup_pending: recorded_objects(status).is_some(),
             }
         }
         Decision::CleanUp => {
@@ -117,7 +118,7 @@ async fn perform(
             delete_files(ctx, status).await?;
             clean_source_objects(ctx, import, status, facts, cancelled, false).await;
             Outcome::Tidied {
-                cleanup_pending: source_objects_recorded(status),
+                cleanup_pending: recorded_objects(status).is_some(),
             }
         }
         Decision::Finalize => {
@@ -169,15 +170,6 @@ async fn write_status(
     Ok(())
 }
 
-/// Temporary source objects stay recorded: their deletion (in the background) is tried again
-/// until a successful one clears the record.
-fn source_objects_recorded(status: &VirtualMachineImportStatus) -> bool {
-    status
-        .source_temporary_objects
-        .as_ref()
-        .is_some_and(|o| !o.is_empty())
-}
-
 /// Deletes, in the background, the temporary source objects an export recorded in status, when
 /// no export of this process is there to do it (after a restart); a cancelled export's own guard
 /// deletes what it created. With `sweep` (the import is being deleted), also when nothing is
@@ -193,7 +185,7 @@ async fn clean_source_objects(
     // A finished import's export swept its temporary objects disk by disk already.
     let interrupted =
         !status.disk_import_status.is_empty() && status.phase != api::ImportPhase::VirtualMachineRunning;
-    if cancelled || !(source_objects_recorded(status) || sweep && interrupted) {
+    if cancelled || !(recorded_objects(status).is_some() || sweep && interrupted) {
         return;
     }
     match facts.source(ctx, import).await {

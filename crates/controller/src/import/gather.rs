@@ -25,7 +25,6 @@ use crate::{
 /// Everything gathered during one reconcile.
 #[derive(Default)]
 pub(super) struct Facts {
-    pub(super) source: Option<SourceFact>,
     pub(super) preflight: Option<PreflightFacts>,
     pub(super) power: Option<PowerFact>,
     pub(super) since_shutdown: Option<Duration>,
@@ -37,8 +36,9 @@ pub(super) struct Facts {
     pub(super) exported_files: Option<Vec<bool>>,
     /// The VM's own name at the source, when the import names it otherwise.
     own_name: Option<String>,
-    /// The import's view of its source (opened with the `Source` fact, or on first use).
-    opened: Option<Box<dyn Source>>,
+    /// The source object's readiness and the import's view of it (opened with the `Source` fact,
+    /// or on first use).
+    opened: Option<source::Opened>,
 }
 
 impl Facts {
@@ -50,7 +50,7 @@ impl Facts {
     ) -> Observed<'a> {
         let mut observed = Observed::new(spec, status);
         observed.deleting = deleting;
-        observed.source = self.source;
+        observed.source = self.opened.as_ref().map(|o| o.readiness);
         observed.preflight = self.preflight.as_ref();
         observed.power = self.power;
         observed.since_shutdown_request = self.since_shutdown;
@@ -72,8 +72,8 @@ impl Facts {
     ) -> Result<(), ImportError> {
         match fact {
             Fact::Source => {
-                self.open(ctx, import).await?;
-                if status.phase == api::ImportPhase::Valid && self.source == Some(SourceFact::Ready) {
+                let ready = self.open(ctx, import).await?.readiness == SourceFact::Ready;
+                if ready && status.phase == api::ImportPhase::Valid {
                     self.own_name = self.source(ctx, import).await?.own_name().await?;
                 }
                 Ok(())
@@ -108,11 +108,13 @@ impl Facts {
     }
 
     /// Reads the source object the import names and opens the import's view of it.
-    async fn open(&mut self, ctx: &Context, import: &VirtualMachineImport) -> Result<(), ImportError> {
+    async fn open(
+        &mut self,
+        ctx: &Context,
+        import: &VirtualMachineImport,
+    ) -> Result<&mut source::Opened, ImportError> {
         let opened = source::open(&ctx.kube, &ctx.settings, import).await?;
-        self.source = Some(opened.readiness);
-        self.opened = opened.source;
-        Ok(())
+        Ok(self.opened.insert(opened))
     }
 
     /// The import's source (opened on first use); an error when its source object is gone.
@@ -121,10 +123,10 @@ impl Facts {
         ctx: &Context,
         import: &VirtualMachineImport,
     ) -> Result<&mut dyn Source, ImportError> {
-        if self.source.is_none() {
+        if self.opened.is_none() {
             self.open(ctx, import).await?;
         }
-        match self.opened.as_deref_mut() {
+        match self.opened.as_mut().and_then(|o| o.source.as_deref_mut()) {
             Some(source) => Ok(source),
             None => Err(source::not_found(import).into()),
         }
@@ -287,11 +289,8 @@ impl Facts {
         } else {
             false
         };
-        // Temporary OpenStack objects an export could not delete (or a crash left) count too.
-        let source_objects = status
-            .source_temporary_objects
-            .as_ref()
-            .is_some_and(|o| !o.is_empty());
+        // Temporary source objects an export could not delete (or a crash left) count too.
+        let source_objects = source::recorded_objects(status).is_some();
         self.leftovers = Some(files || owned_images || source_objects);
         Ok(())
     }

@@ -112,7 +112,7 @@ impl SourceError {
 }
 
 /// What preflight learns from the source side.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SourceChecks {
     /// The VM as the source describes it.
     pub vm: Option<SourceVm>,
@@ -218,7 +218,6 @@ pub(crate) trait SourceObject:
     kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
     + Clone
     + serde::de::DeserializeOwned
-    + serde::Serialize
     + std::fmt::Debug
     + Send
     + Sync

@@ -22,7 +22,9 @@ pub(crate) mod openstack;
 pub(crate) mod ova;
 pub mod vmware;
 
-pub(crate) use interface::{Check, Source, SourceError, SourceExport, SourceObject, not_found};
+pub(crate) use interface::{
+    Check, Source, SourceError, SourceExport, SourceObject, not_found, recorded_objects,
+};
 
 use api::{ClusterStatus, VirtualMachineImport};
 use kube::{Api, ResourceExt};
