@@ -8,7 +8,7 @@
 //! aborts its lease or download; partial files are removed.
 //!
 //! What differs per source is its [`SourceExport`] (connect, then transfer into the
-//! [`DiskLedger`]); this module holds job control only: the registry, the slots, the job state, and
+//! [`DiskLedger`] and close); this module holds job control only: the registry, the slots, the job state, and
 //! the tracker that writes progress and the final `diskImportStatus`.
 
 use std::{
@@ -262,22 +262,23 @@ async fn run(exports: &Arc<Exports>, request: ExportRequest) -> Result<(), Expor
     let ExportRequest {
         import,
         uid,
-        mut source,
+        source,
         mut disks,
     } = request;
+    let mut connected = source.connect().await?;
     let result = async {
-        let host = source.connect().await?;
+        let host = connected.host().to_owned();
         let _slots = take_slots(exports, &uid, &host).await?;
         let _running = RunningGauge::new(exports.metrics.clone());
         let tracker = Tracker::start(exports, &import, &disks).await?;
-        let transferred = source
+        let transferred = connected
             .transfer(tracker.shared(), &exports.image_dir)
             .await
             .map_err(ExportError::from);
         tracker.finish(exports, &import, transferred, &mut disks).await
     }
     .await;
-    source.close().await;
+    connected.close().await;
     result
 }
 

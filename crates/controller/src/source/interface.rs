@@ -164,17 +164,24 @@ pub(crate) trait Source: Send + Sync {
     async fn clean_up(&mut self, import: &VirtualMachineImport, status: &VirtualMachineImportStatus);
 }
 
-/// The transfer half of an export, run in the background by [`crate::export`].
+/// An export before it has a session, run in the background by [`crate::export`].
 #[async_trait]
 pub(crate) trait SourceExport: Send {
-    /// Opens the session; returns the host the disks are read from (its slots limit the exports).
-    async fn connect(&mut self) -> Result<String, SourceError>;
+    /// Opens the session and finds what to read (logging out again when that fails).
+    async fn connect(self: Box<Self>) -> Result<Box<dyn ConnectedExport>, SourceError>;
+}
+
+/// An export with its session open.
+#[async_trait]
+pub(crate) trait ConnectedExport: Send {
+    /// The host the disks are read from (its slots limit the exports).
+    fn host(&self) -> &str;
 
     /// Moves every disk `ledger` does not hold yet into `dir`, each committed through the ledger.
     async fn transfer(&mut self, ledger: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError>;
 
     /// Ends the session (best effort).
-    async fn close(&mut self) {}
+    async fn close(self: Box<Self>) {}
 }
 
 /// The outcome of checking a source object.

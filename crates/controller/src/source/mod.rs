@@ -14,7 +14,8 @@
 //!
 //! ```text
 //!  import::gather ─► open(kind) ─► Box<dyn Source> ─► describe · checks · power · stop · clean_up
-//!                                        └─► export() ─► Box<dyn SourceExport> ─► export.rs runs it
+//!                                        └─► export() ─► Box<dyn SourceExport> ─► export.rs: connect
+//!                                                        ─► Box<dyn ConnectedExport> ─► transfer, close
 //! ```
 
 mod interface;

@@ -37,7 +37,7 @@ use plan::{
 use serde_json::json;
 
 use super::interface::{
-    Check, KindError, Source, SourceChecks, SourceError, SourceExport, SourceObject,
+    Check, ConnectedExport, KindError, Source, SourceChecks, SourceError, SourceExport, SourceObject,
     looks_like_certificate_failure, recorded_objects,
 };
 use crate::{
@@ -503,17 +503,6 @@ fn staging(partial: &std::path::Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// What [`transfer`] needs.
-pub(crate) struct Transfer<'a> {
-    pub(crate) session: &'a Session,
-    pub(crate) api: Api<VirtualMachineImport>,
-    pub(crate) import: &'a ObjectRef<VirtualMachineImport>,
-    pub(crate) uid: &'a str,
-    pub(crate) server: &'a str,
-    pub(crate) recorded: Option<SourceTemporaryObjects>,
-    pub(crate) dir: PathBuf,
-}
-
 /// Why an OpenStack export stopped.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TransferError {
@@ -570,16 +559,20 @@ impl From<TransferError> for SourceError {
 /// [`TransferError::Openstack`] when the source refused the session (its reason names what to fix),
 /// otherwise the step that failed. The export has already deleted what it could of its temporary
 /// objects; the rest is recorded in status.
-pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<DiskLedger>) -> Result<(), TransferError> {
+async fn transfer(
+    t: &mut OpenstackTransfer,
+    shared: Arc<DiskLedger>,
+    dir: &Path,
+) -> Result<(), TransferError> {
     // What an earlier export of this import recorded, and what it made without recording (killed
     // between a create and its record): both go before anything new is made.
-    let mut objects = t.recorded.unwrap_or_default();
+    let mut objects = t.recorded.take().unwrap_or_default();
     // A failed search does not stop the export: the export searches again after each disk and on
     // failure, and a deleted import searches once more.
     let unrecorded = t
         .session
         .client
-        .find_named(&export_options(t.import, t.uid), 0..shared.names().len())
+        .find_named(&export_options(&t.import, &t.uid), 0..shared.names().len())
         .await
         .unwrap_or_else(|error| {
             tracing::warn!(import = %t.import, error = %chain(&error), "searching for unrecorded temporary objects failed");
@@ -597,11 +590,11 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<DiskLedger>) -> Result
         }
     }
     if !objects.is_empty() {
-        cleanup_recorded(t.session, &t.api, t.import, t.uid, &objects, 0)
+        cleanup_recorded(&t.session, &t.api, &t.import, &t.uid, &objects, 0)
             .await
             .map_err(TransferError::EarlierObjects)?;
     }
-    let mut server = t.session.inspect(t.server).await?;
+    let mut server = t.session.inspect(&t.server).await?;
     let names = shared.names();
     if server.disks.len() != names.len() {
         return Err(TransferError::DisksChanged {
@@ -615,12 +608,12 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<DiskLedger>) -> Result
         if shared.is_exported(index) {
             continue;
         }
-        let partial = partial_path(&t.dir, name);
+        let partial = partial_path(dir, name);
         sinks.push(CommittingSink {
             inner: ConvertingSink::new(&partial, ImageFormat::Raw),
             index,
             partial,
-            image: t.dir.join(name),
+            image: dir.join(name),
             shared: shared.clone(),
         });
         indexes.push(index);
@@ -662,7 +655,7 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<DiskLedger>) -> Result
             }
         })),
     };
-    let options = export_options(t.import, t.uid);
+    let options = export_options(&t.import, &t.uid);
     let result = t
         .session
         .client
@@ -676,8 +669,8 @@ pub(crate) async fn transfer(t: Transfer<'_>, shared: Arc<DiskLedger>) -> Result
             let left = error.left_behind.clone();
             for index in &indexes {
                 if let Some(name) = names.get(*index) {
-                    let _ = tokio::fs::remove_file(partial_path(&t.dir, name)).await;
-                    let _ = tokio::fs::remove_file(staging(&partial_path(&t.dir, name))).await;
+                    let _ = tokio::fs::remove_file(partial_path(dir, name)).await;
+                    let _ = tokio::fs::remove_file(staging(&partial_path(dir, name))).await;
                 }
             }
             let failure = match &error.error {
@@ -837,7 +830,6 @@ impl Source for Openstack {
             uid: import.uid().unwrap_or_default(),
             server: self.server_name.clone(),
             recorded: status.source_temporary_objects.clone(),
-            session: None,
         })
     }
 
@@ -865,46 +857,50 @@ struct OpenstackExport {
     server: String,
     /// Temporary objects recorded in status by an earlier export (deleted first).
     recorded: Option<SourceTemporaryObjects>,
-    session: Option<Session>,
+}
+
+/// An OpenStack export logged in to Keystone.
+struct OpenstackTransfer {
+    session: Session,
+    /// Keystone (the slots' key: every download comes from that cloud).
+    host: String,
+    /// Where the temporary objects are recorded.
+    api: Api<VirtualMachineImport>,
+    import: ObjectRef<VirtualMachineImport>,
+    uid: String,
+    server: String,
+    recorded: Option<SourceTemporaryObjects>,
 }
 
 #[async_trait]
 impl SourceExport for OpenstackExport {
-    async fn connect(&mut self) -> Result<String, SourceError> {
-        self.session = Some(connect(&self.kube, &self.source).await?);
-        Ok(self.source.spec.endpoint_address.clone())
+    async fn connect(self: Box<Self>) -> Result<Box<dyn ConnectedExport>, SourceError> {
+        let session = connect(&self.kube, &self.source).await?;
+        let this = *self;
+        Ok(Box::new(OpenstackTransfer {
+            session,
+            host: this.source.spec.endpoint_address,
+            api: Api::namespaced(this.kube, this.import.namespace.as_deref().unwrap_or_default()),
+            import: this.import,
+            uid: this.uid,
+            server: this.server,
+            recorded: this.recorded,
+        }))
+    }
+}
+
+#[async_trait]
+impl ConnectedExport for OpenstackTransfer {
+    fn host(&self) -> &str {
+        &self.host
     }
 
     async fn transfer(&mut self, ledger: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError> {
-        let session = match self.session.take() {
-            Some(session) => session,
-            None => connect(&self.kube, &self.source).await?,
-        };
-        let api = Api::namespaced(
-            self.kube.clone(),
-            self.import.namespace.as_deref().unwrap_or_default(),
-        );
-        let result = transfer(
-            Transfer {
-                session: &session,
-                api,
-                import: &self.import,
-                uid: &self.uid,
-                server: &self.server,
-                recorded: self.recorded.take(),
-                dir: dir.to_owned(),
-            },
-            ledger,
-        )
-        .await;
-        self.session = Some(session);
-        Ok(result?)
+        Ok(transfer(self, ledger, dir).await?)
     }
 
-    async fn close(&mut self) {
-        if let Some(session) = self.session.take() {
-            let _ = session.client.logout().await;
-        }
+    async fn close(self: Box<Self>) {
+        let _ = self.session.client.logout().await;
     }
 }
 

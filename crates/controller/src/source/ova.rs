@@ -40,7 +40,7 @@ use tokio::{sync::mpsc, task::AbortHandle};
 use vsphere::Password;
 
 use super::interface::{
-    Check, KindError, Source, SourceChecks, SourceError, SourceExport, SourceObject,
+    Check, ConnectedExport, KindError, Source, SourceChecks, SourceError, SourceExport, SourceObject,
     looks_like_certificate_failure,
 };
 use crate::{
@@ -982,7 +982,6 @@ impl Source for Ova {
         Box::new(OvaExport {
             kube: self.kube.clone(),
             source: self.source.clone(),
-            client: None,
         })
     }
 
@@ -995,22 +994,32 @@ impl Source for Ova {
 struct OvaExport {
     kube: kube::Client,
     source: OvaSource,
-    client: Option<OvaClient>,
+}
+
+/// An OVA download with its client (Secret read, TLS configured).
+struct OvaTransfer {
+    client: OvaClient,
+    /// The URL's host.
+    host: String,
 }
 
 #[async_trait]
 impl SourceExport for OvaExport {
-    async fn connect(&mut self) -> Result<String, SourceError> {
+    async fn connect(self: Box<Self>) -> Result<Box<dyn ConnectedExport>, SourceError> {
         let client = OvaClient::connect(&self.kube, &self.source).await?;
-        Ok(self.client.insert(client).host())
+        let host = client.host();
+        Ok(Box::new(OvaTransfer { client, host }))
+    }
+}
+
+#[async_trait]
+impl ConnectedExport for OvaTransfer {
+    fn host(&self) -> &str {
+        &self.host
     }
 
     async fn transfer(&mut self, ledger: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError> {
-        let client = match self.client.take() {
-            Some(client) => client,
-            None => OvaClient::connect(&self.kube, &self.source).await?,
-        };
-        transfer(&client, ledger, dir).await
+        transfer(&self.client, ledger, dir).await
     }
 }
 

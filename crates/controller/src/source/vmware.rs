@@ -30,7 +30,7 @@ use vsphere::{
 };
 
 use super::interface::{
-    Check, KindError, Source, SourceChecks, SourceError, SourceExport, SourceObject,
+    Check, ConnectedExport, KindError, Source, SourceChecks, SourceError, SourceExport, SourceObject,
     looks_like_certificate_failure, recorded_objects,
 };
 use crate::{
@@ -491,8 +491,6 @@ impl Source for Vmware {
                 .map(|o| o.leases.clone())
                 .unwrap_or_default(),
             disks: status.disk_import_status.len(),
-            client: None,
-            description: None,
         })
     }
 
@@ -531,62 +529,72 @@ struct VmwareExport {
     recorded_leases: Vec<String>,
     /// Disks recorded in status when the import started.
     disks: usize,
-    client: Option<Client>,
-    description: Option<VmDescription>,
 }
 
-impl VmwareExport {
-    fn status_api(&self) -> Api<VirtualMachineImport> {
-        Api::namespaced(
-            self.kube.clone(),
-            self.import.namespace.as_deref().unwrap_or_default(),
-        )
-    }
+/// An `ExportVm` export logged in, its VM found with the disks recorded.
+struct VmwareTransfer {
+    client: Client,
+    description: VmDescription,
+    /// The ESXi host serving the disks (vCenter when unknown).
+    host: String,
+    status_api: Api<VirtualMachineImport>,
+    import_name: String,
 }
 
 #[async_trait]
 impl SourceExport for VmwareExport {
-    async fn connect(&mut self) -> Result<String, SourceError> {
+    async fn connect(self: Box<Self>) -> Result<Box<dyn ConnectedExport>, SourceError> {
         let client = connect(&self.kube, &self.source).await?;
+        let status_api = Api::namespaced(
+            self.kube.clone(),
+            self.import.namespace.as_deref().unwrap_or_default(),
+        );
         // A lease an earlier process took and never released blocks the VM: abort it first.
-        leases::abort_recorded(
-            &client,
-            &self.status_api(),
-            &self.import.name,
-            &self.recorded_leases,
-        )
-        .await;
-        let description = client
+        leases::abort_recorded(&client, &status_api, &self.import.name, &self.recorded_leases).await;
+        let found = match client
             .inspect(
                 datacenter_name(&self.source.spec.datacenter),
                 self.folder.as_deref(),
                 &self.vm_name,
             )
-            .await;
-        // Logged out by `close` also when the lookup failed.
-        self.client = Some(client);
-        let description = description.map_err(VsphereError::inventory("looking up the VM"))?;
-        if description.disks.len() != self.disks {
-            return Err(SourceError::DisksChanged {
+            .await
+        {
+            Ok(description) if description.disks.len() == self.disks => Ok(description),
+            Ok(description) => Err(SourceError::DisksChanged {
                 recorded: self.disks,
                 found: description.disks.len(),
-            });
-        }
+            }),
+            Err(error) => Err(VsphereError::inventory("looking up the VM")(error)),
+        };
+        let description = match found {
+            Ok(description) => description,
+            Err(error) => {
+                let _ = client.logout().await;
+                return Err(error);
+            }
+        };
         let host = description
             .host
             .as_ref()
             .map_or_else(|| self.source.spec.endpoint_address.clone(), |h| h.value.clone());
-        self.description = Some(description);
-        Ok(host)
+        Ok(Box::new(VmwareTransfer {
+            client,
+            description,
+            host,
+            status_api,
+            import_name: self.import.name.clone(),
+        }))
+    }
+}
+
+#[async_trait]
+impl ConnectedExport for VmwareTransfer {
+    fn host(&self) -> &str {
+        &self.host
     }
 
     async fn transfer(&mut self, ledger: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError> {
-        let (Some(client), Some(mut description)) = (self.client.clone(), self.description.take()) else {
-            return Err(SourceError::VmNotFound {
-                step: "exporting",
-                vm: self.vm_name.clone(),
-            });
-        };
+        let mut description = self.description.clone();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut sinks = BTreeMap::new();
         let mut partials = Vec::new();
@@ -612,8 +620,9 @@ impl SourceExport for VmwareExport {
             partials.push(partial);
         }
         description.disks.retain(|d| sinks.contains_key(&d.key));
-        let (on_lease, lease_writer) = leases::recorder(self.status_api(), self.import.name.clone());
-        let exported = client
+        let (on_lease, lease_writer) = leases::recorder(self.status_api.clone(), self.import_name.clone());
+        let exported = self
+            .client
             .export_vm_recorded(&description, sinks, &ExportOptions::default(), Some(on_lease))
             .await;
         // The hook is dropped with the export; the writer ends after its last write.
@@ -627,10 +636,8 @@ impl SourceExport for VmwareExport {
         Ok(())
     }
 
-    async fn close(&mut self) {
-        if let Some(client) = self.client.take() {
-            let _ = client.logout().await;
-        }
+    async fn close(self: Box<Self>) {
+        let _ = self.client.logout().await;
     }
 }
 
