@@ -61,11 +61,8 @@ pub enum Outcome {
     Stopped(StopRequest),
     /// [`Decision::RecordDisks`]: one entry per source disk, with its file name.
     DisksRecorded(Vec<DiskInfo>),
-    /// [`Decision::StartExport`]: the export runs; `skipped` disks were exported before.
-    ExportStarted {
-        /// Disks not exported again.
-        skipped: usize,
-    },
+    /// [`Decision::StartExport`]: the export runs (without the disks the decision skips).
+    ExportStarted,
     /// [`Decision::SubmitImages`] and [`Decision::ResubmitImages`].
     ImagesSubmitted(Vec<SubmittedImage>),
     /// [`Decision::TidyUp`], [`Decision::CleanUp`]: files deleted; `cleanup_pending` while
@@ -242,10 +239,11 @@ pub fn after(
             );
             (Requeue::OnChange, note(true, text))
         }
-        Decision::StartExport { .. } => {
-            let Outcome::ExportStarted { skipped } = outcome else {
+        Decision::StartExport { skip } => {
+            let Outcome::ExportStarted = outcome else {
                 return Transition::unchanged(Requeue::After(STEP_POLL));
             };
+            let skipped = skip.len();
             let total = status.disk_import_status.len();
             let text = if skipped == 0 {
                 format!("exporting {total} disks")

@@ -85,9 +85,9 @@ async fn perform(
         Decision::RequestShutdown => Outcome::Stopped(facts.source(ctx, import).await?.stop(false).await?),
         Decision::ForcePowerOff => Outcome::Stopped(facts.source(ctx, import).await?.stop(true).await?),
         Decision::RecordDisks => Outcome::DisksRecorded(source_disks(ctx, import, facts).await?),
-        Decision::StartExport { skip } => {
+        Decision::StartExport { .. } => {
             start_export(ctx, import, status, facts).await?;
-            Outcome::ExportStarted { skipped: skip.len() }
+            Outcome::ExportStarted
         }
         Decision::SubmitImages { disks } => {
             Outcome::ImagesSubmitted(submit_images(ctx, import, status, disks).await?)
