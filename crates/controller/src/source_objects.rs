@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use api::{ClusterStatus, Condition, ConditionStatus, ConditionType, SourceStatus};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::controller::Action,
 };
@@ -114,18 +114,11 @@ fn status_for(check: &Check, previous: Option<&SourceStatus>, generation: Option
     }
 }
 
-async fn write_status<K>(
+async fn write_status<K: SourceObject>(
     ctx: &Context,
     object: &K,
-    kind: &'static str,
     status: SourceStatus,
-) -> Result<(), CheckError>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+) -> Result<(), CheckError> {
     let namespace = object.namespace().unwrap_or_default();
     let name = object.name_any();
     let api: Api<K> = Api::namespaced(ctx.kube.clone(), &namespace);
@@ -137,7 +130,7 @@ where
     .await
     .map(|_| ())
     .map_err(|source| CheckError::WriteStatus {
-        kind,
+        kind: K::KIND,
         namespace,
         name,
         source,
@@ -178,7 +171,7 @@ pub(crate) async fn reconcile<K: SourceObject>(
         } else {
             tracing::warn!(kind, source = %source.name_any(), reason = %check.reason, message = %check.message, "source not ready");
         }
-        write_status(&ctx, &*source, kind, status).await?;
+        write_status(&ctx, &*source, status).await?;
     }
     Ok(Action::requeue(if check.ready {
         ctx.settings.source_recheck
