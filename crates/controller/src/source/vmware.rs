@@ -441,13 +441,16 @@ impl Source for Vmware {
     }
 
     async fn power(&mut self) -> Result<PowerFact, SourceError> {
-        let moref = self.moref("reading the power state").await?;
-        let (state, _) = self
-            .session()
+        // The description is read once per reconcile, with the VM's runtime power state.
+        let vm = self.vm_name.clone();
+        let state = self
+            .description()
             .await?
-            .power_state(&moref)
-            .await
-            .map_err(VsphereError::inventory("reading the power state"))?;
+            .map(|d| d.power_state)
+            .ok_or(SourceError::VmNotFound {
+                step: "reading the power state",
+                vm,
+            })?;
         Ok(if state == PowerState::PoweredOff {
             PowerFact::Off
         } else {
