@@ -11,10 +11,8 @@
 use std::{collections::BTreeMap, error::Error, time::Instant};
 
 use bytes::Bytes;
-use vsphere::{
-    Client, Config, Password, TlsMode,
-    export::{DiskSink, ExportOptions, SinkError},
-};
+use diskconv::stream::{SinkError, StreamMeta, StreamSink};
+use vsphere::{Client, Config, Password, TlsMode, export::ExportOptions};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -26,8 +24,8 @@ struct Discard {
     bytes: u64,
 }
 
-impl DiskSink for Discard {
-    async fn begin(&mut self) -> std::result::Result<(), SinkError> {
+impl StreamSink for Discard {
+    async fn begin(&mut self, _meta: &StreamMeta) -> std::result::Result<(), SinkError> {
         self.bytes = 0;
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The disks of one import's export: their file names (unguessable, within the image server's
-//! limits), the `.part` path a disk is written to, and the [`DiskLedger`] every source's export
-//! commits finished disks and progress to, with the writer that carries that ledger into
-//! `status.diskImportStatus`.
+//! limits), the `.part` path a disk is written to, the [`DiskLedger`] every source's export
+//! commits finished disks and progress to, the one [`CommittingSink`] streaming sources write a
+//! disk through, and the writer that carries that ledger into `status.diskImportStatus`.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,6 +13,11 @@ use std::{
 };
 
 use api::{DiskInfo, VirtualMachineImport};
+use bytes::Bytes;
+use diskconv::{
+    ImageFormat,
+    stream::{ConvertingSink, SinkError, StreamMeta, StreamSink},
+};
 use kube::{
     Api,
     api::{Patch, PatchParams},
@@ -93,6 +98,22 @@ impl DiskLedger {
         self.set_done(index, 0);
     }
 
+    /// A decoder progress callback that records disk `index`'s logical bytes written.
+    pub(crate) fn progress(self: &Arc<Self>, index: usize) -> diskconv::ProgressFn {
+        let ledger = self.clone();
+        Arc::new(move |p: &diskconv::Progress| ledger.set_done(index, p.position))
+    }
+
+    /// The sink that writes disk `index` into its `.part` file with `options` and commits it.
+    pub(crate) fn sink(self: &Arc<Self>, index: usize, options: diskconv::Options) -> CommittingSink {
+        let name = self.with_disks(|disks| disks.get(index).map(|d| d.name.clone()).unwrap_or_default());
+        CommittingSink {
+            inner: ConvertingSink::new(partial_path(&self.dir, &name), ImageFormat::Raw, options),
+            index,
+            ledger: self.clone(),
+        }
+    }
+
     /// Logical bytes of disk `index` written so far.
     pub(crate) fn set_done(&self, index: usize, done: u64) {
         if let Some(counter) = self.done.get(index) {
@@ -154,6 +175,41 @@ impl DiskLedger {
         self.changed.notify_one();
     }
 }
+
+/// Writes one disk's stream into its `.part` file and, when the stream is whole, commits it
+/// through the ledger at once, so a restart does not export it again. Every streaming source
+/// (vSphere, OpenStack) hands its disks to this sink; an OVA's disks are committed through the same
+/// [`DiskLedger::commit`] as its archive walk verifies them.
+pub(crate) struct CommittingSink {
+    inner: ConvertingSink,
+    index: usize,
+    ledger: Arc<DiskLedger>,
+}
+
+impl StreamSink for CommittingSink {
+    async fn begin(&mut self, meta: &StreamMeta) -> Result<(), SinkError> {
+        // An exporter redoes a disk whose lease died after the body ended: undo its commit.
+        self.ledger.uncommit(self.index)?;
+        self.ledger.restart(self.index, meta.size.or(meta.disk_size));
+        self.inner.begin(meta).await
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
+        self.inner.write(chunk).await
+    }
+
+    async fn finish(&mut self) -> Result<(), SinkError> {
+        self.inner.finish().await?;
+        let report = self.inner.report.clone().ok_or(NoReport)?;
+        self.ledger.commit(self.index, &report)?;
+        Ok(())
+    }
+}
+
+/// A sink finished without the converter's report (a converter bug, never a source's fault).
+#[derive(Debug, thiserror::Error)]
+#[error("the image writer finished without a report")]
+struct NoReport;
 
 /// Longest `<import>-<namespace>` prefix kept in an image's name: with `-disk-<n>-<token>.img`
 /// and the `.part` of a file being written, names stay within the image server's 240 characters

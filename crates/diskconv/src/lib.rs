@@ -12,8 +12,10 @@
 //! - [`archive`]: OVA in one pass: OVF, manifest check, each disk converted as it streams by.
 //! - [`staged`]: outputs the user named are written beside the target and renamed into place
 //!   only when whole; an existing file is replaced only when asked.
+//! - [`stream`] (feature `stream`): the one sink trait network exporters write to, and the one
+//!   bridge from their async chunks to the decoders above.
 //!
-//! Synchronous code: async callers run one conversion inside one `spawn_blocking`.
+//! Synchronous code, except [`stream`], which runs each conversion on one blocking thread.
 
 pub mod archive;
 mod error;
@@ -22,6 +24,8 @@ pub mod pipeline;
 pub mod sink;
 pub mod source;
 pub mod staged;
+#[cfg(feature = "stream")]
+pub mod stream;
 
 pub use error::Error;
 pub use pipeline::{Options, Progress, ProgressFn, Report, convert_stream_optimized};

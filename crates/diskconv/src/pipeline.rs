@@ -765,7 +765,7 @@ pub(crate) fn convert_forward(
 /// Converts raw bytes read sequentially (a pipe): the virtual size is whatever length arrives,
 /// or exactly [`Options::expected_size`] when the source described one (reading stops with an
 /// error as soon as the input goes past it).
-pub(crate) fn convert_raw_stream(input: impl Read, output: Output, opts: &Options) -> Result<Report, Error> {
+pub fn convert_raw_stream(input: impl Read, output: Output, opts: &Options) -> Result<Report, Error> {
     let started = Instant::now();
     let count = Arc::new(AtomicU64::new(0));
     let expected = opts.expected_size;

@@ -4,7 +4,7 @@
 //! volume:        snapshot (force) ─► volume from snapshot ─► os-volume_upload_image (raw) ─► Glance image
 //! image-backed:  createImage (Nova snapshots the root disk on the compute host) ─────────────► Glance image
 //!                                                                      │
-//!      GET /v2/images/{id}/file ─► ImageSink (chunk by chunk)  ◄───────┘
+//!      GET /v2/images/{id}/file ─► StreamSink (chunk by chunk) ◄───────┘
 //!      cut connection ─► GET with Range: bytes=<received>- (206 checked), bounded attempts
 //!      end ─► size and os_hash_value (sha256/384/512) verified ─► sink.finish
 //!      then: delete image ─► delete volume, wait gone ─► delete snapshot, wait gone
@@ -17,12 +17,11 @@
 //! runtime. Objects whose deletion failed are named in the error or report, never forgotten.
 
 use std::{
-    future::Future,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use diskconv::stream::{SinkError, StreamFormat, StreamMeta, StreamSink};
 use reqwest::{Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha384, Sha512};
@@ -37,72 +36,31 @@ use crate::{
     },
 };
 
-/// Error from a sink; the sink decides what it carries.
-pub type SinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 /// What is about to be downloaded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageMeta {
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ImageMeta {
     /// The Glance image.
-    pub image_id: String,
+    image_id: String,
     /// Its data format.
-    pub format: DiskFormat,
+    format: DiskFormat,
     /// Bytes of data.
-    pub size: u64,
+    size: u64,
     /// The guest disk's size as the source describes it apart from the data: the Cinder volume's
-    /// size, or Glance's `virtual_size` of a server image. A disk decoded to any other size is
-    /// refused, so an image cut short on the OpenStack side never becomes a smaller disk.
-    pub disk_size: Option<u64>,
+    /// size, or Glance's `virtual_size` of a server image.
+    disk_size: Option<u64>,
 }
 
-/// Where one disk's image bytes go.
-///
-/// Calls come as `begin, write*, finish`. A download resumed after a cut connection continues with
-/// `write` where it stopped (the sink never notices); only when the server ignores the range does
-/// `begin` come again, and the sink must then drop what it received.
-pub trait ImageSink: Send + 'static {
-    /// A download starts at byte 0.
-    fn begin(&mut self, meta: &ImageMeta) -> impl Future<Output = Result<(), SinkError>> + Send;
-    /// The next bytes.
-    fn write(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), SinkError>> + Send;
-    /// All bytes arrived and matched Glance's size and hash.
-    fn finish(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
-}
-
-/// A sink that only counts and hashes (SHA-256 of the bytes as received): what tests compare.
-#[derive(Debug, Clone, Default)]
-pub struct HashingSink {
-    hasher: Sha256,
-    /// Bytes received since the last `begin`.
-    pub bytes: u64,
-    /// Hex SHA-256 once finished.
-    pub sha256: Option<String>,
-    /// How many times `begin` was called.
-    pub begins: u32,
-    /// What the last `begin` announced.
-    pub meta: Option<ImageMeta>,
-}
-
-impl ImageSink for HashingSink {
-    async fn begin(&mut self, meta: &ImageMeta) -> Result<(), SinkError> {
-        self.hasher = Sha256::new();
-        self.bytes = 0;
-        self.sha256 = None;
-        self.begins += 1;
-        self.meta = Some(meta.clone());
-        Ok(())
-    }
-
-    async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
-        self.hasher.update(&chunk);
-        self.bytes += chunk.len() as u64;
-        Ok(())
-    }
-
-    async fn finish(&mut self) -> Result<(), SinkError> {
-        self.sha256 = Some(hex::encode(std::mem::take(&mut self.hasher).finalize()));
-        Ok(())
+impl ImageMeta {
+    /// What the sink is told at `begin`.
+    fn stream(&self) -> StreamMeta {
+        StreamMeta {
+            format: match self.format {
+                DiskFormat::Raw => StreamFormat::Raw,
+                DiskFormat::Qcow2 => StreamFormat::Qcow2,
+            },
+            size: Some(self.size),
+            disk_size: self.disk_size,
+        }
     }
 }
 
@@ -687,7 +645,7 @@ impl Client {
     ///
     /// # Errors
     /// [`ExportError`]: the failed step, and whatever temporary objects could not be deleted.
-    pub async fn export_server<S: ImageSink>(
+    pub async fn export_server<S: StreamSink>(
         &self,
         server: &ServerDescription,
         mut sinks: Vec<S>,
@@ -791,7 +749,7 @@ impl Client {
         Ok(())
     }
 
-    async fn export_disk<S: ImageSink>(
+    async fn export_disk<S: StreamSink>(
         &self,
         server: &ServerDescription,
         disk: usize,
@@ -1053,7 +1011,7 @@ impl Client {
         }
     }
 
-    async fn download<S: ImageSink>(
+    async fn download<S: StreamSink>(
         &self,
         disk: usize,
         image: &Image,
@@ -1072,7 +1030,7 @@ impl Client {
         let expected = image.os_hash_value.clone().filter(|v| !v.is_empty());
         let new_hasher = || expected.as_ref().and_then(|_| Hasher::new(&algo));
         let mut hasher = new_hasher();
-        sink.begin(meta).await.map_err(sink_err)?;
+        sink.begin(&meta.stream()).await.map_err(sink_err)?;
         let size = meta.size;
         let path = format!("/v2/images/{}/file", meta.image_id);
         let mut offset = 0u64;
@@ -1102,7 +1060,7 @@ impl Client {
                         tracing::warn!(image = %meta.image_id, offset, "Range ignored: downloading again from the start");
                         offset = 0;
                         hasher = new_hasher();
-                        sink.begin(meta).await.map_err(DownloadError::Sink)?;
+                        sink.begin(&meta.stream()).await.map_err(DownloadError::Sink)?;
                     }
                     StatusCode::OK => {}
                     StatusCode::PARTIAL_CONTENT if offset > 0 => {

@@ -14,10 +14,11 @@ use std::{
     time::Duration,
 };
 
+use diskconv::stream::HashingSink;
 use openstack::{
     Auth, Client, Config, DiskSource, Domain, Secret, TlsMode, client,
     convert::ImageFormat,
-    export::{ExportOptions, HashingSink, Hooks, TempObjects},
+    export::{ExportOptions, Hooks, TempObjects},
     inspect,
 };
 use serde_json::{Value, json};

@@ -5,20 +5,19 @@
 //!    │                                                      │ key → VirtualDisk (controller class/family + bus + unit)
 //!    │        keep-alive task: HttpNfcLeaseProgress every ≤ leaseTimeout/4
 //!    │                                                      ▼
-//!    │        GET every disk URL concurrently ('*' host replaced) ─► DiskSink per disk
+//!    │        GET every disk URL concurrently ('*' host replaced) ─► StreamSink per disk
 //!    ▼
 //! all disks ok ─► HttpNfcLeaseComplete      any failure ─► HttpNfcLeaseAbort
 //!                                           transfer failure ─► fresh lease for the failed disks, backoff, bounded
 //! ```
 //!
-//! Bytes are handed to the caller's [`DiskSink`] as they arrive; nothing is written here. A sink
-//! sees [`DiskSink::begin`] before every attempt, so partial output from a broken attempt is
+//! Bytes are handed to the caller's [`StreamSink`] as they arrive; nothing is written here. A sink
+//! sees [`StreamSink::begin`] before every attempt, so partial output from a broken attempt is
 //! discarded by the sink, never kept. A lease that is not released normally (error, panic, future
 //! dropped) is aborted by a guard.
 
 use std::{
     collections::BTreeMap,
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -26,10 +25,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use diskconv::stream::{SinkError, StreamCutShort, StreamFormat, StreamMeta, StreamSink};
 use reqwest::{StatusCode, Url, header};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::{
     client::{self, Client},
@@ -53,67 +51,6 @@ const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Nor more often than this, so a tiny lease timeout cannot turn into a busy loop.
 const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
-
-/// Error from a sink; the sink decides what it carries.
-pub type SinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// Where one disk's exported bytes go (e.g. a streamOptimized decoder writing a raw image, or a hasher).
-///
-/// Calls come in order `begin, write*, finish` per attempt; after a failed attempt `begin` comes
-/// again and the sink must drop whatever it received before.
-pub trait DiskSink: Send + 'static {
-    /// A (new) attempt starts at byte 0: discard anything received so far.
-    fn begin(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
-    /// The next bytes of the stream.
-    fn write(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), SinkError>> + Send;
-    /// The server ended the stream normally; validate and flush.
-    fn finish(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
-}
-
-/// What a sink's `finish` returns (boxed) when the stream ended before its own end was proven:
-/// the body closed normally but was cut short. The download is then retried like a cut
-/// connection, never committed.
-#[derive(Debug, thiserror::Error)]
-#[error("the stream was cut short")]
-pub struct StreamCutShort(#[source] pub SinkError);
-
-/// A sink that only counts and hashes: what tests compare against the source files.
-#[derive(Debug, Clone, Default)]
-pub struct HashingSink {
-    hasher: Sha256,
-    /// Bytes received in the current attempt.
-    pub bytes: u64,
-    /// Hex SHA-256 of the finished stream.
-    pub sha256: Option<String>,
-    /// How many attempts were started.
-    pub attempts: u32,
-    /// Pause after every chunk, to simulate a slow consumer.
-    pub delay_per_chunk: Duration,
-}
-
-impl DiskSink for HashingSink {
-    async fn begin(&mut self) -> Result<(), SinkError> {
-        self.hasher = Sha256::new();
-        self.bytes = 0;
-        self.sha256 = None;
-        self.attempts += 1;
-        Ok(())
-    }
-
-    async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
-        self.hasher.update(&chunk);
-        self.bytes += chunk.len() as u64;
-        if !self.delay_per_chunk.is_zero() {
-            tokio::time::sleep(self.delay_per_chunk).await;
-        }
-        Ok(())
-    }
-
-    async fn finish(&mut self) -> Result<(), SinkError> {
-        self.sha256 = Some(hex::encode(std::mem::take(&mut self.hasher).finalize()));
-        Ok(())
-    }
-}
 
 /// Export tuning.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -712,7 +649,7 @@ impl Client {
     /// # Errors
     /// [`Error`]; on error every lease taken has been aborted and the sinks are dropped (a sink
     /// that writes files should remove unfinished output on drop).
-    pub async fn export_vm<S: DiskSink>(
+    pub async fn export_vm<S: StreamSink>(
         &self,
         vm: &VmDescription,
         sinks: BTreeMap<i32, S>,
@@ -725,7 +662,7 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::export_vm`].
-    pub async fn export_vm_recorded<S: DiskSink>(
+    pub async fn export_vm_recorded<S: StreamSink>(
         &self,
         vm: &VmDescription,
         mut sinks: BTreeMap<i32, S>,
@@ -928,7 +865,7 @@ impl Client {
     }
 }
 
-async fn download<S: DiskSink>(
+async fn download<S: StreamSink>(
     planned: &Planned,
     cookie: Option<&str>,
     sink: &mut S,
@@ -938,7 +875,12 @@ async fn download<S: DiskSink>(
     let url = planned.url.to_string();
     let disk_key = planned.disk.key;
     let sink_err = |source| DownloadError::Sink { disk_key, source };
-    sink.begin().await.map_err(sink_err)?;
+    let meta = StreamMeta {
+        format: StreamFormat::VmdkStreamOptimized,
+        size: None,
+        disk_size: Some(planned.disk.capacity_bytes),
+    };
+    sink.begin(&meta).await.map_err(sink_err)?;
     let mut request = planned.http.get(planned.url.clone());
     if let Some(cookie) = cookie {
         // Harmless for ESXi's NFC (the ticket in the path authorises) and needed by some proxies.

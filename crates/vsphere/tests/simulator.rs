@@ -6,10 +6,11 @@ mod lab;
 
 use std::{collections::BTreeMap, time::Duration};
 
+use diskconv::stream::{HashingSink, StreamSink};
 use serde_json::json;
 use vsphere::{
     Client,
-    export::{ExportOptions, HashingSink},
+    export::ExportOptions,
     inventory,
     power::{self, PowerOffMode, PowerOffOutcome},
     proto::{
@@ -213,7 +214,7 @@ async fn description_export_and_completed_lease_of_a_three_disk_vm() {
             "disk {} differs",
             disk.label
         );
-        assert_eq!(sink.attempts, 1);
+        assert_eq!(sink.begins, 1);
     }
     let total: u64 = exported.report.disks.iter().map(|d| d.bytes).sum();
     eprintln!(
@@ -293,14 +294,17 @@ async fn lease_urls_serve_the_vmdk_bytes_and_abort_is_recorded() {
 #[derive(Debug)]
 struct FailingSink;
 
-impl vsphere::export::DiskSink for FailingSink {
-    async fn begin(&mut self) -> Result<(), vsphere::export::SinkError> {
+impl StreamSink for FailingSink {
+    async fn begin(
+        &mut self,
+        _meta: &diskconv::stream::StreamMeta,
+    ) -> Result<(), diskconv::stream::SinkError> {
         Ok(())
     }
-    async fn write(&mut self, _chunk: bytes::Bytes) -> Result<(), vsphere::export::SinkError> {
+    async fn write(&mut self, _chunk: bytes::Bytes) -> Result<(), diskconv::stream::SinkError> {
         Err("disk full (test)".into())
     }
-    async fn finish(&mut self) -> Result<(), vsphere::export::SinkError> {
+    async fn finish(&mut self) -> Result<(), diskconv::stream::SinkError> {
         Ok(())
     }
 }
@@ -354,7 +358,7 @@ async fn cut_connection_is_retried_with_a_fresh_lease() {
     let exported = c.export_vm(&vm, sinks(&vm), &options).await.unwrap();
     let sink = &exported.sinks[&vm.disks[0].key];
     assert_eq!(sink.sha256.as_deref(), Some(sha256_file(&vmdk).as_str()));
-    assert_eq!(sink.attempts, 2);
+    assert_eq!(sink.begins, 2);
     assert_eq!(exported.report.leases, 2);
     assert_eq!(exported.report.disks[0].attempts, 2);
     let records = control.leases_of(&name).await;
@@ -402,15 +406,18 @@ async fn repeated_cuts_give_up_after_max_attempts_and_abort_every_lease() {
 #[derive(Debug, Default)]
 struct SlowSink(HashingSink);
 
-impl vsphere::export::DiskSink for SlowSink {
-    async fn begin(&mut self) -> Result<(), vsphere::export::SinkError> {
-        self.0.begin().await
+impl StreamSink for SlowSink {
+    async fn begin(
+        &mut self,
+        meta: &diskconv::stream::StreamMeta,
+    ) -> Result<(), diskconv::stream::SinkError> {
+        self.0.begin(meta).await
     }
-    async fn write(&mut self, chunk: bytes::Bytes) -> Result<(), vsphere::export::SinkError> {
+    async fn write(&mut self, chunk: bytes::Bytes) -> Result<(), diskconv::stream::SinkError> {
         tokio::time::sleep(Duration::from_micros(chunk.len() as u64 * 10 / 3)).await;
         self.0.write(chunk).await
     }
-    async fn finish(&mut self) -> Result<(), vsphere::export::SinkError> {
+    async fn finish(&mut self) -> Result<(), diskconv::stream::SinkError> {
         self.0.finish().await
     }
 }
@@ -909,12 +916,15 @@ impl TimelineSink {
     }
 }
 
-impl vsphere::export::DiskSink for TimelineSink {
-    async fn begin(&mut self) -> Result<(), vsphere::export::SinkError> {
+impl StreamSink for TimelineSink {
+    async fn begin(
+        &mut self,
+        _meta: &diskconv::stream::StreamMeta,
+    ) -> Result<(), diskconv::stream::SinkError> {
         self.started = false;
         Ok(())
     }
-    async fn write(&mut self, _chunk: bytes::Bytes) -> Result<(), vsphere::export::SinkError> {
+    async fn write(&mut self, _chunk: bytes::Bytes) -> Result<(), diskconv::stream::SinkError> {
         if !self.started {
             self.started = true;
             self.record("first-bytes");
@@ -924,7 +934,7 @@ impl vsphere::export::DiskSink for TimelineSink {
         tokio::time::sleep(Duration::from_millis(2)).await;
         Ok(())
     }
-    async fn finish(&mut self) -> Result<(), vsphere::export::SinkError> {
+    async fn finish(&mut self) -> Result<(), diskconv::stream::SinkError> {
         self.record("finished");
         Ok(())
     }

@@ -8,7 +8,7 @@
 use error_text::chain;
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -18,7 +18,6 @@ use api::{
     names::openstack as keys,
 };
 use async_trait::async_trait;
-use bytes::Bytes;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -26,8 +25,7 @@ use kube::{
 };
 use openstack::{
     Auth, Client, Config, Domain, ServerDescription,
-    convert::{ConvertingSink, ImageFormat},
-    export::{ExportOptions, Hooks, ImageMeta, ImageSink, SinkError, TempObjects},
+    export::{ExportOptions, Hooks, TempObjects},
     proto::identity::CatalogError,
 };
 use plan::{
@@ -460,49 +458,6 @@ pub(crate) fn spawn_cleanup(
     });
 }
 
-/// Decodes one disk's Glance download into its `.part` file and, when complete, renames it to its
-/// servable name and records its digest at once.
-struct CommittingSink {
-    inner: ConvertingSink,
-    index: usize,
-    partial: PathBuf,
-    image: PathBuf,
-    shared: Arc<DiskLedger>,
-}
-
-impl ImageSink for CommittingSink {
-    async fn begin(&mut self, meta: &ImageMeta) -> Result<(), SinkError> {
-        for path in [&self.image, &staging(&self.partial)] {
-            match tokio::fs::remove_file(path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("removing {}: {e}", path.display()).into()),
-            }
-        }
-        self.shared.restart(self.index, Some(meta.size));
-        self.inner.begin(meta).await
-    }
-
-    async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
-        self.inner.write(chunk).await
-    }
-
-    async fn finish(&mut self) -> Result<(), SinkError> {
-        self.inner.finish().await?;
-        let Some(report) = self.inner.report.clone() else {
-            return Err("the decoder finished without a report".into());
-        };
-        self.shared.commit(self.index, &report)?;
-        Ok(())
-    }
-}
-
-fn staging(partial: &std::path::Path) -> PathBuf {
-    let mut name = partial.as_os_str().to_owned();
-    name.push(".download");
-    PathBuf::from(name)
-}
-
 /// Why an OpenStack export stopped.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TransferError {
@@ -604,18 +559,12 @@ async fn transfer(
     }
     let mut sinks = Vec::new();
     let mut indexes = Vec::new();
-    for (index, name) in names.iter().enumerate() {
+    for index in 0..names.len() {
         if shared.is_exported(index) {
             continue;
         }
-        let partial = partial_path(dir, name);
-        sinks.push(CommittingSink {
-            inner: ConvertingSink::new(&partial, ImageFormat::Raw),
-            index,
-            partial,
-            image: dir.join(name),
-            shared: shared.clone(),
-        });
+        // Progress comes from the export's hooks: download bytes, in the unit Glance sizes them.
+        sinks.push(shared.sink(index, diskconv::Options::default()));
         indexes.push(index);
     }
     if sinks.is_empty() {
@@ -668,9 +617,10 @@ async fn transfer(
         Err(error) => {
             let left = error.left_behind.clone();
             for index in &indexes {
+                // The sinks remove what they wrote when dropped; a writer thread still running
+                // removes its own. This catches a `.part` left by an earlier process.
                 if let Some(name) = names.get(*index) {
                     let _ = tokio::fs::remove_file(partial_path(dir, name)).await;
-                    let _ = tokio::fs::remove_file(staging(&partial_path(dir, name))).await;
                 }
             }
             let failure = match &error.error {

@@ -816,12 +816,9 @@ impl DiskTargets for ImageTargets {
             return None;
         }
         self.shared.restart(slot, None);
-        let shared = self.shared.clone();
         let options = diskconv::Options {
             threads: self.threads,
-            progress: Some(Arc::new(move |p: &diskconv::Progress| {
-                shared.set_done(slot, p.position);
-            })),
+            progress: Some(self.shared.progress(slot)),
             ..diskconv::Options::default()
         };
         Some((diskconv::Output::RawFile(self.partial(slot)), options))

@@ -14,7 +14,6 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use api::{VirtualMachineImport, VirtualMachineImportStatus, VmwareSource, names::vmware as vmware_secret};
 use async_trait::async_trait;
-use bytes::Bytes;
 use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
 use plan::{
     ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm,
@@ -24,8 +23,7 @@ use plan::{
 };
 use vsphere::{
     Client, Config, MoRef, Password,
-    convert::{ConvertingSink, ImageFormat},
-    export::{DiskSink, ExportOptions, SinkError},
+    export::ExportOptions,
     proto::vm::{BusFamily, NicNetwork, PowerState, VmDescription},
 };
 
@@ -606,21 +604,13 @@ impl ConnectedExport for VmwareTransfer {
             if ledger.is_exported(index) {
                 continue;
             }
-            let vm_disk = &description.disks[index];
-            let partial = partial_path(dir, name);
-            let progress = ledger.clone();
-            let inner = ConvertingSink::new(&partial, ImageFormat::Raw, threads, vm_disk.capacity_bytes)
-                .with_progress(Arc::new(move |p| progress.set_done(index, p.position)));
-            ledger.restart(index, Some(vm_disk.capacity_bytes));
-            sinks.insert(
-                vm_disk.key,
-                CommittingSink {
-                    inner,
-                    index,
-                    ledger: ledger.clone(),
-                },
-            );
-            partials.push(partial);
+            let options = diskconv::Options {
+                threads,
+                progress: Some(ledger.progress(index)),
+                ..diskconv::Options::default()
+            };
+            sinks.insert(description.disks[index].key, ledger.sink(index, options));
+            partials.push(partial_path(dir, name));
         }
         description.disks.retain(|d| sinks.contains_key(&d.key));
         let (on_lease, lease_writer) = leases::recorder(self.status_api.clone(), self.import_name.clone());
@@ -641,35 +631,6 @@ impl ConnectedExport for VmwareTransfer {
 
     async fn close(self: Box<Self>) {
         let _ = self.client.logout().await;
-    }
-}
-
-/// Decodes one disk into its `.part` file and, when the disk is complete, commits it through the
-/// ledger at once, so a restart does not export it again.
-struct CommittingSink {
-    inner: ConvertingSink,
-    index: usize,
-    ledger: Arc<DiskLedger>,
-}
-
-impl DiskSink for CommittingSink {
-    async fn begin(&mut self) -> Result<(), SinkError> {
-        // The exporter redoes a disk whose lease died after the body ended: undo its commit.
-        self.ledger.uncommit(self.index)?;
-        self.inner.begin().await
-    }
-
-    async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
-        self.inner.write(chunk).await
-    }
-
-    async fn finish(&mut self) -> Result<(), SinkError> {
-        self.inner.finish().await?;
-        let Some(report) = self.inner.report.clone() else {
-            return Err("the decoder finished without a report".into());
-        };
-        self.ledger.commit(self.index, &report)?;
-        Ok(())
     }
 }
 
