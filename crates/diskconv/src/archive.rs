@@ -22,9 +22,9 @@ use crate::{
     Error,
     inspect::{self, ImageInfo},
     pipeline::{Options, Report},
-    sink::{ImageFormat, Output},
     source::{self, Family, InputFormat},
     staged::{self, Replace, StagedFile},
+    writer::{ImageFormat, Output},
 };
 
 /// What the manifest check found.

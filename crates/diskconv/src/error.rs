@@ -87,7 +87,7 @@ pub enum Error {
     Output(crate::staged::Error),
     /// Writing the output failed.
     #[error("cannot write output")]
-    Sink(#[source] crate::sink::Error),
+    Write(#[source] crate::writer::Error),
     /// The OVA's tar structure is invalid.
     #[error("invalid OVA archive")]
     Tar(#[source] ova::tar::Error),

@@ -7,7 +7,7 @@
 //! - [`pipeline`]: producer → inflate workers → ordered consumer, memory bounded by
 //!   [`pipeline::MAX_IN_FLIGHT`] blocks; [`convert_stream_optimized`] is the one-pass path for
 //!   vCenter exports and OVA entries.
-//! - [`sink`]: sparse RAW file, RAW stream, qcow2.
+//! - [`writer`]: where decoded blocks go: sparse RAW file, RAW stream, qcow2.
 //! - [`inspect`]: what an image is, as a serialisable value.
 //! - [`archive`]: OVA in one pass: OVF, manifest check, each disk converted as it streams by.
 //! - [`staged`]: outputs the user named are written beside the target and renamed into place
@@ -21,13 +21,13 @@ pub mod archive;
 mod error;
 pub mod inspect;
 pub mod pipeline;
-pub mod sink;
 pub mod source;
 pub mod staged;
 #[cfg(feature = "stream")]
 pub mod stream;
+pub mod writer;
 
 pub use error::Error;
 pub use pipeline::{Options, Progress, ProgressFn, Report, convert_stream_optimized};
-pub use sink::{ImageFormat, Output, StreamWriter};
 pub use source::{InputFormat, convert_path, convert_reader, detect};
+pub use writer::{ImageFormat, Output, StreamWriter};

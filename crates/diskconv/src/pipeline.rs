@@ -35,7 +35,7 @@ use vmdk::{Event, GrainInflater, StreamDecoder};
 
 use crate::{
     Error,
-    sink::{Output, Sink, ZEROS},
+    writer::{BlockWriter, Output, ZEROS},
 };
 
 /// Blocks in flight between producer and consumer. With 64 KiB grains this is at most ~8 MiB of
@@ -277,7 +277,7 @@ impl Hasher {
 /// The ordered consumer: puts blocks back in order, hands each to the hasher, writes the sink,
 /// reports progress.
 pub(crate) struct Consumer {
-    sink: Box<dyn Sink>,
+    sink: Box<dyn BlockWriter>,
     pos: u64,
     virtual_size: Option<u64>,
     progress: Option<ProgressFn>,
@@ -289,7 +289,7 @@ pub(crate) struct Consumer {
 
 impl Consumer {
     pub(crate) fn new(
-        sink: Box<dyn Sink>,
+        sink: Box<dyn BlockWriter>,
         virtual_size: Option<u64>,
         progress: Option<ProgressFn>,
         bytes_read: Arc<AtomicU64>,
@@ -346,7 +346,7 @@ impl Consumer {
                     offset,
                     data: data.clone(),
                 }));
-                self.sink.write_block(offset, &data).map_err(Error::Sink)?;
+                self.sink.write_block(offset, &data).map_err(Error::Write)?;
                 self.pos = offset + data.len() as u64;
                 release(data, &self.pool, credits);
                 if let Some(progress) = &self.progress {
@@ -374,7 +374,7 @@ impl Consumer {
         let cancelled = self.cancelled.clone();
         let bytes_written = self.sink.finish(virtual_size, sync).map_err(|e| {
             cancelled.store(true, Ordering::Relaxed);
-            Error::Sink(e)
+            Error::Write(e)
         })?;
         let sha256 = hasher
             .join()
@@ -491,7 +491,7 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
     let virtual_size = header.capacity_bytes();
     opts.check_size(virtual_size)?;
     let grain_bytes = header.grain_bytes() as usize;
-    let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
+    let sink = output.open(Some(virtual_size)).map_err(Error::Write)?;
     let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), count);
     let pool = consumer.pool.clone();
     let zpool = Pool::new();
@@ -632,7 +632,7 @@ pub(crate) fn convert_random(
     let started = Instant::now();
     let virtual_size = source.size();
     opts.check_size(virtual_size)?;
-    let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
+    let sink = output.open(Some(virtual_size)).map_err(Error::Write)?;
     let consumer = Consumer::new(
         sink,
         Some(virtual_size),
@@ -715,7 +715,7 @@ pub(crate) fn convert_forward(
     let started = Instant::now();
     let virtual_size = decoder.virtual_size();
     opts.check_size(virtual_size)?;
-    let sink = output.open(Some(virtual_size)).map_err(Error::Sink)?;
+    let sink = output.open(Some(virtual_size)).map_err(Error::Write)?;
     let consumer = Consumer::new(sink, Some(virtual_size), opts.progress.clone(), bytes_read);
     let pool = consumer.pool.clone();
     run_pipeline(
@@ -774,7 +774,7 @@ pub fn convert_raw_stream(input: impl Read, output: Output, opts: &Options) -> R
         inner: input.take(expected.map_or(u64::MAX, |size| size.saturating_add(1))),
         count: count.clone(),
     };
-    let sink = output.open(expected).map_err(Error::Sink)?;
+    let sink = output.open(expected).map_err(Error::Write)?;
     let consumer = Consumer::new(sink, expected, opts.progress.clone(), count);
     let pool = consumer.pool.clone();
     run_pipeline(

@@ -13,7 +13,7 @@ use vmdk::{VmdkReader, header};
 use crate::{
     Error,
     pipeline::{self, Options, RandomSource, Report},
-    sink::Output,
+    writer::Output,
 };
 
 /// Bytes inspected to detect the format: a tar header's `ustar` magic ends at byte 262, a text

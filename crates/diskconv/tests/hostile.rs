@@ -225,7 +225,10 @@ fn sink_error_on_a_huge_sparse_disk_stops_the_pipeline_and_is_reported() {
     )
     .unwrap_err();
     assert!(
-        matches!(&err, Error::Sink(diskconv::sink::Error::Write { offset: 0, .. })),
+        matches!(
+            &err,
+            Error::Write(diskconv::writer::Error::Write { offset: 0, .. })
+        ),
         "{err:?}"
     );
     // Generous for a loaded CI machine; without cancellation this takes hours.

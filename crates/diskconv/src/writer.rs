@@ -1,7 +1,7 @@
-//! Where converted bytes go: a sparse RAW file, a RAW byte stream (stdout) or a qcow2 file.
+//! Where decoded blocks go: a sparse RAW file, a RAW byte stream (stdout) or a qcow2 file.
 //!
-//! A [`Sink`] receives the logical disk content as blocks at strictly ascending, non-overlapping
-//! offsets; ranges never given read as zeros. Each sink decides what to do with zeros: the sparse
+//! A [`BlockWriter`] receives the logical disk content as blocks at strictly ascending, non-overlapping
+//! offsets; ranges never given read as zeros. Each writer decides what to do with zeros: the sparse
 //! file leaves holes for zero runs of at least [`HOLE_GRANULARITY`], the stream writes them, qcow2
 //! leaves clusters unallocated.
 
@@ -19,7 +19,7 @@ pub const HOLE_GRANULARITY: usize = 4096;
 /// A static block of zeros to write or hash gaps from.
 pub(crate) static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
-/// Why a sink failed.
+/// Why a block writer failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -61,7 +61,7 @@ pub enum Error {
 }
 
 /// Receives the logical content of one disk.
-pub trait Sink: Send {
+pub trait BlockWriter: Send {
     /// `data` is the disk content at `offset`; offsets ascend strictly and never overlap.
     fn write_block(&mut self, offset: u64, data: &[u8]) -> Result<(), Error>;
     /// Ends the disk at `virtual_size` bytes (and syncs it to stable storage when `sync`);
@@ -118,11 +118,11 @@ impl std::fmt::Debug for StreamWriter {
 }
 
 impl Output {
-    /// Opens the sink; `virtual_size` is `None` for a raw input stream of unknown length.
-    pub fn open(self, virtual_size: Option<u64>) -> Result<Box<dyn Sink>, Error> {
+    /// Opens the writer; `virtual_size` is `None` for a raw input stream of unknown length.
+    pub fn open(self, virtual_size: Option<u64>) -> Result<Box<dyn BlockWriter>, Error> {
         Ok(match self {
             Output::RawFile(path) => {
-                let sink = SparseFileSink::create(&path)?;
+                let sink = SparseFileWriter::create(&path)?;
                 // Sized first, so that a disk larger than the file system allows fails before
                 // any work rather than at the end.
                 if let Some(size) = virtual_size {
@@ -135,12 +135,12 @@ impl Output {
             Output::Qcow2File(path) => {
                 let size = virtual_size.ok_or(Error::UnknownSize)?;
                 let file = create(&path)?;
-                Box::new(Qcow2Sink {
+                Box::new(Qcow2Writer {
                     writer: Some(qcow2::Qcow2Writer::new(file, size).map_err(Error::Qcow2)?),
                     written: 0,
                 })
             }
-            Output::RawStream(w) => Box::new(StreamSink { inner: w.0, pos: 0 }),
+            Output::RawStream(w) => Box::new(RawStreamWriter { inner: w.0, pos: 0 }),
         })
     }
 }
@@ -197,12 +197,12 @@ pub(crate) fn for_each_nonzero_run(
 /// set at the end. One thread writes: concurrent writers of one file only contend for its inode
 /// lock.
 #[derive(Debug)]
-pub struct SparseFileSink {
+pub struct SparseFileWriter {
     file: File,
     written: u64,
 }
 
-impl SparseFileSink {
+impl SparseFileWriter {
     /// Creates (or truncates) `path`.
     pub fn create(path: &Path) -> Result<Self, Error> {
         Ok(Self {
@@ -212,7 +212,7 @@ impl SparseFileSink {
     }
 }
 
-impl Sink for SparseFileSink {
+impl BlockWriter for SparseFileWriter {
     fn write_block(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         let (file, written) = (&self.file, &mut self.written);
         for_each_nonzero_run(data, |start, run| {
@@ -239,12 +239,12 @@ impl Sink for SparseFileSink {
 }
 
 /// RAW stream: writes every byte in order, zeros included.
-struct StreamSink {
+struct RawStreamWriter {
     inner: Box<dyn Write + Send>,
     pos: u64,
 }
 
-impl StreamSink {
+impl RawStreamWriter {
     fn zeros_to(&mut self, end: u64) -> Result<(), Error> {
         while self.pos < end {
             let n = (end - self.pos).min(ZEROS.len() as u64) as usize;
@@ -258,7 +258,7 @@ impl StreamSink {
     }
 }
 
-impl Sink for StreamSink {
+impl BlockWriter for RawStreamWriter {
     fn write_block(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.zeros_to(offset)?;
         self.inner
@@ -279,12 +279,12 @@ impl Sink for StreamSink {
 }
 
 /// qcow2 via the streaming writer; all-zero clusters stay unallocated.
-struct Qcow2Sink {
+struct Qcow2Writer {
     writer: Option<qcow2::Qcow2Writer<File>>,
     written: u64,
 }
 
-impl Sink for Qcow2Sink {
+impl BlockWriter for Qcow2Writer {
     fn write_block(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         if let Some(w) = self.writer.as_mut() {
             for_each_nonzero_run(data, |start, run| {
