@@ -1,18 +1,20 @@
 //! The disks of one import's export: their file names (unguessable, within the image server's
-//! limits), the `.part` path a disk is written to, the [`DiskLedger`] every source's export
-//! commits finished disks and progress to, the one [`CommittingSink`] streaming sources write a
-//! disk through, and the writer that carries that ledger into `status.diskImportStatus`.
+//! limits), the `.part` path a disk is written to, the [`ExportLedger`] every source's export
+//! commits finished disks, progress and its temporary source objects to, the one
+//! [`CommittingSink`] streaming sources write a disk through, and [`write_status`], the one writer
+//! that carries that ledger into `status.diskImportStatus` and `status.sourceTemporaryObjects`
+//! while the export runs.
 
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use api::{DiskInfo, VirtualMachineImport};
+use api::{DiskInfo, SourceTemporaryObjects, VirtualMachineImport};
 use bytes::Bytes;
 use diskconv::{
     ImageFormat,
@@ -28,11 +30,14 @@ use tokio::sync::Notify;
 
 use crate::image_server::PARTIAL_SUFFIX;
 
-/// The disks of one export as status should show them, shared by the sinks (which commit finished
-/// disks), the decoder callbacks (bytes done) and the status writer.
-pub(crate) struct DiskLedger {
+/// What status should show of one running export, shared by the sinks (which commit finished
+/// disks), the decoder callbacks (bytes done), the source (the temporary objects it made) and the
+/// one status writer.
+pub(crate) struct ExportLedger {
     disks: Mutex<Vec<DiskInfo>>,
     done: Vec<AtomicU64>,
+    /// `status.sourceTemporaryObjects` once the export recorded anything (`Some(None)`: cleared).
+    temporary: Mutex<Option<Option<SourceTemporaryObjects>>>,
     changed: Notify,
     /// The image directory.
     dir: PathBuf,
@@ -49,7 +54,7 @@ pub(crate) struct CommitError {
     source: std::io::Error,
 }
 
-impl DiskLedger {
+impl ExportLedger {
     pub(crate) fn new(disks: &[DiskInfo], dir: &Path) -> Self {
         Self {
             disks: Mutex::new(disks.to_vec()),
@@ -63,9 +68,39 @@ impl DiskLedger {
                     })
                 })
                 .collect(),
+            temporary: Mutex::new(None),
             changed: Notify::new(),
             dir: dir.to_owned(),
         }
+    }
+
+    /// Records what the export made at the source and has not removed yet; it goes to status at
+    /// once (a crash must not forget it), `null` when nothing is left.
+    pub(crate) fn record_temporary(&self, objects: SourceTemporaryObjects) {
+        let value = (!objects.is_empty()).then_some(objects);
+        *self.temporary.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+        self.changed.notify_one();
+    }
+
+    /// The status patch of everything recorded: the disks, and the temporary objects once the
+    /// export recorded any.
+    fn status_patch(&self) -> serde_json::Value {
+        let disks = self.with_disks(|d| d.clone());
+        let mut status = json!({ "diskImportStatus": disks });
+        if let Some(temporary) = &*self.temporary.lock().unwrap_or_else(PoisonError::into_inner) {
+            status["sourceTemporaryObjects"] = json!(temporary);
+        }
+        json!({ "status": status })
+    }
+
+    /// Writes everything recorded to status now: the export's last word, after its writer stopped.
+    ///
+    /// # Errors
+    /// The API server's.
+    pub(crate) async fn flush(&self, api: &Api<VirtualMachineImport>, name: &str) -> Result<(), kube::Error> {
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(self.status_patch()))
+            .await
+            .map(|_| ())
     }
 
     pub(crate) fn with_disks<T>(&self, f: impl FnOnce(&mut Vec<DiskInfo>) -> T) -> T {
@@ -179,11 +214,11 @@ impl DiskLedger {
 /// Writes one disk's stream into its `.part` file and, when the stream is whole, commits it
 /// through the ledger at once, so a restart does not export it again. Every streaming source
 /// (vSphere, OpenStack) hands its disks to this sink; an OVA's disks are committed through the same
-/// [`DiskLedger::commit`] as its archive walk verifies them.
+/// [`ExportLedger::commit`] as its archive walk verifies them.
 pub(crate) struct CommittingSink {
     inner: ConvertingSink,
     index: usize,
-    ledger: Arc<DiskLedger>,
+    ledger: Arc<ExportLedger>,
 }
 
 impl StreamSink for CommittingSink {
@@ -259,12 +294,13 @@ pub(crate) fn partial_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}{PARTIAL_SUFFIX}"))
 }
 
-/// Writes per-disk progress to status every `interval`, and at once when a disk is committed,
-/// until aborted.
-pub(crate) async fn write_progress(
+/// The one writer of a running export's status: per-disk progress every `interval`, and at once
+/// when a disk is committed or the temporary objects change, until aborted (then
+/// [`ExportLedger::flush`] writes the last word).
+pub(crate) async fn write_status(
     api: Api<VirtualMachineImport>,
     name: String,
-    shared: Arc<DiskLedger>,
+    shared: Arc<ExportLedger>,
     interval: Duration,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
@@ -280,7 +316,7 @@ pub(crate) async fn write_progress(
         let elapsed = last_at.elapsed().as_secs_f64().max(0.001);
         last_at = Instant::now();
         let mut total_rate = 0u64;
-        let disks = shared.with_disks(|disks| {
+        shared.with_disks(|disks| {
             for (index, disk) in disks.iter_mut().enumerate() {
                 if disk.is_exported() {
                     continue;
@@ -294,17 +330,12 @@ pub(crate) async fn write_progress(
                 disk.bytes_done = Some(done);
                 disk.bytes_per_second = Some(rate);
             }
-            disks.clone()
         });
         metrics
             .export_bytes_per_second
             .set(i64::try_from(total_rate).unwrap_or(i64::MAX));
-        let patch = json!({ "status": { "diskImportStatus": disks } });
-        if let Err(error) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            tracing::debug!(import = %name, %error, "progress update failed");
+        if let Err(error) = shared.flush(&api, &name).await {
+            tracing::debug!(import = %name, %error, "export status update failed");
         }
     }
 }
@@ -313,6 +344,41 @@ pub(crate) async fn write_progress(
 mod tests {
     use super::*;
     use crate::image_server::{is_servable_name, new_token};
+
+    #[test]
+    fn the_status_patch_carries_temporary_objects_only_once_recorded_and_null_when_none_are_left() {
+        let disks = [DiskInfo {
+            name: "d0.img".into(),
+            ..DiskInfo::default()
+        }];
+        let ledger = ExportLedger::new(&disks, Path::new("/images"));
+        let patch = ledger.status_patch();
+        assert_eq!(
+            patch["status"]["diskImportStatus"][0]["diskName"], "d0.img",
+            "{patch}"
+        );
+        assert!(
+            patch["status"].get("sourceTemporaryObjects").is_none(),
+            "an export that recorded nothing leaves the record alone: {patch}"
+        );
+
+        ledger.record_temporary(SourceTemporaryObjects {
+            leases: vec!["lease-1".into()],
+            ..SourceTemporaryObjects::default()
+        });
+        let patch = ledger.status_patch();
+        assert_eq!(
+            patch["status"]["sourceTemporaryObjects"]["leases"][0], "lease-1",
+            "{patch}"
+        );
+
+        ledger.record_temporary(SourceTemporaryObjects::default());
+        let patch = ledger.status_patch();
+        assert!(
+            patch["status"]["sourceTemporaryObjects"].is_null(),
+            "nothing left clears the record: {patch}"
+        );
+    }
 
     #[test]
     fn image_names_stay_servable_whatever_the_import_is_called() {

@@ -8,7 +8,7 @@
 //! aborts its lease or download; partial files are removed.
 //!
 //! What differs per source is its [`SourceExport`] (connect, then transfer into the
-//! [`DiskLedger`] and close); this module holds job control only: the registry, the slots, the job state, and
+//! [`ExportLedger`] and close); this module holds job control only: the registry, the slots, the job state, and
 //! the tracker that writes progress and the final `diskImportStatus`.
 
 use std::{
@@ -20,20 +20,15 @@ use std::{
 
 use api::{DiskInfo, VirtualMachineImport};
 use error_text::chain;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-    runtime::reflector::ObjectRef,
-};
+use kube::{Api, runtime::reflector::ObjectRef};
 use plan::machine::ExportFact;
-use serde_json::json;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     task::AbortHandle,
 };
 
 use crate::{
-    disks::{DiskLedger, write_progress},
+    disks::{ExportLedger, write_status},
     metrics::Metrics,
     settings::Settings,
     source::{SourceError, SourceExport},
@@ -319,7 +314,7 @@ impl Drop for RunningGauge {
 /// The status side of one transfer: the shared disk list and the progress writer, and at the end
 /// the final `diskImportStatus`.
 struct Tracker {
-    shared: Arc<DiskLedger>,
+    shared: Arc<ExportLedger>,
     api: Api<VirtualMachineImport>,
     writer: AbortOnDrop,
 }
@@ -337,12 +332,12 @@ impl Tracker {
                 path: dir.clone(),
                 source,
             })?;
-        let shared = Arc::new(DiskLedger::new(disks, dir));
+        let shared = Arc::new(ExportLedger::new(disks, dir));
         let api: Api<VirtualMachineImport> = Api::namespaced(
             exports.kube.clone(),
             import.namespace.as_deref().unwrap_or_default(),
         );
-        let writer = tokio::spawn(write_progress(
+        let writer = tokio::spawn(write_status(
             api.clone(),
             import.name.clone(),
             shared.clone(),
@@ -356,12 +351,13 @@ impl Tracker {
         })
     }
 
-    fn shared(&self) -> Arc<DiskLedger> {
+    fn shared(&self) -> Arc<ExportLedger> {
         self.shared.clone()
     }
 
-    /// Stops the progress writer; on success checks every disk has its digest and writes the
-    /// final `diskImportStatus` (into `disks` too).
+    /// Stops the status writer and writes the ledger's last word (the disks committed, the
+    /// temporary objects left), also when the transfer failed; on success checks every disk has
+    /// its digest (into `disks` too).
     async fn finish(
         self,
         exports: &Exports,
@@ -370,7 +366,9 @@ impl Tracker {
         disks: &mut [DiskInfo],
     ) -> Result<(), ExportError> {
         drop(self.writer);
+        let flushed = self.shared.flush(&self.api, &import.name).await;
         result?;
+        flushed.map_err(ExportError::Status)?;
         let finished = self.shared.with_disks(|d| d.clone());
         for (index, disk) in finished.iter().enumerate() {
             if !disks[index].is_exported() {
@@ -386,14 +384,6 @@ impl Tracker {
                 disk: missing.name.clone(),
             });
         }
-        self.api
-            .patch_status(
-                &import.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "diskImportStatus": disks } })),
-            )
-            .await
-            .map_err(ExportError::Status)?;
         Ok(())
     }
 }

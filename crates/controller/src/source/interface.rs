@@ -7,7 +7,7 @@ use api::{SourceStatus, SourceTemporaryObjects, VirtualMachineImport, VirtualMac
 use async_trait::async_trait;
 use plan::{SourceVm, machine::PowerFact, risks::RiskFacts, transition::StopRequest};
 
-use crate::disks::DiskLedger;
+use crate::disks::ExportLedger;
 
 /// A kind's own error (each kind file defines one): its low-cardinality reason, and whether the
 /// import must fail with it.
@@ -178,7 +178,7 @@ pub(crate) trait ConnectedExport: Send {
     fn host(&self) -> &str;
 
     /// Moves every disk `ledger` does not hold yet into `dir`, each committed through the ledger.
-    async fn transfer(&mut self, ledger: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError>;
+    async fn transfer(&mut self, ledger: Arc<ExportLedger>, dir: &Path) -> Result<(), SourceError>;
 
     /// Ends the session (best effort).
     async fn close(self: Box<Self>) {}
@@ -265,4 +265,26 @@ pub(crate) fn not_found(import: &VirtualMachineImport) -> SourceError {
 /// Temporary objects recorded in status (their deletion is tried until one succeeds).
 pub(crate) fn recorded_objects(status: &VirtualMachineImportStatus) -> Option<&SourceTemporaryObjects> {
     status.source_temporary_objects.as_ref().filter(|o| !o.is_empty())
+}
+
+/// Records in status the temporary objects a cleanup outside any export left (`null` once none
+/// is left). While an export runs, its [`ExportLedger`](crate::disks::ExportLedger) is the only
+/// writer of this field.
+///
+/// # Errors
+/// The API server's.
+pub(crate) async fn record_objects(
+    api: &kube::Api<api::VirtualMachineImport>,
+    name: &str,
+    objects: SourceTemporaryObjects,
+) -> Result<(), kube::Error> {
+    let value = (!objects.is_empty()).then_some(objects);
+    let patch = serde_json::json!({ "status": { "sourceTemporaryObjects": value } });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await
+    .map(|_| ())
 }

@@ -6,7 +6,7 @@
 //!   first use): describe the VM, preflight checks, power state, stop it, start an export, delete
 //!   temporary objects an export left;
 //! * [`SourceExport`]: the background transfer of the disks not exported yet into the image
-//!   directory, through the [`DiskLedger`];
+//!   directory, through the [`ExportLedger`];
 //! * [`SourceObject`]: checking a source object (`VmwareSource`, …) for its status.
 //!
 //! [`open`] is the only place that reads `spec.sourceCluster.kind`: adding a kind (Proxmox,

@@ -18,11 +18,7 @@ use api::{
     names::openstack as keys,
 };
 use async_trait::async_trait;
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::reflector::ObjectRef,
-};
+use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
 use openstack::{
     Auth, Client, Config, Domain, ServerDescription,
     export::{ExportOptions, Hooks, TempObjects},
@@ -32,14 +28,13 @@ use plan::{
     ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm, machine::PowerFact, risks::RiskFacts,
     transition::StopRequest,
 };
-use serde_json::json;
 
 use super::interface::{
     Check, ConnectedExport, KindError, Source, SourceChecks, SourceError, SourceExport, SourceObject,
-    looks_like_certificate_failure, recorded_objects,
+    looks_like_certificate_failure, record_objects, recorded_objects,
 };
 use crate::{
-    disks::{DiskLedger, partial_path},
+    disks::{ExportLedger, partial_path},
     secret::{SecretError, SourceSecret, TrustKeys},
 };
 
@@ -348,28 +343,14 @@ pub(crate) fn export_options(import: &ObjectRef<VirtualMachineImport>, uid: &str
     }
 }
 
-fn recorded(objects: &TempObjects) -> Option<SourceTemporaryObjects> {
-    (!objects.is_empty()).then(|| SourceTemporaryObjects {
+/// The status record of an export's temporary objects.
+fn recorded(objects: &TempObjects) -> SourceTemporaryObjects {
+    SourceTemporaryObjects {
         images: objects.images.clone(),
         volumes: objects.volumes.clone(),
         snapshots: objects.snapshots.clone(),
         ..SourceTemporaryObjects::default()
-    })
-}
-
-/// Writes the ledger to `status.sourceTemporaryObjects` (`null` once empty).
-async fn write_ledger(
-    api: &Api<VirtualMachineImport>,
-    name: &str,
-    objects: Option<SourceTemporaryObjects>,
-) -> Result<(), kube::Error> {
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": { "sourceTemporaryObjects": objects } })),
-    )
-    .await
-    .map(|_| ())
+    }
 }
 
 /// Why temporary objects could not all be deleted.
@@ -387,19 +368,18 @@ pub(crate) enum CleanupFailed {
 }
 
 /// Deletes temporary objects recorded in status (after a restart, or for a deleted import), and
-/// those an export of `disks` disks named but never recorded (a crash right after a create), then
-/// clears the record.
+/// those an export of `disks` disks named but never recorded (a crash right after a create).
+/// Returns what is left, for the caller to record, and whether everything went.
 ///
 /// # Errors
-/// [`CleanupFailed`]: what could not be deleted, or the record could not be written.
-pub(crate) async fn cleanup_recorded(
+/// [`CleanupFailed::Delete`]: what could not be deleted.
+async fn cleanup_recorded(
     session: &Session,
-    api: &Api<VirtualMachineImport>,
     import: &ObjectRef<VirtualMachineImport>,
     uid: &str,
     objects: &SourceTemporaryObjects,
     disks: usize,
-) -> Result<(), CleanupFailed> {
+) -> (SourceTemporaryObjects, Result<(), CleanupFailed>) {
     let ledger = TempObjects {
         images: objects.images.clone(),
         volumes: objects.volumes.clone(),
@@ -410,15 +390,11 @@ pub(crate) async fn cleanup_recorded(
         .cleanup(&ledger, &export_options(import, uid), disks)
         .await;
     let (left, failed) = match result {
-        Ok(()) => (None, None),
-        Err((left, errors)) => (recorded(&left), Some(CleanupFailed::Delete(errors))),
+        Ok(()) => (TempObjects::default(), Ok(())),
+        Err((left, errors)) => (left, Err(CleanupFailed::Delete(errors))),
     };
     tracing::info!(import = %import, ?objects, left = ?left, "temporary OpenStack objects from an earlier export cleaned up");
-    match write_ledger(api, &import.name, left).await {
-        Ok(()) | Err(kube::Error::Api(_)) => {}
-        Err(error) => return Err(CleanupFailed::Record(error)),
-    }
-    failed.map_or(Ok(()), Err)
+    (recorded(&left), failed)
 }
 
 /// Imports whose recorded objects are being deleted by [`spawn_cleanup`].
@@ -445,7 +421,14 @@ pub(crate) fn spawn_cleanup(
         let api: Api<VirtualMachineImport> =
             Api::namespaced(kube.clone(), import.namespace.as_deref().unwrap_or_default());
         let result = match connect(&kube, &source).await {
-            Ok(session) => cleanup_recorded(&session, &api, &import, &uid, &objects, disks).await,
+            Ok(session) => {
+                let (left, result) = cleanup_recorded(&session, &import, &uid, &objects, disks).await;
+                match record_objects(&api, &import.name, left).await {
+                    // The import is gone: nothing to record in.
+                    Ok(()) | Err(kube::Error::Api(_)) => result,
+                    Err(error) => result.and(Err(CleanupFailed::Record(error))),
+                }
+            }
             Err(error) => Err(error.into()),
         };
         if let Err(error) = result {
@@ -478,9 +461,6 @@ pub(crate) enum TransferError {
     /// The export failed (what it could not delete is recorded in status).
     #[error(transparent)]
     Export(openstack::export::ExportError),
-    /// The temporary objects left could not be recorded.
-    #[error("recording the temporary objects left")]
-    Record(#[source] kube::Error),
 }
 
 impl KindError for TransferError {
@@ -488,7 +468,7 @@ impl KindError for TransferError {
         match self {
             Self::Openstack(e) => e.reason(),
             Self::DisksChanged { .. } => "DisksChanged",
-            Self::EarlierObjects(_) | Self::Export(_) | Self::Record(_) => "TransferFailed",
+            Self::EarlierObjects(_) | Self::Export(_) => "TransferFailed",
         }
     }
 
@@ -516,7 +496,7 @@ impl From<TransferError> for SourceError {
 /// objects; the rest is recorded in status.
 async fn transfer(
     t: &mut OpenstackTransfer,
-    shared: Arc<DiskLedger>,
+    shared: Arc<ExportLedger>,
     dir: &Path,
 ) -> Result<(), TransferError> {
     // What an earlier export of this import recorded, and what it made without recording (killed
@@ -545,9 +525,9 @@ async fn transfer(
         }
     }
     if !objects.is_empty() {
-        cleanup_recorded(&t.session, &t.api, &t.import, &t.uid, &objects, 0)
-            .await
-            .map_err(TransferError::EarlierObjects)?;
+        let (left, result) = cleanup_recorded(&t.session, &t.import, &t.uid, &objects, 0).await;
+        shared.record_temporary(left);
+        result.map_err(TransferError::EarlierObjects)?;
     }
     let mut server = t.session.inspect(&t.server).await?;
     let names = shared.names();
@@ -578,25 +558,12 @@ async fn transfer(
         kept
     });
 
-    // The ledger goes to status through one writer, newest value last.
-    let (ledger_tx, mut ledger_rx) = tokio::sync::watch::channel(None::<SourceTemporaryObjects>);
-    let writer = {
-        let api = t.api.clone();
-        let name = t.import.name.clone();
-        tokio::spawn(async move {
-            while ledger_rx.changed().await.is_ok() {
-                let value = ledger_rx.borrow_and_update().clone();
-                if let Err(error) = write_ledger(&api, &name, value).await {
-                    tracing::warn!(import = %name, %error, "recording temporary objects failed");
-                }
-            }
-        })
-    };
+    let ledger = shared.clone();
     let progress_shared = shared.clone();
     let progress_indexes = indexes.clone();
     let hooks = Hooks {
         temp_objects: Some(Arc::new(move |objects: &TempObjects| {
-            ledger_tx.send_replace(recorded(objects));
+            ledger.record_temporary(recorded(objects));
         })),
         progress: Some(Arc::new(move |p| {
             if let Some(&index) = progress_indexes.get(p.disk) {
@@ -610,8 +577,6 @@ async fn transfer(
         .client
         .export_server(&server, sinks, &options, &hooks)
         .await;
-    drop(hooks);
-    let _ = writer.await;
     let (left, outcome) = match result {
         Ok(exported) => (exported.report.left_behind.clone(), Ok(())),
         Err(error) => {
@@ -637,9 +602,8 @@ async fn transfer(
             (left, Err(failure))
         }
     };
-    write_ledger(&t.api, &t.import.name, recorded(&left))
-        .await
-        .map_err(TransferError::Record)?;
+    // The export's ledger carries this to status (its last word is written after the transfer).
+    shared.record_temporary(recorded(&left));
     outcome
 }
 
@@ -814,8 +778,6 @@ struct OpenstackTransfer {
     session: Session,
     /// Keystone (the slots' key: every download comes from that cloud).
     host: String,
-    /// Where the temporary objects are recorded.
-    api: Api<VirtualMachineImport>,
     import: ObjectRef<VirtualMachineImport>,
     uid: String,
     server: String,
@@ -830,7 +792,6 @@ impl SourceExport for OpenstackExport {
         Ok(Box::new(OpenstackTransfer {
             session,
             host: this.source.spec.endpoint_address,
-            api: Api::namespaced(this.kube, this.import.namespace.as_deref().unwrap_or_default()),
             import: this.import,
             uid: this.uid,
             server: this.server,
@@ -845,7 +806,7 @@ impl ConnectedExport for OpenstackTransfer {
         &self.host
     }
 
-    async fn transfer(&mut self, ledger: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError> {
+    async fn transfer(&mut self, ledger: Arc<ExportLedger>, dir: &Path) -> Result<(), SourceError> {
         Ok(transfer(self, ledger, dir).await?)
     }
 

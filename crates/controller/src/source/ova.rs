@@ -44,7 +44,7 @@ use super::interface::{
     looks_like_certificate_failure,
 };
 use crate::{
-    disks::{DiskLedger, partial_path},
+    disks::{ExportLedger, partial_path},
     secret::{SecretError, SourceSecret, TrustKeys, default_tls},
 };
 
@@ -774,7 +774,7 @@ pub(crate) fn networks(vm: &::ova::VmDescription) -> Vec<String> {
 
 /// Each status disk's image: where it is written, and whether it is already done.
 struct ImageTargets {
-    shared: Arc<DiskLedger>,
+    shared: Arc<ExportLedger>,
     dir: PathBuf,
     /// `diskImportStatus[i].name`.
     names: Vec<String>,
@@ -860,7 +860,7 @@ impl DiskTargets for ImageTargets {
 /// # Errors
 /// [`OvaError`] naming what failed, or [`ArchiveWalkStopped`]; the disk that failed
 /// has no file left.
-async fn transfer(client: &OvaClient, shared: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError> {
+async fn transfer(client: &OvaClient, shared: Arc<ExportLedger>, dir: &Path) -> Result<(), SourceError> {
     let names = shared.names();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut pass = 0;
@@ -1015,7 +1015,7 @@ impl ConnectedExport for OvaTransfer {
         &self.host
     }
 
-    async fn transfer(&mut self, ledger: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError> {
+    async fn transfer(&mut self, ledger: Arc<ExportLedger>, dir: &Path) -> Result<(), SourceError> {
         transfer(&self.client, ledger, dir).await
     }
 }

@@ -2,7 +2,7 @@
 //! `caCert`, pinned to `certificateFingerprint`, or the system roots, unless the source opts out);
 //! the VM description translated into `plan`'s source-neutral model and risk facts; power state,
 //! guest shutdown and power-off; and the export through an `ExportVm` lease, each disk decoded
-//! into its `.part` file and committed through the [`DiskLedger`] (open leases are recorded in
+//! into its `.part` file and committed through the [`ExportLedger`] (open leases are recorded in
 //! status by [`leases`], so a successor process aborts what a killed one left).
 
 mod leases;
@@ -29,10 +29,10 @@ use vsphere::{
 
 use super::interface::{
     Check, ConnectedExport, KindError, Source, SourceChecks, SourceError, SourceExport, SourceObject,
-    looks_like_certificate_failure, recorded_objects,
+    looks_like_certificate_failure, record_objects, recorded_objects,
 };
 use crate::{
-    disks::{DiskLedger, partial_path},
+    disks::{ExportLedger, partial_path},
     preflight,
     secret::{SecretError, SourceSecret, TrustKeys},
     settings::Settings,
@@ -509,7 +509,10 @@ impl Source for Vmware {
             Ok(client) => {
                 let (client, name) = (client.clone(), import.name_any());
                 tokio::spawn(async move {
-                    leases::abort_recorded(&client, &api, &name, &leases).await;
+                    let left = leases::abort_recorded(&client, &name, &leases).await;
+                    if let Err(error) = record_objects(&api, &name, leases::record(left)).await {
+                        tracing::warn!(import = name, %error, "recording the export leases failed");
+                    }
                 });
             }
             Err(error) => {
@@ -538,20 +541,17 @@ struct VmwareTransfer {
     description: VmDescription,
     /// The ESXi host serving the disks (vCenter when unknown).
     host: String,
-    status_api: Api<VirtualMachineImport>,
-    import_name: String,
+    /// Leases of an earlier process that could not be aborted, when it recorded any.
+    earlier_leases: Option<Vec<String>>,
 }
 
 #[async_trait]
 impl SourceExport for VmwareExport {
     async fn connect(self: Box<Self>) -> Result<Box<dyn ConnectedExport>, SourceError> {
         let client = connect(&self.kube, &self.source).await?;
-        let status_api = Api::namespaced(
-            self.kube.clone(),
-            self.import.namespace.as_deref().unwrap_or_default(),
-        );
-        // A lease an earlier process took and never released blocks the VM: abort it first.
-        leases::abort_recorded(&client, &status_api, &self.import.name, &self.recorded_leases).await;
+        // A lease an earlier process took and never released blocks the VM: abort it first (what
+        // is left goes to status with the export's first record).
+        let leases_left = leases::abort_recorded(&client, &self.import.name, &self.recorded_leases).await;
         let found = match client
             .inspect(
                 datacenter_name(&self.source.spec.datacenter),
@@ -582,8 +582,7 @@ impl SourceExport for VmwareExport {
             client,
             description,
             host,
-            status_api,
-            import_name: self.import.name.clone(),
+            earlier_leases: (!self.recorded_leases.is_empty()).then_some(leases_left),
         }))
     }
 }
@@ -594,7 +593,7 @@ impl ConnectedExport for VmwareTransfer {
         &self.host
     }
 
-    async fn transfer(&mut self, ledger: Arc<DiskLedger>, dir: &Path) -> Result<(), SourceError> {
+    async fn transfer(&mut self, ledger: Arc<ExportLedger>, dir: &Path) -> Result<(), SourceError> {
         let mut description = self.description.clone();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut sinks = BTreeMap::new();
@@ -613,13 +612,15 @@ impl ConnectedExport for VmwareTransfer {
             partials.push(partial_path(dir, name));
         }
         description.disks.retain(|d| sinks.contains_key(&d.key));
-        let (on_lease, lease_writer) = leases::recorder(self.status_api.clone(), self.import_name.clone());
+        let earlier = self.earlier_leases.take();
+        if let Some(left) = &earlier {
+            ledger.record_temporary(leases::record(left.clone()));
+        }
+        let on_lease = leases::recorder(ledger.clone(), earlier.unwrap_or_default());
         let exported = self
             .client
             .export_vm_recorded(&description, sinks, &ExportOptions::default(), Some(on_lease))
             .await;
-        // The hook is dropped with the export; the writer ends after its last write.
-        let _ = lease_writer.await;
         if exported.is_err() {
             for path in &partials {
                 let _ = tokio::fs::remove_file(path).await;

@@ -9,43 +9,29 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use api::VirtualMachineImport;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
-use serde_json::json;
+use api::SourceTemporaryObjects;
 use vsphere::{
     Client, MoRef,
     export::{LeaseEvent, LeaseHook},
 };
 
+use crate::disks::ExportLedger;
+
 /// The managed object type of export leases.
 const LEASE_TYPE: &str = "HttpNfcLease";
 
-/// Writes the open leases (`[]` once none is open).
-async fn write(api: &Api<VirtualMachineImport>, name: &str, leases: &[String]) -> Result<(), kube::Error> {
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": { "sourceTemporaryObjects": { "leases": leases } } })),
-    )
-    .await
-    .map(|_| ())
+/// The status record of the open leases `leases` (the only temporary objects of a vSphere export).
+pub(crate) fn record(leases: Vec<String>) -> SourceTemporaryObjects {
+    SourceTemporaryObjects {
+        leases,
+        ..SourceTemporaryObjects::default()
+    }
 }
 
 /// Aborts the leases recorded for import `name` (taken by a process that is gone: this one has
-/// no export of it running when this is called) and records what is still open. Returns the
-/// leases that could not be aborted.
-pub(crate) async fn abort_recorded(
-    client: &Client,
-    api: &Api<VirtualMachineImport>,
-    name: &str,
-    recorded: &[String],
-) -> Vec<String> {
-    if recorded.is_empty() {
-        return Vec::new();
-    }
+/// no export of it running when this is called). Returns the leases that could not be aborted,
+/// for the caller to record.
+pub(crate) async fn abort_recorded(client: &Client, name: &str, recorded: &[String]) -> Vec<String> {
     let mut left = Vec::new();
     for id in recorded {
         let lease = MoRef::new(LEASE_TYPE, id.clone());
@@ -64,36 +50,20 @@ pub(crate) async fn abort_recorded(
             }
         }
     }
-    if let Err(error) = write(api, name, &left).await {
-        tracing::warn!(import = name, %error, "recording the export leases failed");
-    }
     left
 }
 
-/// A hook for [`vsphere::Client::export_vm_recorded`] that keeps import `name`'s status in step
-/// with the open leases, through one writer task (newest value last); the task ends when the hook
-/// is dropped.
-pub(crate) fn recorder(
-    api: Api<VirtualMachineImport>,
-    name: String,
-) -> (LeaseHook, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = tokio::sync::watch::channel(Vec::<String>::new());
-    let open = Arc::new(Mutex::new(BTreeSet::new()));
-    let hook: LeaseHook = Arc::new(move |event| {
+/// A hook for [`vsphere::Client::export_vm_recorded`] that keeps the export's ledger (and so
+/// status, through its one writer) in step with the open leases; `recorded` are open leases of
+/// an earlier process that could not be aborted.
+pub(crate) fn recorder(ledger: Arc<ExportLedger>, recorded: Vec<String>) -> LeaseHook {
+    let open = Mutex::new(recorded.into_iter().collect::<BTreeSet<_>>());
+    Arc::new(move |event| {
         let mut open = open.lock().unwrap_or_else(PoisonError::into_inner);
         match event {
             LeaseEvent::Taken(lease) => open.insert(lease.value),
             LeaseEvent::Released(lease) => open.remove(&lease.value),
         };
-        tx.send_replace(open.iter().cloned().collect());
-    });
-    let writer = tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let leases = rx.borrow_and_update().clone();
-            if let Err(error) = write(&api, &name, &leases).await {
-                tracing::warn!(import = %name, %error, "recording the export leases failed");
-            }
-        }
-    });
-    (hook, writer)
+        ledger.record_temporary(record(open.iter().cloned().collect()));
+    })
 }
