@@ -1,7 +1,8 @@
 //! Disk streams arriving over the network, for async callers: the one sink trait every exporter
 //! hands its bytes to ([`StreamSink`]: `begin, write*, finish` per attempt), and the one bridge
-//! from those async chunks to the synchronous decoders ([`ConvertingSink`]: a bounded channel
-//! read as `io::Read` by one blocking thread).
+//! from async chunks to the synchronous decoders ([`bridge`]: a bounded channel read as
+//! `io::Read` by one blocking thread), which [`ConvertingSink`] and the controller's OVA download
+//! both use.
 //!
 //! What the bytes are is said by [`StreamMeta`] at `begin`, so one sink serves vSphere's
 //! streamOptimized exports, Glance's raw images (never sniffed: a guest that wrote an image
@@ -177,18 +178,63 @@ impl Error {
     }
 }
 
-/// The async→blocking bridge: the chunks a channel brings, read as one byte stream.
-struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
-    current: Bytes,
+/// One piece of a bridged stream.
+enum Piece {
+    Data(Bytes),
+    End,
+    Failed(String),
 }
 
-impl Read for ChannelReader {
+/// The async half of the async→blocking bridge (see [`bridge`]).
+#[derive(Debug)]
+pub struct ChunkSender(mpsc::Sender<Piece>);
+
+/// The reading thread has gone: it finished or failed, and says why itself.
+#[derive(Debug, thiserror::Error)]
+#[error("the reader of the stream has gone")]
+pub struct ReaderGone;
+
+impl ChunkSender {
+    /// Hands over the next bytes, waiting while the reader is [`bridge`]'s capacity behind.
+    ///
+    /// # Errors
+    /// [`ReaderGone`].
+    pub async fn send(&self, chunk: Bytes) -> Result<(), ReaderGone> {
+        self.0.send(Piece::Data(chunk)).await.map_err(|_| ReaderGone)
+    }
+
+    /// The stream ended where its source says it ends: the reader sees end-of-file.
+    pub async fn end(&self) {
+        let _ = self.0.send(Piece::End).await;
+    }
+
+    /// The stream cannot go on: the reader's next read fails with `message`.
+    pub async fn fail(&self, message: String) {
+        let _ = self.0.send(Piece::Failed(message)).await;
+    }
+}
+
+/// The blocking half of the bridge: the chunks read as one byte stream. A sender dropped before
+/// [`ChunkSender::end`] (a cancelled transfer) is an error, never an end of file, so a stopped
+/// stream cannot pass for a short one that ended.
+#[derive(Debug)]
+pub struct ChunkReader {
+    rx: mpsc::Receiver<Piece>,
+    current: Bytes,
+    ended: bool,
+}
+
+impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.rx.blocking_recv() {
-                Some(chunk) => self.current = chunk,
-                None => return Ok(0),
+                Some(Piece::Data(chunk)) => self.current = chunk,
+                Some(Piece::End) => self.ended = true,
+                Some(Piece::Failed(message)) => return Err(io::Error::other(message)),
+                None => return Err(io::Error::other("the stream was stopped before its end")),
             }
         }
         let n = buf.len().min(self.current.len());
@@ -198,8 +244,23 @@ impl Read for ChannelReader {
     }
 }
 
+/// The one async→blocking bridge: what an async task sends, a blocking thread reads, at most
+/// `capacity` chunks apart (HTTP chunks are tens of KiB, so a few dozen bound memory to about a
+/// MiB while letting both sides work).
+pub fn bridge(capacity: usize) -> (ChunkSender, ChunkReader) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (
+        ChunkSender(tx),
+        ChunkReader {
+            rx,
+            current: Bytes::new(),
+            ended: false,
+        },
+    )
+}
+
 struct Running {
-    tx: mpsc::Sender<Bytes>,
+    tx: ChunkSender,
     task: JoinHandle<Result<Report, Error>>,
 }
 
@@ -250,7 +311,7 @@ impl ConvertingSink {
     /// Stops the current attempt, if any; its result is moot.
     async fn stop(&mut self) {
         if let Some(Running { tx, task }) = self.running.take() {
-            // The writer sees end-of-input and fails on the truncated stream.
+            // The writer's next read fails: the stream was stopped.
             drop(tx);
             let _ = task.await;
         }
@@ -261,7 +322,7 @@ impl ConvertingSink {
         let Running { tx, task } = self.running.take().ok_or_else(|| Error::NotStarted {
             path: self.path.clone(),
         })?;
-        drop(tx);
+        tx.end().await;
         task.await.map_err(|_| Error::Join {
             path: self.path.clone(),
         })?
@@ -288,7 +349,7 @@ fn remove_if_present(path: &Path) -> Result<(), Error> {
 
 /// Writes one attempt's stream into `path`: run on the blocking thread.
 fn write_image(
-    reader: ChannelReader,
+    reader: ChunkReader,
     path: &Path,
     format: ImageFormat,
     meta: &StreamMeta,
@@ -324,7 +385,7 @@ fn write_image(
 
 /// Stores the qcow2 stream in `staging`, checks that it is a qcow2 image, and converts it.
 fn stage_and_convert(
-    mut reader: ChannelReader,
+    mut reader: ChunkReader,
     staging: &Path,
     path: &Path,
     format: ImageFormat,
@@ -365,11 +426,7 @@ impl StreamSink for ConvertingSink {
         self.report = None;
         remove_if_present(&self.path)?;
         remove_if_present(&self.staging_path())?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let reader = ChannelReader {
-            rx,
-            current: Bytes::new(),
-        };
+        let (tx, reader) = bridge(CHANNEL_CHUNKS);
         let (path, format, meta, options) =
             (self.path.clone(), self.format, meta.clone(), self.options.clone());
         let task = tokio::task::spawn_blocking(move || {
@@ -550,6 +607,44 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("{} is still there after the sink was dropped", other.display());
+    }
+
+    #[tokio::test]
+    async fn the_bridge_tells_an_end_from_a_failure_and_from_a_stopped_sender() {
+        let read_all = |mut reader: ChunkReader| {
+            tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                reader.read_to_end(&mut out).map(|_| out)
+            })
+        };
+        let (tx, reader) = bridge(2);
+        let read = read_all(reader);
+        for part in [&b"abc"[..], b"", b"def"] {
+            tx.send(Bytes::copy_from_slice(part)).await.unwrap();
+        }
+        tx.end().await;
+        assert_eq!(read.await.unwrap().unwrap(), b"abcdef");
+
+        let (tx, reader) = bridge(2);
+        let read = read_all(reader);
+        tx.send(Bytes::from_static(b"abc")).await.unwrap();
+        tx.fail("connection reset at byte 3".into()).await;
+        let error = read.await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("byte 3"), "{error}");
+
+        let (tx, reader) = bridge(2);
+        let read = read_all(reader);
+        tx.send(Bytes::from_static(b"abc")).await.unwrap();
+        drop(tx);
+        let error = read.await.unwrap().unwrap_err();
+        assert!(
+            error.to_string().contains("stopped"),
+            "a cancelled stream is no short file: {error}"
+        );
+
+        let (tx, reader) = bridge(2);
+        drop(reader);
+        assert!(tx.send(Bytes::from_static(b"abc")).await.is_err());
     }
 
     #[tokio::test]

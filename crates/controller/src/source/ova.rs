@@ -16,7 +16,7 @@
 
 use error_text::chain;
 use std::{
-    io::{self, Read},
+    io::Read,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -24,8 +24,10 @@ use std::{
 
 use api::{OvaSource, VirtualMachineImport, VirtualMachineImportStatus, names::ova as ova_secret};
 use async_trait::async_trait;
-use bytes::{Buf, Bytes};
-use diskconv::archive::{DiskTargets, convert_ova_into};
+use diskconv::{
+    archive::{DiskTargets, convert_ova_into},
+    stream::{ChunkReader, ChunkSender, bridge},
+};
 use kube::ResourceExt;
 use plan::{
     ControllerKind, Firmware, SourceDisk, SourceNic, SourceVm, machine::PowerFact, risks::RiskFacts,
@@ -36,7 +38,7 @@ use reqwest::{
     header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, HeaderMap, IF_RANGE, LAST_MODIFIED, RANGE},
 };
 use tls::TlsMode;
-use tokio::{sync::mpsc, task::AbortHandle};
+use tokio::task::AbortHandle;
 use vsphere::Password;
 
 use super::interface::{
@@ -392,14 +394,11 @@ impl OvaClient {
     /// Starts downloading the archive; the returned reader yields its bytes in order, resuming
     /// cut connections with Range requests when the server allows them.
     fn download(&self) -> Download {
-        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (tx, reader) = bridge(CHANNEL_CHUNKS);
         let failure = Arc::new(Mutex::new(None));
         let task = tokio::spawn(fetch(self.clone(), tx, failure.clone()));
         Download {
-            reader: DownloadReader {
-                rx,
-                current: Bytes::new(),
-            },
+            reader,
             failure,
             task: task.abort_handle(),
         }
@@ -415,15 +414,9 @@ enum FetchFailure {
     Cut(String),
 }
 
-enum Chunk {
-    Data(Bytes),
-    End,
-    Failed(String),
-}
-
 /// A running download: its bytes (for a blocking thread) and, if it failed, why.
 struct Download {
-    reader: DownloadReader,
+    reader: ChunkReader,
     failure: Arc<Mutex<Option<FetchFailure>>>,
     task: AbortHandle,
 }
@@ -434,30 +427,6 @@ impl Download {
             Ok(mut f) => f.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         }
-    }
-}
-
-/// The bytes of a [`Download`], for a blocking thread.
-struct DownloadReader {
-    rx: mpsc::Receiver<Chunk>,
-    current: Bytes,
-}
-
-impl Read for DownloadReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Chunk::Data(chunk)) => self.current = chunk,
-                Some(Chunk::End) => return Ok(0),
-                Some(Chunk::Failed(message)) => return Err(io::Error::other(message)),
-                // The fetch task was stopped (export cancelled): not an end of the archive.
-                None => return Err(io::Error::other("the download was stopped")),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current.advance(n);
-        Ok(n)
     }
 }
 
@@ -491,9 +460,9 @@ impl Resumability {
 }
 
 /// Streams the archive into `tx`, resuming a cut connection with `Range: bytes=<position>-` when
-/// the first response allowed it. Ends with [`Chunk::End`], or [`Chunk::Failed`] with the reason
+/// the first response allowed it. Ends with [`ChunkSender::end`], or [`ChunkSender::fail`] with the reason
 /// also left in `failure`.
-async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Option<FetchFailure>>>) {
+async fn fetch(client: OvaClient, tx: ChunkSender, failure: Arc<Mutex<Option<FetchFailure>>>) {
     let fail = |f: FetchFailure| {
         let message = match &f {
             FetchFailure::Fatal(e) => chain(e),
@@ -534,7 +503,7 @@ async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Op
                 } else {
                     FetchFailure::Fatal(client.transport_error(&error))
                 };
-                let _ = tx.send(Chunk::Failed(fail(f))).await;
+                tx.fail(fail(f)).await;
                 return;
             }
         };
@@ -544,10 +513,7 @@ async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Op
                 resume = Some(Resumability::from_headers(response.headers()));
             }
             None => {
-                let _ = tx
-                    .send(Chunk::Failed(fail(FetchFailure::Fatal(
-                        client.status_error(status),
-                    ))))
+                tx.fail(fail(FetchFailure::Fatal(client.status_error(status))))
                     .await;
                 return;
             }
@@ -562,7 +528,7 @@ async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Op
                         "the server resumed at {} instead of byte {position}",
                         start.map_or_else(|| "an unknown position".to_owned(), |s| s.to_string())
                     );
-                    let _ = tx.send(Chunk::Failed(fail(FetchFailure::Cut(message)))).await;
+                    tx.fail(fail(FetchFailure::Cut(message))).await;
                     return;
                 }
             }
@@ -572,7 +538,7 @@ async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Op
                     "the connection broke at byte {position} ({last_cut}) and the server answered \
                      the resumed request with the whole file ({status})"
                 );
-                let _ = tx.send(Chunk::Failed(fail(FetchFailure::Cut(message)))).await;
+                tx.fail(fail(FetchFailure::Cut(message))).await;
                 return;
             }
             Some(_) if failed_resumes < MAX_RESUMES && status.is_server_error() => {
@@ -582,10 +548,7 @@ async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Op
                 continue;
             }
             Some(_) => {
-                let _ = tx
-                    .send(Chunk::Failed(fail(FetchFailure::Fatal(
-                        client.status_error(status),
-                    ))))
+                tx.fail(fail(FetchFailure::Fatal(client.status_error(status))))
                     .await;
                 return;
             }
@@ -596,7 +559,7 @@ async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Op
                 Ok(Some(chunk)) => {
                     position += chunk.len() as u64;
                     failed_resumes = 0;
-                    if tx.send(Chunk::Data(chunk)).await.is_err() {
+                    if tx.send(chunk).await.is_err() {
                         // The walk stopped reading: it finished or failed on its own.
                         return;
                     }
@@ -606,7 +569,7 @@ async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Op
                     if length.is_some_and(|l| position < l) {
                         break format!("the body ended at byte {position} of {}", length.unwrap_or(0));
                     }
-                    let _ = tx.send(Chunk::End).await;
+                    let _ = tx.end().await;
                     return;
                 }
                 Err(error) => break chain(&error),
@@ -627,7 +590,7 @@ async fn fetch(client: OvaClient, tx: mpsc::Sender<Chunk>, failure: Arc<Mutex<Op
                 "the connection broke at byte {position} ({cut}) and the server does not accept Range requests"
             )
         };
-        let _ = tx.send(Chunk::Failed(fail(FetchFailure::Cut(message)))).await;
+        tx.fail(fail(FetchFailure::Cut(message))).await;
         return;
     }
 }
