@@ -1171,20 +1171,20 @@ mod tests {
         let mut bytes = archive(&[("vm.ovf", VMWARE_STYLE.as_bytes()), ("a.vmdk", &[0u8; 4096])]);
         // Everything after the descriptor is never needed.
         bytes.truncate(512 + VMWARE_STYLE.len().next_multiple_of(512) + 100);
-        let vm = read_descriptor(io::Cursor::new(&bytes)).unwrap();
+        let vm = read_descriptor(std::io::Cursor::new(&bytes)).unwrap();
         assert_eq!(vm.cpus, 6);
     }
 
     #[test]
     fn an_archive_not_starting_with_a_whole_descriptor_is_refused_naming_the_member() {
         let bytes = archive(&[("disk.vmdk", b"abc"), ("vm.ovf", VMWARE_STYLE.as_bytes())]);
-        let error = read_descriptor(io::Cursor::new(&bytes)).unwrap_err();
+        let error = read_descriptor(std::io::Cursor::new(&bytes)).unwrap_err();
         assert!(error.contains("\"disk.vmdk\""), "{error}");
         let bytes = archive(&[("vm.ovf", VMWARE_STYLE.as_bytes())]);
-        let error = read_descriptor(io::Cursor::new(&bytes[..1500])).unwrap_err();
+        let error = read_descriptor(std::io::Cursor::new(&bytes[..1500])).unwrap_err();
         assert!(!error.is_empty());
         let bytes = archive(&[("vm.ovf", b"<Envelope>not ovf")]);
-        let error = read_descriptor(io::Cursor::new(&bytes)).unwrap_err();
+        let error = read_descriptor(std::io::Cursor::new(&bytes)).unwrap_err();
         assert!(error.contains("\"vm.ovf\""), "{error}");
     }
 }
