@@ -56,16 +56,17 @@ if [[ ! -f import-disk.vmdk ]]; then
     mkfs.ext4 -q -F -d stage import-disk.raw.tmp
     rm -rf stage
     qemu-img convert -f raw -O vmdk -o subformat=streamOptimized import-disk.raw.tmp import-disk.vmdk.tmp
-    sha256sum import-disk.raw.tmp | cut -d' ' -f1 > import-disk.sha256
     mv import-disk.raw.tmp import-disk.raw && mv import-disk.vmdk.tmp import-disk.vmdk
 fi
 if [[ ! -f small-disk.vmdk ]]; then
     truncate -s 256M small-disk.raw
     dd if=/dev/urandom of=small-disk.raw bs=1M count=64 seek=32 conv=notrunc status=none
     qemu-img convert -f raw -O vmdk -o subformat=streamOptimized small-disk.raw small-disk.vmdk
-    sha256sum small-disk.raw | cut -d' ' -f1 > small-disk.sha256
 fi
-want=$(cat import-disk.sha256)
+# What status.diskImportStatus[].checksum must say: the SHA-512 of the disk served as raw.
+[[ -f import-disk.sha512 ]] || sha512sum import-disk.raw | cut -d' ' -f1 > import-disk.sha512
+[[ -f small-disk.sha512 ]] || sha512sum small-disk.raw | cut -d' ' -f1 > small-disk.sha512
+want=$(cat import-disk.sha512)
 vmdk_bytes=$(stat -c %s import-disk.vmdk)
 raw_alloc=$(( $(stat -c %b import-disk.raw) * $(stat -c %B import-disk.raw) ))
 for d in a b c; do ln -f import-disk.vmdk "disk-$d.vmdk"; done
@@ -145,7 +146,7 @@ spec:
   sourceCluster: {name: vcenter, namespace: $ns, kind: VmwareSource, apiVersion: migration.harvesterhci.io/v1beta1}
 EOF
 }
-# Prints the import's disk digests, one per line, once every disk of it has one.
+# Prints the import's disk checksums (SHA-512), one per line, once every disk of it has one.
 digests() {
     kubectl -n "$ns" get virtualmachineimport "$1" -o json | python3 -c '
 import json, sys
@@ -153,8 +154,8 @@ s = json.load(sys.stdin).get("status") or {}
 disks = s.get("diskImportStatus") or []
 if s.get("importStatus") in ("virtualMachineImportInvalid", "VMMigrationFailed"):
     sys.exit("import failed: " + json.dumps(s.get("importConditions")))
-if disks and all(d.get("sha256") for d in disks):
-    print("\n".join(d["sha256"] for d in disks))'
+if disks and all(d.get("checksum") for d in disks):
+    print("\n".join(d["checksum"] for d in disks))'
 }
 
 deadline() { (( $(date +%s) < $1 )) || { echo "bench: timed out; see $work/controller.log" >&2; exit 1; }; }
@@ -198,7 +199,7 @@ print(f"scratch: ours {ours / 2**20:.0f} MiB (images only, {ours / (3 * alloc):.
 PY
 
 echo "bench: twenty one-disk VMs at once" >&2
-small_want=$(cat small-disk.sha256)
+small_want=$(cat small-disk.sha512)
 for i in $(seq 20); do
     labvm create "bench-small-$run_id-$i" --cpus 1 --memory-mb 256 --power off \
         --disk "lsilogic:$work/small-disk.vmdk" >/dev/null

@@ -359,10 +359,12 @@ pub struct DiskInfo {
     /// **Ours**: recent transfer rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_per_second: Option<u64>,
-    /// **Ours**: SHA-256 (hex) of the converted image, set once the image file is complete; a disk
-    /// with a digest is never exported again.
+    /// **Ours**: SHA-512 (hex) of the image file as served, set once the file is complete: the
+    /// value of its `VirtualMachineImage`'s `spec.checksum`, which Harvester (Longhorn's
+    /// backing-image manager) checks against what it downloaded. A disk with a checksum is never
+    /// exported again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub checksum: Option<String>,
     /// **Ours**: how many `VirtualMachineImage`s have been created for this disk (retries after a
     /// failed image import count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -370,9 +372,9 @@ pub struct DiskInfo {
 }
 
 impl DiskInfo {
-    /// True when the disk's image file is complete (see [`DiskInfo::sha256`]).
+    /// True when the disk's image file is complete (see [`DiskInfo::checksum`]).
     pub fn is_exported(&self) -> bool {
-        self.sha256.as_deref().is_some_and(|s| !s.is_empty())
+        self.checksum.as_deref().is_some_and(|s| !s.is_empty())
     }
 
     /// True when the disk condition `type_` is `True`.

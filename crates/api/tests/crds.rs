@@ -275,7 +275,7 @@ fn additive_fields_are_in_the_schema() {
         );
     }
     assert_eq!(
-        status.pointer("/diskImportStatus/items/properties/sha256/type"),
+        status.pointer("/diskImportStatus/items/properties/checksum/type"),
         Some(&Value::from("string"))
     );
     let severity = status

@@ -140,7 +140,7 @@ fn progress_line(status: &api::VirtualMachineImportStatus) -> String {
         .map(|(i, d)| {
             let done = d.bytes_done.unwrap_or(0);
             let total = d.bytes_total.unwrap_or(0).max(1);
-            let state = if d.sha256.is_some() {
+            let state = if d.checksum.is_some() {
                 "converted".to_owned()
             } else {
                 format!(
@@ -179,12 +179,14 @@ async fn summarise(
             concern.severity, concern.id, concern.message
         );
     }
+    let refused = stand_in.refused();
     for disk in &status.disk_import_status {
         let fetched = stand_in.fetched(&disk.virtual_machine_image);
-        let verified = match (&fetched, &disk.sha256) {
-            (Some(f), Some(s)) if &f.sha256 == s => "sha256 verified by the download",
-            (Some(_), _) => "SHA256 MISMATCH",
-            (None, _) => "not downloaded",
+        let verified = match (&fetched, &disk.checksum, refused.get(&disk.virtual_machine_image)) {
+            (_, _, Some(message)) => message.as_str(),
+            (Some(f), Some(s), None) if &f.sha512 == s => "SHA-512 (spec.checksum) verified by the download",
+            (Some(_), _, None) => "SHA-512 MISMATCH",
+            (None, _, None) => "not downloaded",
         };
         println!(
             "  VirtualMachineImage {} for {} ({} bytes, {} bus): {verified}",

@@ -127,9 +127,11 @@ pub(crate) struct ConvertArgs {
     /// Progress display: a bar on a terminal (auto), JSON lines on stderr (json), or none.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub(crate) progress: ProgressMode,
-    /// Write a JSON report (per disk: virtual size, bytes read and written, SHA-256, seconds).
+    /// Write a JSON report (per disk: virtual size, bytes read and written, checksum, seconds).
     #[arg(long, value_name = "FILE")]
     pub(crate) report: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) checksum: ChecksumArg,
     /// Flush the output to stable storage (fdatasync) before reporting success. Off by default,
     /// like qemu-img convert: the data is in the page cache and written back by the kernel.
     #[arg(long)]
@@ -195,6 +197,35 @@ impl From<OutputFormat> for diskconv::ImageFormat {
             OutputFormat::Qcow2 => Self::Qcow2,
         }
     }
+}
+
+/// The digest of each disk's content to compute (`convert`, `vsphere export`, `openstack export`).
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct ChecksumArg {
+    /// Compute this digest of each disk's content (zeros included) while converting and report
+    /// it. None by default: a digest costs a core at hash speed. `sha512` is what a Harvester
+    /// `VirtualMachineImage`'s `spec.checksum` holds for a raw image.
+    #[arg(long = "checksum", value_enum, value_name = "ALGORITHM")]
+    pub(crate) algorithm: Option<ChecksumAlgorithm>,
+}
+
+impl ChecksumArg {
+    /// The digest to ask diskconv for.
+    pub(crate) fn get(self) -> Option<diskconv::Checksum> {
+        self.algorithm.map(|a| match a {
+            ChecksumAlgorithm::Sha256 => diskconv::Checksum::Sha256,
+            ChecksumAlgorithm::Sha512 => diskconv::Checksum::Sha512,
+        })
+    }
+}
+
+/// Digest algorithms `--checksum` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ChecksumAlgorithm {
+    /// SHA-256.
+    Sha256,
+    /// SHA-512.
+    Sha512,
 }
 
 /// How `convert` reports progress.

@@ -47,6 +47,7 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         threads,
         progress: progress_mode,
         report: report_path,
+        checksum,
         require_manifest,
         sync,
         force,
@@ -74,6 +75,7 @@ pub(crate) fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         sync,
         expected_size: None,
         declared_format: None,
+        checksum: checksum.get(),
     };
     let name = input.display();
     remove_unfinished_outputs_on_signals();
@@ -263,10 +265,26 @@ fn summarise(disks: &[DiskReport]) {
         let r = &d.report;
         let _ = writeln!(
             err,
-            "disk {i}: {} ({}) -> {}: virtual {} bytes, read {} bytes, wrote {} bytes, sha256 {}, {:.2} s",
-            d.input, r.format, d.output, r.virtual_size, r.bytes_read, r.bytes_written, r.sha256, r.seconds
+            "disk {i}: {} ({}) -> {}: virtual {} bytes, read {} bytes, wrote {} bytes{}, {:.2} s",
+            d.input,
+            r.format,
+            d.output,
+            r.virtual_size,
+            r.bytes_read,
+            r.bytes_written,
+            checksum_note(r),
+            r.seconds
         );
     }
+}
+
+/// `, sha512 <hex>` when the conversion computed a digest, else nothing.
+pub(crate) fn checksum_note(report: &diskconv::Report) -> String {
+    report
+        .checksum
+        .as_ref()
+        .map(|digest| format!(", {digest}"))
+        .unwrap_or_default()
 }
 
 fn write_report(path: &Path, disks: &[DiskReport]) -> anyhow::Result<()> {

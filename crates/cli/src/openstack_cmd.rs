@@ -22,7 +22,7 @@ use openstack::{
 };
 
 use crate::{
-    cli::OutputFormat,
+    cli::{ChecksumArg, OutputFormat},
     tls_args::{TlsArgs, warn_if_insecure},
 };
 
@@ -73,6 +73,8 @@ pub(crate) struct ExportArgs {
     /// Output image format.
     #[arg(short = 'O', long = "format", value_enum, default_value_t = OutputFormat::Raw)]
     format: OutputFormat,
+    #[command(flatten)]
+    checksum: ChecksumArg,
     /// Stop the server first (os-stop: Nova asks the guest, then forces) and wait for SHUTOFF.
     #[arg(long)]
     stop: bool,
@@ -243,7 +245,7 @@ async fn export_with(client: &Client, args: &ExportArgs) -> anyhow::Result<()> {
         allow_running: args.allow_running,
         ..ExportOptions::default()
     };
-    let format = args.format.into();
+    let format = (args.format.into(), args.checksum.get());
     let exported = client
         .export_to_dir(&server, &args.out, format, &options, &progress_hooks())
         .await
@@ -260,11 +262,11 @@ async fn export_with(client: &Client, args: &ExportArgs) -> anyhow::Result<()> {
     write_json(&args.out.join("report.json"), &report)?;
     for image in &exported.images {
         eprintln!(
-            "{}: {} bytes virtual, {} bytes written, sha256 {}",
+            "{}: {} bytes virtual, {} bytes written{}",
             image.path.display(),
             image.conversion.virtual_size,
             image.conversion.bytes_written,
-            image.conversion.sha256
+            crate::disk::checksum_note(&image.conversion)
         );
     }
     if !exported.export.left_behind.is_empty() {

@@ -14,7 +14,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use vsphere::{Client, Config, Password, TlsMode, export::ExportOptions, power::PowerOffMode};
 
-use crate::{cli::OutputFormat, tls_args::TlsArgs};
+use crate::{
+    cli::{ChecksumArg, OutputFormat},
+    tls_args::TlsArgs,
+};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum VsphereCommand {
@@ -73,6 +76,8 @@ pub(crate) struct ExportArgs {
     /// Output image format.
     #[arg(short = 'O', long = "format", value_enum, default_value_t = OutputFormat::Raw)]
     format: OutputFormat,
+    #[command(flatten)]
+    checksum: ChecksumArg,
     /// How to power the VM off first: ask the guest (then force after the timeout), pull the plug,
     /// or never (a VM that is on is then an error).
     #[arg(long, value_enum, default_value_t = PowerOff::Never)]
@@ -184,7 +189,7 @@ async fn export_with(client: &Client, args: &ExportArgs) -> anyhow::Result<()> {
         .ensure_powered_off(&vm.moref, mode)
         .await
         .with_context(|| format!("VM {:?} cannot be exported while it runs", vm.name))?;
-    let format = args.format.into();
+    let format = (args.format.into(), args.checksum.get());
     std::fs::create_dir_all(&args.out).with_context(|| format!("failed to create {}", args.out.display()))?;
     write_json(&args.out.join("vm.json"), &vm)?;
     let exported = client
@@ -200,11 +205,11 @@ async fn export_with(client: &Client, args: &ExportArgs) -> anyhow::Result<()> {
     write_json(&args.out.join("report.json"), &report)?;
     for image in &exported.images {
         eprintln!(
-            "{}: {} bytes virtual, {} bytes written, sha256 {}",
+            "{}: {} bytes virtual, {} bytes written{}",
             image.path.display(),
             image.conversion.virtual_size,
             image.conversion.bytes_written,
-            image.conversion.sha256
+            crate::disk::checksum_note(&image.conversion)
         );
     }
     Ok(())

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use support::{
     Scene, condition, files_in, harvester, lab,
-    lab::{Control, make_vmdk, sha256_file, unique},
+    lab::{Control, make_vmdk, sha512_file, unique},
     phase, vm_resource,
 };
 
@@ -145,10 +145,10 @@ async fn three_disk_vm_is_imported_and_every_object_is_shaped_as_harvester_expec
     assert_eq!(status.disk_import_status.len(), 3);
     let images = scene.dynamic(&image_resource());
     for (disk, (_, raw)) in status.disk_import_status.iter().zip(&disks) {
-        let source_digest = sha256_file(raw);
-        assert_eq!(disk.sha256.as_deref(), Some(source_digest.as_str()), "{disk:?}");
+        let source_digest = sha512_file(raw);
+        assert_eq!(disk.checksum.as_deref(), Some(source_digest.as_str()), "{disk:?}");
         let fetched = harvester.fetched(&disk.virtual_machine_image).unwrap();
-        assert_eq!(fetched.sha256, source_digest);
+        assert_eq!(fetched.sha512, source_digest);
         assert!(fetched.display_name.starts_with("vm-import-full-"), "{fetched:?}");
         assert!(
             disk.condition_is_true(&api::ConditionType::ImageReady),
@@ -439,12 +439,12 @@ async fn killed_controller_resumes_without_downloading_a_finished_disk_twice() {
     let status = import.status.unwrap();
     assert_eq!(status.phase, ImportPhase::VirtualMachineRunning, "{status:#?}");
     assert_eq!(
-        status.disk_import_status[0].sha256.as_deref(),
-        Some(sha256_file(&small.1).as_str())
+        status.disk_import_status[0].checksum.as_deref(),
+        Some(sha512_file(&small.1).as_str())
     );
     assert_eq!(
-        status.disk_import_status[1].sha256.as_deref(),
-        Some(sha256_file(&big.1).as_str())
+        status.disk_import_status[1].checksum.as_deref(),
+        Some(sha512_file(&big.1).as_str())
     );
 
     // The small disk was fetched once over all leases; the big one again after the kill.
@@ -472,6 +472,73 @@ async fn killed_controller_resumes_without_downloading_a_finished_disk_twice() {
         files_in(&image_dir).iter().all(|f| !f.ends_with(".part")),
         "{:?}",
         files_in(&image_dir)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_served_image_altered_after_its_checksum_was_taken_fails_in_harvester_never_becomes_a_disk() {
+    let scene = Scene::new("e2e-altered").await;
+    let control = Control::new();
+    let disk = make_vmdk(scene.dir.path(), "altered", 4 << 20, 47);
+    let vm_name = unique("altered");
+    control
+        .create_vm(json!({"name": vm_name, "cpus": 1, "memoryMB": 512,
+            "disks": [{"bus": "sata", "path": disk.0}]}))
+        .await;
+    // No Harvester yet: the image is exported, served and waits for its download.
+    let controller = scene.start_controller();
+    scene.source("vcenter", &lab::lab().vsphere_password).await;
+    scene.import("altered", "vcenter", &vm_name, json!({})).await;
+    let exported = scene
+        .wait_import(&controller, "altered", Duration::from_secs(120), |i| {
+            i.status.as_ref().is_some_and(|s| {
+                s.disk_import_status.len() == 1
+                    && s.disk_import_status[0].is_exported()
+                    && !s.disk_import_status[0].virtual_machine_image.is_empty()
+            })
+        })
+        .await;
+    let status = exported.status.unwrap();
+    let checksum = status.disk_import_status[0].checksum.clone().unwrap();
+    assert_eq!(
+        checksum,
+        sha512_file(&disk.1),
+        "spec.checksum is the SHA-512 of the disk"
+    );
+    let image = scene
+        .dynamic(&image_resource())
+        .get(&status.disk_import_status[0].virtual_machine_image)
+        .await
+        .unwrap();
+    assert_eq!(image.data["spec"]["checksum"], json!(checksum), "{image:?}");
+
+    // One byte of the served file changes between the export and Harvester's download.
+    let served = scene.image_dir().join(&status.disk_import_status[0].name);
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&served).unwrap();
+        file.write_at(&[0xA5], 1 << 20).unwrap();
+    }
+    let harvester = scene.harvester(harvester::Options::default());
+    let import = scene
+        .wait_finished(&controller, "altered", Duration::from_secs(180))
+        .await;
+    let status = import.status.clone().unwrap();
+    assert_eq!(status.phase, ImportPhase::MigrationFailed, "{status:#?}");
+    let refused = harvester.refused();
+    assert!(
+        !refused.is_empty() && refused.values().all(|m| m.contains(harvester::CHECKSUM_MISMATCH)),
+        "every download of the altered file failed its checksum: {refused:?}"
+    );
+    assert!(
+        harvester
+            .fetched(&status.disk_import_status[0].virtual_machine_image)
+            .is_none(),
+        "no image was imported"
+    );
+    assert!(
+        support::import_failed(&import).message.contains("image"),
+        "{status:#?}"
     );
 }
 
@@ -513,8 +580,8 @@ async fn lease_body_closing_cleanly_at_a_grain_boundary_is_retried_never_committ
     let status = import.status.unwrap();
     assert_eq!(status.phase, ImportPhase::VirtualMachineRunning, "{status:#?}");
     assert_eq!(
-        status.disk_import_status[0].sha256.as_deref(),
-        Some(sha256_file(&disk.1).as_str()),
+        status.disk_import_status[0].checksum.as_deref(),
+        Some(sha512_file(&disk.1).as_str()),
         "the image is the whole disk"
     );
     let cuts: i64 = control
@@ -551,7 +618,7 @@ async fn lease_body_closing_cleanly_at_a_grain_boundary_is_retried_never_committ
         "{status:#?}"
     );
     assert!(
-        status.disk_import_status.iter().all(|d| d.sha256.is_none()),
+        status.disk_import_status.iter().all(|d| d.checksum.is_none()),
         "{status:#?}"
     );
     let image_dir = scene.image_dir();
@@ -636,7 +703,7 @@ async fn twenty_imports_at_once_all_complete() {
     let scene = Scene::new("e2e-twenty").await;
     let control = Control::new();
     let (vmdk, raw) = make_vmdk(scene.dir.path(), "shared", 2 << 20, 31);
-    let digest = sha256_file(&raw);
+    let digest = sha512_file(&raw);
     let mut names = Vec::new();
     for i in 0..20 {
         let vm_name = unique(&format!("many{i}"));
@@ -666,7 +733,7 @@ async fn twenty_imports_at_once_all_complete() {
             "many-{i}: {status:#?}"
         );
         assert_eq!(
-            status.disk_import_status[0].sha256.as_deref(),
+            status.disk_import_status[0].checksum.as_deref(),
             Some(digest.as_str())
         );
     }

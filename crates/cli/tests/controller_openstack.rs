@@ -21,7 +21,7 @@ use kube::api::{ApiResource, PostParams};
 use openstack::TlsMode;
 use serde_json::{Value, json};
 use support::{
-    ControllerProcess, Scene, condition, harvester, import_failed, lab::sha256_file, merged, phase,
+    ControllerProcess, Scene, condition, harvester, import_failed, lab::sha512_file, merged, phase,
     vm_resource,
 };
 use test_support::{
@@ -195,8 +195,8 @@ fn temp_prefix(import: &VirtualMachineImport) -> String {
 }
 
 /// SHA-256 of the volume the lab's Cinder makes of the data file at `path`.
-fn volume_sha256(path: &Path) -> String {
-    test_support::disk::cinder_volume_sha256(path).expect("reading a test disk")
+fn volume_sha512(path: &Path) -> String {
+    test_support::disk::cinder_volume_sha512(path).expect("reading a test disk")
 }
 
 fn assert_digests(import: &VirtualMachineImport, harvester: &harvester::StandIn, expected: &[String]) {
@@ -204,9 +204,9 @@ fn assert_digests(import: &VirtualMachineImport, harvester: &harvester::StandIn,
     assert_eq!(status.disk_import_status.len(), expected.len(), "{status:#?}");
     for (disk, expected) in status.disk_import_status.iter().zip(expected) {
         let expected = expected.clone();
-        assert_eq!(disk.sha256.as_deref(), Some(expected.as_str()), "{disk:?}");
+        assert_eq!(disk.checksum.as_deref(), Some(expected.as_str()), "{disk:?}");
         assert_eq!(
-            harvester.fetched(&disk.virtual_machine_image).map(|f| f.sha256),
+            harvester.fetched(&disk.virtual_machine_image).map(|f| f.sha512),
             Some(expected),
             "served bytes of {} differ from the source disk",
             disk.name
@@ -301,9 +301,9 @@ async fn volume_and_image_backed_servers_import_to_running_with_identical_images
     assert_digests(
         &db_import,
         &harvester,
-        &[volume_sha256(&root), volume_sha256(&data)],
+        &[volume_sha512(&root), volume_sha512(&data)],
     );
-    assert_digests(&web_import, &harvester, &[sha256_file(&image_root)]);
+    assert_digests(&web_import, &harvester, &[sha512_file(&image_root)]);
     control.assert_no_objects(&temp_prefix(&db_import)).await;
     control.assert_no_objects(&temp_prefix(&web_import)).await;
 
@@ -652,7 +652,7 @@ async fn killed_controller_mid_download_deletes_the_recorded_objects_and_finishe
         import.status,
         controller.log_tail()
     );
-    assert_digests(&import, &harvester, &[volume_sha256(&root)]);
+    assert_digests(&import, &harvester, &[volume_sha512(&root)]);
     control.assert_no_objects(&prefix).await;
     let text = std::fs::read_to_string(scene.dir.path().join("controller.log")).unwrap();
     assert!(

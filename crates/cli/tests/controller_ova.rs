@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 
 use support::{
     ControllerProcess, Scene, condition, files_in, harvester, lab,
-    lab::{make_vmdk, run, sha256_file},
+    lab::{make_vmdk, run, sha512_file},
     merged, phase, vm_resource,
 };
 
@@ -548,10 +548,10 @@ fn assert_digests(import: &VirtualMachineImport, harvester: &harvester::StandIn,
     let status = import.status.clone().unwrap();
     assert_eq!(status.disk_import_status.len(), ova.raws.len(), "{status:#?}");
     for (disk, raw) in status.disk_import_status.iter().zip(&ova.raws) {
-        let expected = sha256_file(raw);
-        assert_eq!(disk.sha256.as_deref(), Some(expected.as_str()), "{disk:?}");
+        let expected = sha512_file(raw);
+        assert_eq!(disk.checksum.as_deref(), Some(expected.as_str()), "{disk:?}");
         assert_eq!(
-            harvester.fetched(&disk.virtual_machine_image).map(|f| f.sha256),
+            harvester.fetched(&disk.virtual_machine_image).map(|f| f.sha512),
             Some(expected),
             "served bytes of {} differ from the source disk",
             disk.name
@@ -998,7 +998,7 @@ async fn bad_sources_and_bad_ovas_end_with_clear_reasons() {
             .any(|f| f.starts_with("mismatch-") && f.contains("-disk-0-")),
         "{seen:?}"
     );
-    assert_eq!(status.disk_import_status[1].sha256, None, "{status:#?}");
+    assert_eq!(status.disk_import_status[1].checksum, None, "{status:#?}");
     let authorized = scene
         .wait_import(&controller, "authorized", Duration::from_secs(120), |i| {
             i.status.as_ref().is_some_and(|s| {
@@ -1009,8 +1009,8 @@ async fn bad_sources_and_bad_ovas_end_with_clear_reasons() {
     let status = authorized.status.unwrap();
     for (disk, raw) in status.disk_import_status.iter().zip(&good.raws) {
         assert_eq!(
-            disk.sha256.as_deref(),
-            Some(sha256_file(raw).as_str()),
+            disk.checksum.as_deref(),
+            Some(sha512_file(raw).as_str()),
             "{status:#?}"
         );
     }

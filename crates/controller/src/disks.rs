@@ -30,6 +30,10 @@ use tokio::sync::Notify;
 
 use crate::image_server::PARTIAL_SUFFIX;
 
+/// The digest every served image gets: Harvester's `VirtualMachineImage.spec.checksum` is a
+/// SHA-512 of the file as downloaded, and a served raw image is its logical content byte for byte.
+pub(crate) const SERVED_CHECKSUM: diskconv::Checksum = diskconv::Checksum::Sha512;
+
 /// What status should show of one running export, shared by the sinks (which commit finished
 /// disks), the decoder callbacks (bytes done), the source (the temporary objects it made) and the
 /// one status writer.
@@ -45,13 +49,22 @@ pub(crate) struct ExportLedger {
 
 /// A finished disk could not be put in place.
 #[derive(Debug, thiserror::Error)]
-#[error("renaming {partial} into place")]
-pub(crate) struct CommitError {
-    /// The finished `.part` file.
-    partial: PathBuf,
-    /// Why.
-    #[source]
-    source: std::io::Error,
+pub(crate) enum CommitError {
+    /// The rename failed.
+    #[error("renaming {partial} into place")]
+    Rename {
+        /// The finished `.part` file.
+        partial: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The conversion computed no SHA-512 (its options did not ask for one: a bug, never served).
+    #[error("{partial} has no SHA-512 to serve it with")]
+    NoChecksum {
+        /// The finished `.part` file.
+        partial: PathBuf,
+    },
 }
 
 impl ExportLedger {
@@ -110,7 +123,7 @@ impl ExportLedger {
         }
     }
 
-    /// Whether disk `index` has its digest (committed, now or before a restart).
+    /// Whether disk `index` has its checksum (committed, now or before a restart).
     pub(crate) fn is_exported(&self, index: usize) -> bool {
         self.with_disks(|disks| disks.get(index).is_some_and(DiskInfo::is_exported))
     }
@@ -139,6 +152,23 @@ impl ExportLedger {
         Arc::new(move |p: &diskconv::Progress| ledger.set_done(index, p.position))
     }
 
+    /// Conversion options of disk `index`: `threads` inflate workers, the served checksum, and the
+    /// decoder's progress when `decoder_progress` (a source that reports its own download
+    /// progress, in its own unit, says no).
+    pub(crate) fn options(
+        self: &Arc<Self>,
+        index: usize,
+        threads: usize,
+        decoder_progress: bool,
+    ) -> diskconv::Options {
+        diskconv::Options {
+            threads,
+            progress: decoder_progress.then(|| self.progress(index)),
+            checksum: Some(SERVED_CHECKSUM),
+            ..diskconv::Options::default()
+        }
+    }
+
     /// The sink that writes disk `index` into its `.part` file with `options` and commits it.
     pub(crate) fn sink(self: &Arc<Self>, index: usize, options: diskconv::Options) -> CommittingSink {
         let name = self.with_disks(|disks| disks.get(index).map(|d| d.name.clone()).unwrap_or_default());
@@ -157,7 +187,7 @@ impl ExportLedger {
     }
 
     /// The one commit of every source: disk `index`'s finished `.part` file is renamed to its
-    /// servable name, and its digest goes to status at once, so a restart does not export it
+    /// servable name, and its checksum goes to status at once, so a restart does not export it
     /// again. Until then the image server cannot see it.
     ///
     /// # Errors
@@ -167,8 +197,15 @@ impl ExportLedger {
             return Ok(());
         };
         let partial = partial_path(&self.dir, &name);
-        std::fs::rename(&partial, self.dir.join(&name)).map_err(|source| CommitError { partial, source })?;
-        self.record_commit(index, report);
+        let checksum = report
+            .digest(SERVED_CHECKSUM)
+            .ok_or_else(|| CommitError::NoChecksum {
+                partial: partial.clone(),
+            })?
+            .to_owned();
+        std::fs::rename(&partial, self.dir.join(&name))
+            .map_err(|source| CommitError::Rename { partial, source })?;
+        self.record_commit(index, report, checksum);
         Ok(())
     }
 
@@ -181,7 +218,7 @@ impl ExportLedger {
         let committed = self.with_disks(|disks| {
             disks
                 .get_mut(index)
-                .and_then(|d| d.sha256.take().map(|_| d.name.clone()))
+                .and_then(|d| d.checksum.take().map(|_| d.name.clone()))
         });
         if let Some(name) = committed {
             match std::fs::remove_file(self.dir.join(name)) {
@@ -193,10 +230,10 @@ impl ExportLedger {
         Ok(())
     }
 
-    fn record_commit(&self, index: usize, report: &diskconv::Report) {
+    fn record_commit(&self, index: usize, report: &diskconv::Report, checksum: String) {
         self.with_disks(|disks| {
             if let Some(disk) = disks.get_mut(index) {
-                disk.sha256 = Some(report.sha256.clone());
+                disk.checksum = Some(checksum);
                 if disk.disk_size == 0 {
                     disk.disk_size = i64::try_from(report.virtual_size).unwrap_or(i64::MAX);
                 }

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use vmi_diskconv::{Options, Output};
+use vmi_diskconv::{Checksum, Options, Output};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args_os()
@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sync: false,
         expected_size: None,
         declared_format: None,
+        checksum: Some(Checksum::Sha256),
         ..Options::default()
     };
     let report = vmi_diskconv::convert_reader(
@@ -31,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.virtual_size,
         report.seconds,
         report.virtual_size as f64 / report.seconds / f64::from(1 << 20),
-        report.sha256
+        report.digest(Checksum::Sha256).unwrap_or_default()
     );
     Ok(())
 }

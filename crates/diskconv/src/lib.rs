@@ -8,6 +8,7 @@
 //!   [`pipeline::MAX_IN_FLIGHT`] blocks; [`convert_stream_optimized`] is the one-pass path for
 //!   vCenter exports and OVA entries.
 //! - [`writer`]: where decoded blocks go: sparse RAW file, RAW stream, qcow2.
+//! - [`checksum`]: SHA-256 or SHA-512 of the logical content, computed only when asked.
 //! - [`inspect`]: what an image is, as a serialisable value.
 //! - [`archive`]: OVA in one pass: OVF, manifest check, each disk converted as it streams by.
 //! - [`staged`]: outputs the user named are written beside the target and renamed into place
@@ -18,6 +19,7 @@
 //! Synchronous code, except [`stream`], which runs each conversion on one blocking thread.
 
 pub mod archive;
+pub mod checksum;
 mod error;
 pub mod inspect;
 pub mod pipeline;
@@ -27,6 +29,7 @@ pub mod staged;
 pub mod stream;
 pub mod writer;
 
+pub use checksum::{Checksum, Digest};
 pub use error::Error;
 pub use pipeline::{Options, Progress, ProgressFn, Report, convert_stream_optimized};
 pub use source::{InputFormat, convert_path, convert_reader, detect};

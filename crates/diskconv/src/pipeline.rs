@@ -1,18 +1,19 @@
 //! The conversion pipeline: a producer (stream decoder or random-access reader) feeds blocks of
 //! logical disk content through an optional pool of inflate workers to one ordered consumer that
-//! writes the sink and reports progress, and hands every block to a hasher thread that computes
-//! the SHA-256 of the logical content (zeros included, in order).
+//! writes the output and reports progress and, when a checksum is asked for, hands every block to
+//! a hasher thread that computes the digest of the logical content (zeros included, in order).
 //!
 //! ```text
 //!  input ─► producer ──(work)──► inflate workers ×N ──(blocks)──► ordered consumer ─► sink
 //!              ▲                                                   │
-//!              │                                                   └──(Arc blocks)──► hasher
+//!              │                                                   └──(Arc blocks)──► hasher (if asked)
 //!              └──── credits (MAX_IN_FLIGHT), returned by whichever of consumer and hasher
 //!                    lets go of a block last
 //! ```
 //!
-//! SHA-256 runs at ~1.5 GB/s per core and cannot be split, so it gets a thread of its own that
-//! waits for nothing but the next block; reading, inflating and writing share the other core.
+//! A digest runs at ~1.5 GB/s (SHA-256) or ~0.8 GB/s (SHA-512) per core and cannot be split, so it
+//! gets a thread of its own that waits for nothing but the next block; reading, inflating and
+//! writing share the other core. Without a checksum there is no hasher and no zeros are hashed.
 //! Memory is bounded by [`MAX_IN_FLIGHT`] blocks whatever the disk size: the producer takes a
 //! credit before emitting a block and gets it back only once the block is both written and
 //! hashed, so out-of-order results waiting for a slow grain cannot pile up. All code here is
@@ -30,11 +31,11 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use sha2::{Digest, Sha256};
 use vmdk::{Event, GrainInflater, StreamDecoder};
 
 use crate::{
     Error,
+    checksum::{Checksum, Digest, Digester},
     writer::{BlockWriter, Output, ZEROS},
 };
 
@@ -82,6 +83,9 @@ pub struct Options {
     /// The format family the input was declared as (`-f`, a `.vmdk` name, an OVF's disk
     /// format): an input whose first bytes say otherwise is refused, not read as raw.
     pub declared_format: Option<crate::source::Family>,
+    /// The digest of the logical content to compute, if any (it costs a core at SHA speed, and
+    /// zeros are hashed too).
+    pub checksum: Option<Checksum>,
 }
 
 impl std::fmt::Debug for Options {
@@ -100,6 +104,7 @@ impl Default for Options {
             sync: true,
             expected_size: None,
             declared_format: None,
+            checksum: None,
         }
     }
 }
@@ -128,10 +133,20 @@ pub struct Report {
     pub bytes_read: u64,
     /// Bytes physically written to the output.
     pub bytes_written: u64,
-    /// SHA-256 of the logical disk content (all `virtual_size` bytes), lowercase hex.
-    pub sha256: String,
+    /// The digest of the logical disk content (all `virtual_size` bytes), when one was asked for.
+    pub checksum: Option<Digest>,
     /// Wall time.
     pub seconds: f64,
+}
+
+impl Report {
+    /// The hex digest when the conversion computed a `checksum` digest.
+    pub fn digest(&self, checksum: Checksum) -> Option<&str> {
+        self.checksum
+            .as_ref()
+            .filter(|d| d.algorithm == checksum)
+            .map(|d| d.hex.as_str())
+    }
 }
 
 /// A `Read` that counts bytes into a shared counter (read by the progress reporter).
@@ -224,11 +239,11 @@ fn release(data: Arc<Vec<u8>>, pool: &Pool, credits: &Sender<()>) {
     }
 }
 
-/// SHA-256 of the logical content, in order, zeros included, on its own thread: at 1.5 GB/s per
-/// core it is the longest sequential chain of a conversion, so nothing else may wait for it and
-/// it waits for nothing but the next block. Gaps are hashed from the static [`ZEROS`].
+/// The digest of the logical content, in order, zeros included, on its own thread: at SHA speed
+/// it is the longest sequential chain of a conversion, so nothing else may wait for it and it
+/// waits for nothing but the next block. Gaps are hashed from the static [`ZEROS`].
 struct Hasher {
-    hasher: Sha256,
+    hasher: Digester,
     pos: u64,
     /// Set when any stage fails: a gap of zeros can be petabytes long, and a failed pipeline
     /// must stop at once rather than hash it to the end.
@@ -252,7 +267,7 @@ impl Hasher {
 
     /// Hashes every block it receives up to [`HashMsg::End`]. A pipeline that stops earlier has
     /// failed, and its error is the outcome, not this digest.
-    fn run(mut self, blocks: &Receiver<HashMsg>, pool: &Pool, credits: &Sender<()>) -> String {
+    fn run(mut self, blocks: &Receiver<HashMsg>, pool: &Pool, credits: &Sender<()>) -> Digest {
         for msg in blocks {
             if self.cancelled.load(Ordering::Relaxed) {
                 break;
@@ -270,7 +285,7 @@ impl Hasher {
                 }
             }
         }
-        hex::encode(self.hasher.finalize())
+        self.hasher.finish()
     }
 }
 
@@ -309,7 +324,7 @@ impl Consumer {
     fn run_ordered(
         &mut self,
         done: &Receiver<Msg>,
-        hash: Sender<HashMsg>,
+        hash: Option<Sender<HashMsg>>,
         credits: &Sender<()>,
     ) -> Result<(), Error> {
         let result = self.consume_ordered(done, hash, credits);
@@ -322,7 +337,7 @@ impl Consumer {
     fn consume_ordered(
         &mut self,
         done: &Receiver<Msg>,
-        hash: Sender<HashMsg>,
+        hash: Option<Sender<HashMsg>>,
         credits: &Sender<()>,
     ) -> Result<(), Error> {
         let mut pending = BTreeMap::new();
@@ -333,7 +348,9 @@ impl Consumer {
                 Msg::Failed(e) => return Err(e),
                 Msg::Produced => {
                     // The blocks were all received before this message; none is left pending.
-                    let _ = hash.send(HashMsg::End(self.virtual_size.unwrap_or(self.pos)));
+                    if let Some(hash) = &hash {
+                        let _ = hash.send(HashMsg::End(self.virtual_size.unwrap_or(self.pos)));
+                    }
                     return Ok(());
                 }
             };
@@ -341,11 +358,13 @@ impl Consumer {
             while let Some(block) = pending.remove(&next) {
                 let offset = block.offset;
                 let data = Arc::new(block.data);
-                // The hasher only stops early when the pipeline is failing anyway.
-                let _ = hash.send(HashMsg::Block(Shared {
-                    offset,
-                    data: data.clone(),
-                }));
+                if let Some(hash) = &hash {
+                    // The hasher only stops early when the pipeline is failing anyway.
+                    let _ = hash.send(HashMsg::Block(Shared {
+                        offset,
+                        data: data.clone(),
+                    }));
+                }
                 self.sink.write_block(offset, &data).map_err(Error::Write)?;
                 self.pos = offset + data.len() as u64;
                 release(data, &self.pool, credits);
@@ -362,10 +381,11 @@ impl Consumer {
         Ok(())
     }
 
-    /// Finishes the sink (while the hasher hashes the trailing zeros) and builds the report.
+    /// Finishes the output (while the hasher, if any, hashes the trailing zeros) and builds the
+    /// report.
     fn finish(
         self,
-        hasher: thread::ScopedJoinHandle<'_, String>,
+        hasher: Option<thread::ScopedJoinHandle<'_, Digest>>,
         format: &str,
         started: Instant,
         sync: bool,
@@ -376,9 +396,11 @@ impl Consumer {
             cancelled.store(true, Ordering::Relaxed);
             Error::Write(e)
         })?;
-        let sha256 = hasher
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let checksum = hasher.map(|hasher| {
+            hasher
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
         let bytes_read = self.bytes_read.load(Ordering::Relaxed);
         if let Some(progress) = &self.progress {
             progress(&Progress {
@@ -392,7 +414,7 @@ impl Consumer {
             virtual_size,
             bytes_read,
             bytes_written,
-            sha256,
+            checksum,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -404,7 +426,7 @@ impl Consumer {
 fn run_pipeline<P>(
     mut consumer: Consumer,
     in_flight: usize,
-    (format, started, sync): (&str, Instant, bool),
+    (format, started, sync, checksum): (&str, Instant, bool, Option<Checksum>),
     produce: P,
 ) -> Result<Report, Error>
 where
@@ -417,20 +439,26 @@ where
         // The receiver is alive and the channel has room for exactly this many.
         let _ = credit_tx.send(());
     }
-    // Room for every block in flight, so the consumer never waits for the hasher.
-    let (hash_tx, hash_rx) = bounded::<HashMsg>(in_flight + 1);
     thread::scope(|scope| {
         let cancelled = consumer.cancelled.clone();
-        let hasher = Hasher {
-            hasher: Sha256::new(),
-            pos: 0,
-            cancelled: cancelled.clone(),
+        let (hash_tx, hasher) = match checksum {
+            Some(checksum) => {
+                // Room for every block in flight, so the consumer never waits for the hasher.
+                let (hash_tx, hash_rx) = bounded::<HashMsg>(in_flight + 1);
+                let hasher = Hasher {
+                    hasher: checksum.digester(),
+                    pos: 0,
+                    cancelled: cancelled.clone(),
+                };
+                let (pool, credits) = (consumer.pool.clone(), credit_tx.clone());
+                let hasher = thread::Builder::new()
+                    .name(format!("diskconv-{}", checksum.name()))
+                    .spawn_scoped(scope, move || hasher.run(&hash_rx, &pool, &credits))
+                    .map_err(Error::Spawn)?;
+                (Some(hash_tx), Some(hasher))
+            }
+            None => (None, None),
         };
-        let (pool, credits) = (consumer.pool.clone(), credit_tx.clone());
-        let hasher = thread::Builder::new()
-            .name("diskconv-sha256".into())
-            .spawn_scoped(scope, move || hasher.run(&hash_rx, &pool, &credits))
-            .map_err(Error::Spawn)?;
         // Only the consumer holds the hasher's sender: if it fails, the hasher stops, lets go of
         // its credit sender, and a producer waiting for a credit sees the channel close.
         let ordered = thread::Builder::new()
@@ -496,7 +524,7 @@ pub fn convert_stream_optimized(input: impl Read, output: Output, opts: &Options
     let pool = consumer.pool.clone();
     let zpool = Pool::new();
     let threads = opts.threads.max(1);
-    let timing = ("vmdk-streamOptimized", started, opts.sync);
+    let timing = ("vmdk-streamOptimized", started, opts.sync, opts.checksum);
     run_pipeline(consumer, MAX_IN_FLIGHT, timing, |done, credits| {
         thread::scope(|scope| {
             let (work_tx, work_rx) = bounded::<Work>(MAX_IN_FLIGHT);
@@ -643,7 +671,7 @@ pub(crate) fn convert_random(
     run_pipeline(
         consumer,
         MAX_IN_FLIGHT_LARGE,
-        (format, started, opts.sync),
+        (format, started, opts.sync, opts.checksum),
         |done, credits| {
             let mut offset = 0u64;
             let mut seq = 0u64;
@@ -721,7 +749,7 @@ pub(crate) fn convert_forward(
     run_pipeline(
         consumer,
         MAX_IN_FLIGHT_LARGE,
-        (format, started, opts.sync),
+        (format, started, opts.sync, opts.checksum),
         |done, credits| {
             let mut seq = 0u64;
             let mut send = |offset: u64, data: Vec<u8>| -> bool {
@@ -780,7 +808,7 @@ pub fn convert_raw_stream(input: impl Read, output: Output, opts: &Options) -> R
     run_pipeline(
         consumer,
         MAX_IN_FLIGHT_LARGE,
-        ("raw", started, opts.sync),
+        ("raw", started, opts.sync, opts.checksum),
         |done, credits| {
             let mut offset = 0u64;
             let mut seq = 0u64;

@@ -554,7 +554,11 @@ mod tests {
         let mut content = qcow2_bytes(dir.path(), 1 << 20);
         content.resize(2 << 20, 0);
         let out = dir.path().join("disk.img");
-        let mut sink = ConvertingSink::new(&out, ImageFormat::Raw, Options::default());
+        let options = Options {
+            checksum: Some(crate::Checksum::Sha256),
+            ..Options::default()
+        };
+        let mut sink = ConvertingSink::new(&out, ImageFormat::Raw, options);
         sink.begin(&meta(StreamFormat::Raw, content.len() as u64, None))
             .await
             .unwrap();
@@ -564,7 +568,10 @@ mod tests {
         sink.finish().await.unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), content);
         let report = sink.report.as_ref().unwrap();
-        assert_eq!(report.sha256, hex::encode(Sha256::digest(&content)));
+        assert_eq!(
+            report.digest(crate::Checksum::Sha256),
+            Some(&*hex::encode(Sha256::digest(&content)))
+        );
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ fn opts() -> Options {
         sync: false,
         expected_size: None,
         declared_format: None,
+        checksum: Some(diskconv::Checksum::Sha256),
     }
 }
 
@@ -89,7 +90,11 @@ fn qcow2_from_a_pipe_is_byte_identical() {
         .unwrap_or_else(|e| panic!("{extra:?}: {e:?}"));
         assert_eq!(report.format, "qcow2");
         assert_eq!(report.virtual_size, data.len() as u64);
-        assert_eq!(report.sha256, sha, "{extra:?}: sha256");
+        assert_eq!(
+            report.digest(diskconv::Checksum::Sha256).unwrap(),
+            sha,
+            "{extra:?}: sha256"
+        );
         assert!(fs::read(&out).unwrap() == data, "{extra:?}: bytes differ");
         assert_eq!(
             report.bytes_read,

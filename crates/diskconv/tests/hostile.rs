@@ -23,6 +23,7 @@ fn convert(stream: Vec<u8>) -> Result<diskconv::Report, Error> {
             sync: false,
             expected_size: None,
             declared_format: None,
+            checksum: Some(diskconv::Checksum::Sha256),
         },
     )
 }
@@ -130,8 +131,43 @@ fn clean_stream_hashes_zeros_and_data() {
     let mut content = vec![0u8; 65536];
     content.extend_from_slice(&[7u8; 65536]);
     use sha2::Digest;
-    assert_eq!(report.sha256, hex::encode(sha2::Sha256::digest(&content)));
+    assert_eq!(
+        report.digest(diskconv::Checksum::Sha256).unwrap(),
+        hex::encode(sha2::Sha256::digest(&content))
+    );
     assert_eq!(report.virtual_size, 131072);
+    assert_eq!(report.bytes_written, 65536);
+}
+
+#[test]
+fn the_digest_is_the_one_asked_for_and_none_unless_asked() {
+    let mut s = header(256);
+    grain(&mut s, 128, &deflate_grain(&[7u8; 65536]));
+    end_stream(&mut s, 256);
+    let mut content = vec![0u8; 65536];
+    content.extend_from_slice(&[7u8; 65536]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |checksum| {
+        diskconv::convert_reader(
+            std::io::Cursor::new(s.clone()),
+            Output::RawFile(dir.path().join("out.raw")),
+            &Options {
+                checksum,
+                sync: false,
+                ..Options::default()
+            },
+        )
+        .unwrap()
+    };
+    use sha2::Digest;
+    let report = run(Some(diskconv::Checksum::Sha512));
+    assert_eq!(
+        report.digest(diskconv::Checksum::Sha512),
+        Some(&*hex::encode(sha2::Sha512::digest(&content)))
+    );
+    assert_eq!(report.digest(diskconv::Checksum::Sha256), None);
+    let report = run(None);
+    assert_eq!(report.checksum, None);
     assert_eq!(report.bytes_written, 65536);
 }
 

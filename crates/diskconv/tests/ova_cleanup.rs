@@ -90,6 +90,7 @@ fn convert(ova: &Path, out: &Path) -> Result<vmi_diskconv::archive::OvaResult, E
         sync: false,
         expected_size: None,
         declared_format: None,
+        checksum: None,
     };
     convert_ova(
         fs::File::open(ova).unwrap(),
@@ -278,6 +279,7 @@ impl vmi_diskconv::archive::DiskTargets for Recorder {
             sync: false,
             expected_size: None,
             declared_format: None,
+            checksum: None,
         };
         Some((
             vmi_diskconv::Output::RawFile(self.dir.join(format!("{index}.part"))),

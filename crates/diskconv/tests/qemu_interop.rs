@@ -68,6 +68,7 @@ fn opts() -> Options {
         sync: true,
         expected_size: None,
         declared_format: None,
+        checksum: Some(diskconv::Checksum::Sha256),
     }
 }
 
@@ -81,7 +82,11 @@ fn assert_same(raw: &Path, out: &Path, report: &Report, what: &str) {
         fs::read(raw).unwrap(),
         "{what}: bytes differ"
     );
-    assert_eq!(report.sha256, sha256_file(raw), "{what}: report sha256");
+    assert_eq!(
+        report.digest(diskconv::Checksum::Sha256).unwrap(),
+        sha256_file(raw),
+        "{what}: report sha256"
+    );
     assert_eq!(
         report.virtual_size,
         fs::metadata(raw).unwrap().len(),
@@ -229,7 +234,11 @@ fn qcow2_output_passes_qemu_img_check_and_compare() {
         let image = qemu_vmdk(&raw, subformat);
         let out = dir.path().join("out.qcow2");
         let report = diskconv::convert_path(&image, Output::Qcow2File(out.clone()), &opts()).unwrap();
-        assert_eq!(report.sha256, sha256_file(&raw), "{subformat}");
+        assert_eq!(
+            report.digest(diskconv::Checksum::Sha256).unwrap(),
+            sha256_file(&raw),
+            "{subformat}"
+        );
         run(Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(&out));
         run(Command::new("qemu-img")
             .args(["compare", "-f", "raw", "-F", "qcow2"])
@@ -336,7 +345,7 @@ mod proptests {
             let image = qemu_vmdk(&raw, SUBFORMATS[which]);
             let out = dir.path().join("out.qcow2");
             let report = diskconv::convert_path(&image, Output::Qcow2File(out.clone()), &opts()).unwrap();
-            prop_assert_eq!(report.sha256, sha256_file(&raw));
+            prop_assert_eq!(report.digest(diskconv::Checksum::Sha256).unwrap(), sha256_file(&raw));
             run(Command::new("qemu-img").args(["check", "-q", "-f", "qcow2"]).arg(&out));
             run(Command::new("qemu-img").args(["compare", "-q", "-f", "raw", "-F", "qcow2"]).arg(&raw).arg(&out));
         }

@@ -62,7 +62,8 @@ pub enum DirError {
 }
 
 impl Client {
-    /// Exports every disk of `server` into `dir` as `disk-<n>.img` (RAW) or `disk-<n>.qcow2`.
+    /// Exports every disk of `server` into `dir` as `disk-<n>.img` (RAW) or `disk-<n>.qcow2`, with
+    /// the digest `checksum` names (if any) of each disk's content.
     ///
     /// # Errors
     /// [`DirError`]; on error no image is left in `dir`.
@@ -70,7 +71,7 @@ impl Client {
         &self,
         server: &ServerDescription,
         dir: &Path,
-        format: ImageFormat,
+        (format, checksum): (ImageFormat, Option<diskconv::Checksum>),
         options: &ExportOptions,
         hooks: &Hooks,
     ) -> Result<DirExport, DirError> {
@@ -83,7 +84,10 @@ impl Client {
                 ConvertingSink::new(
                     dir.join(format!("disk-{i}.{}", format.extension())),
                     format,
-                    diskconv::Options::default(),
+                    diskconv::Options {
+                        checksum,
+                        ..diskconv::Options::default()
+                    },
                 )
             })
             .collect();

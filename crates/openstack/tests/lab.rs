@@ -58,6 +58,9 @@ async fn connect(os: &OpenstackLab) -> Client {
 }
 
 /// Fast polling for the lab, where every step takes a fraction of a second.
+/// The digest the tests compare exported images by.
+const SHA256: Option<diskconv::Checksum> = Some(diskconv::Checksum::Sha256);
+
 fn options(prefix: &str) -> ExportOptions {
     ExportOptions {
         name_prefix: prefix.into(),
@@ -328,7 +331,7 @@ async fn volume_backed_server_with_two_volumes_exports_byte_identical_and_leaves
         .export_to_dir(
             &server,
             dir.path(),
-            ImageFormat::Raw,
+            (ImageFormat::Raw, None),
             &options(&prefix),
             &Hooks::default(),
         )
@@ -346,13 +349,25 @@ async fn volume_backed_server_with_two_volumes_exports_byte_identical_and_leaves
     let (hooks, seen) = recording_hooks();
     let out = dir.path().join("out");
     let exported = client
-        .export_to_dir(&server, &out, ImageFormat::Raw, &options(&prefix), &hooks)
+        .export_to_dir(
+            &server,
+            &out,
+            (ImageFormat::Raw, SHA256),
+            &options(&prefix),
+            &hooks,
+        )
         .await
         .expect("export");
     assert_eq!(exported.images.len(), 2);
     assert_same_disk(&exported.images[0].path, "raw", &root, "raw");
     assert_same_disk(&exported.images[1].path, "raw", &data, "raw");
-    assert_eq!(exported.images[0].conversion.sha256, volume_sha256(&root));
+    assert_eq!(
+        exported.images[0]
+            .conversion
+            .digest(diskconv::Checksum::Sha256)
+            .unwrap(),
+        volume_sha256(&root)
+    );
     for disk in &exported.export.disks {
         assert_eq!(
             disk.verified_with.as_deref(),
@@ -415,7 +430,13 @@ async fn image_backed_server_exports_its_root_disk_through_a_server_image() {
     for format in [ImageFormat::Raw, ImageFormat::Qcow2] {
         let out = dir.path().join(format.extension());
         let exported = client
-            .export_to_dir(&server, &out, format, &options(&prefix), &Hooks::default())
+            .export_to_dir(
+                &server,
+                &out,
+                (format, SHA256),
+                &options(&prefix),
+                &Hooks::default(),
+            )
             .await
             .expect("export");
         let out_format = format.extension().replace("img", "raw");
@@ -426,7 +447,10 @@ async fn image_backed_server_exports_its_root_disk_through_a_server_image() {
             "decoded by diskconv"
         );
         assert_eq!(
-            exported.images[0].conversion.sha256,
+            exported.images[0]
+                .conversion
+                .digest(diskconv::Checksum::Sha256)
+                .unwrap(),
             sha256_file(&raw),
             "logical content"
         );

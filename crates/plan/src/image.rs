@@ -95,6 +95,10 @@ pub struct ImageInput<'a> {
     pub backend: Backend,
     /// Full download URL ([`image_url`]).
     pub url: &'a str,
+    /// SHA-512 (hex) of the file the URL serves (`DiskInfo.checksum`): Harvester checks the
+    /// download against it, so a file cut or altered on the way fails the image instead of
+    /// becoming a disk. Empty: none is set (an import recorded before checksums existed).
+    pub checksum: &'a str,
 }
 
 /// The `harvesterhci.io/v1beta1` `VirtualMachineImage` for one disk.
@@ -119,6 +123,9 @@ pub fn virtual_machine_image(input: &ImageInput<'_>) -> Value {
         "sourceType": "download",
         "url": input.url,
     });
+    if !input.checksum.is_empty() {
+        spec["checksum"] = json!(input.checksum);
+    }
     if !input.storage_class.is_empty() {
         metadata["annotations"] = json!({ names::ANNOTATION_STORAGE_CLASS: input.storage_class });
         spec["backend"] = json!(input.backend.as_str());

@@ -232,7 +232,7 @@ pub fn after(
             (Requeue::OnChange, None)
         }
         Decision::ForgetLostImages { disks } => {
-            for_disks(&mut next.disk_import_status, disks, |disk| disk.sha256 = None);
+            for_disks(&mut next.disk_import_status, disks, |disk| disk.checksum = None);
             let text = format!(
                 "the exported files of {} disks are missing (lost with the pod?); exporting them again",
                 disks.len()

@@ -135,6 +135,7 @@ async fn built_virtual_machine_image_is_accepted_by_the_real_harvester_crd() {
             storage_class,
             backend,
             url: &url,
+            checksum: &"5e".repeat(64),
         });
         let object: DynamicObject = serde_json::from_value(built.clone()).expect("a DynamicObject");
         let created = images

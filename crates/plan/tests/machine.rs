@@ -47,7 +47,7 @@ fn disk(name: &str, exported: bool) -> DiskInfo {
     DiskInfo {
         name: name.into(),
         virtual_machine_image: String::new(),
-        sha256: exported.then(|| "ab".repeat(32)),
+        checksum: exported.then(|| "ab".repeat(64)),
         image_submissions: None,
         ..DiskInfo::default()
     }

@@ -33,7 +33,7 @@ fn disk(name: &str, exported: bool) -> DiskInfo {
     DiskInfo {
         name: name.into(),
         disk_size: 1 << 30,
-        sha256: exported.then(|| "ab".repeat(32)),
+        checksum: exported.then(|| "ab".repeat(64)),
         ..DiskInfo::default()
     }
 }

@@ -336,6 +336,7 @@ fn image_is_shaped_as_upstream_with_a_storage_class() {
         storage_class: "longhorn-v1",
         backend: Backend::BackingImage,
         url: &url,
+        checksum: &"5e".repeat(64),
     });
     assert_eq!(
         built,
@@ -359,6 +360,7 @@ fn image_is_shaped_as_upstream_with_a_storage_class() {
                 "displayName": "vm-import-alpine-export-test-disk-0.img",
                 "sourceType": "download",
                 "url": "http://harvester-vm-import-controller.harvester-system.svc:8080/disk-0.img",
+                "checksum": "5e".repeat(64),
                 "backend": "backingimage",
                 "targetStorageClassName": "longhorn-v1",
             },
@@ -374,8 +376,13 @@ fn image_without_a_storage_class_leaves_backend_to_harvester() {
         storage_class: "",
         backend: Backend::Cdi,
         url: "http://x:8080/d.img",
+        checksum: "",
     });
     assert!(built["metadata"].get("annotations").is_none());
+    assert!(
+        built["spec"].get("checksum").is_none(),
+        "an unknown checksum is not made up"
+    );
     assert!(built["spec"].get("backend").is_none() && built["spec"].get("targetStorageClassName").is_none());
 }
 
@@ -388,6 +395,7 @@ fn long_display_names_get_cluster_api_hashed_labels() {
         storage_class: "",
         backend: Backend::Cdi,
         url: "http://x:8080/d.img",
+        checksum: "",
     });
     let label = built["metadata"]["labels"]["harvesterhci.io/imageDisplayName"]
         .as_str()

@@ -42,9 +42,20 @@ pub fn seeded_raw_disk(dir: &Path, name: &str, mib: u64, seed: u8) -> io::Result
 /// # Errors
 /// When the file cannot be read.
 pub fn cinder_volume_sha256(path: &Path) -> io::Result<String> {
-    use sha2::Digest;
+    cinder_volume_digest(path, sha2::Sha256::default())
+}
+
+/// SHA-512 of the Cinder volume whose data file is `path` (see [`cinder_volume_sha256`]): the
+/// `spec.checksum` of that volume served as a raw image.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn cinder_volume_sha512(path: &Path) -> io::Result<String> {
+    cinder_volume_digest(path, sha2::Sha512::default())
+}
+
+fn cinder_volume_digest<D: sha2::Digest + io::Write>(path: &Path, mut hasher: D) -> io::Result<String> {
     let mut file = File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
     let data = io::copy(&mut file, &mut hasher)?;
     let size = data.div_ceil(1 << 30).max(1) << 30;
     io::copy(&mut io::repeat(0).take(size - data), &mut hasher)?;

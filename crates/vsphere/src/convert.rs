@@ -34,7 +34,7 @@ pub struct Image {
     pub format: ImageFormat,
     /// The disk's capacity per vSphere.
     pub capacity_bytes: u64,
-    /// diskconv's report: virtual size, bytes written, SHA-256 of the logical content.
+    /// diskconv's report: virtual size, bytes written, the digest asked for.
     pub conversion: diskconv::Report,
 }
 
@@ -79,7 +79,7 @@ pub enum DirError {
 
 impl Client {
     /// Exports every disk of `vm` into `dir` as `disk-<n>.img` (RAW) or `disk-<n>.qcow2`, decoding
-    /// the streams on the fly.
+    /// the streams on the fly, with the digest `checksum` names (if any) of each disk's content.
     ///
     /// # Errors
     /// [`DirError`]; on error no image is left in `dir`.
@@ -87,7 +87,7 @@ impl Client {
         &self,
         vm: &VmDescription,
         dir: &Path,
-        format: ImageFormat,
+        (format, checksum): (ImageFormat, Option<diskconv::Checksum>),
         options: &ExportOptions,
     ) -> Result<DirExport, DirError> {
         std::fs::create_dir_all(dir).map_err(|source| DirError::CreateDir {
@@ -109,6 +109,7 @@ impl Client {
                         format,
                         diskconv::Options {
                             threads,
+                            checksum,
                             ..diskconv::Options::default()
                         },
                     ),

@@ -162,7 +162,7 @@ async fn export_from_a_standalone_esxi_with_star_hosts_is_byte_identical() {
 
     let out = dir.path().join("out");
     let result = c
-        .export_to_dir(&vm, &out, ImageFormat::Raw, &ExportOptions::default())
+        .export_to_dir(&vm, &out, (ImageFormat::Raw, None), &ExportOptions::default())
         .await
         .unwrap();
     for (image, (_, raw)) in result.images.iter().zip(&disks) {

@@ -609,7 +609,10 @@ async fn export_to_dir_decodes_streams_into_identical_images() {
         .export_to_dir(
             &vm,
             &out,
-            vsphere::convert::ImageFormat::Raw,
+            (
+                vsphere::convert::ImageFormat::Raw,
+                Some(diskconv::Checksum::Sha256),
+            ),
             &ExportOptions::default(),
         )
         .await
@@ -622,7 +625,10 @@ async fn export_to_dir_decodes_streams_into_identical_images() {
             "{} differs from its source",
             image.path.display()
         );
-        assert_eq!(image.conversion.sha256, sha256_file(raw));
+        assert_eq!(
+            image.conversion.digest(diskconv::Checksum::Sha256).unwrap(),
+            sha256_file(raw)
+        );
         assert_eq!(image.conversion.virtual_size, image.capacity_bytes);
     }
     let wire: u64 = result.export.disks.iter().map(|d| d.bytes).sum();
@@ -653,7 +659,7 @@ async fn export_to_dir_decodes_streams_into_identical_images() {
         .export_to_dir(
             &vm,
             &out,
-            vsphere::convert::ImageFormat::Qcow2,
+            (vsphere::convert::ImageFormat::Qcow2, None),
             &ExportOptions::default(),
         )
         .await
@@ -688,7 +694,7 @@ async fn export_to_dir_leaves_nothing_behind_when_it_fails() {
         ..ExportOptions::default()
     };
     let err = c
-        .export_to_dir(&vm, &out, vsphere::convert::ImageFormat::Raw, &options)
+        .export_to_dir(&vm, &out, (vsphere::convert::ImageFormat::Raw, None), &options)
         .await
         .unwrap_err();
     assert!(
@@ -781,14 +787,20 @@ async fn export_throughput_single_and_parallel() {
             .export_to_dir(
                 &vm,
                 &out,
-                vsphere::convert::ImageFormat::Raw,
+                (
+                    vsphere::convert::ImageFormat::Raw,
+                    Some(diskconv::Checksum::Sha256),
+                ),
                 &ExportOptions::default(),
             )
             .await
             .unwrap();
         let secs = started.elapsed().as_secs_f64();
         for (image, (_, raw)) in result.images.iter().zip(&disks) {
-            assert_eq!(image.conversion.sha256, sha256_file(raw));
+            assert_eq!(
+                image.conversion.digest(diskconv::Checksum::Sha256).unwrap(),
+                sha256_file(raw)
+            );
         }
         eprintln!(
             "THROUGHPUT decode-to-raw {} disk(s): {:.1} MB/s stream, {:.1} MB/s disk content, in {secs:.2}s; peak RSS {} KiB",

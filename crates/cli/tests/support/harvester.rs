@@ -1,8 +1,10 @@
 //! Harvester and KubeVirt played on the lab, which has neither: what Longhorn or CDI and
 //! virt-controller would do with the objects vm-import creates. Each `VirtualMachineImage` URL is
-//! fetched as an importer would (status 200, `Content-Length` honoured, SHA-256 over the body), then
-//! the image gets the `Imported` condition; each KubeVirt `VirtualMachine` is marked ready. Shared by
-//! the controller's end-to-end tests and the demo.
+//! fetched as Longhorn's backing-image manager does (status 200, `Content-Length` honoured, SHA-512
+//! over the whole file as served, compared with `spec.checksum`): a match gets the image the
+//! `Imported` condition, a mismatch `Imported=False` with `ImportFailed`, as Harvester shows a
+//! failed download. Each KubeVirt `VirtualMachine` is marked ready. Shared by the controller's
+//! end-to-end tests and the demo.
 
 use std::{
     collections::BTreeMap,
@@ -20,12 +22,16 @@ use kube::{
 use serde_json::json;
 use sha2::Digest;
 
+/// What the stand-in says of an image whose download does not match its `spec.checksum`.
+pub(crate) const CHECKSUM_MISMATCH: &str = "checksum mismatch";
+
 /// What was fetched for one `VirtualMachineImage`.
 #[derive(Clone, Debug)]
 pub(crate) struct Fetched {
     pub(crate) url: String,
     pub(crate) display_name: String,
-    pub(crate) sha256: String,
+    /// SHA-512 of the body, lowercase hex.
+    pub(crate) sha512: String,
     pub(crate) size: u64,
 }
 
@@ -44,6 +50,7 @@ pub(crate) struct Options {
 /// The stand-in, running until dropped.
 pub(crate) struct StandIn {
     fetched: Arc<Mutex<BTreeMap<String, Fetched>>>,
+    refused: Arc<Mutex<BTreeMap<String, String>>>,
     last_error: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -53,6 +60,7 @@ impl StandIn {
         let images = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &image_resource());
         let vms = Api::<DynamicObject>::namespaced_with(client, namespace, &virtual_machine_resource());
         let fetched = Arc::new(Mutex::new(BTreeMap::new()));
+        let refused = Arc::new(Mutex::new(BTreeMap::new()));
         let last_error = Arc::new(Mutex::new(None));
         let player = Player {
             images,
@@ -60,6 +68,7 @@ impl StandIn {
             http: reqwest::Client::new(),
             options,
             fetched: fetched.clone(),
+            refused: refused.clone(),
         };
         let errors = last_error.clone();
         let task = tokio::spawn(async move {
@@ -73,6 +82,7 @@ impl StandIn {
         });
         Self {
             fetched,
+            refused,
             last_error,
             task,
         }
@@ -81,6 +91,11 @@ impl StandIn {
     /// What was fetched for the image named `image` (its object name).
     pub(crate) fn fetched(&self, image: &str) -> Option<Fetched> {
         lock(&self.fetched).get(image).cloned()
+    }
+
+    /// Images whose download did not match their `spec.checksum`, by name, with the message.
+    pub(crate) fn refused(&self) -> BTreeMap<String, String> {
+        lock(&self.refused).clone()
     }
 
     /// The last failed round's error, for a test's timeout message.
@@ -105,6 +120,8 @@ struct Player {
     http: reqwest::Client,
     options: Options,
     fetched: Arc<Mutex<BTreeMap<String, Fetched>>>,
+    /// Images failed for a checksum mismatch (Longhorn does not download a failed one again).
+    refused: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Player {
@@ -116,7 +133,7 @@ impl Player {
             .map_err(|e| format!("list images: {e}"))?;
         for image in images.items {
             let name = image.name_any();
-            if lock(&self.fetched).contains_key(&name) {
+            if lock(&self.fetched).contains_key(&name) || lock(&self.refused).contains_key(&name) {
                 continue;
             }
             let Some(url) = image.data["spec"]["url"].as_str() else {
@@ -131,6 +148,27 @@ impl Player {
                 (Some(dir), true) => fetch_with_qemu_img(url, dir, &name, display_name).await?,
                 _ => self.fetch(url, display_name).await?,
             };
+            let checksum = image.data["spec"]["checksum"].as_str().unwrap_or_default();
+            if !checksum.is_empty() && checksum != fetched.sha512 {
+                let message = format!(
+                    "{CHECKSUM_MISMATCH}: spec.checksum {checksum}, downloaded file {}",
+                    fetched.sha512
+                );
+                self.images
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {
+                            "progress": 100,
+                            "conditions": [{"type": "Imported", "status": "False", "reason": "ImportFailed",
+                                             "message": message, "lastUpdateTime": "2026-11-23T00:00:00Z"}]
+                        }})),
+                    )
+                    .await
+                    .map_err(|e| format!("mark image {name} failed: {e}"))?;
+                lock(&self.refused).insert(name, message);
+                continue;
+            }
             if let Some(hook) = &self.options.before_imported {
                 let hook = hook.clone();
                 let seen = fetched.clone();
@@ -184,7 +222,7 @@ impl Player {
             return Err(format!("GET {url}: {}", response.status()));
         }
         let announced = response.content_length();
-        let mut hasher = sha2::Sha256::new();
+        let mut hasher = sha2::Sha512::new();
         let mut size = 0u64;
         while let Some(chunk) = response
             .chunk()
@@ -202,7 +240,7 @@ impl Player {
         Ok(Fetched {
             url: url.to_owned(),
             display_name,
-            sha256: hex::encode(hasher.finalize()),
+            sha512: hex::encode(hasher.finalize()),
             size,
         })
     }
@@ -247,17 +285,17 @@ async fn fetch_with_qemu_img(
             return Err(format!("qemu-img convert {url}: {status}"));
         }
         let hashed = std::fs::File::open(&out).and_then(|mut file| {
-            let mut hasher = sha2::Sha256::new();
+            let mut hasher = sha2::Sha512::new();
             let size = std::io::copy(&mut file, &mut hasher)?;
             Ok((hex::encode(hasher.finalize()), size))
         });
         let removed = std::fs::remove_file(&out);
-        let (sha256, size) = hashed.map_err(|e| format!("hash {}: {e}", out.display()))?;
+        let (sha512, size) = hashed.map_err(|e| format!("hash {}: {e}", out.display()))?;
         removed.map_err(|e| format!("remove {}: {e}", out.display()))?;
         Ok(Fetched {
             url,
             display_name,
-            sha256,
+            sha512,
             size,
         })
     })

@@ -284,6 +284,7 @@ async fn submit_images(
                 storage_class: &import.spec.storage_class,
                 backend,
                 url: &url,
+                checksum: disk.checksum.as_deref().unwrap_or_default(),
             });
             let object: DynamicObject = serde_json::from_value(object).map_err(|e| ImportError::Build {
                 step: "building a VirtualMachineImage",

@@ -544,7 +544,8 @@ async fn transfer(
             continue;
         }
         // Progress comes from the export's hooks: download bytes, in the unit Glance sizes them.
-        sinks.push(shared.sink(index, diskconv::Options::default()));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        sinks.push(shared.sink(index, shared.options(index, threads, false)));
         indexes.push(index);
     }
     if sinks.is_empty() {

@@ -779,11 +779,7 @@ impl DiskTargets for ImageTargets {
             return None;
         }
         self.shared.restart(slot, None);
-        let options = diskconv::Options {
-            threads: self.threads,
-            progress: Some(self.shared.progress(slot)),
-            ..diskconv::Options::default()
-        };
+        let options = self.shared.options(slot, self.threads, true);
         Some((diskconv::Output::RawFile(self.partial(slot)), options))
     }
 

@@ -603,11 +603,7 @@ impl ConnectedExport for VmwareTransfer {
             if ledger.is_exported(index) {
                 continue;
             }
-            let options = diskconv::Options {
-                threads,
-                progress: Some(ledger.progress(index)),
-                ..diskconv::Options::default()
-            };
+            let options = ledger.options(index, threads, true);
             sinks.insert(description.disks[index].key, ledger.sink(index, options));
             partials.push(partial_path(dir, name));
         }

@@ -248,3 +248,12 @@ pub(crate) fn sha256_file(path: &Path) -> String {
     std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
     hex::encode(hasher.finalize())
 }
+
+/// SHA-512 of a file: what a served raw image's `spec.checksum` must be when the file is the
+/// source disk's content.
+#[allow(dead_code)] // Used by the controller's tests, which share this module.
+pub(crate) fn sha512_file(path: &Path) -> String {
+    let mut hasher = sha2::Sha512::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
