@@ -29,7 +29,8 @@
 //! let server = client.inspect("db01").await?;                  // exact unique name, or the id
 //! client.stop(&server.id, std::time::Duration::from_secs(300), std::time::Duration::from_secs(2)).await?;
 //! let options = ExportOptions { name_prefix: "vm-import-db01".into(), ..ExportOptions::default() };
-//! let out = client.export_to_dir(&server, "out".as_ref(), ImageFormat::Raw, &options, &Hooks::default()).await?;
+//! let output = (ImageFormat::Raw, None);                      // no digest: the CLI's --checksum adds one
+//! let out = client.export_to_dir(&server, "out".as_ref(), output, &options, &Hooks::default()).await?;
 //! # let _ = out; Ok(()) }
 //! ```
 //!
