@@ -66,8 +66,9 @@ async fn play(namespace: &str, import_name: &str, marker: &str) -> Result<()> {
                 image.display_name, image.url
             );
             let started = Instant::now();
-            let serial = test_support::boot::boot_and_read_serial(&image.url, "raw", &marker, BOOT_TIMEOUT)
-                .map_err(|e| format!("boot {}: {e}", image.url))?;
+            let serial =
+                test_support::boot::boot_and_read_serial(&image.url, image.format, &marker, BOOT_TIMEOUT)
+                    .map_err(|e| format!("boot {}: {e}", image.url))?;
             let line = serial
                 .lines()
                 .find(|l| l.contains(marker.as_str()))

@@ -102,6 +102,10 @@ pub(crate) struct ControllerArgs {
         value_parser = parse_size
     )]
     pub(crate) image_dir_reserve: u64,
+    /// Format of the images served to Harvester: qcow2 moves and hashes only the allocated data;
+    /// raw is upstream's (every byte of the virtual size).
+    #[arg(long, env = "VM_IMPORT_SERVED_FORMAT", value_enum, default_value_t = OutputFormat::Qcow2)]
+    pub(crate) served_format: OutputFormat,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,

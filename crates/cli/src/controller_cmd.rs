@@ -51,6 +51,7 @@ fn settings(args: ControllerArgs) -> controller::Settings {
     settings.namespace = args.namespace.filter(|n| !n.is_empty());
     settings.esxi_probe_ports = args.esxi_probe_ports;
     settings.image_dir_reserve = args.image_dir_reserve;
+    settings.served_format = args.served_format.into();
     settings
 }
 

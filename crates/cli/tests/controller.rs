@@ -88,7 +88,7 @@ async fn three_disk_vm_is_imported_and_every_object_is_shaped_as_harvester_expec
             if image.url.contains("-disk-0-") {
                 let out = test_support::boot::boot_and_read_serial(
                     &image.url,
-                    "raw",
+                    image.format,
                     boot_marker,
                     Duration::from_secs(120),
                 )
@@ -145,10 +145,18 @@ async fn three_disk_vm_is_imported_and_every_object_is_shaped_as_harvester_expec
     assert_eq!(status.disk_import_status.len(), 3);
     let images = scene.dynamic(&image_resource());
     for (disk, (_, raw)) in status.disk_import_status.iter().zip(&disks) {
-        let source_digest = sha512_file(raw);
-        assert_eq!(disk.checksum.as_deref(), Some(source_digest.as_str()), "{disk:?}");
         let fetched = harvester.fetched(&disk.virtual_machine_image).unwrap();
-        assert_eq!(fetched.sha512, source_digest);
+        assert_eq!(
+            fetched.content_sha512,
+            sha512_file(raw),
+            "the served disk is the source disk"
+        );
+        assert_eq!(fetched.format, "qcow2", "served as qcow2 by default");
+        assert_eq!(
+            disk.checksum.as_deref(),
+            Some(fetched.sha512.as_str()),
+            "{disk:?}"
+        );
         assert!(fetched.display_name.starts_with("vm-import-full-"), "{fetched:?}");
         assert!(
             disk.condition_is_true(&api::ConditionType::ImageReady),
@@ -432,20 +440,14 @@ async fn killed_controller_resumes_without_downloading_a_finished_disk_twice() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let _harvester = scene.harvester(harvester::Options::default());
+    let harvester = scene.harvester(harvester::Options::default());
     let import = scene
         .wait_finished(&controller, "kill", Duration::from_secs(180))
         .await;
     let status = import.status.unwrap();
     assert_eq!(status.phase, ImportPhase::VirtualMachineRunning, "{status:#?}");
-    assert_eq!(
-        status.disk_import_status[0].checksum.as_deref(),
-        Some(sha512_file(&small.1).as_str())
-    );
-    assert_eq!(
-        status.disk_import_status[1].checksum.as_deref(),
-        Some(sha512_file(&big.1).as_str())
-    );
+    support::assert_served(&harvester, &status.disk_import_status[0], &sha512_file(&small.1));
+    support::assert_served(&harvester, &status.disk_import_status[1], &sha512_file(&big.1));
 
     // The small disk was fetched once over all leases; the big one again after the kill.
     let downloads = downloads_of(&control, &vm_name).await;
@@ -500,10 +502,16 @@ async fn a_served_image_altered_after_its_checksum_was_taken_fails_in_harvester_
         .await;
     let status = exported.status.unwrap();
     let checksum = status.disk_import_status[0].checksum.clone().unwrap();
+    let served = scene.image_dir().join(&status.disk_import_status[0].name);
     assert_eq!(
         checksum,
+        harvester::sha512_of(&served).unwrap(),
+        "the checksum is the SHA-512 of the file as served"
+    );
+    assert_eq!(
+        support::disk_sha512(&served),
         sha512_file(&disk.1),
-        "spec.checksum is the SHA-512 of the disk"
+        "which holds the disk"
     );
     let image = scene
         .dynamic(&image_resource())
@@ -513,11 +521,17 @@ async fn a_served_image_altered_after_its_checksum_was_taken_fails_in_harvester_
     assert_eq!(image.data["spec"]["checksum"], json!(checksum), "{image:?}");
 
     // One byte of the served file changes between the export and Harvester's download.
-    let served = scene.image_dir().join(&status.disk_import_status[0].name);
     {
         use std::os::unix::fs::FileExt;
-        let file = std::fs::OpenOptions::new().write(true).open(&served).unwrap();
-        file.write_at(&[0xA5], 1 << 20).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&served)
+            .unwrap();
+        let middle = file.metadata().unwrap().len() / 2;
+        let mut byte = [0u8];
+        file.read_at(&mut byte, middle).unwrap();
+        file.write_at(&[byte[0] ^ 0xA5], middle).unwrap();
     }
     let harvester = scene.harvester(harvester::Options::default());
     let import = scene
@@ -571,7 +585,7 @@ async fn lease_body_closing_cleanly_at_a_grain_boundary_is_retried_never_committ
     // The first body ends cleanly right before the last grain: the import must retry.
     control.add_clean_cut(boundary, 1, &vm_name).await;
     let controller = scene.start_controller();
-    let _harvester = scene.harvester(harvester::Options::default());
+    let harvester = scene.harvester(harvester::Options::default());
     scene.source("vcenter", &lab::lab().vsphere_password).await;
     scene.import("cut", "vcenter", &vm_name, json!({})).await;
     let import = scene
@@ -579,11 +593,8 @@ async fn lease_body_closing_cleanly_at_a_grain_boundary_is_retried_never_committ
         .await;
     let status = import.status.unwrap();
     assert_eq!(status.phase, ImportPhase::VirtualMachineRunning, "{status:#?}");
-    assert_eq!(
-        status.disk_import_status[0].checksum.as_deref(),
-        Some(sha512_file(&disk.1).as_str()),
-        "the image is the whole disk"
-    );
+    // The image is the whole disk.
+    support::assert_served(&harvester, &status.disk_import_status[0], &sha512_file(&disk.1));
     let cuts: i64 = control
         .leases_of(&vm_name)
         .await
@@ -714,7 +725,7 @@ async fn twenty_imports_at_once_all_complete() {
         names.push(vm_name);
     }
     let controller = scene.start_controller();
-    let _harvester = scene.harvester(harvester::Options::default());
+    let harvester = scene.harvester(harvester::Options::default());
     scene.source("vcenter", &lab::lab().vsphere_password).await;
     let started = Instant::now();
     for (i, vm_name) in names.iter().enumerate() {
@@ -732,10 +743,7 @@ async fn twenty_imports_at_once_all_complete() {
             ImportPhase::VirtualMachineRunning,
             "many-{i}: {status:#?}"
         );
-        assert_eq!(
-            status.disk_import_status[0].checksum.as_deref(),
-            Some(digest.as_str())
-        );
+        support::assert_served(&harvester, &status.disk_import_status[0], &digest);
     }
     eprintln!("20 imports to virtualMachineRunning in {:?}", started.elapsed());
     let pid = controller.child.id();

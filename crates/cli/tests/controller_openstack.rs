@@ -203,14 +203,7 @@ fn assert_digests(import: &VirtualMachineImport, harvester: &harvester::StandIn,
     let status = import.status.clone().unwrap();
     assert_eq!(status.disk_import_status.len(), expected.len(), "{status:#?}");
     for (disk, expected) in status.disk_import_status.iter().zip(expected) {
-        let expected = expected.clone();
-        assert_eq!(disk.checksum.as_deref(), Some(expected.as_str()), "{disk:?}");
-        assert_eq!(
-            harvester.fetched(&disk.virtual_machine_image).map(|f| f.sha512),
-            Some(expected),
-            "served bytes of {} differ from the source disk",
-            disk.name
-        );
+        support::assert_served(harvester, disk, expected);
     }
     assert!(status.source_temporary_objects.is_none(), "{status:#?}");
 }

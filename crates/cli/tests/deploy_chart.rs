@@ -442,6 +442,7 @@ fn defaults_keep_upstreams_names_ports_and_scratch_mount() {
             "--max-concurrent-imports=4",
             "--max-imports-per-host=2",
             "--image-dir-reserve=1Gi",
+            "--served-format=qcow2",
             "--leader-election-namespace=harvester-system",
         ]
     );
@@ -574,6 +575,7 @@ fn own_values_reach_args_env_and_ports() {
         "imports.maxConcurrent=8",
         "imports.maxPerHost=3",
         "imports.imageDirReserve=20Gi",
+        "imports.servedFormat=raw",
         "metrics.port=9191",
         "logFormat=json",
         "debug=true",
@@ -585,6 +587,7 @@ fn own_values_reach_args_env_and_ports() {
         "--max-concurrent-imports=8",
         "--max-imports-per-host=3",
         "--image-dir-reserve=20Gi",
+        "--served-format=raw",
     ] {
         assert!(given.contains(&expected), "{expected} in {given:?}");
     }
@@ -846,6 +849,7 @@ fn schema_rejects_values_the_controller_cannot_run_with() {
         ("imports.maxConcurrent=0", "/imports/maxConcurrent"),
         ("imports.maxPerHost=0", "/imports/maxPerHost"),
         ("imports.imageDirReserve=1GB", "/imports/imageDirReserve"),
+        ("imports.servedFormat=vmdk", "/imports/servedFormat"),
         ("metrics.port=8080", "/metrics/port"),
         ("pvcClaim.size=lots", "/pvcClaim/size"),
     ] {

@@ -91,13 +91,24 @@ fn convert_file_writes_identical_raw_and_report() {
     assert_eq!(disk["bytes_read"], fs::metadata(&vmdk).unwrap().len());
     assert!(disk["bytes_written"].as_u64().unwrap() > 0);
     assert!(disk["seconds"].as_f64().is_some());
-    assert_eq!(disk["checksum"], serde_json::Value::Null, "no digest unless asked");
+    assert_eq!(
+        disk["checksum"],
+        serde_json::Value::Null,
+        "no digest unless asked"
+    );
 
     // Asked for, the digest is of the disk's content, in the report and the summary.
     for (algorithm, tool) in [("sha256", "sha256sum"), ("sha512", "sha512sum")] {
         let out = dir.path().join(format!("out-{algorithm}.raw"));
         let result = bin()
-            .args(["convert", "--progress", "none", "--checksum", algorithm, "--report"])
+            .args([
+                "convert",
+                "--progress",
+                "none",
+                "--checksum",
+                algorithm,
+                "--report",
+            ])
             .arg(&report)
             .arg(&vmdk)
             .arg(&out)
@@ -110,7 +121,10 @@ fn convert_file_writes_identical_raw_and_report() {
         assert_eq!(checksum["algorithm"], algorithm, "{json}");
         let hex = checksum["hex"].as_str().unwrap();
         let expected = Command::new(tool).arg(&raw).output().unwrap();
-        assert!(String::from_utf8_lossy(&expected.stdout).starts_with(hex), "{algorithm}");
+        assert!(
+            String::from_utf8_lossy(&expected.stdout).starts_with(hex),
+            "{algorithm}"
+        );
         assert!(stderr.contains(&format!("{algorithm} {hex}")), "{stderr}");
     }
 }

@@ -31,8 +31,11 @@ use tokio::sync::Notify;
 use crate::image_server::PARTIAL_SUFFIX;
 
 /// The digest every served image gets: Harvester's `VirtualMachineImage.spec.checksum` is a
-/// SHA-512 of the file as downloaded, and a served raw image is its logical content byte for byte.
+/// SHA-512 of the whole file as downloaded (a qcow2 file hashed as plain bytes).
 pub(crate) const SERVED_CHECKSUM: diskconv::Checksum = diskconv::Checksum::Sha512;
+
+/// Longhorn reads backing images with direct I/O: their size must be a multiple of this.
+const SERVED_SIZE_ALIGNMENT: u64 = 512;
 
 /// What status should show of one running export, shared by the sinks (which commit finished
 /// disks), the decoder callbacks (bytes done), the source (the temporary objects it made) and the
@@ -45,6 +48,8 @@ pub(crate) struct ExportLedger {
     changed: Notify,
     /// The image directory.
     dir: PathBuf,
+    /// The format images are served in.
+    format: ImageFormat,
 }
 
 /// A finished disk could not be put in place.
@@ -59,16 +64,21 @@ pub(crate) enum CommitError {
         #[source]
         source: std::io::Error,
     },
-    /// The conversion computed no SHA-512 (its options did not ask for one: a bug, never served).
-    #[error("{partial} has no SHA-512 to serve it with")]
-    NoChecksum {
+    /// Padding or hashing the finished file failed.
+    #[error("{step} {partial}")]
+    File {
+        /// What was being done.
+        step: &'static str,
         /// The finished `.part` file.
         partial: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
 }
 
 impl ExportLedger {
-    pub(crate) fn new(disks: &[DiskInfo], dir: &Path) -> Self {
+    pub(crate) fn new(disks: &[DiskInfo], dir: &Path, format: ImageFormat) -> Self {
         Self {
             disks: Mutex::new(disks.to_vec()),
             done: disks
@@ -84,6 +94,7 @@ impl ExportLedger {
             temporary: Mutex::new(None),
             changed: Notify::new(),
             dir: dir.to_owned(),
+            format,
         }
     }
 
@@ -152,9 +163,10 @@ impl ExportLedger {
         Arc::new(move |p: &diskconv::Progress| ledger.set_done(index, p.position))
     }
 
-    /// Conversion options of disk `index`: `threads` inflate workers, the served checksum, and the
-    /// decoder's progress when `decoder_progress` (a source that reports its own download
-    /// progress, in its own unit, says no).
+    /// Conversion options of disk `index`: `threads` inflate workers, the decoder's progress when
+    /// `decoder_progress` (a source that reports its own download progress, in its own unit, says
+    /// no), and for a raw image its checksum, which the decoder computes on the way (a raw file
+    /// is the disk's content; a qcow2 file is hashed when it is complete).
     pub(crate) fn options(
         self: &Arc<Self>,
         index: usize,
@@ -164,16 +176,22 @@ impl ExportLedger {
         diskconv::Options {
             threads,
             progress: decoder_progress.then(|| self.progress(index)),
-            checksum: Some(SERVED_CHECKSUM),
+            checksum: (self.format == ImageFormat::Raw).then_some(SERVED_CHECKSUM),
             ..diskconv::Options::default()
         }
+    }
+
+    /// Where disk `index`'s decoder writes: its `.part` file in the served format.
+    pub(crate) fn output(&self, index: usize) -> diskconv::Output {
+        let name = self.with_disks(|disks| disks.get(index).map(|d| d.name.clone()).unwrap_or_default());
+        self.format.output(partial_path(&self.dir, &name))
     }
 
     /// The sink that writes disk `index` into its `.part` file with `options` and commits it.
     pub(crate) fn sink(self: &Arc<Self>, index: usize, options: diskconv::Options) -> CommittingSink {
         let name = self.with_disks(|disks| disks.get(index).map(|d| d.name.clone()).unwrap_or_default());
         CommittingSink {
-            inner: ConvertingSink::new(partial_path(&self.dir, &name), ImageFormat::Raw, options),
+            inner: ConvertingSink::new(partial_path(&self.dir, &name), self.format, options),
             index,
             ledger: self.clone(),
         }
@@ -186,23 +204,48 @@ impl ExportLedger {
         }
     }
 
-    /// The one commit of every source: disk `index`'s finished `.part` file is renamed to its
-    /// servable name, and its checksum goes to status at once, so a restart does not export it
-    /// again. Until then the image server cannot see it.
+    /// The one commit of every source: disk `index`'s finished `.part` file is made a whole
+    /// number of sectors long, hashed (unless the decoder already hashed exactly these bytes),
+    /// renamed to its servable name, and its checksum goes to status at once, so a restart does
+    /// not export it again. Until then the image server cannot see it. Blocking: it may read the
+    /// whole file.
     ///
     /// # Errors
-    /// [`CommitError`] when the rename fails; nothing is recorded then.
+    /// [`CommitError`] when the file cannot be padded, read or renamed; nothing is recorded then.
     pub(crate) fn commit(&self, index: usize, report: &diskconv::Report) -> Result<(), CommitError> {
         let Some(name) = self.with_disks(|disks| disks.get(index).map(|d| d.name.clone())) else {
             return Ok(());
         };
         let partial = partial_path(&self.dir, &name);
-        let checksum = report
-            .digest(SERVED_CHECKSUM)
-            .ok_or_else(|| CommitError::NoChecksum {
-                partial: partial.clone(),
-            })?
-            .to_owned();
+        let io_err = |step| {
+            let partial = partial.clone();
+            move |source| CommitError::File {
+                step,
+                partial,
+                source,
+            }
+        };
+        let length = std::fs::metadata(&partial)
+            .map_err(io_err("reading the size of"))?
+            .len();
+        let padded = length.next_multiple_of(SERVED_SIZE_ALIGNMENT);
+        if padded != length {
+            // Zeros past the end change neither a raw disk's first bytes nor a qcow2 image.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&partial)
+                .map_err(io_err("opening"))?;
+            file.set_len(padded).map_err(io_err("padding"))?;
+            file.sync_all().map_err(io_err("syncing"))?;
+        }
+        let checksum = match report.digest(SERVED_CHECKSUM) {
+            Some(content) if self.format == ImageFormat::Raw && padded == length => content.to_owned(),
+            _ => {
+                diskconv::checksum::digest_file(&partial, SERVED_CHECKSUM)
+                    .map_err(io_err("hashing"))?
+                    .hex
+            }
+        };
         std::fs::rename(&partial, self.dir.join(&name))
             .map_err(|source| CommitError::Rename { partial, source })?;
         self.record_commit(index, report, checksum);
@@ -273,7 +316,11 @@ impl StreamSink for CommittingSink {
     async fn finish(&mut self) -> Result<(), SinkError> {
         self.inner.finish().await?;
         let report = self.inner.report.clone().ok_or(NoReport)?;
-        self.ledger.commit(self.index, &report)?;
+        let (ledger, index) = (self.ledger.clone(), self.index);
+        // Hashing a qcow2 image reads it whole: off the async workers.
+        tokio::task::spawn_blocking(move || ledger.commit(index, &report))
+            .await
+            .map_err(|_| NoReport)??;
         Ok(())
     }
 }
@@ -388,7 +435,7 @@ mod tests {
             name: "d0.img".into(),
             ..DiskInfo::default()
         }];
-        let ledger = ExportLedger::new(&disks, Path::new("/images"));
+        let ledger = ExportLedger::new(&disks, Path::new("/images"), ImageFormat::Qcow2);
         let patch = ledger.status_patch();
         assert_eq!(
             patch["status"]["diskImportStatus"][0]["diskName"], "d0.img",

@@ -111,6 +111,8 @@ pub(crate) struct Exports {
     kube: kube::Client,
     image_dir: PathBuf,
     progress_interval: Duration,
+    /// The format images are served in.
+    served_format: diskconv::ImageFormat,
     metrics: Arc<Metrics>,
     /// Wakes an import when its export changed state (the import controller's `reconcile_on`).
     wake: mpsc::UnboundedSender<ObjectRef<VirtualMachineImport>>,
@@ -132,6 +134,7 @@ impl Exports {
             kube,
             image_dir: settings.image_dir.clone(),
             progress_interval: settings.progress_interval,
+            served_format: settings.served_format,
             metrics,
             wake,
         })
@@ -332,7 +335,7 @@ impl Tracker {
                 path: dir.clone(),
                 source,
             })?;
-        let shared = Arc::new(ExportLedger::new(disks, dir));
+        let shared = Arc::new(ExportLedger::new(disks, dir, exports.served_format));
         let api: Api<VirtualMachineImport> = Api::namespaced(
             exports.kube.clone(),
             import.namespace.as_deref().unwrap_or_default(),

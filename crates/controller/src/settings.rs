@@ -44,6 +44,9 @@ pub struct Settings {
     /// Bytes of the image directory's file system preflight keeps free: an import that would eat
     /// into them is `ScratchSpaceLow` (default 1 GiB, for logs and other imports' last bytes).
     pub image_dir_reserve: u64,
+    /// The format images are served in: qcow2 (default: what crosses the cluster network and what
+    /// Harvester hashes is in proportion to the data) or raw (upstream's, the whole virtual size).
+    pub served_format: diskconv::ImageFormat,
 }
 
 impl Settings {
@@ -64,6 +67,7 @@ impl Settings {
             namespace: None,
             esxi_probe_ports: crate::preflight::ESXI_PORTS.to_vec(),
             image_dir_reserve: DEFAULT_IMAGE_DIR_RESERVE,
+            served_format: diskconv::ImageFormat::Qcow2,
         }
     }
 }

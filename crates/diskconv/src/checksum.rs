@@ -84,6 +84,19 @@ impl std::io::Write for Digester {
     }
 }
 
+/// The digest of the whole file at `path`, read as plain bytes.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn digest_file(path: &std::path::Path, checksum: Checksum) -> std::io::Result<Digest> {
+    let mut file = std::fs::File::open(path)?;
+    let mut digester = checksum.digester();
+    // Large reads: a served image can be many GiB, and the kernel reads ahead for a sequential pass.
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, &mut file);
+    std::io::copy(&mut reader, &mut digester)?;
+    Ok(digester.finish())
+}
+
 /// A finished digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Digest {
@@ -117,6 +130,19 @@ mod tests {
         assert!(digest.hex.starts_with("ddaf35a193617aba"), "{digest}");
         assert_eq!(digest.hex.len(), 128);
         assert_eq!(digest.to_string(), format!("sha512 {}", digest.hex));
+    }
+
+    #[test]
+    fn a_file_is_hashed_as_plain_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let digest = digest_file(&path, Checksum::Sha256).unwrap();
+        assert_eq!(
+            digest.hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(digest_file(&dir.path().join("missing"), Checksum::Sha256).is_err());
     }
 
     #[test]

@@ -30,8 +30,12 @@ pub(crate) const CHECKSUM_MISMATCH: &str = "checksum mismatch";
 pub(crate) struct Fetched {
     pub(crate) url: String,
     pub(crate) display_name: String,
-    /// SHA-512 of the body, lowercase hex.
+    /// SHA-512 of the body (the file as served), lowercase hex: what `spec.checksum` must say.
     pub(crate) sha512: String,
+    /// SHA-512 of the disk the body holds, decoded by `qemu-img` when it is qcow2.
+    pub(crate) content_sha512: String,
+    /// `qcow2` or `raw`, by the body's first bytes (QEMU's `format=` for a boot from the URL).
+    pub(crate) format: &'static str,
     pub(crate) size: u64,
 }
 
@@ -41,8 +45,8 @@ pub(crate) type BeforeImported = Arc<dyn Fn(&Fetched) -> Result<(), String> + Se
 
 #[derive(Clone, Default)]
 pub(crate) struct Options {
-    /// Fetch the first image with `qemu-img convert` straight from its URL, as CDI's importer does,
-    /// into this directory (the copy is deleted once hashed).
+    /// Also read the first image with `qemu-img convert` straight from its URL, as CDI's importer
+    /// does, into this directory (the copy is deleted once hashed); its content must match.
     pub(crate) qemu_img_first_into: Option<PathBuf>,
     pub(crate) before_imported: Option<BeforeImported>,
 }
@@ -144,10 +148,16 @@ impl Player {
                 .unwrap_or_default()
                 .to_owned();
             let use_qemu_img = lock(&self.fetched).is_empty();
-            let fetched = match (&self.options.qemu_img_first_into, use_qemu_img) {
-                (Some(dir), true) => fetch_with_qemu_img(url, dir, &name, display_name).await?,
-                _ => self.fetch(url, display_name).await?,
-            };
+            let fetched = self.fetch(url, display_name, &name).await?;
+            if let (Some(dir), true) = (&self.options.qemu_img_first_into, use_qemu_img) {
+                let content = fetch_with_qemu_img(url, dir, &name, fetched.format).await?;
+                if content != fetched.content_sha512 {
+                    return Err(format!(
+                        "{url}: qemu-img read disk content {content}, a plain download {}",
+                        fetched.content_sha512
+                    ));
+                }
+            }
             let checksum = image.data["spec"]["checksum"].as_str().unwrap_or_default();
             if !checksum.is_empty() && checksum != fetched.sha512 {
                 let message = format!(
@@ -211,7 +221,9 @@ impl Player {
         Ok(())
     }
 
-    async fn fetch(&self, url: &str, display_name: String) -> Result<Fetched, String> {
+    /// Downloads `url` into a scratch file as Longhorn does (hashing the bytes as they come), then
+    /// reads the disk it holds.
+    async fn fetch(&self, url: &str, display_name: String, name: &str) -> Result<Fetched, String> {
         let mut response = self
             .http
             .get(url)
@@ -224,23 +236,45 @@ impl Player {
         let announced = response.content_length();
         let mut hasher = sha2::Sha512::new();
         let mut size = 0u64;
+        let scratch = tempfile::NamedTempFile::new().map_err(|e| format!("scratch file: {e}"))?;
+        let mut file = std::io::BufWriter::new(scratch.reopen().map_err(|e| format!("scratch file: {e}"))?);
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| format!("GET {url} body: {e}"))?
         {
             hasher.update(&chunk);
+            std::io::Write::write_all(&mut file, &chunk).map_err(|e| format!("scratch file: {e}"))?;
             size += chunk.len() as u64;
         }
+        std::io::Write::flush(&mut file).map_err(|e| format!("scratch file: {e}"))?;
+        drop(file);
         if announced.is_some_and(|n| n != size) {
             return Err(format!(
                 "GET {url}: {size} bytes, Content-Length said {announced:?}"
             ));
         }
+        if !size.is_multiple_of(512) {
+            return Err(format!(
+                "GET {url} ({name}): {size} bytes, not a whole number of sectors"
+            ));
+        }
+        let sha512 = hex::encode(hasher.finalize());
+        let path = scratch.path().to_owned();
+        let (format, content_sha512) = tokio::task::spawn_blocking(move || content_of(&path))
+            .await
+            .map_err(|e| format!("reading {url}: {e}"))??;
+        drop(scratch);
         Ok(Fetched {
             url: url.to_owned(),
             display_name,
-            sha512: hex::encode(hasher.finalize()),
+            content_sha512: if format == "raw" {
+                sha512.clone()
+            } else {
+                content_sha512
+            },
+            sha512,
+            format,
             size,
         })
     }
@@ -249,16 +283,51 @@ impl Player {
 /// How long `qemu-img convert` gets for one of the tests' images (a few MiB over loopback).
 const QEMU_IMG_FETCH_LIMIT: Duration = Duration::from_secs(30);
 
+/// The format of a downloaded image (by its first bytes) and, for qcow2, the SHA-512 of the disk it
+/// holds, read by `qemu-img` as Longhorn and CDI read it (empty for raw: the file is the disk).
+pub(crate) fn content_of(path: &Path) -> Result<(&'static str, String), String> {
+    let mut head = [0u8; 4];
+    let read = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(|e| format!("read {}: {e}", path.display()))?;
+    if read < 4 || head != *b"QFI\xfb" {
+        return Ok(("raw", String::new()));
+    }
+    let raw = tempfile::NamedTempFile::new().map_err(|e| format!("scratch file: {e}"))?;
+    let status = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
+        .arg(path)
+        .arg(raw.path())
+        .status()
+        .map_err(|e| format!("run qemu-img: {e}"))?;
+    if !status.success() {
+        return Err(format!("qemu-img convert {}: {status}", path.display()));
+    }
+    let digest = sha512_of(raw.path())?;
+    Ok(("qcow2", digest))
+}
+
+/// SHA-512 of a whole file as plain bytes (what `spec.checksum` says of a served image).
+pub(crate) fn sha512_of(path: &Path) -> Result<String, String> {
+    let mut hasher = sha2::Sha512::new();
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::copy(&mut file, &mut hasher))
+        .map_err(|e| format!("hash {}: {e}", path.display()))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Reads the disk at `url` with `qemu-img convert` straight from the URL, as CDI's importer does,
+/// and returns the SHA-512 of its content.
 async fn fetch_with_qemu_img(
     url: &str,
     dir: &Path,
     name: &str,
-    display_name: String,
-) -> Result<Fetched, String> {
+    format: &'static str,
+) -> Result<String, String> {
     let (url, out) = (url.to_owned(), dir.join(format!("{name}.raw")));
     tokio::task::spawn_blocking(move || {
         let mut child = Command::new("qemu-img")
-            .args(["convert", "-q", "-f", "raw", "-O", "raw"])
+            .args(["convert", "-q", "-f", format, "-O", "raw"])
             .arg(&url)
             .arg(&out)
             .spawn()
@@ -284,20 +353,11 @@ async fn fetch_with_qemu_img(
         if !status.success() {
             return Err(format!("qemu-img convert {url}: {status}"));
         }
-        let hashed = std::fs::File::open(&out).and_then(|mut file| {
-            let mut hasher = sha2::Sha512::new();
-            let size = std::io::copy(&mut file, &mut hasher)?;
-            Ok((hex::encode(hasher.finalize()), size))
-        });
+        let hashed = sha512_of(&out);
         let removed = std::fs::remove_file(&out);
-        let (sha512, size) = hashed.map_err(|e| format!("hash {}: {e}", out.display()))?;
+        let digest = hashed?;
         removed.map_err(|e| format!("remove {}: {e}", out.display()))?;
-        Ok(Fetched {
-            url,
-            display_name,
-            sha512,
-            size,
-        })
+        Ok(digest)
     })
     .await
     .map_err(|e| format!("qemu-img fetch: {e}"))?

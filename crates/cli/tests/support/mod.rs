@@ -400,6 +400,36 @@ pub(crate) fn import_failed(import: &VirtualMachineImport) -> api::Condition {
         .unwrap_or_else(|| panic!("no ImportFailed condition: {status:#?}"))
 }
 
+/// SHA-512 of the disk a served image file holds, whatever its format: what a test compares with
+/// the source disk's digest.
+#[allow(dead_code)] // Not every test binary that includes this module uses it.
+pub(crate) fn disk_sha512(path: &Path) -> String {
+    match harvester::content_of(path) {
+        Ok(("raw", _)) => harvester::sha512_of(path).unwrap_or_else(|e| panic!("{e}")),
+        Ok((_, content)) => content,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Asserts that Harvester (the stand-in) downloaded `disk`'s image, that the download matched the
+/// checksum in status, and that the disk it holds has the SHA-512 `content` (the source disk's).
+#[allow(dead_code)] // Not every test binary that includes this module uses it.
+pub(crate) fn assert_served(harvester: &harvester::StandIn, disk: &api::DiskInfo, content: &str) {
+    let fetched = harvester
+        .fetched(&disk.virtual_machine_image)
+        .unwrap_or_else(|| panic!("{} was not downloaded: {disk:?}", disk.virtual_machine_image));
+    assert_eq!(
+        disk.checksum.as_deref(),
+        Some(fetched.sha512.as_str()),
+        "the checksum in status is the served file's: {disk:?}"
+    );
+    assert_eq!(
+        fetched.content_sha512, content,
+        "served bytes of {} differ from the source disk",
+        disk.name
+    );
+}
+
 pub(crate) fn phase(import: &VirtualMachineImport) -> ImportPhase {
     import.status.clone().unwrap_or_default().phase
 }

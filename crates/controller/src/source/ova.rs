@@ -780,7 +780,7 @@ impl DiskTargets for ImageTargets {
         }
         self.shared.restart(slot, None);
         let options = self.shared.options(slot, self.threads, true);
-        Some((diskconv::Output::RawFile(self.partial(slot)), options))
+        Some((self.shared.output(slot), options))
     }
 
     fn verified(
