@@ -556,6 +556,36 @@ async fn a_served_image_altered_after_its_checksum_was_taken_fails_in_harvester_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn served_format_raw_keeps_upstreams_raw_images_with_their_checksum() {
+    let scene = Scene::new("e2e-raw").await;
+    let control = Control::new();
+    let disk = make_vmdk(scene.dir.path(), "raw", 4 << 20, 53);
+    let vm_name = unique("raw");
+    control
+        .create_vm(json!({"name": vm_name, "cpus": 1, "memoryMB": 512,
+            "disks": [{"bus": "sata", "path": disk.0}]}))
+        .await;
+    let controller = support::ControllerProcess::start_with_env(
+        &scene.namespace,
+        &scene.image_dir(),
+        scene.dir.path().join("controller.log"),
+        &[("VM_IMPORT_SERVED_FORMAT", std::ffi::OsStr::new("raw"))],
+    );
+    let harvester = scene.harvester(harvester::Options::default());
+    scene.source("vcenter", &lab::lab().vsphere_password).await;
+    scene.import("raw", "vcenter", &vm_name, json!({})).await;
+    let import = scene
+        .wait_finished(&controller, "raw", Duration::from_secs(120))
+        .await;
+    let status = import.status.unwrap();
+    assert_eq!(status.phase, ImportPhase::VirtualMachineRunning, "{status:#?}");
+    let disk0 = &status.disk_import_status[0];
+    let fetched = harvester.fetched(&disk0.virtual_machine_image).unwrap();
+    assert_eq!((fetched.format, fetched.size), ("raw", 4 << 20), "{fetched:?}");
+    support::assert_served(&harvester, disk0, &sha512_file(&disk.1));
+}
+
 /// Byte offset of the last grain record of the streamOptimized file at `path`: a cut there falls
 /// exactly between two records.
 fn last_grain_offset(path: &std::path::Path) -> u64 {

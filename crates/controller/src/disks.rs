@@ -464,6 +464,67 @@ mod tests {
         );
     }
 
+    fn report(virtual_size: u64, sha512_of: Option<&[u8]>) -> diskconv::Report {
+        diskconv::Report {
+            format: "raw".into(),
+            virtual_size,
+            bytes_read: virtual_size,
+            bytes_written: virtual_size,
+            checksum: sha512_of.map(|content| {
+                let mut digester = SERVED_CHECKSUM.digester();
+                digester.update(content);
+                digester.finish()
+            }),
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_commit_pads_the_file_to_whole_sectors_and_records_the_checksum_of_what_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let disks = [DiskInfo {
+            name: "odd.img".into(),
+            ..DiskInfo::default()
+        }];
+        for (format, decoder_hashed) in [(ImageFormat::Raw, true), (ImageFormat::Qcow2, false)] {
+            let ledger = ExportLedger::new(&disks, dir.path(), format);
+            let content = vec![7u8; 1000];
+            std::fs::write(partial_path(dir.path(), "odd.img"), &content).unwrap();
+            let report = report(1000, decoder_hashed.then_some(&content[..]));
+            ledger.commit(0, &report).unwrap();
+            let served = std::fs::read(dir.path().join("odd.img")).unwrap();
+            assert_eq!(served.len(), 1024, "{format:?}: a whole number of sectors");
+            assert_eq!(&served[..1000], &content[..]);
+            assert!(served[1000..].iter().all(|&b| b == 0));
+            let mut digester = SERVED_CHECKSUM.digester();
+            digester.update(&served);
+            let recorded = ledger.with_disks(|d| d[0].checksum.clone());
+            assert_eq!(
+                recorded,
+                Some(digester.finish().hex),
+                "{format:?}: the checksum is of the file as served, padding included"
+            );
+            assert!(ledger.is_exported(0));
+            assert!(!partial_path(dir.path(), "odd.img").exists());
+        }
+    }
+
+    #[test]
+    fn a_raw_image_of_whole_sectors_keeps_the_decoders_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let disks = [DiskInfo {
+            name: "even.img".into(),
+            ..DiskInfo::default()
+        }];
+        let ledger = ExportLedger::new(&disks, dir.path(), ImageFormat::Raw);
+        std::fs::write(partial_path(dir.path(), "even.img"), vec![1u8; 1024]).unwrap();
+        // A digest the file does not have proves that no second pass read the file.
+        let report = report(1024, Some(b"what the decoder hashed"));
+        ledger.commit(0, &report).unwrap();
+        let recorded = ledger.with_disks(|d| d[0].checksum.clone());
+        assert_eq!(recorded.as_deref(), report.digest(SERVED_CHECKSUM));
+    }
+
     #[test]
     fn image_names_stay_servable_whatever_the_import_is_called() {
         let token = new_token();
