@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import ssl
 import sys
 import threading
@@ -44,6 +45,16 @@ GIB = 1 << 30
 MIN_MICROVERSION = (2, 1)
 DEFAULT_MAX_MICROVERSION = "2.96"
 CHUNK = 64 * 1024
+
+
+def qcow2_of(path, size=None):
+    """A qcow2 copy of the raw volume file at `path` (beside it), `size` bytes virtual when given (a
+    volume's data file holds only its written part), else the file's own size."""
+    out = f"{path}.upload-{uuid.uuid4().hex}.qcow2"
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", path, out], check=True)
+    if size is not None and size != os.path.getsize(path):
+        subprocess.run(["qemu-img", "resize", "-q", "-f", "qcow2", out, str(size)], check=True)
+    return out
 
 
 def now_iso():
@@ -772,9 +783,9 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, f"Invalid volume: Volume {v['id']} status must be available or in-use, but "
                                 f"current status is: {v['status']}.")
         disk_format = req.get("disk_format", "raw")
-        if disk_format != "raw":
-            raise ApiError(400, f"the lab's block-storage fake uploads raw images only, not {disk_format}")
-        fields = {"name": req.get("image_name") or f"volume-{v['id']}", "disk_format": "raw",
+        if disk_format not in ("raw", "qcow2"):
+            raise ApiError(400, f"the lab's block-storage fake uploads raw or qcow2 images, not {disk_format}")
+        fields = {"name": req.get("image_name") or f"volume-{v['id']}", "disk_format": disk_format,
                   "container_format": req.get("container_format", "bare")}
         fields.update({k: str(val) for k, val in v["image_metadata"].items()
                        if k not in ("image_id", "image_name", "checksum", "size", "disk_format", "container_format",
@@ -788,7 +799,17 @@ class Handler(BaseHTTPRequestHandler):
 
         def upload():
             try:
-                if not failed:
+                if failed:
+                    pass
+                elif disk_format == "qcow2":
+                    # As Cinder does: qemu-img converts the volume on the Cinder host, and the image
+                    # holds only its allocated clusters.
+                    converted = qcow2_of(v["path"], size)
+                    try:
+                        st.glance.upload(st.keystone.service_token(), image["id"], converted)
+                    finally:
+                        os.remove(converted)
+                else:
                     st.glance.upload(st.keystone.service_token(), image["id"], v["path"], size)
             finally:
                 with st.lock:
@@ -799,7 +820,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.send_json(202, {"os-volume_upload_image": {
             "id": v["id"], "updated_at": v["updated_at"], "status": "uploading", "display_description": v["description"],
             "size": v["size"], "volume_type": {"name": "lab-file"}, "image_id": image["id"],
-            "container_format": fields["container_format"], "disk_format": "raw", "image_name": fields["name"],
+            "container_format": fields["container_format"], "disk_format": disk_format, "image_name": fields["name"],
             "visibility": "private", "protected": False}}, headers)
 
     def after_fault(self, fault, token):

@@ -1,7 +1,7 @@
 //! Exporting a server's disks, one after the other, each through temporary cloud objects:
 //!
 //! ```text
-//! volume:        snapshot (force) ─► volume from snapshot ─► os-volume_upload_image (raw) ─► Glance image
+//! volume:        snapshot (force) ─► volume from snapshot ─► os-volume_upload_image (qcow2) ─► Glance image
 //! image-backed:  createImage (Nova snapshots the root disk on the compute host) ─────────────► Glance image
 //!                                                                      │
 //!      GET /v2/images/{id}/file ─► StreamSink (chunk by chunk) ◄───────┘
@@ -141,6 +141,9 @@ pub struct ExportOptions {
     pub cleanup_timeout: Duration,
     /// Export a server that is not `SHUTOFF` (its disks may be inconsistent).
     pub allow_running: bool,
+    /// The format Cinder is asked to upload a volume in: qcow2 (default) moves only the allocated
+    /// data out of the cloud; raw moves the whole volume but needs no conversion on the Cinder host.
+    pub volume_upload_format: DiskFormat,
 }
 
 impl Default for ExportOptions {
@@ -154,6 +157,7 @@ impl Default for ExportOptions {
             idle_timeout: Duration::from_secs(120),
             cleanup_timeout: Duration::from_secs(600),
             allow_running: false,
+            volume_upload_format: DiskFormat::Qcow2,
         }
     }
 }
@@ -810,7 +814,10 @@ impl Client {
                         Service::BlockStorage,
                         Method::POST,
                         &format!("/volumes/{}/action", volume.id),
-                        Some(&block_storage::upload_to_image(&name)),
+                        Some(&block_storage::upload_to_image(
+                            &name,
+                            options.volume_upload_format,
+                        )),
                     )
                     .await
                     .map_err(call("uploading to an image the volume", &volume.id))?;

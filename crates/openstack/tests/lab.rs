@@ -20,6 +20,7 @@ use openstack::{
     convert::ImageFormat,
     export::{ExportOptions, Hooks, TempObjects},
     inspect,
+    proto::image::DiskFormat,
 };
 use serde_json::{Value, json};
 use test_support::{
@@ -57,10 +58,11 @@ async fn connect(os: &OpenstackLab) -> Client {
         .expect("login as the lab's importer")
 }
 
-/// Fast polling for the lab, where every step takes a fraction of a second.
 /// The digest the tests compare exported images by.
 const SHA256: Option<diskconv::Checksum> = Some(diskconv::Checksum::Sha256);
 
+/// Fast polling for the lab, where every step takes a fraction of a second. Volumes upload raw, so
+/// the bytes a test's sink hashes are the volume's own; the qcow2 upload has a test of its own.
 fn options(prefix: &str) -> ExportOptions {
     ExportOptions {
         name_prefix: prefix.into(),
@@ -69,6 +71,7 @@ fn options(prefix: &str) -> ExportOptions {
         retry_backoff: Duration::from_millis(100),
         idle_timeout: Duration::from_secs(30),
         cleanup_timeout: Duration::from_secs(60),
+        volume_upload_format: DiskFormat::Raw,
         ..ExportOptions::default()
     }
 }
@@ -457,6 +460,95 @@ async fn image_backed_server_exports_its_root_disk_through_a_server_image() {
         assert!(!out.join("disk-0.qcow2.download").exists() && !out.join("disk-0.img.download").exists());
         assert_no_objects(&control.wait_no_objects(&prefix).await, &prefix);
     }
+}
+
+#[tokio::test]
+async fn volumes_upload_as_qcow2_so_only_their_data_leaves_the_cloud() {
+    let os = lab();
+    let control = Control::new(&os);
+    let dir = tempfile::tempdir().unwrap();
+    let root = raw_disk(dir.path(), "root.raw", 4, 11);
+    let data = raw_disk(dir.path(), "data.raw", 3, 12);
+    let name = unique("qcow2-upload");
+    volume_server(&control, &name, &root, &data).await;
+    let client = connect(&os).await;
+    let server = client.inspect(&name).await.unwrap();
+    let prefix = format!("vmi-{name}");
+    let options = ExportOptions {
+        volume_upload_format: DiskFormat::Qcow2,
+        ..options(&prefix)
+    };
+    assert_eq!(
+        ExportOptions::default().volume_upload_format,
+        DiskFormat::Qcow2,
+        "the default"
+    );
+    let out = dir.path().join("out");
+    let exported = client
+        .export_to_dir(
+            &server,
+            &out,
+            (ImageFormat::Raw, SHA256),
+            &options,
+            &Hooks::default(),
+        )
+        .await
+        .expect("export");
+    for ((image, source), report) in exported
+        .images
+        .iter()
+        .zip([&root, &data])
+        .zip(&exported.export.disks)
+    {
+        assert_same_disk(&image.path, "raw", source, "raw");
+        assert_eq!(
+            image.conversion.digest(diskconv::Checksum::Sha256).unwrap(),
+            volume_sha256(source),
+            "the whole volume, zeros included"
+        );
+        assert_eq!(report.format, DiskFormat::Qcow2, "{report:?}");
+        assert_eq!(
+            report.verified_with.as_deref(),
+            Some("sha512"),
+            "Glance's hash checked"
+        );
+        // Each 1 GiB volume holds a few MiB: only those (and qcow2's tables) leave the cloud.
+        assert!(
+            report.bytes < 16 << 20,
+            "{} bytes downloaded for a volume holding {} bytes",
+            report.bytes,
+            std::fs::metadata(source).unwrap().len()
+        );
+    }
+    assert_eq!(exported.images[0].conversion.virtual_size, 1 << 30);
+    assert_no_objects(&control.wait_no_objects(&prefix).await, &prefix);
+
+    // A qcow2 image smaller than its volume (a backend that lost the volume's end) is refused.
+    let name = unique("qcow2-short");
+    volume_server(&control, &name, &root, &data).await;
+    let server = client.inspect(&name).await.unwrap();
+    let prefix = format!("vmi-{name}");
+    control
+        .fault(json!({"op": "volume.upload", "mode": "short", "target": format!("{prefix}-1"), "times": 10}))
+        .await;
+    let options = ExportOptions {
+        volume_upload_format: DiskFormat::Qcow2,
+        ..self::options(&prefix)
+    };
+    let err = client
+        .export_to_dir(
+            &server,
+            &dir.path().join("short"),
+            (ImageFormat::Raw, None),
+            &options,
+            &Hooks::default(),
+        )
+        .await
+        .expect_err("a short volume");
+    let text = error_text::chain(&err);
+    assert!(text.contains("1073741824"), "{text}");
+    assert!(!dir.path().join("short").join("disk-1.img").exists());
+    assert_no_objects(&control.wait_no_objects(&prefix).await, &prefix);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::proto::image::DiskFormat;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Bytes in a GiB: Cinder sizes are whole GiB.
@@ -106,11 +107,12 @@ pub fn create_volume_from_snapshot(snapshot_id: &str, size_gib: u64, name: &str)
     }})
 }
 
-/// The body of `os-volume_upload_image` as raw: no conversion on the Cinder host, and the image is
-/// the volume's bytes (upstream uses raw too since v1.5).
-pub fn upload_to_image(image_name: &str) -> serde_json::Value {
+/// The body of `os-volume_upload_image` in `disk_format`: qcow2 makes Cinder convert the volume
+/// (with qemu-img, on its host), so the image and its download hold only the allocated data; raw
+/// is the volume's bytes, every one of them (upstream's choice since v1.5).
+pub fn upload_to_image(image_name: &str, disk_format: DiskFormat) -> serde_json::Value {
     serde_json::json!({"os-volume_upload_image": {
-        "image_name": image_name, "disk_format": "raw", "container_format": "bare", "force": false,
+        "image_name": image_name, "disk_format": disk_format.as_str(), "container_format": "bare", "force": false,
     }})
 }
 
@@ -150,9 +152,11 @@ mod tests {
     }
 
     #[test]
-    fn upload_is_raw_and_never_forced() {
-        let body = upload_to_image("img");
+    fn upload_asks_for_the_given_format_and_is_never_forced() {
+        let body = upload_to_image("img", DiskFormat::Raw);
         assert_eq!(body["os-volume_upload_image"]["disk_format"], "raw");
+        let body = upload_to_image("img", DiskFormat::Qcow2);
+        assert_eq!(body["os-volume_upload_image"]["disk_format"], "qcow2");
         assert_eq!(body["os-volume_upload_image"]["force"], false);
         assert_eq!(create_snapshot("v", "s")["snapshot"]["force"], true);
     }

@@ -70,6 +70,14 @@ pub enum DiskFormat {
 }
 
 impl DiskFormat {
+    /// Glance's name of the format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Qcow2 => "qcow2",
+        }
+    }
+
     /// From Glance's `disk_format`; `None` for formats the importer does not decode.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
