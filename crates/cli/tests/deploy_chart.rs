@@ -116,6 +116,15 @@ const LEASE_RULES: &[Rule] = &[
 /// (group, resource, name, verb), one per permission, so rule sets compare however they are grouped.
 type Grant = (String, String, String, String);
 
+/// `appVersion` from the chart's Chart.yaml.
+fn chart_app_version() -> String {
+    let text = std::fs::read_to_string(format!("{CHART}/Chart.yaml")).expect("Chart.yaml");
+    text.lines()
+        .find_map(|line| line.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .expect("appVersion in Chart.yaml")
+}
+
 fn expand(rules: &[Rule]) -> BTreeSet<Grant> {
     let mut grants = BTreeSet::new();
     for (group, resources, names, verbs) in rules {
@@ -422,8 +431,11 @@ fn defaults_keep_upstreams_names_ports_and_scratch_mount() {
     assert_eq!(pod["volumes"], json!([{"name": "storage", "emptyDir": {}}]));
 
     let c = container(&objects);
-    assert_eq!(c["image"], "rancher/harvester-vm-import-controller:main-head");
-    assert_eq!(c["imagePullPolicy"], "Always");
+    // vm-import's own image at the chart's appVersion, never upstream's (whose binary rejects these
+    // args), pulled once.
+    let app_version = chart_app_version();
+    assert_eq!(c["image"], format!("ghcr.io/vm-import/vm-import:{app_version}"));
+    assert_eq!(c["imagePullPolicy"], "IfNotPresent");
     assert_eq!(
         c["volumeMounts"],
         json!([{"name": "storage", "mountPath": "/tmp"}])
@@ -488,10 +500,8 @@ fn harvester_addon_values_name_the_deployment_as_harvester_looks_it_up() {
     let objects = render(ADDON);
     let deployment = only(&objects, "Deployment");
     assert_eq!(deployment["metadata"]["name"], "harvester-vm-import-controller");
-    assert_eq!(
-        container(&objects)["image"],
-        "rancher/harvester-vm-import-controller:v9.9.9"
-    );
+    // The Addon sets only the tag: the repository stays vm-import's.
+    assert_eq!(container(&objects)["image"], "ghcr.io/vm-import/vm-import:v9.9.9");
     assert_eq!(
         only(&objects, "Service")["metadata"]["name"],
         "harvester-vm-import-controller"
