@@ -118,8 +118,9 @@ pub(crate) async fn run(args: AssessArgs) -> anyhow::Result<()> {
         }
         None => Vec::new(),
     };
+    let (endpoint, datacenter) = (args.conn.endpoint()?, args.conn.dc()?);
     let client = connect_to(&args.conn).await?;
-    let described = describe_all(&client, &args).await;
+    let described = describe_all(&client, &args, &datacenter).await;
     let logged_out = client.logout().await;
     let (described, missing, networks) = described?;
     logged_out.context("failed to log out")?;
@@ -127,7 +128,7 @@ pub(crate) async fn run(args: AssessArgs) -> anyhow::Result<()> {
     // Probe each distinct (host, port) once, all at once.
     let mut targets = Vec::new();
     for vm in &described {
-        for t in probes::targets(&args.conn.endpoint, vm.host_name.as_deref(), &args.esxi_port) {
+        for t in probes::targets(&endpoint, vm.host_name.as_deref(), &args.esxi_port) {
             if !targets.contains(&t) {
                 targets.push(t);
             }
@@ -190,7 +191,7 @@ pub(crate) async fn run(args: AssessArgs) -> anyhow::Result<()> {
             concerns: vec![Concern {
                 id: "VirtualMachineNotFound".into(),
                 severity: Severity::Critical,
-                message: format!("VM {name:?} was not found in datacenter {:?}", args.conn.dc),
+                message: format!("VM {name:?} was not found in datacenter {datacenter:?}"),
                 remedy: "check the name and --folder".into(),
             }],
             name,
@@ -206,7 +207,7 @@ pub(crate) async fn run(args: AssessArgs) -> anyhow::Result<()> {
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.moref.cmp(&b.moref)));
     let report = Report {
-        datacenter: args.conn.dc.clone(),
+        datacenter: datacenter.clone(),
         bandwidth_bits_per_second: args.bandwidth.0,
         vms: rows,
     };
@@ -226,11 +227,12 @@ pub(crate) async fn run(args: AssessArgs) -> anyhow::Result<()> {
 async fn describe_all(
     client: &vsphere::Client,
     args: &AssessArgs,
+    datacenter: &str,
 ) -> anyhow::Result<(Vec<VmDescription>, Vec<String>, Vec<String>)> {
     let dc = client
-        .datacenter(&args.conn.dc)
+        .datacenter(datacenter)
         .await
-        .with_context(|| format!("failed to find datacenter {:?}", args.conn.dc))?;
+        .with_context(|| format!("failed to find datacenter {datacenter:?}"))?;
     let networks = client.networks(&dc).await.context("failed to list networks")?;
     let listed = client
         .list_vms(&dc, args.folder.as_deref())

@@ -37,6 +37,12 @@ pub(crate) enum Command {
     Openstack(crate::openstack_cmd::OpenstackCommand),
     /// Print the migration.harvesterhci.io CustomResourceDefinitions as YAML.
     Crds,
+    /// Print a shell completion script, e.g. `vm-import completion bash > /etc/bash_completion.d/vm-import`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]

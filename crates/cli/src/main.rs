@@ -37,6 +37,10 @@ fn main() -> ExitCode {
         Command::Vsphere(command) => vsphere_cmd::run(command),
         Command::Openstack(command) => openstack_cmd::run(command),
         Command::Crds => print_crds(),
+        Command::Completion { shell } => {
+            print_completion(shell);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,6 +57,13 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// `vm-import completion SHELL`: the completion script clap derives from the grammar in [`cli`].
+fn print_completion(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "vm-import", &mut std::io::stdout());
 }
 
 /// `vm-import crds`: the migration.harvesterhci.io CRDs, exactly as checked into `deploy/crds`.

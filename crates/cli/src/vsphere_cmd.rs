@@ -44,17 +44,22 @@ pub(crate) struct SourceArgs {
     vm: String,
 }
 
-/// How to reach and trust vCenter, and which datacenter.
+/// How to reach and trust vCenter, and which datacenter. Admins coming from govc may keep their
+/// `GOVC_URL`, `GOVC_USERNAME`, `GOVC_PASSWORD`, `GOVC_INSECURE` and `GOVC_DATACENTER`: each is the
+/// fallback of the flag or variable named here.
 #[derive(Debug, Args)]
 pub(crate) struct ConnArgs {
-    /// vCenter or ESXi SDK endpoint, e.g. https://vcenter.example/sdk.
-    #[arg(long, env = "VSPHERE_URL")]
-    pub(crate) endpoint: String,
-    /// Datacenter name (a standalone ESXi host's is `ha-datacenter`).
-    #[arg(long, env = "VSPHERE_DC")]
-    pub(crate) dc: String,
-    /// File with `username=…` and `password=…` lines; otherwise VSPHERE_USERNAME and VSPHERE_PASSWORD.
-    #[arg(long)]
+    /// vCenter or ESXi SDK endpoint, e.g. https://vcenter.example/sdk [env: VSPHERE_URL, else
+    /// GOVC_URL, where a bare host means https://HOST/sdk].
+    #[arg(long, env = "VSPHERE_URL", value_name = "URL")]
+    endpoint: Option<String>,
+    /// Datacenter name (a standalone ESXi host's is `ha-datacenter`) [env: VSPHERE_DC, else
+    /// GOVC_DATACENTER].
+    #[arg(long, env = "VSPHERE_DC", value_name = "NAME")]
+    dc: Option<String>,
+    /// File with `username=…` and `password=…` lines; otherwise VSPHERE_USERNAME and
+    /// VSPHERE_PASSWORD, else GOVC_USERNAME and GOVC_PASSWORD (or the user and password in GOVC_URL).
+    #[arg(long, value_name = "FILE")]
     credentials_file: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsArgs,
@@ -112,17 +117,100 @@ async fn connect(source: &SourceArgs) -> anyhow::Result<Client> {
     connect_to(&source.conn).await
 }
 
-/// Logs in to the endpoint with the credentials and trust the flags say.
-pub(crate) async fn connect_to(source: &ConnArgs) -> anyhow::Result<Client> {
-    let (username, password) = credentials(source.credentials_file.as_deref())?;
-    let tls = source.tls.chosen()?.unwrap_or(TlsMode::SystemRoots);
-    let config = Config::new(source.endpoint.clone(), username, password).with_tls(tls);
-    Client::connect(config)
-        .await
-        .with_context(|| format!("failed to log in to {}", source.endpoint))
+impl ConnArgs {
+    /// The SDK endpoint: `--endpoint` or `VSPHERE_URL`, else govc's `GOVC_URL`.
+    pub(crate) fn endpoint(&self) -> anyhow::Result<String> {
+        match (&self.endpoint, govc_url()) {
+            (Some(endpoint), _) => Ok(endpoint.clone()),
+            (None, Some(govc)) => Ok(govc.endpoint),
+            (None, None) => {
+                bail!("no vCenter endpoint: pass --endpoint https://HOST/sdk, or set VSPHERE_URL or GOVC_URL")
+            }
+        }
+    }
+
+    /// The datacenter: `--dc` or `VSPHERE_DC`, else govc's `GOVC_DATACENTER`.
+    pub(crate) fn dc(&self) -> anyhow::Result<String> {
+        self.dc
+            .clone()
+            .or_else(|| std::env::var("GOVC_DATACENTER").ok().filter(|v| !v.is_empty()))
+            .context("no datacenter: pass --dc NAME, or set VSPHERE_DC or GOVC_DATACENTER")
+    }
 }
 
-/// Username and password from the credentials file, else from the environment.
+/// `GOVC_URL` as govc reads it: `https://[user:password@]host[/sdk]`, or a bare host.
+#[derive(Debug, PartialEq, Eq)]
+struct GovcUrl {
+    /// The SDK endpoint, without the user and password.
+    endpoint: String,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+fn govc_url() -> Option<GovcUrl> {
+    std::env::var("GOVC_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| parse_govc_url(&v))
+}
+
+/// Reads a `GOVC_URL` value: a bare host (or host:port) means `https://HOST/sdk`, a URL without a
+/// path gets `/sdk`, and a user and password in it are taken out (they never reach a log line).
+fn parse_govc_url(value: &str) -> GovcUrl {
+    let with_scheme = if value.contains("://") {
+        value.to_owned()
+    } else {
+        format!("https://{value}")
+    };
+    let Ok(mut url) = url::Url::parse(&with_scheme) else {
+        // Left as given: logging in names it and says why it is not a URL.
+        return GovcUrl {
+            endpoint: value.to_owned(),
+            username: None,
+            password: None,
+        };
+    };
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map_or_else(|| s.to_owned(), |(_, v)| v.into_owned())
+    };
+    let username = Some(url.username()).filter(|u| !u.is_empty()).map(decode);
+    let password = url.password().map(decode);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    if url.path().is_empty() || url.path() == "/" {
+        url.set_path("/sdk");
+    }
+    GovcUrl {
+        endpoint: url.to_string(),
+        username,
+        password,
+    }
+}
+
+/// Logs in to the endpoint with the credentials and trust the flags say (`GOVC_INSECURE=1` or
+/// `true` asks for no verification when no flag chose a policy).
+pub(crate) async fn connect_to(source: &ConnArgs) -> anyhow::Result<Client> {
+    let endpoint = source.endpoint()?;
+    let (username, password) = credentials(source.credentials_file.as_deref())?;
+    let govc_insecure = std::env::var("GOVC_INSECURE").is_ok_and(|v| matches!(v.as_str(), "1" | "true"));
+    let tls = match source.tls.chosen()? {
+        Some(tls) => tls,
+        None if govc_insecure => {
+            crate::tls_args::warn_if_insecure(&TlsMode::Insecure);
+            TlsMode::Insecure
+        }
+        None => TlsMode::SystemRoots,
+    };
+    let config = Config::new(endpoint.clone(), username, password).with_tls(tls);
+    Client::connect(config)
+        .await
+        .with_context(|| format!("failed to log in to {endpoint}"))
+}
+
+/// Username and password from the credentials file, else from the environment (vm-import's
+/// variables, else govc's).
 fn credentials(file: Option<&Path>) -> anyhow::Result<(String, Password)> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
@@ -141,10 +229,18 @@ fn credentials(file: Option<&Path>) -> anyhow::Result<(String, Password)> {
         };
         return Ok((username, Password::new(password)));
     }
-    let username = std::env::var("VSPHERE_USERNAME")
-        .context("no credentials: set VSPHERE_USERNAME and VSPHERE_PASSWORD, or pass --credentials-file")?;
-    let password = std::env::var("VSPHERE_PASSWORD")
-        .context("no credentials: VSPHERE_PASSWORD is not set (or pass --credentials-file)")?;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let govc = govc_url();
+    let username = var("VSPHERE_USERNAME")
+        .or_else(|| var("GOVC_USERNAME"))
+        .or_else(|| govc.as_ref().and_then(|g| g.username.clone()))
+        .context("no credentials: set VSPHERE_USERNAME and VSPHERE_PASSWORD (or govc's GOVC_USERNAME and GOVC_PASSWORD), or pass --credentials-file")?;
+    let password = var("VSPHERE_PASSWORD")
+        .or_else(|| var("GOVC_PASSWORD"))
+        .or_else(|| govc.and_then(|g| g.password))
+        .context(
+            "no credentials: VSPHERE_PASSWORD (or GOVC_PASSWORD) is not set, or pass --credentials-file",
+        )?;
     Ok((username, Password::new(password)))
 }
 
@@ -152,7 +248,7 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let source = &args.source;
     let client = connect(source).await?;
     let described = client
-        .inspect(&source.conn.dc, source.folder.as_deref(), &source.vm)
+        .inspect(&source.conn.dc()?, source.folder.as_deref(), &source.vm)
         .await;
     let logged_out = client.logout().await;
     let vm = described.with_context(|| format!("failed to describe VM {:?}", source.vm))?;
@@ -175,7 +271,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
 async fn export_with(client: &Client, args: &ExportArgs) -> anyhow::Result<()> {
     let source = &args.source;
     let vm = client
-        .inspect(&source.conn.dc, source.folder.as_deref(), &source.vm)
+        .inspect(&source.conn.dc()?, source.folder.as_deref(), &source.vm)
         .await
         .with_context(|| format!("failed to describe VM {:?}", source.vm))?;
     let mode = match args.power_off {
@@ -218,4 +314,28 @@ async fn export_with(client: &Client, args: &ExportArgs) -> anyhow::Result<()> {
 fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").with_context(|| format!("failed to write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn govc_urls_read_as_govc_reads_them_and_lose_their_secrets() {
+        let bare = parse_govc_url("vcenter.example");
+        assert_eq!(bare.endpoint, "https://vcenter.example/sdk");
+        assert_eq!((bare.username, bare.password), (None, None));
+        let full = parse_govc_url("https://admin%40vsphere.local:p%3Ass@vc.example:8443/sdk");
+        assert_eq!(full.endpoint, "https://vc.example:8443/sdk");
+        assert_eq!(full.username.as_deref(), Some("admin@vsphere.local"));
+        assert_eq!(full.password.as_deref(), Some("p:ss"));
+        assert_eq!(
+            parse_govc_url("https://vc.example").endpoint,
+            "https://vc.example/sdk"
+        );
+        assert_eq!(
+            parse_govc_url("http://[::1]:9/custom").endpoint,
+            "http://[::1]:9/custom"
+        );
+    }
 }

@@ -275,3 +275,30 @@ fn inspect_prints_vmdk_facts_from_file_and_stdin() {
         assert!(json["allocated"].as_u64().unwrap() >= 3 * 65536);
     }
 }
+
+#[test]
+fn completion_scripts_cover_the_grammar_and_bash_accepts_its_own() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin().args(["completion", shell]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in ["convert", "vsphere", "openstack", "checksum", "served-format"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+        if shell == "bash" {
+            let mut check = Command::new("bash")
+                .arg("-n")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut check.stdin.take().unwrap(), script.as_bytes()).unwrap();
+            assert!(check.wait().unwrap().success(), "bash -n refuses the script");
+        }
+    }
+    let out = bin().args(["completion", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+}

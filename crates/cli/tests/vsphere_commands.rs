@@ -96,3 +96,51 @@ fn crds_command_prints_the_checked_in_crds() {
         assert!(printed.contains(name_line.trim()), "{name_line} not printed");
     }
 }
+
+#[test]
+fn govc_environment_variables_are_fallbacks_and_the_password_in_govc_url_stays_secret() {
+    let lab = Lab::get();
+    let mut url = url::Url::parse(&lab.vsphere_url).expect("lab URL");
+    url.set_username(&lab.vsphere_username).expect("user in URL");
+    url.set_password(Some(&lab.vsphere_password))
+        .expect("password in URL");
+    // govc users often leave out /sdk.
+    url.set_path("");
+    let out = Command::new(env!("CARGO_BIN_EXE_vm-import"))
+        .args(["vsphere", "inspect", "--vm", "DC0_H0_VM0"])
+        .env_remove("VSPHERE_URL")
+        .env_remove("VSPHERE_DC")
+        .env_remove("VSPHERE_USERNAME")
+        .env_remove("VSPHERE_PASSWORD")
+        .env("GOVC_URL", url.as_str())
+        .env("GOVC_DATACENTER", &lab.vsphere_dc)
+        .env("GOVC_INSECURE", "1")
+        .output()
+        .expect("run vm-import");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(
+        stderr.contains("TLS verification is off"),
+        "GOVC_INSECURE is said: {stderr}"
+    );
+    assert!(
+        !stderr.contains(url.as_str()) && !stderr.contains(&format!(":{}@", lab.vsphere_password)),
+        "the URL with its password is never printed: {stderr}"
+    );
+    let vm: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(vm["name"], "DC0_H0_VM0");
+
+    // Without any of them, the error says what to set.
+    let out = Command::new(env!("CARGO_BIN_EXE_vm-import"))
+        .args(["vsphere", "inspect", "--vm", "DC0_H0_VM0"])
+        .env_remove("VSPHERE_URL")
+        .env_remove("GOVC_URL")
+        .output()
+        .expect("run vm-import");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("GOVC_URL") && stderr.contains("--endpoint"),
+        "{stderr}"
+    );
+}
