@@ -167,6 +167,10 @@ pub struct VirtualMachineImportSpec {
     /// Skip the source-specific preflight checks. Always serialised (as `null` when unset), as upstream.
     #[serde(default)]
     pub skip_preflight_checks: Option<bool>,
+    /// **Ours**: the most bytes per second this import reads from its source (absent or 0: the
+    /// controller's `--import-bytes-per-second`, else no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_second: Option<u64>,
 }
 
 impl VirtualMachineImportSpec {
@@ -208,6 +212,21 @@ pub struct NetworkMapping {
     /// NIC model for NICs on this network (unset: the source NIC's model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_interface_model: Option<NicModel>,
+}
+
+/// **Ours**: the caps a running export honours, as status shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferLimits {
+    /// Bytes per second this import reads from its source at most (absent: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_bytes_per_second: Option<u64>,
+    /// Bytes per second all imports from its source read together at most (absent: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_bytes_per_second: Option<u64>,
+    /// Decoder threads per disk at most.
+    #[serde(default)]
+    pub conversion_threads: u32,
 }
 
 /// The import's progress.
@@ -264,6 +283,9 @@ pub struct VirtualMachineImportStatus {
     /// yet, recorded as soon as each id is known so that a restarted controller deletes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_temporary_objects: Option<SourceTemporaryObjects>,
+    /// **Ours**: the caps the export honours, written when it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_limits: Option<TransferLimits>,
 }
 
 /// **Ours**: ids of temporary objects at the source: an OpenStack cloud's images, volumes and

@@ -33,7 +33,7 @@ pub use condition::{Condition, ConditionStatus, ConditionType};
 pub use crd::{crds, crds_yaml};
 pub use import::{
     Concern, DiskBus, DiskInfo, ImportPhase, NetworkMapping, NicModel, Severity, SourceTemporaryObjects,
-    VirtualMachineImport, VirtualMachineImportSpec, VirtualMachineImportStatus,
+    TransferLimits, VirtualMachineImport, VirtualMachineImportSpec, VirtualMachineImportStatus,
 };
 pub use source::{
     ClusterStatus, OpenstackSource, OpenstackSourceSpec, OvaSource, OvaSourceSpec, SourceStatus,

@@ -84,6 +84,10 @@ pub struct VmwareSourceSpec {
     /// means verify against the Secret's `caCert`, else the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
+    /// **Ours**: the most bytes per second all imports from this source read together (absent or
+    /// 0: the controller's `--source-bytes-per-second`, else no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_second: Option<u64>,
 }
 
 /// An OpenStack (Keystone) endpoint and region.
@@ -136,6 +140,10 @@ pub struct OpenstackSourceSpec {
     /// without `ca_cert`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
+    /// **Ours**: the most bytes per second all imports from this source read together (absent or
+    /// 0: the controller's `--source-bytes-per-second`, else no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_second: Option<u64>,
 }
 
 /// An OVA file reachable over HTTP(S).
@@ -175,4 +183,8 @@ pub struct OvaSourceSpec {
     /// (upstream never verifies without `ca.crt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
+    /// **Ours**: the most bytes per second all imports from this source read together (absent or
+    /// 0: the controller's `--source-bytes-per-second`, else no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_second: Option<u64>,
 }

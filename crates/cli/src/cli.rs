@@ -112,6 +112,17 @@ pub(crate) struct ControllerArgs {
     /// raw is upstream's (every byte of the virtual size).
     #[arg(long, env = "VM_IMPORT_SERVED_FORMAT", value_enum, default_value_t = OutputFormat::Qcow2)]
     pub(crate) served_format: OutputFormat,
+    /// Bytes per second one import reads from its source at most, unless its
+    /// spec.maxBytesPerSecond says otherwise (e.g. 100Mi; 0: no cap).
+    #[arg(long, env = "VM_IMPORT_IMPORT_BYTES_PER_SECOND", default_value = "0", value_parser = parse_size, value_name = "BYTES")]
+    pub(crate) import_bytes_per_second: u64,
+    /// Bytes per second all imports from one source object read together at most, unless its
+    /// spec.maxBytesPerSecond says otherwise (e.g. 1Gi; 0: no cap).
+    #[arg(long, env = "VM_IMPORT_SOURCE_BYTES_PER_SECOND", default_value = "0", value_parser = parse_size, value_name = "BYTES")]
+    pub(crate) source_bytes_per_second: u64,
+    /// Decoder threads per disk at most (default: the CPUs), to leave the node's cores to its VMs.
+    #[arg(long, env = "VM_IMPORT_CONVERSION_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) conversion_threads: Option<u16>,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,

@@ -52,6 +52,11 @@ fn settings(args: ControllerArgs) -> controller::Settings {
     settings.esxi_probe_ports = args.esxi_probe_ports;
     settings.image_dir_reserve = args.image_dir_reserve;
     settings.served_format = args.served_format.into();
+    settings.import_bytes_per_second = Some(args.import_bytes_per_second).filter(|&b| b > 0);
+    settings.source_bytes_per_second = Some(args.source_bytes_per_second).filter(|&b| b > 0);
+    if let Some(threads) = args.conversion_threads {
+        settings.conversion_threads = usize::from(threads);
+    }
     settings
 }
 

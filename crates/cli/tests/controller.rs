@@ -586,6 +586,55 @@ async fn served_format_raw_keeps_upstreams_raw_images_with_their_checksum() {
     support::assert_served(&harvester, disk0, &sha512_file(&disk.1));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_import_reads_its_source_no_faster_than_its_cap_and_status_shows_the_caps() {
+    let scene = Scene::new("e2e-cap").await;
+    let control = Control::new();
+    // Two thirds random: the export stream is about 8 MiB, 16 s at the cap.
+    let disk = make_vmdk(scene.dir.path(), "cap", 12 << 20, 61);
+    let stream_bytes = std::fs::metadata(&disk.0).unwrap().len();
+    let cap: u64 = 512 << 10;
+    let vm_name = unique("cap");
+    control
+        .create_vm(json!({"name": vm_name, "cpus": 1, "memoryMB": 512,
+            "disks": [{"bus": "sata", "path": disk.0}]}))
+        .await;
+    let controller = support::ControllerProcess::start_with_env(
+        &scene.namespace,
+        &scene.image_dir(),
+        scene.dir.path().join("controller.log"),
+        &[("VM_IMPORT_CONVERSION_THREADS", std::ffi::OsStr::new("1"))],
+    );
+    scene.source("vcenter", &lab::lab().vsphere_password).await;
+    scene
+        .import("cap", "vcenter", &vm_name, json!({"maxBytesPerSecond": cap}))
+        .await;
+    let started = scene
+        .wait_import(&controller, "cap", Duration::from_secs(60), |i| {
+            i.status.as_ref().is_some_and(|s| s.transfer_limits.is_some())
+        })
+        .await;
+    let clock = Instant::now();
+    let limits = started.status.unwrap().transfer_limits.unwrap();
+    assert_eq!(limits.import_bytes_per_second, Some(cap), "{limits:?}");
+    assert_eq!(limits.source_bytes_per_second, None, "{limits:?}");
+    assert_eq!(limits.conversion_threads, 1, "{limits:?}");
+    scene
+        .wait_import(&controller, "cap", Duration::from_secs(120), |i| {
+            i.status.as_ref().is_some_and(|s| {
+                !s.disk_import_status.is_empty() && s.disk_import_status.iter().all(|d| d.is_exported())
+            })
+        })
+        .await;
+    let rate = stream_bytes as f64 / clock.elapsed().as_secs_f64();
+    eprintln!("{stream_bytes} bytes at {rate:.0} B/s under a cap of {cap} B/s");
+    assert!(
+        rate <= cap as f64 * 1.1,
+        "the export read {rate:.0} B/s, more than 10% over its cap of {cap}"
+    );
+    assert!(rate >= cap as f64 * 0.5, "a cap, not a stall: {rate:.0} B/s");
+}
+
 /// Byte offset of the last grain record of the streamOptimized file at `path`: a cut there falls
 /// exactly between two records.
 fn last_grain_offset(path: &std::path::Path) -> u64 {

@@ -586,6 +586,9 @@ fn own_values_reach_args_env_and_ports() {
         "imports.maxPerHost=3",
         "imports.imageDirReserve=20Gi",
         "imports.servedFormat=raw",
+        "imports.importBytesPerSecond=100Mi",
+        "imports.sourceBytesPerSecond=1Gi",
+        "imports.conversionThreads=2",
         "metrics.port=9191",
         "logFormat=json",
         "debug=true",
@@ -598,6 +601,9 @@ fn own_values_reach_args_env_and_ports() {
         "--max-imports-per-host=3",
         "--image-dir-reserve=20Gi",
         "--served-format=raw",
+        "--import-bytes-per-second=100Mi",
+        "--source-bytes-per-second=1Gi",
+        "--conversion-threads=2",
     ] {
         assert!(given.contains(&expected), "{expected} in {given:?}");
     }
@@ -860,6 +866,7 @@ fn schema_rejects_values_the_controller_cannot_run_with() {
         ("imports.maxPerHost=0", "/imports/maxPerHost"),
         ("imports.imageDirReserve=1GB", "/imports/imageDirReserve"),
         ("imports.servedFormat=vmdk", "/imports/servedFormat"),
+        ("imports.importBytesPerSecond=fast", "/imports/importBytesPerSecond"),
         ("metrics.port=8080", "/metrics/port"),
         ("pvcClaim.size=lots", "/pvcClaim/size"),
     ] {

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use api::{DiskInfo, SourceTemporaryObjects, VirtualMachineImport};
+use api::{DiskInfo, SourceTemporaryObjects, TransferLimits, VirtualMachineImport};
 use bytes::Bytes;
 use diskconv::{
     ImageFormat,
@@ -28,7 +28,27 @@ use plan::SourceVm;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::image_server::PARTIAL_SUFFIX;
+use crate::{image_server::PARTIAL_SUFFIX, throttle::Throttle};
+
+/// The caps one export honours: its own byte rate, its source's (shared with the source's other
+/// imports), and the decoder threads per disk.
+#[derive(Clone)]
+pub(crate) struct Caps {
+    pub(crate) import: Option<Arc<Throttle>>,
+    pub(crate) source: Option<Arc<Throttle>>,
+    pub(crate) conversion_threads: usize,
+}
+
+impl Caps {
+    /// As status shows them.
+    fn limits(&self) -> TransferLimits {
+        TransferLimits {
+            import_bytes_per_second: self.import.as_ref().map(|t| t.bytes_per_second()),
+            source_bytes_per_second: self.source.as_ref().map(|t| t.bytes_per_second()),
+            conversion_threads: u32::try_from(self.conversion_threads).unwrap_or(u32::MAX),
+        }
+    }
+}
 
 /// The digest every served image gets: Harvester's `VirtualMachineImage.spec.checksum` is a
 /// SHA-512 of the whole file as downloaded (a qcow2 file hashed as plain bytes).
@@ -50,6 +70,8 @@ pub(crate) struct ExportLedger {
     dir: PathBuf,
     /// The format images are served in.
     format: ImageFormat,
+    /// The caps this export honours (`None`: none).
+    caps: Option<Caps>,
 }
 
 /// A finished disk could not be put in place.
@@ -95,6 +117,22 @@ impl ExportLedger {
             changed: Notify::new(),
             dir: dir.to_owned(),
             format,
+            caps: None,
+        }
+    }
+
+    /// The ledger of an export that honours `caps` (status shows them).
+    pub(crate) fn with_caps(mut self, caps: Caps) -> Self {
+        self.caps = Some(caps);
+        self
+    }
+
+    /// Waits until `bytes` more may be read from the source under every cap.
+    pub(crate) async fn throttle(&self, bytes: usize) {
+        if let Some(caps) = &self.caps {
+            for throttle in [&caps.import, &caps.source].into_iter().flatten() {
+                throttle.take(bytes).await;
+            }
         }
     }
 
@@ -111,6 +149,9 @@ impl ExportLedger {
     fn status_patch(&self) -> serde_json::Value {
         let disks = self.with_disks(|d| d.clone());
         let mut status = json!({ "diskImportStatus": disks });
+        if let Some(caps) = &self.caps {
+            status["transferLimits"] = json!(caps.limits());
+        }
         if let Some(temporary) = &*self.temporary.lock().unwrap_or_else(PoisonError::into_inner) {
             status["sourceTemporaryObjects"] = json!(temporary);
         }
@@ -173,8 +214,9 @@ impl ExportLedger {
         threads: usize,
         decoder_progress: bool,
     ) -> diskconv::Options {
+        let cap = self.caps.as_ref().map_or(usize::MAX, |c| c.conversion_threads);
         diskconv::Options {
-            threads,
+            threads: threads.min(cap).max(1),
             progress: decoder_progress.then(|| self.progress(index)),
             checksum: (self.format == ImageFormat::Raw).then_some(SERVED_CHECKSUM),
             ..diskconv::Options::default()
@@ -310,6 +352,7 @@ impl StreamSink for CommittingSink {
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
+        self.ledger.throttle(chunk.len()).await;
         self.inner.write(chunk).await
     }
 

@@ -28,10 +28,11 @@ use tokio::{
 };
 
 use crate::{
-    disks::{ExportLedger, write_status},
+    disks::{Caps, ExportLedger, write_status},
     metrics::Metrics,
     settings::Settings,
     source::{SourceError, SourceExport},
+    throttle::{SourceThrottles, Throttle},
 };
 
 /// Why an export failed.
@@ -96,9 +97,13 @@ pub(crate) struct ExportRequest {
     /// Its uid (the key of the export).
     pub uid: String,
     /// The source's half.
-    pub source: Box<dyn SourceExport>,
+    pub export: Box<dyn SourceExport>,
     /// `status.diskImportStatus` at start (one per VM disk, device order).
     pub disks: Vec<DiskInfo>,
+    /// The import's own cap (`spec.maxBytesPerSecond`), if it sets one.
+    pub import_bytes_per_second: Option<u64>,
+    /// The source object (`kind/namespace/name`) and its own cap, if it sets one.
+    pub source: (String, Option<u64>),
 }
 
 /// The exports of this process, by import uid, the concurrency limits, and what a running export
@@ -113,6 +118,12 @@ pub(crate) struct Exports {
     progress_interval: Duration,
     /// The format images are served in.
     served_format: diskconv::ImageFormat,
+    /// Caps when an import or its source sets none, and the decoder threads per disk at most.
+    default_import_bytes_per_second: Option<u64>,
+    default_source_bytes_per_second: Option<u64>,
+    conversion_threads: usize,
+    /// The per-source caps all imports from one source share.
+    source_throttles: SourceThrottles,
     metrics: Arc<Metrics>,
     /// Wakes an import when its export changed state (the import controller's `reconcile_on`).
     wake: mpsc::UnboundedSender<ObjectRef<VirtualMachineImport>>,
@@ -135,6 +146,10 @@ impl Exports {
             image_dir: settings.image_dir.clone(),
             progress_interval: settings.progress_interval,
             served_format: settings.served_format,
+            default_import_bytes_per_second: settings.import_bytes_per_second,
+            default_source_bytes_per_second: settings.source_bytes_per_second,
+            conversion_threads: settings.conversion_threads.max(1),
+            source_throttles: SourceThrottles::default(),
             metrics,
             wake,
         })
@@ -260,15 +275,18 @@ async fn run(exports: &Arc<Exports>, request: ExportRequest) -> Result<(), Expor
     let ExportRequest {
         import,
         uid,
-        source,
+        export,
         mut disks,
+        import_bytes_per_second,
+        source: (source_key, source_bytes_per_second),
     } = request;
-    let mut connected = source.connect().await?;
+    let mut connected = export.connect().await?;
     let result = async {
         let host = connected.host().to_owned();
         let _slots = take_slots(exports, &uid, &host).await?;
         let _running = RunningGauge::new(exports.metrics.clone());
-        let tracker = Tracker::start(exports, &import, &disks).await?;
+        let caps = exports.caps(import_bytes_per_second, &source_key, source_bytes_per_second);
+        let tracker = Tracker::start(exports, &import, &disks, caps).await?;
         let transferred = connected
             .transfer(tracker.shared(), &exports.image_dir)
             .await
@@ -278,6 +296,21 @@ async fn run(exports: &Arc<Exports>, request: ExportRequest) -> Result<(), Expor
     .await;
     connected.close().await;
     result
+}
+
+impl Exports {
+    /// The caps of one export: its own (the import's, else the controller's default) and its
+    /// source's (shared by every import from that source object), 0 meaning none.
+    fn caps(&self, import: Option<u64>, source_key: &str, source: Option<u64>) -> Caps {
+        let chosen = |own: Option<u64>, default: Option<u64>| own.filter(|&b| b > 0).or(default).unwrap_or(0);
+        Caps {
+            import: Throttle::new(chosen(import, self.default_import_bytes_per_second)),
+            source: self
+                .source_throttles
+                .get(source_key, chosen(source, self.default_source_bytes_per_second)),
+            conversion_threads: self.conversion_threads,
+        }
+    }
 }
 
 /// Waits for a slot of `host` and one of the global limit; the export counts as running once both
@@ -327,6 +360,7 @@ impl Tracker {
         exports: &Exports,
         import: &ObjectRef<VirtualMachineImport>,
         disks: &[DiskInfo],
+        caps: Caps,
     ) -> Result<Self, ExportError> {
         let dir = &exports.image_dir;
         tokio::fs::create_dir_all(dir)
@@ -335,11 +369,15 @@ impl Tracker {
                 path: dir.clone(),
                 source,
             })?;
-        let shared = Arc::new(ExportLedger::new(disks, dir, exports.served_format));
+        let shared = Arc::new(ExportLedger::new(disks, dir, exports.served_format).with_caps(caps));
         let api: Api<VirtualMachineImport> = Api::namespaced(
             exports.kube.clone(),
             import.namespace.as_deref().unwrap_or_default(),
         );
+        // The caps are in status before the first byte moves.
+        if let Err(error) = shared.flush(&api, &import.name).await {
+            tracing::debug!(import = %import.name, %error, "writing the export's caps failed");
+        }
         let writer = tokio::spawn(write_status(
             api.clone(),
             import.name.clone(),

@@ -35,6 +35,7 @@ mod secret;
 pub mod settings;
 mod source;
 mod source_objects;
+mod throttle;
 mod time;
 
 pub use source::vmware;

@@ -47,6 +47,14 @@ pub struct Settings {
     /// The format images are served in: qcow2 (default: what crosses the cluster network and what
     /// Harvester hashes is in proportion to the data) or raw (upstream's, the whole virtual size).
     pub served_format: diskconv::ImageFormat,
+    /// Bytes per second one import reads from its source when its `spec.maxBytesPerSecond` sets
+    /// no cap (`None`: no cap).
+    pub import_bytes_per_second: Option<u64>,
+    /// Bytes per second all imports from one source read together when the source's
+    /// `spec.maxBytesPerSecond` sets no cap (`None`: no cap).
+    pub source_bytes_per_second: Option<u64>,
+    /// Decoder (inflate) threads per disk at most (default: the CPUs).
+    pub conversion_threads: usize,
 }
 
 impl Settings {
@@ -68,6 +76,9 @@ impl Settings {
             esxi_probe_ports: crate::preflight::ESXI_PORTS.to_vec(),
             image_dir_reserve: DEFAULT_IMAGE_DIR_RESERVE,
             served_format: diskconv::ImageFormat::Qcow2,
+            import_bytes_per_second: None,
+            source_bytes_per_second: None,
+            conversion_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }

@@ -220,12 +220,23 @@ async fn start_export(
     facts: &mut Facts,
 ) -> Result<(), ImportError> {
     // The export connects on its own; this reconcile only needs the source object.
-    let source = facts.source(ctx, import).await?.export(import, status);
+    let opened = facts.source(ctx, import).await?;
+    let source_cap = opened.max_bytes_per_second();
+    let source = opened.export(import, status);
+    let cluster = &import.spec.source_cluster;
+    let source_key = format!(
+        "{}/{}/{}",
+        cluster.kind.as_deref().unwrap_or_default(),
+        cluster.namespace.as_deref().unwrap_or_default(),
+        cluster.name.as_deref().unwrap_or_default()
+    );
     ctx.exports.start(ExportRequest {
         import: ObjectRef::from_obj(import),
         uid: import.uid().unwrap_or_default(),
-        source,
+        export: source,
+        source: (source_key, source_cap),
         disks: status.disk_import_status.clone(),
+        import_bytes_per_second: import.spec.max_bytes_per_second,
     });
     Ok(())
 }

@@ -133,6 +133,10 @@ pub(crate) struct SourceChecks {
 /// One import's view of its source, for one reconcile.
 #[async_trait]
 pub(crate) trait Source: Send + Sync {
+    /// The source object's cap on the bytes per second all its imports read together
+    /// (`spec.maxBytesPerSecond`; `None` or 0: none of its own).
+    fn max_bytes_per_second(&self) -> Option<u64>;
+
     /// The VM's own name at the source when the import names it otherwise (an OpenStack UUID in
     /// `spec.virtualMachineName` names the VM after the server, as upstream).
     async fn own_name(&mut self) -> Result<Option<String>, SourceError> {

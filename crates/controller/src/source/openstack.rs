@@ -665,6 +665,10 @@ impl Openstack {
 
 #[async_trait]
 impl Source for Openstack {
+    fn max_bytes_per_second(&self) -> Option<u64> {
+        self.source.spec.max_bytes_per_second
+    }
+
     async fn own_name(&mut self) -> Result<Option<String>, SourceError> {
         Ok(self.server().await?.map(|s| s.name.clone()))
     }

@@ -393,10 +393,12 @@ impl OvaClient {
 
     /// Starts downloading the archive; the returned reader yields its bytes in order, resuming
     /// cut connections with Range requests when the server allows them.
-    fn download(&self) -> Download {
+    ///
+    /// An export's `ledger` caps the rate at which the archive is read.
+    fn download(&self, ledger: Option<Arc<ExportLedger>>) -> Download {
         let (tx, reader) = bridge(CHANNEL_CHUNKS);
         let failure = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(fetch(self.clone(), tx, failure.clone()));
+        let task = tokio::spawn(fetch(self.clone(), tx, failure.clone(), ledger));
         Download {
             reader,
             failure,
@@ -462,7 +464,12 @@ impl Resumability {
 /// Streams the archive into `tx`, resuming a cut connection with `Range: bytes=<position>-` when
 /// the first response allowed it. Ends with [`ChunkSender::end`], or [`ChunkSender::fail`] with the reason
 /// also left in `failure`.
-async fn fetch(client: OvaClient, tx: ChunkSender, failure: Arc<Mutex<Option<FetchFailure>>>) {
+async fn fetch(
+    client: OvaClient,
+    tx: ChunkSender,
+    failure: Arc<Mutex<Option<FetchFailure>>>,
+    ledger: Option<Arc<ExportLedger>>,
+) {
     let fail = |f: FetchFailure| {
         let message = match &f {
             FetchFailure::Fatal(e) => chain(e),
@@ -559,6 +566,9 @@ async fn fetch(client: OvaClient, tx: ChunkSender, failure: Arc<Mutex<Option<Fet
                 Ok(Some(chunk)) => {
                     position += chunk.len() as u64;
                     failed_resumes = 0;
+                    if let Some(ledger) = &ledger {
+                        ledger.throttle(chunk.len()).await;
+                    }
                     if tx.send(chunk).await.is_err() {
                         // The walk stopped reading: it finished or failed on its own.
                         return;
@@ -600,7 +610,7 @@ async fn fetch(client: OvaClient, tx: ChunkSender, failure: Arc<Mutex<Option<Fet
 /// # Errors
 /// [`OvaError`]: the download failed, or the archive does not start with a valid `.ovf`.
 pub(crate) async fn describe(client: &OvaClient) -> Result<::ova::VmDescription, OvaError> {
-    let download = client.download();
+    let download = client.download(None);
     let _stop = StopOnDrop(download.task.clone());
     let reader = download.reader;
     let parsed = tokio::task::spawn_blocking(move || read_descriptor(reader))
@@ -825,7 +835,7 @@ async fn transfer(client: &OvaClient, shared: Arc<ExportLedger>, dir: &Path) -> 
     let mut pass = 0;
     loop {
         pass += 1;
-        let download = client.download();
+        let download = client.download(Some(shared.clone()));
         // An aborted export (import deleted) stops its download, which stops the walk.
         let _stop = StopOnDrop(download.task.clone());
         let mut targets = ImageTargets {
@@ -895,6 +905,10 @@ impl Ova {
 
 #[async_trait]
 impl Source for Ova {
+    fn max_bytes_per_second(&self) -> Option<u64> {
+        self.source.spec.max_bytes_per_second
+    }
+
     async fn describe(&mut self) -> Result<Option<SourceVm>, SourceError> {
         let name = self.vm_name.clone();
         Ok(Some(source_vm(self.description().await?, &name)))

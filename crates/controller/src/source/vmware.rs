@@ -408,6 +408,10 @@ impl Vmware {
 
 #[async_trait]
 impl Source for Vmware {
+    fn max_bytes_per_second(&self) -> Option<u64> {
+        self.source.spec.max_bytes_per_second
+    }
+
     async fn describe(&mut self) -> Result<Option<SourceVm>, SourceError> {
         Ok(self.description().await?.map(source_vm))
     }
