@@ -866,7 +866,10 @@ fn schema_rejects_values_the_controller_cannot_run_with() {
         ("imports.maxPerHost=0", "/imports/maxPerHost"),
         ("imports.imageDirReserve=1GB", "/imports/imageDirReserve"),
         ("imports.servedFormat=vmdk", "/imports/servedFormat"),
-        ("imports.importBytesPerSecond=fast", "/imports/importBytesPerSecond"),
+        (
+            "imports.importBytesPerSecond=fast",
+            "/imports/importBytesPerSecond",
+        ),
         ("metrics.port=8080", "/metrics/port"),
         ("pvcClaim.size=lots", "/pvcClaim/size"),
     ] {
