@@ -477,16 +477,29 @@ async fn killed_controller_resumes_without_downloading_a_finished_disk_twice() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_served_image_altered_after_its_checksum_was_taken_fails_in_harvester_never_becomes_a_disk() {
-    let scene = Scene::new("e2e-altered").await;
-    let control = Control::new();
-    let disk = make_vmdk(scene.dir.path(), "altered", 4 << 20, 47);
-    let vm_name = unique("altered");
+/// A powered-off VM with one SATA disk of `size` bytes (see `make_vmdk`) in the simulator; returns
+/// the disk (VMDK, raw) and the VM's name.
+async fn one_disk_vm(
+    scene: &Scene,
+    control: &Control,
+    name: &str,
+    size: u64,
+    seed: u64,
+) -> ((PathBuf, PathBuf), String) {
+    let disk = make_vmdk(scene.dir.path(), name, size, seed);
+    let vm_name = unique(name);
     control
         .create_vm(json!({"name": vm_name, "cpus": 1, "memoryMB": 512,
             "disks": [{"bus": "sata", "path": disk.0}]}))
         .await;
+    (disk, vm_name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_served_image_altered_after_its_checksum_was_taken_fails_in_harvester_never_becomes_a_disk() {
+    let scene = Scene::new("e2e-altered").await;
+    let control = Control::new();
+    let (disk, vm_name) = one_disk_vm(&scene, &control, "altered", 4 << 20, 47).await;
     // No Harvester yet: the image is exported, served and waits for its download.
     let controller = scene.start_controller();
     scene.source("vcenter", &lab::lab().vsphere_password).await;
@@ -560,18 +573,8 @@ async fn a_served_image_altered_after_its_checksum_was_taken_fails_in_harvester_
 async fn served_format_raw_keeps_upstreams_raw_images_with_their_checksum() {
     let scene = Scene::new("e2e-raw").await;
     let control = Control::new();
-    let disk = make_vmdk(scene.dir.path(), "raw", 4 << 20, 53);
-    let vm_name = unique("raw");
-    control
-        .create_vm(json!({"name": vm_name, "cpus": 1, "memoryMB": 512,
-            "disks": [{"bus": "sata", "path": disk.0}]}))
-        .await;
-    let controller = support::ControllerProcess::start_with_env(
-        &scene.namespace,
-        &scene.image_dir(),
-        scene.dir.path().join("controller.log"),
-        &[("VM_IMPORT_SERVED_FORMAT", std::ffi::OsStr::new("raw"))],
-    );
+    let (disk, vm_name) = one_disk_vm(&scene, &control, "raw", 4 << 20, 53).await;
+    let controller = scene.start_controller_with_env(&[("VM_IMPORT_SERVED_FORMAT", "raw")]);
     let harvester = scene.harvester(harvester::Options::default());
     scene.source("vcenter", &lab::lab().vsphere_password).await;
     scene.import("raw", "vcenter", &vm_name, json!({})).await;
@@ -591,20 +594,10 @@ async fn an_import_reads_its_source_no_faster_than_its_cap_and_status_shows_the_
     let scene = Scene::new("e2e-cap").await;
     let control = Control::new();
     // Two thirds random: the export stream is about 8 MiB, 16 s at the cap.
-    let disk = make_vmdk(scene.dir.path(), "cap", 12 << 20, 61);
+    let (disk, vm_name) = one_disk_vm(&scene, &control, "cap", 12 << 20, 61).await;
     let stream_bytes = std::fs::metadata(&disk.0).unwrap().len();
     let cap: u64 = 512 << 10;
-    let vm_name = unique("cap");
-    control
-        .create_vm(json!({"name": vm_name, "cpus": 1, "memoryMB": 512,
-            "disks": [{"bus": "sata", "path": disk.0}]}))
-        .await;
-    let controller = support::ControllerProcess::start_with_env(
-        &scene.namespace,
-        &scene.image_dir(),
-        scene.dir.path().join("controller.log"),
-        &[("VM_IMPORT_CONVERSION_THREADS", std::ffi::OsStr::new("1"))],
-    );
+    let controller = scene.start_controller_with_env(&[("VM_IMPORT_CONVERSION_THREADS", "1")]);
     scene.source("vcenter", &lab::lab().vsphere_password).await;
     scene
         .import("cap", "vcenter", &vm_name, json!({"maxBytesPerSecond": cap}))

@@ -236,6 +236,21 @@ fn recording_hooks() -> (Hooks, Arc<Mutex<Vec<TempObjects>>>) {
 
 /// A volume-backed server, SHUTOFF, with its data volume listed before its root volume (the client
 /// must order them by device).
+/// A `SHUTOFF` server of the test `test` with `root` and `data` as volumes, as the client sees it,
+/// and the prefix its temporary objects get.
+async fn shut_off_volume_server(
+    control: &Control,
+    client: &Client,
+    test: &str,
+    root: &Path,
+    data: &Path,
+) -> (openstack::ServerDescription, String) {
+    let name = unique(test);
+    volume_server(control, &name, root, data).await;
+    let server = client.inspect(&name).await.unwrap();
+    (server, format!("vmi-{name}"))
+}
+
 async fn volume_server(control: &Control, name: &str, root: &Path, data: &Path) -> Value {
     control
         .create_server(json!({
@@ -469,11 +484,8 @@ async fn volumes_upload_as_qcow2_so_only_their_data_leaves_the_cloud() {
     let dir = tempfile::tempdir().unwrap();
     let root = raw_disk(dir.path(), "root.raw", 4, 11);
     let data = raw_disk(dir.path(), "data.raw", 3, 12);
-    let name = unique("qcow2-upload");
-    volume_server(&control, &name, &root, &data).await;
     let client = connect(&os).await;
-    let server = client.inspect(&name).await.unwrap();
-    let prefix = format!("vmi-{name}");
+    let (server, prefix) = shut_off_volume_server(&control, &client, "qcow2-upload", &root, &data).await;
     let options = ExportOptions {
         volume_upload_format: DiskFormat::Qcow2,
         ..options(&prefix)
@@ -524,10 +536,7 @@ async fn volumes_upload_as_qcow2_so_only_their_data_leaves_the_cloud() {
     assert_no_objects(&control.wait_no_objects(&prefix).await, &prefix);
 
     // A qcow2 image smaller than its volume (a backend that lost the volume's end) is refused.
-    let name = unique("qcow2-short");
-    volume_server(&control, &name, &root, &data).await;
-    let server = client.inspect(&name).await.unwrap();
-    let prefix = format!("vmi-{name}");
+    let (server, prefix) = shut_off_volume_server(&control, &client, "qcow2-short", &root, &data).await;
     control
         .fault(json!({"op": "volume.upload", "mode": "short", "target": format!("{prefix}-1"), "times": 10}))
         .await;

@@ -195,6 +195,19 @@ impl Scene {
         )
     }
 
+    /// A controller for this namespace with `env` set (its settings' variables).
+    #[allow(dead_code)] // Not every test binary that includes this module uses it.
+    pub(crate) fn start_controller_with_env(&self, env: &[(&str, &str)]) -> ControllerProcess {
+        let env: Vec<(&str, &std::ffi::OsStr)> =
+            env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))).collect();
+        ControllerProcess::start_with_env(
+            &self.namespace,
+            &self.image_dir(),
+            self.dir.path().join("controller.log"),
+            &env,
+        )
+    }
+
     /// Harvester and KubeVirt played for this namespace until dropped.
     pub(crate) fn harvester(&self, options: harvester::Options) -> harvester::StandIn {
         harvester::StandIn::start(self.client.clone(), &self.namespace, options)
