@@ -121,6 +121,10 @@ impl ConnArgs {
     /// The SDK endpoint: `--endpoint` or `VSPHERE_URL`, else govc's `GOVC_URL`.
     pub(crate) fn endpoint(&self) -> anyhow::Result<String> {
         match (&self.endpoint, govc_url()) {
+            (Some(endpoint), _) if !endpoint.contains("://") => bail!(
+                "--endpoint {endpoint:?} has no scheme: write https://{}/sdk",
+                endpoint.trim_end_matches('/')
+            ),
             (Some(endpoint), _) => Ok(endpoint.clone()),
             (None, Some(govc)) => Ok(govc.endpoint),
             (None, None) => {

@@ -144,3 +144,25 @@ fn govc_environment_variables_are_fallbacks_and_the_password_in_govc_url_stays_s
         "{stderr}"
     );
 }
+
+#[test]
+fn an_endpoint_without_a_scheme_says_what_to_write() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vm-import"))
+        .args([
+            "vsphere",
+            "inspect",
+            "--endpoint",
+            "vcenter.example",
+            "--dc",
+            "DC0",
+            "--vm",
+            "x",
+        ])
+        .env("VSPHERE_USERNAME", "u")
+        .env("VSPHERE_PASSWORD", "p")
+        .output()
+        .expect("run vm-import");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("write https://vcenter.example/sdk"), "{stderr}");
+}
