@@ -198,42 +198,45 @@ impl ExportLedger {
         self.set_done(index, 0);
     }
 
-    /// A decoder progress callback that records disk `index`'s logical bytes written.
-    pub(crate) fn progress(self: &Arc<Self>, index: usize) -> diskconv::ProgressFn {
-        let ledger = self.clone();
-        Arc::new(move |p: &diskconv::Progress| ledger.set_done(index, p.position))
+    /// Conversion options of disk `index`: the export's decoder threads (the CPUs when it has no
+    /// caps), the decoder's progress when `decoder_progress` (a source that reports its own
+    /// download progress, in its own unit, says no), and for a raw image its checksum, which the
+    /// decoder computes on the way (a raw file is the disk's content; a qcow2 file is hashed when
+    /// it is complete).
+    pub(crate) fn options(self: &Arc<Self>, index: usize, decoder_progress: bool) -> diskconv::Options {
+        let defaults = diskconv::Options::default();
+        let progress = decoder_progress.then(|| {
+            let ledger = self.clone();
+            Arc::new(move |p: &diskconv::Progress| ledger.set_done(index, p.position)) as diskconv::ProgressFn
+        });
+        diskconv::Options {
+            threads: self
+                .caps
+                .as_ref()
+                .map_or(defaults.threads, |c| c.conversion_threads)
+                .max(1),
+            progress,
+            checksum: (self.format == ImageFormat::Raw).then_some(SERVED_CHECKSUM),
+            ..defaults
+        }
     }
 
-    /// Conversion options of disk `index`: `threads` inflate workers, the decoder's progress when
-    /// `decoder_progress` (a source that reports its own download progress, in its own unit, says
-    /// no), and for a raw image its checksum, which the decoder computes on the way (a raw file
-    /// is the disk's content; a qcow2 file is hashed when it is complete).
-    pub(crate) fn options(
-        self: &Arc<Self>,
-        index: usize,
-        threads: usize,
-        decoder_progress: bool,
-    ) -> diskconv::Options {
-        let cap = self.caps.as_ref().map_or(usize::MAX, |c| c.conversion_threads);
-        diskconv::Options {
-            threads: threads.min(cap).max(1),
-            progress: decoder_progress.then(|| self.progress(index)),
-            checksum: (self.format == ImageFormat::Raw).then_some(SERVED_CHECKSUM),
-            ..diskconv::Options::default()
-        }
+    /// Disk `index`'s `.part` file.
+    fn partial(&self, index: usize) -> PathBuf {
+        let name = self.with_disks(|disks| disks.get(index).map(|d| d.name.clone()).unwrap_or_default());
+        partial_path(&self.dir, &name)
     }
 
     /// Where disk `index`'s decoder writes: its `.part` file in the served format.
     pub(crate) fn output(&self, index: usize) -> diskconv::Output {
-        let name = self.with_disks(|disks| disks.get(index).map(|d| d.name.clone()).unwrap_or_default());
-        self.format.output(partial_path(&self.dir, &name))
+        self.format.output(self.partial(index))
     }
 
-    /// The sink that writes disk `index` into its `.part` file with `options` and commits it.
-    pub(crate) fn sink(self: &Arc<Self>, index: usize, options: diskconv::Options) -> CommittingSink {
-        let name = self.with_disks(|disks| disks.get(index).map(|d| d.name.clone()).unwrap_or_default());
+    /// The sink that writes disk `index` into its `.part` file (see [`Self::options`]) and commits it.
+    pub(crate) fn sink(self: &Arc<Self>, index: usize, decoder_progress: bool) -> CommittingSink {
+        let options = self.options(index, decoder_progress);
         CommittingSink {
-            inner: ConvertingSink::new(partial_path(&self.dir, &name), self.format, options),
+            inner: ConvertingSink::new(self.partial(index), self.format, options),
             index,
             ledger: self.clone(),
         }
@@ -363,7 +366,7 @@ impl StreamSink for CommittingSink {
         // Hashing a qcow2 image reads it whole: off the async workers.
         tokio::task::spawn_blocking(move || ledger.commit(index, &report))
             .await
-            .map_err(|_| NoReport)??;
+            .map_err(|_| CommitStopped { index })??;
         Ok(())
     }
 }
@@ -372,6 +375,13 @@ impl StreamSink for CommittingSink {
 #[derive(Debug, thiserror::Error)]
 #[error("the image writer finished without a report")]
 struct NoReport;
+
+/// The blocking commit of a finished disk did not run to its end (the runtime is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the commit of disk {index} stopped before it finished")]
+struct CommitStopped {
+    index: usize,
+}
 
 /// Longest `<import>-<namespace>` prefix kept in an image's name: with `-disk-<n>-<token>.img`
 /// and the `.part` of a file being written, names stay within the image server's 240 characters

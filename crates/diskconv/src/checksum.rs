@@ -24,13 +24,6 @@ impl Checksum {
         }
     }
 
-    /// The algorithm `name` names, if any.
-    pub fn of_name(name: &str) -> Option<Self> {
-        [Checksum::Sha256, Checksum::Sha512]
-            .into_iter()
-            .find(|c| c.name().eq_ignore_ascii_case(name))
-    }
-
     /// A fresh digester.
     pub fn digester(self) -> Digester {
         match self {
@@ -143,14 +136,5 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert!(digest_file(&dir.path().join("missing"), Checksum::Sha256).is_err());
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for c in [Checksum::Sha256, Checksum::Sha512] {
-            assert_eq!(Checksum::of_name(c.name()), Some(c));
-        }
-        assert_eq!(Checksum::of_name("SHA512"), Some(Checksum::Sha512));
-        assert_eq!(Checksum::of_name("md5"), None);
     }
 }

@@ -13,7 +13,6 @@
 use std::{
     io::{self, Read},
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use bytes::{Buf, Bytes};
@@ -90,8 +89,6 @@ pub struct HashingSink {
     pub begins: u32,
     /// What the last `begin` announced.
     pub meta: Option<StreamMeta>,
-    /// Pause after every chunk, to play a slow consumer.
-    pub delay_per_chunk: Duration,
 }
 
 impl StreamSink for HashingSink {
@@ -107,9 +104,6 @@ impl StreamSink for HashingSink {
     async fn write(&mut self, chunk: Bytes) -> Result<(), SinkError> {
         self.hasher.update(&chunk);
         self.bytes += chunk.len() as u64;
-        if !self.delay_per_chunk.is_zero() {
-            tokio::time::sleep(self.delay_per_chunk).await;
-        }
         Ok(())
     }
 
@@ -487,6 +481,8 @@ impl Drop for ConvertingSink {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
 
     use super::*;
 

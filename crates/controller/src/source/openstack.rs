@@ -544,8 +544,7 @@ async fn transfer(
             continue;
         }
         // Progress comes from the export's hooks: download bytes, in the unit Glance sizes them.
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        sinks.push(shared.sink(index, shared.options(index, threads, false)));
+        sinks.push(shared.sink(index, false));
         indexes.push(index);
     }
     if sinks.is_empty() {

@@ -753,7 +753,6 @@ struct ImageTargets {
     names: Vec<String>,
     /// OVF disk index → status index, known once the descriptor is read.
     slots: Vec<Option<usize>>,
-    threads: usize,
 }
 
 impl ImageTargets {
@@ -789,7 +788,7 @@ impl DiskTargets for ImageTargets {
             return None;
         }
         self.shared.restart(slot, None);
-        let options = self.shared.options(slot, self.threads, true);
+        let options = self.shared.options(slot, true);
         Some((self.shared.output(slot), options))
     }
 
@@ -831,7 +830,6 @@ impl DiskTargets for ImageTargets {
 /// has no file left.
 async fn transfer(client: &OvaClient, shared: Arc<ExportLedger>, dir: &Path) -> Result<(), SourceError> {
     let names = shared.names();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut pass = 0;
     loop {
         pass += 1;
@@ -843,7 +841,6 @@ async fn transfer(client: &OvaClient, shared: Arc<ExportLedger>, dir: &Path) -> 
             dir: dir.to_owned(),
             names: names.clone(),
             slots: Vec::new(),
-            threads,
         };
         let reader = download.reader;
         // The manifest is required per disk (in `verified`), with a message that names the disk.

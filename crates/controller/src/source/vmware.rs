@@ -599,7 +599,6 @@ impl ConnectedExport for VmwareTransfer {
 
     async fn transfer(&mut self, ledger: Arc<ExportLedger>, dir: &Path) -> Result<(), SourceError> {
         let mut description = self.description.clone();
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut sinks = BTreeMap::new();
         let mut partials = Vec::new();
         // Disks exported before a restart keep their files; the rest are (re)exported from scratch.
@@ -607,8 +606,7 @@ impl ConnectedExport for VmwareTransfer {
             if ledger.is_exported(index) {
                 continue;
             }
-            let options = ledger.options(index, threads, true);
-            sinks.insert(description.disks[index].key, ledger.sink(index, options));
+            sinks.insert(description.disks[index].key, ledger.sink(index, true));
             partials.push(partial_path(dir, name));
         }
         description.disks.retain(|d| sinks.contains_key(&d.key));
